@@ -1,0 +1,107 @@
+// The task node: an intrusive, pooled, fixed-size block that carries a
+// type-erased callable and, for tasks with a handle, their outcome.
+//
+// Thread-safety: a node is owned by exactly one party at a time (its submitter,
+// then the queue it sits in, then the worker running it), except for `state`,
+// `refs` and `waiter`, which a Handle may touch concurrently with the worker.
+// Invariant: a node is returned to the pool exactly once, when `refs` reaches
+// zero (handle tasks) or right after it ran (group and detached tasks).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+namespace ordo::detail {
+
+class Parker;
+struct GroupState;
+struct Task;
+
+enum class ExecMode : std::uint8_t { run, cancel };
+
+// What happens once the payload has run or been cancelled.
+enum class TaskKind : std::uint8_t {
+  detached,  // nobody observes the result: free the node at once
+  group,     // counts towards a TaskGroup; the group records the first error
+  handle,    // a Handle observes `state` and reads the outcome from the payload
+};
+
+// Life of a task as a Handle sees it. Values below kWaiterBit; the bit marks
+// that a waiter stored its Parker in Task::waiter and must be woken.
+enum TaskState : std::uint32_t {
+  kQueued = 0,
+  kRunning = 1,
+  kDone = 2,       // the outcome (value or exception) is in the payload
+  kCancelled = 3,  // the outcome holds TaskCancelled
+};
+inline constexpr std::uint32_t kStateMask = 0xff;
+inline constexpr std::uint32_t kWaiterBit = 0x100;
+
+inline constexpr std::size_t kTaskNodeBytes = 128;
+inline constexpr std::size_t kPayloadAlign = 16;
+
+struct alignas(64) Task {
+  // Runs (or, in cancel mode, destroys without running) the payload and stores
+  // whatever the task's kind needs. Never throws.
+  void (*exec)(Task*, ExecMode) noexcept;
+  union {
+    GroupState* group;                        // TaskKind::group
+    void (*drop_outcome)(Task*) noexcept;     // TaskKind::handle: destroys the stored outcome
+  };
+  Task* next;         // free-list link while pooled
+  std::atomic<Parker*> waiter;
+  std::atomic<std::uint32_t> state;
+  std::atomic<std::uint32_t> refs;
+  std::uint8_t level;
+  TaskKind kind;
+  alignas(kPayloadAlign) std::byte payload[kTaskNodeBytes - 48];
+};
+static_assert(sizeof(Task) == kTaskNodeBytes, "task node must stay two cache lines");
+static_assert(offsetof(Task, payload) == 48, "payload offset is part of the size budget");
+
+inline constexpr std::size_t kPayloadBytes = sizeof(Task::payload);
+
+// A payload type lives inside the node when it fits; otherwise the node holds
+// a pointer to a heap copy (one allocation, only for large captures).
+template <class X>
+inline constexpr bool kFitsInline = sizeof(X) <= kPayloadBytes && alignof(X) <= kPayloadAlign &&
+                                    std::is_nothrow_move_constructible_v<X>;
+
+template <class X, class... Args>
+void emplace_payload(Task* t, Args&&... args) {
+  if constexpr (kFitsInline<X>) {
+    ::new (static_cast<void*>(t->payload)) X(std::forward<Args>(args)...);
+  } else {
+    ::new (static_cast<void*>(t->payload)) X*(new X(std::forward<Args>(args)...));
+  }
+}
+
+template <class X>
+X& payload_as(Task* t) noexcept {
+  if constexpr (kFitsInline<X>) {
+    return *std::launder(reinterpret_cast<X*>(t->payload));
+  } else {
+    return **std::launder(reinterpret_cast<X**>(t->payload));
+  }
+}
+
+template <class X>
+void destroy_payload(Task* t) noexcept {
+  if constexpr (kFitsInline<X>) {
+    std::launder(reinterpret_cast<X*>(t->payload))->~X();
+  } else {
+    delete *std::launder(reinterpret_cast<X**>(t->payload));
+  }
+}
+
+// Node allocation from the calling thread's cache (see src/task_pool.cpp).
+// Callable from any thread; allocation never touches a lock except to move a
+// batch of nodes between a thread cache and the shared stash.
+Task* allocate_task();
+void free_task(Task* t) noexcept;
+
+}  // namespace ordo::detail

@@ -1,0 +1,38 @@
+// Exceptions thrown by ordo. Every error names the problem in its message.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace ordo {
+
+// Base of everything ordo throws on its own account (a task's own exceptions
+// are rethrown unchanged).
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Options or arguments that cannot be honoured (zero levels, a priority beyond
+// the configured levels, ...). Thrown at the call, before anything is accepted.
+class InvalidArgument : public Error {
+ public:
+  using Error::Error;
+};
+
+// The task was cancelled before it started: by Scheduler::shutdown(cancel) or,
+// later, by cancellation of the task or of something it depends on.
+class TaskCancelled : public Error {
+ public:
+  TaskCancelled() : Error("ordo: task was cancelled before it started") {}
+  using Error::Error;
+};
+
+// A submission from outside the pool reached a scheduler that is shutting down
+// or shut down. The submission was not accepted; nothing was queued.
+class SchedulerStopped : public Error {
+ public:
+  SchedulerStopped() : Error("ordo: scheduler is shutting down and accepts no new external submissions") {}
+};
+
+}  // namespace ordo

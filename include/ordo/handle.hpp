@@ -1,0 +1,140 @@
+// Handle<T>: the submitter's view of one task — wait for it, read its value or
+// its exception.
+//
+// Thread-safety: a Handle is a move-only value owned by one thread at a time;
+// the task it refers to runs concurrently. A Handle may outlive its scheduler:
+// the node it refers to stays valid until the Handle is destroyed.
+#pragma once
+
+#include <exception>
+#include <functional>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+#include "ordo/detail/task.hpp"
+#include "ordo/errors.hpp"
+
+namespace ordo {
+
+enum class TaskStatus { queued, running, succeeded, failed, cancelled };
+
+namespace detail {
+
+template <class R>
+struct Outcome {
+  std::optional<R> value;
+  std::exception_ptr error;
+};
+template <>
+struct Outcome<void> {
+  std::exception_ptr error;
+};
+
+// Waits until the task has finished (done or cancelled). On a worker thread the
+// wait helps: it runs other tasks instead of blocking. Acquire-synchronises with
+// the completion, so the outcome may be read afterwards.
+void wait_for_task(Task* t);
+// Drops one reference; the last one destroys the outcome and frees the node.
+void release_task(Task* t) noexcept;
+
+template <class F, class R>
+void exec_handle_task(Task* t, ExecMode mode) noexcept {
+  Outcome<R> out;
+  if (mode == ExecMode::run) {
+    try {
+      if constexpr (std::is_void_v<R>) {
+        std::invoke(payload_as<F>(t));
+      } else {
+        out.value.emplace(std::invoke(payload_as<F>(t)));
+      }
+    } catch (...) {
+      out.error = std::current_exception();
+    }
+  } else {
+    out.error = std::make_exception_ptr(TaskCancelled{});
+  }
+  destroy_payload<F>(t);
+  emplace_payload<Outcome<R>>(t, std::move(out));
+}
+
+template <class R>
+void drop_outcome(Task* t) noexcept {
+  destroy_payload<Outcome<R>>(t);
+}
+
+}  // namespace detail
+
+template <class T>
+class Handle {
+  static_assert(!std::is_reference_v<T>, "a task returns a value, not a reference");
+
+ public:
+  Handle() noexcept = default;
+  explicit Handle(detail::Task* t) noexcept : task_(t) {}
+  Handle(Handle&& other) noexcept : task_(std::exchange(other.task_, nullptr)) {}
+  Handle& operator=(Handle&& other) noexcept {
+    if (this != &other) {
+      reset();
+      task_ = std::exchange(other.task_, nullptr);
+    }
+    return *this;
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  // Never blocks: dropping a handle detaches from the task, which still runs.
+  ~Handle() { reset(); }
+
+  // True until get() consumed the result or the handle was moved from.
+  bool valid() const noexcept { return task_ != nullptr; }
+
+  // Any thread. Never blocks.
+  bool ready() const noexcept {
+    return (task_->state.load(std::memory_order_acquire) & detail::kStateMask) >= detail::kDone;
+  }
+
+  // Any thread. Never blocks.
+  TaskStatus status() const noexcept {
+    // acquire pairs with the completion's exchange in the scheduler, so the
+    // outcome is visible once a final state is read.
+    auto s = task_->state.load(std::memory_order_acquire) & detail::kStateMask;
+    switch (s) {
+      case detail::kQueued: return TaskStatus::queued;
+      case detail::kRunning: return TaskStatus::running;
+      case detail::kCancelled: return TaskStatus::cancelled;
+      default: return outcome().error ? TaskStatus::failed : TaskStatus::succeeded;
+    }
+  }
+
+  // Blocks until the task finished. On a worker of any ordo scheduler the wait
+  // helps run other tasks rather than blocking the worker.
+  void wait() const { detail::wait_for_task(task_); }
+
+  // Waits, then returns the value or rethrows the task's exception
+  // (TaskCancelled if it never ran). Consumes the handle: valid() is false after.
+  T get() {
+    if (!task_) throw Error("ordo: Handle::get() on an empty handle (moved from, or get() already called)");
+    wait();
+    detail::Task* t = std::exchange(task_, nullptr);
+    struct Release {
+      detail::Task* t;
+      ~Release() { detail::release_task(t); }
+    } release{t};
+    auto& out = detail::payload_as<detail::Outcome<T>>(t);
+    if (out.error) std::rethrow_exception(out.error);
+    if constexpr (!std::is_void_v<T>) return std::move(*out.value);
+  }
+
+  // Internal: the node, for ordo's own composition helpers.
+  detail::Task* node() const noexcept { return task_; }
+
+ private:
+  detail::Outcome<T>& outcome() const noexcept { return detail::payload_as<detail::Outcome<T>>(task_); }
+  void reset() noexcept {
+    if (task_) detail::release_task(std::exchange(task_, nullptr));
+  }
+
+  detail::Task* task_ = nullptr;
+};
+
+}  // namespace ordo

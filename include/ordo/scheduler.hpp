@@ -1,0 +1,135 @@
+// ordo::Scheduler — a work-stealing thread pool with per-priority queues.
+//
+// Thread-safety: every member function may be called from any thread,
+// including the scheduler's own workers, except the destructor and shutdown(),
+// which must not be called from one of this scheduler's workers (they wait for
+// the workers to finish). See docs/architecture.md for how a task flows.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+#include "ordo/detail/task.hpp"
+#include "ordo/errors.hpp"
+#include "ordo/handle.hpp"
+#include "ordo/options.hpp"
+#include "ordo/priority.hpp"
+
+namespace ordo {
+
+namespace detail {
+
+class SchedulerCore;
+
+// Validates the priority (InvalidArgument if beyond the configured levels),
+// resolves an unset one (inherit from the running task, else normal) and takes
+// a node from the calling thread's pool with its level set.
+Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority);
+
+// Queues a prepared node: onto the calling worker's own deque when called from
+// a worker of `core`, else onto the injection queue of its level. Returns false,
+// without queuing, when the scheduler no longer accepts external submissions;
+// the caller still owns the node then.
+bool submit_task(SchedulerCore& core, Task* t);
+
+template <class F>
+void exec_detached_task(Task* t, ExecMode mode) noexcept {
+  if (mode == ExecMode::run) {
+    try {
+      std::invoke(payload_as<F>(t));
+    } catch (...) {
+      // Nobody holds a handle: the error is counted (see stats) and dropped.
+    }
+  }
+  destroy_payload<F>(t);
+}
+
+template <class F>
+void discard_unqueued(Task* t) noexcept {
+  destroy_payload<F>(t);
+  free_task(t);
+}
+
+}  // namespace detail
+
+class Scheduler {
+ public:
+  // Starts the workers. Throws InvalidArgument for levels outside 1..kMaxLevels.
+  explicit Scheduler(SchedulerOptions options = {});
+  // Drains (as shutdown(drain)) if shutdown() was not called. Never throws.
+  ~Scheduler();
+
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Any thread. Runs fn() on a worker and returns a handle to its result. From
+  // inside a task the new task goes to the calling worker's own deque (no
+  // contention); from elsewhere to the injection queue of its level.
+  // Throws InvalidArgument for a priority beyond the configured levels and
+  // SchedulerStopped for an external submission after shutdown() began.
+  template <class F>
+  [[nodiscard("use post() to submit without a handle")]] auto submit(F&& fn, SubmitOptions options = {})
+      -> Handle<std::invoke_result_t<std::decay_t<F>&>> {
+    using Fn = std::decay_t<F>;
+    using R = std::invoke_result_t<Fn&>;
+    detail::Task* t = detail::prepare_task(*core_, options.priority);
+    t->exec = &detail::exec_handle_task<Fn, R>;
+    t->drop_outcome = &detail::drop_outcome<R>;
+    t->kind = detail::TaskKind::handle;
+    t->state.store(detail::kQueued, std::memory_order_relaxed);
+    t->refs.store(2, std::memory_order_relaxed);  // the handle's and the executor's
+    t->waiter.store(nullptr, std::memory_order_relaxed);
+    construct_or_free<Fn>(t, std::forward<F>(fn));
+    if (!detail::submit_task(*core_, t)) {
+      detail::discard_unqueued<Fn>(t);
+      throw SchedulerStopped{};
+    }
+    return Handle<R>{t};
+  }
+
+  // Any thread. Like submit(), without a handle: the cheapest way to run a task
+  // whose result nobody waits for. An exception it throws is dropped.
+  template <class F>
+  void post(F&& fn, SubmitOptions options = {}) {
+    using Fn = std::decay_t<F>;
+    detail::Task* t = detail::prepare_task(*core_, options.priority);
+    t->exec = &detail::exec_detached_task<Fn>;
+    t->kind = detail::TaskKind::detached;
+    construct_or_free<Fn>(t, std::forward<F>(fn));
+    if (!detail::submit_task(*core_, t)) {
+      detail::discard_unqueued<Fn>(t);
+      throw SchedulerStopped{};
+    }
+  }
+
+  // Any thread except this scheduler's workers. Stops accepting external
+  // submissions, then either runs everything accepted (drain; tasks may still
+  // spawn children while draining) or cancels every task not yet started
+  // (cancel; their handles report TaskCancelled), and joins the workers.
+  // Idempotent: later calls return at once.
+  void shutdown(ShutdownMode mode = ShutdownMode::drain);
+
+  unsigned worker_count() const noexcept;
+  unsigned level_count() const noexcept;
+  // True when the calling thread is one of this scheduler's workers.
+  bool is_worker_thread() const noexcept;
+
+  detail::SchedulerCore& core() noexcept { return *core_; }
+
+ private:
+  template <class Fn, class F>
+  static void construct_or_free(detail::Task* t, F&& fn) {
+    try {
+      detail::emplace_payload<Fn>(t, std::forward<F>(fn));
+    } catch (...) {
+      detail::free_task(t);
+      throw;
+    }
+  }
+
+  std::unique_ptr<detail::SchedulerCore> core_;
+};
+
+}  // namespace ordo

@@ -1,0 +1,57 @@
+// ordo::Scheduler: the public face of SchedulerCore, and the two entry points
+// the header templates use to queue a task.
+#include "ordo/scheduler.hpp"
+
+#include <string>
+
+#include "scheduler_core.hpp"
+
+namespace ordo {
+
+namespace detail {
+
+Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority) {
+  std::uint8_t level;
+  if (priority) {
+    level = static_cast<std::uint8_t>(*priority);
+    if (level >= core.level_count()) {
+      throw InvalidArgument("ordo: priority level " + std::to_string(level) + " is beyond this scheduler's " +
+                            std::to_string(core.level_count()) + " levels (0.." +
+                            std::to_string(core.level_count() - 1) + ")");
+    }
+  } else if (tls_context.core == &core && tls_context.current != nullptr) {
+    level = tls_context.current->level;  // inherit the running task's priority
+  } else {
+    level = core.default_level();
+  }
+  Task* t = allocate_task();
+  t->level = level;
+  return t;
+}
+
+bool submit_task(SchedulerCore& core, Task* t) { return core.submit(t); }
+
+}  // namespace detail
+
+Scheduler::Scheduler(SchedulerOptions options) : core_(std::make_unique<detail::SchedulerCore>(options)) {
+  core_->start();
+}
+
+Scheduler::~Scheduler() {
+  // A destructor running on one of our own workers cannot join that worker;
+  // that is a programming error we cannot report by throwing.
+  core_->stop(ShutdownMode::drain);
+}
+
+void Scheduler::shutdown(ShutdownMode mode) {
+  if (is_worker_thread()) {
+    throw Error("ordo: Scheduler::shutdown called from one of its own workers; it would wait for itself");
+  }
+  core_->stop(mode);
+}
+
+unsigned Scheduler::worker_count() const noexcept { return core_->worker_count(); }
+unsigned Scheduler::level_count() const noexcept { return core_->level_count(); }
+bool Scheduler::is_worker_thread() const noexcept { return detail::tls_context.core == core_.get(); }
+
+}  // namespace ordo

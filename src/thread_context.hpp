@@ -1,0 +1,27 @@
+// What ordo knows about the calling thread.
+//
+// Thread-safety: thread-local; each thread sees only its own.
+#pragma once
+
+#include "ordo/detail/task.hpp"
+
+namespace ordo::detail {
+
+class Parker;
+class SchedulerCore;
+struct Worker;
+
+struct ThreadContext {
+  SchedulerCore* core;  // set on a worker thread: the scheduler it works for
+  Worker* worker;       // set on a worker thread
+  Task* current;        // the task this thread is running, if any
+  Parker* parker;       // cached Parker::current() of a worker; null elsewhere until first wait
+};
+
+// Trivial and constant-initialised: reading it is a plain TLS load.
+extern thread_local constinit ThreadContext tls_context;
+
+// The calling thread's parker (cached after the first call).
+Parker* this_thread_parker() noexcept;
+
+}  // namespace ordo::detail

@@ -1,0 +1,176 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ordo/ordo.hpp"
+#include "test_support.hpp"
+
+namespace ordo {
+namespace {
+
+TEST(Scheduler, SubmitReturnsTheValue) {
+  Scheduler s{{.workers = 2}};
+  auto h = s.submit([] { return 6 * 7; });
+  EXPECT_EQ(h.get(), 42);
+  EXPECT_FALSE(h.valid());
+}
+
+TEST(Scheduler, VoidTasksAndMoveOnlyResults) {
+  Scheduler s{{.workers = 2}};
+  std::atomic<int> ran{0};
+  auto v = s.submit([&] { ran.fetch_add(1); });
+  v.get();
+  EXPECT_EQ(ran.load(), 1);
+  auto p = s.submit([] { return std::make_unique<std::string>("moved"); });
+  EXPECT_EQ(*p.get(), "moved");
+}
+
+TEST(Scheduler, ExceptionReachesGetAndWorkerSurvives) {
+  Scheduler s{{.workers = 1}};
+  auto bad = s.submit([]() -> int { throw std::runtime_error("boom"); });
+  try {
+    bad.get();
+    FAIL() << "get() should rethrow";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "boom");
+  }
+  // The only worker is still alive and serving.
+  EXPECT_EQ(s.submit([] { return 1; }).get(), 1);
+}
+
+TEST(Scheduler, StatusMovesFromQueuedToSucceededOrFailed) {
+  Scheduler s{{.workers = 1}};
+  auto ok = s.submit([] { return 1; });
+  auto bad = s.submit([]() -> int { throw std::logic_error("x"); });
+  ok.wait();
+  bad.wait();
+  EXPECT_EQ(ok.status(), TaskStatus::succeeded);
+  EXPECT_EQ(bad.status(), TaskStatus::failed);
+  EXPECT_TRUE(ok.ready());
+}
+
+TEST(Scheduler, LargeCapturesAreBoxedAndStillRun) {
+  Scheduler s{{.workers = 2}};
+  std::array<int, 64> big{};
+  for (int i = 0; i < 64; ++i) big[i] = i;
+  auto h = s.submit([big] {
+    int sum = 0;
+    for (int x : big) sum += x;
+    return sum;
+  });
+  EXPECT_EQ(h.get(), 2016);
+}
+
+TEST(Scheduler, InvalidOptionsAreRejectedWithAClearMessage) {
+  try {
+    Scheduler s{{.levels = 0}};
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("levels"), std::string::npos);
+  }
+  EXPECT_THROW((Scheduler{{.levels = kMaxLevels + 1}}), InvalidArgument);
+  Scheduler s{{.workers = 1, .levels = 2}};
+  try {
+    s.post([] {}, {.priority = Priority{2}});
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("priority level 2"), std::string::npos);
+  }
+}
+
+TEST(Scheduler, MillionExternalSubmissionsAllRunExactlyOnce) {
+  const std::size_t kTasks = 125000 * test::kScale;
+  std::vector<std::atomic<std::uint8_t>> runs(kTasks);
+  {
+    Scheduler s{{.workers = 2}};
+    for (std::size_t i = 0; i < kTasks; ++i) s.post([&runs, i] { runs[i].fetch_add(1, std::memory_order_relaxed); });
+  }  // destructor drains
+  for (std::size_t i = 0; i < kTasks; ++i) ASSERT_EQ(runs[i].load(), 1) << "task " << i;
+}
+
+TEST(Scheduler, ConcurrentExternalSubmittersAllRunExactlyOnce) {
+  const int kThreads = 4;
+  const std::size_t kPerThread = 10000 * test::kScale;
+  std::atomic<std::size_t> count{0};
+  std::atomic<std::size_t> sum{0};
+  {
+    Scheduler s{{.workers = 2}};
+    std::vector<std::thread> producers;
+    for (int p = 0; p < kThreads; ++p) {
+      producers.emplace_back([&, p] {
+        for (std::size_t i = 0; i < kPerThread; ++i) {
+          const std::size_t value = p * kPerThread + i;
+          s.post([&, value] {
+            count.fetch_add(1, std::memory_order_relaxed);
+            sum.fetch_add(value, std::memory_order_relaxed);
+          }, {.priority = Priority{static_cast<std::uint8_t>(i % 3)}});
+        }
+      });
+    }
+    for (auto& t : producers) t.join();
+  }
+  const std::size_t n = kThreads * kPerThread;
+  EXPECT_EQ(count.load(), n);
+  EXPECT_EQ(sum.load(), n * (n - 1) / 2);
+}
+
+TEST(Scheduler, TasksSubmittedFromInsideTasksRunAndInheritPriority) {
+  Scheduler s{{.workers = 2}};
+  auto outer = s.submit([&s] {
+    auto inner = s.submit([] { return 5; });
+    return inner.get() + 1;  // a helping wait inside a worker
+  }, {.priority = high});
+  EXPECT_EQ(outer.get(), 6);
+}
+
+TEST(Scheduler, WaitingOnAHandleInsideTheOnlyWorkerHelpsInsteadOfDeadlocking) {
+  Scheduler s{{.workers = 1}};
+  auto h = s.submit([&s] {
+    int total = 0;
+    std::vector<Handle<int>> parts;
+    for (int i = 0; i < 100; ++i) parts.push_back(s.submit([i] { return i; }));
+    for (auto& p : parts) total += p.get();
+    return total;
+  });
+  EXPECT_EQ(h.get(), 4950);
+}
+
+TEST(Scheduler, HandleOutlivesItsScheduler) {
+  Handle<int> h;
+  {
+    Scheduler s{{.workers = 1}};
+    h = s.submit([] { return 9; });
+  }
+  EXPECT_TRUE(h.ready());
+  EXPECT_EQ(h.get(), 9);
+}
+
+TEST(Scheduler, ManySchedulersCanCoexistAndCallEachOther) {
+  Scheduler a{{.workers = 1, .name = "a"}};
+  Scheduler b{{.workers = 1, .name = "b"}};
+  auto h = a.submit([&b] { return b.submit([] { return 3; }).get() * 2; });
+  EXPECT_EQ(h.get(), 6);
+  EXPECT_FALSE(a.is_worker_thread());
+  EXPECT_TRUE(a.submit([&a] { return a.is_worker_thread(); }).get());
+}
+
+TEST(Scheduler, DroppedHandlesAndPostedTasksStillRun) {
+  std::atomic<int> ran{0};
+  {
+    Scheduler s{{.workers = 2}};
+    for (int i = 0; i < 1000; ++i) {
+      (void)s.submit([&] { ran.fetch_add(1); });
+      s.post([&] { ran.fetch_add(1); });
+      s.post([] { throw std::runtime_error("ignored"); });  // must not kill a worker
+    }
+  }
+  EXPECT_EQ(ran.load(), 2000);
+}
+
+}  // namespace
+}  // namespace ordo

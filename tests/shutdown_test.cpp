@@ -1,0 +1,153 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <latch>
+#include <thread>
+#include <vector>
+
+#include "ordo/ordo.hpp"
+#include "test_support.hpp"
+
+namespace ordo {
+namespace {
+
+// Blocks the scheduler's only worker until released, so that what is queued
+// behind it is known to be still queued.
+struct Gate {
+  std::atomic<bool> open{false};
+  std::atomic<bool> entered{false};
+  void hold() {
+    entered.store(true);
+    while (!open.load()) std::this_thread::yield();
+  }
+  void wait_entered() const {
+    while (!entered.load()) std::this_thread::yield();
+  }
+};
+
+// Waits until the scheduler refuses external submissions: shutdown() has begun.
+void wait_until_closed(Scheduler& s) {
+  for (;;) {
+    try {
+      s.post([] {});
+    } catch (const SchedulerStopped&) {
+      return;
+    }
+    std::this_thread::yield();
+  }
+}
+
+TEST(Shutdown, DrainRunsEverythingQueuedIncludingWhatItSpawns) {
+  std::atomic<int> ran{0};
+  Scheduler s{{.workers = 2}};
+  for (int i = 0; i < 1000; ++i) {
+    s.post([&] {
+      ran.fetch_add(1);
+      s.post([&] { ran.fetch_add(1); });  // spawned while draining: still runs
+    });
+  }
+  s.shutdown(ShutdownMode::drain);
+  EXPECT_EQ(ran.load(), 2000);
+}
+
+TEST(Shutdown, CancelReportsCancelledToHandlesOfTasksNotStarted) {
+  Scheduler s{{.workers = 1}};
+  Gate gate;
+  auto blocker = s.submit([&] { gate.hold(); return 1; });
+  gate.wait_entered();
+  std::vector<Handle<int>> queued;
+  for (int i = 0; i < 100; ++i) queued.push_back(s.submit([i] { return i; }));
+  std::thread stopper([&] { s.shutdown(ShutdownMode::cancel); });
+  wait_until_closed(s);
+  gate.open.store(true);
+  stopper.join();
+  EXPECT_EQ(blocker.get(), 1);  // it was running: it finishes normally
+  for (auto& h : queued) {
+    EXPECT_EQ(h.status(), TaskStatus::cancelled);
+    EXPECT_THROW(h.get(), TaskCancelled);
+  }
+}
+
+TEST(Shutdown, CancelledGroupChildrenMakeWaitThrowTaskCancelled) {
+  Scheduler s{{.workers = 1}};
+  Gate gate;
+  s.post([&] { gate.hold(); });
+  gate.wait_entered();
+  std::atomic<int> ran{0};
+  TaskGroup g(s);
+  for (int i = 0; i < 10; ++i) g.spawn([&] { ran.fetch_add(1); });
+  std::thread stopper([&] { s.shutdown(ShutdownMode::cancel); });
+  wait_until_closed(s);
+  gate.open.store(true);
+  EXPECT_THROW(g.wait(), TaskCancelled);
+  stopper.join();
+  EXPECT_EQ(ran.load(), 0);
+}
+
+TEST(Shutdown, ExternalSubmissionAfterShutdownIsRefused) {
+  Scheduler s{{.workers = 1}};
+  s.shutdown();
+  EXPECT_THROW(s.post([] {}), SchedulerStopped);
+  EXPECT_THROW((void)s.submit([] { return 1; }), SchedulerStopped);
+  TaskGroup g(s);
+  EXPECT_THROW(g.spawn([] {}), SchedulerStopped);
+  EXPECT_NO_THROW(g.wait());
+  s.shutdown();  // idempotent
+}
+
+TEST(Shutdown, ShutdownFromInsideAWorkerIsAClearError) {
+  Scheduler s{{.workers = 1}};
+  auto h = s.submit([&s] {
+    try {
+      s.shutdown();
+    } catch (const Error&) {
+      return true;
+    }
+    return false;
+  });
+  EXPECT_TRUE(h.get());
+}
+
+TEST(Shutdown, DestructionWithWorkInFlightRunsItAllAndLeaksNothing) {
+  for (std::size_t round = 0; round < 20 * test::kScale; ++round) {
+    std::atomic<int> ran{0};
+    {
+      Scheduler s{{.workers = 2}};
+      for (int i = 0; i < 200; ++i) {
+        s.post([&s, &ran] {
+          TaskGroup g(s);
+          for (int k = 0; k < 4; ++k) g.spawn([&] { ran.fetch_add(1); });
+          g.wait();
+        });
+      }
+    }
+    ASSERT_EQ(ran.load(), 800);
+  }
+}
+
+TEST(Shutdown, ConcurrentSubmittersRacingShutdownLoseNothingAccepted) {
+  for (std::size_t round = 0; round < 10 * test::kScale; ++round) {
+    std::atomic<int> accepted{0};
+    std::atomic<int> ran{0};
+    auto s = std::make_unique<Scheduler>(SchedulerOptions{.workers = 2});
+    std::vector<std::thread> producers;
+    for (int p = 0; p < 3; ++p) {
+      producers.emplace_back([&] {
+        for (int i = 0; i < 2000; ++i) {
+          try {
+            s->post([&] { ran.fetch_add(1); });
+            accepted.fetch_add(1);
+          } catch (const SchedulerStopped&) {
+            return;
+          }
+        }
+      });
+    }
+    s->shutdown(ShutdownMode::drain);
+    for (auto& t : producers) t.join();
+    EXPECT_EQ(ran.load(), accepted.load());
+  }
+}
+
+}  // namespace
+}  // namespace ordo

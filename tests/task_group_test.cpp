@@ -1,0 +1,134 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "ordo/ordo.hpp"
+#include "test_support.hpp"
+
+namespace ordo {
+namespace {
+
+long fib(Scheduler& s, int n) {
+  if (n < 2) return n;
+  long a = 0;
+  TaskGroup g(s);
+  g.spawn([&] { a = fib(s, n - 1); });
+  long b = fib(s, n - 2);
+  g.wait();
+  return a + b;
+}
+
+TEST(TaskGroup, FibThroughNestedSpawnsGivesTheRightValue) {
+  for (unsigned workers : {1u, 2u, 4u}) {
+    Scheduler s{{.workers = workers}};
+    EXPECT_EQ(s.submit([&s] { return fib(s, 20); }).get(), 6765) << workers << " workers";
+  }
+}
+
+TEST(TaskGroup, FibFromAnExternalThreadAlsoWorks) {
+  Scheduler s{{.workers = 2}};
+  EXPECT_EQ(fib(s, 18), 2584);  // the top levels wait outside the pool
+}
+
+TEST(TaskGroup, RepeatedFibStress) {
+  Scheduler s{{.workers = 3}};
+  for (std::size_t i = 0; i < 10 * test::kScale; ++i) {
+    ASSERT_EQ(s.submit([&s] { return fib(s, 16); }).get(), 987);
+  }
+}
+
+TEST(TaskGroup, HelpingWaitNeverDeadlocksWithOneWorker) {
+  Scheduler s{{.workers = 1}};
+  // Three levels of groups, all waiting inside the single worker.
+  std::atomic<int> leaves{0};
+  auto h = s.submit([&] {
+    TaskGroup outer(s);
+    for (int i = 0; i < 8; ++i) {
+      outer.spawn([&] {
+        TaskGroup middle(s);
+        for (int j = 0; j < 8; ++j) {
+          middle.spawn([&] {
+            TaskGroup inner(s);
+            for (int k = 0; k < 8; ++k) inner.spawn([&] { leaves.fetch_add(1); });
+            inner.wait();
+          });
+        }
+        middle.wait();
+      });
+    }
+    outer.wait();
+    return leaves.load();
+  });
+  EXPECT_EQ(h.get(), 512);
+}
+
+TEST(TaskGroup, FirstExceptionReachesWaitAndOthersStillRun) {
+  Scheduler s{{.workers = 2}};
+  std::atomic<int> ran{0};
+  TaskGroup g(s);
+  for (int i = 0; i < 100; ++i) {
+    g.spawn([&, i] {
+      ran.fetch_add(1);
+      if (i == 50) throw std::runtime_error("child 50 failed");
+    });
+  }
+  try {
+    g.wait();
+    FAIL() << "wait() should rethrow";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "child 50 failed");
+  }
+  EXPECT_EQ(ran.load(), 100);
+  // The group is reusable and clean after wait().
+  g.spawn([&] { ran.fetch_add(1); });
+  EXPECT_NO_THROW(g.wait());
+  EXPECT_EQ(ran.load(), 101);
+}
+
+TEST(TaskGroup, SpawnFromAThreadThatIsNotTheOwnerIsAClearError) {
+  Scheduler s{{.workers = 1}};
+  TaskGroup g(s);
+  std::thread other([&] {
+    try {
+      g.spawn([] {});
+      ADD_FAILURE() << "spawn from a non-owner should throw";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("does not own"), std::string::npos);
+    }
+  });
+  other.join();
+}
+
+TEST(TaskGroup, DestructorWaitsForChildren) {
+  Scheduler s{{.workers = 2}};
+  std::atomic<int> done{0};
+  {
+    TaskGroup g(s);
+    for (int i = 0; i < 1000; ++i) g.spawn([&] { done.fetch_add(1); });
+  }
+  EXPECT_EQ(done.load(), 1000);
+}
+
+// An external owner that sleeps must be woken by the last child.
+TEST(TaskGroup, ExternalOwnerIsWokenByTheLastChild) {
+  Scheduler s{{.workers = 2}};
+  for (std::size_t round = 0; round < 200 * test::kScale; ++round) {
+    std::atomic<int> done{0};
+    TaskGroup g(s);
+    for (int i = 0; i < 4; ++i) {
+      g.spawn([&] {
+        // long enough that the owner gives up spinning and parks
+        for (int k = 0; k < 20000; ++k) std::atomic_signal_fence(std::memory_order_seq_cst);
+        done.fetch_add(1);
+      });
+    }
+    g.wait();
+    ASSERT_EQ(done.load(), 4);
+  }
+}
+
+}  // namespace
+}  // namespace ordo
