@@ -141,9 +141,12 @@ Task* SchedulerCore::take_injected(Worker& w, unsigned level) {
   Injection& inj = injection_[level];
   std::size_t n = inj.queue.try_dequeue_bulk(w.tokens[level], buf.data(), kBulk);
   if (n == 0) return nullptr;  // announced but not enqueued yet: the producer is mid-submit
-  // relaxed: the count only has to stay >= the queue's size, which the RMW
-  // order on this one word guarantees; nothing else is published through it.
-  inj.announced.fetch_sub(2 * n, std::memory_order_relaxed);
+  // acq_rel: the count only has to stay >= the queue's size, which the RMW
+  // order on this word guarantees by itself; the acquire half makes the
+  // producer's announce (a release RMW, written after the node) happen-before
+  // our use of the nodes. moodycamel already orders that with fences, which
+  // ThreadSanitizer cannot see; this edge, free on x86, it can.
+  inj.announced.fetch_sub(2 * n, std::memory_order_acq_rel);
   if (n > 1) {
     // Keep the rest on our deque where thieves can take them; pushed newest
     // first so that our own LIFO pops run them in submission order.

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Run ordo's benchmark binaries once each and print ordo/peer ratios.
+
+Every workload `<workload>/<system>/<args>` is compared with the same workload
+of every other system in the same run: a ratio of real times below 1 means ordo
+is faster. Usage: ratios.py [--out DIR] BINARY [BINARY...] [-- benchmark flags]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+
+def run(binary, out_dir, extra):
+    out = os.path.join(out_dir, os.path.basename(binary) + ".json")
+    cmd = [binary, "--benchmark_format=console", f"--benchmark_out={out}", "--benchmark_out_format=json"] + extra
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    with open(out) as f:
+        return json.load(f)["benchmarks"]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="bench-results")
+    parser.add_argument("binaries", nargs="+")
+    args, extra = parser.parse_known_args()
+    os.makedirs(args.out, exist_ok=True)
+    rows = {}
+    for binary in args.binaries:
+        for b in run(binary, args.out, extra):
+            if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
+                continue
+            if b.get("error_occurred"):
+                print(f"ERROR in {b['name']}: {b.get('error_message')}", file=sys.stderr)
+                continue
+            parts = b["name"].split("/")
+            if len(parts) < 2:
+                continue
+            workload, system, rest = parts[0], parts[1], "/".join(parts[2:])
+            rest = rest.replace("_median", "").split("/real_time")[0]
+            rows.setdefault((workload, rest), {})[system] = b
+    print()
+    print(f"{'workload':28} {'ordo variant':14} {'peer':12} {'ordo':>12} {'peer':>12} {'ordo/peer':>10}")
+    for (workload, rest), systems in sorted(rows.items()):
+        for ordo_sys in sorted(s for s in systems if s == "ordo" or s.startswith("ordo_")):
+            for peer in sorted(s for s in systems if not (s == "ordo" or s.startswith("ordo_"))):
+                o, p = systems[ordo_sys], systems[peer]
+                key = "cpu_s" if "cpu_s" in o else "real_time"
+                ov, pv = o.get(key, 0.0), p.get(key, 0.0)
+                ratio = ov / pv if pv else float("nan")
+                name = workload + ("/" + rest if rest else "")
+                unit = "" if key == "cpu_s" else o.get("time_unit", "")
+                print(f"{name:28} {ordo_sys:14} {peer:12} {ov:>10.3f}{unit:>2} {pv:>10.3f}{unit:>2} {ratio:>10.3f}"
+                      + ("  (cpu_s)" if key == "cpu_s" else ""))
+
+
+if __name__ == "__main__":
+    main()
