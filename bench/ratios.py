@@ -28,12 +28,14 @@ def main():
     args, extra = parser.parse_known_args()
     os.makedirs(args.out, exist_ok=True)
     rows = {}
+    errors = 0
     for binary in args.binaries:
         for b in run(binary, args.out, extra):
             if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
                 continue
             if b.get("error_occurred"):
                 print(f"ERROR in {b['name']}: {b.get('error_message')}", file=sys.stderr)
+                errors += 1
                 continue
             parts = b["name"].split("/")
             if len(parts) < 2:
@@ -54,6 +56,9 @@ def main():
                 unit = "" if key == "cpu_s" else o.get("time_unit", "")
                 print(f"{name:28} {ordo_sys:14} {peer:12} {ov:>10.3f}{unit:>2} {pv:>10.3f}{unit:>2} {ratio:>10.3f}"
                       + ("  (cpu_s)" if key == "cpu_s" else ""))
+    if errors:
+        print(f"{errors} benchmark(s) reported a wrong result", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 // the workers to finish). See docs/architecture.md for how a task flows.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <type_traits>
@@ -53,6 +54,15 @@ void discard_unqueued(Task* t) noexcept {
 }
 
 }  // namespace detail
+
+// Cumulative counters of one scheduler. Each is summed over workers without a
+// lock, so a snapshot taken while tasks run is approximate (never torn).
+struct SchedulerStats {
+  unsigned workers = 0;
+  unsigned levels = 0;
+  std::uint64_t tasks_run = 0;  // payloads run or cancelled by workers
+  std::uint64_t steals = 0;     // tasks taken from another worker's deque
+};
 
 class Scheduler {
  public:
@@ -115,6 +125,8 @@ class Scheduler {
   unsigned level_count() const noexcept;
   // True when the calling thread is one of this scheduler's workers.
   bool is_worker_thread() const noexcept;
+  // Any thread; never blocks the workers.
+  SchedulerStats stats() const noexcept;
 
   detail::SchedulerCore& core() noexcept { return *core_; }
 
