@@ -55,7 +55,8 @@ unsigned Scheduler::level_count() const noexcept { return core_->level_count(); 
 bool Scheduler::is_worker_thread() const noexcept { return detail::tls_context.core == core_.get(); }
 
 SchedulerStats Scheduler::stats() const noexcept {
-  return SchedulerStats{core_->worker_count(), core_->level_count(), core_->executed_total(), core_->stolen_total()};
+  return SchedulerStats{core_->worker_count(), core_->level_count(), core_->executed_total(), core_->stolen_total(),
+                        core_->parked_count()};
 }
 
 }  // namespace ordo

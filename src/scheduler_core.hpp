@@ -77,6 +77,7 @@ class SchedulerCore {
   // Cumulative counters summed over workers (approximate while running).
   std::uint64_t executed_total() const noexcept;
   std::uint64_t stolen_total() const noexcept;
+  unsigned parked_count() const noexcept { return sleepers_.count(); }
 
  private:
   friend struct Worker;

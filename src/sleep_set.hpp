@@ -35,6 +35,12 @@ class SleepSet {
     return false;
   }
 
+  unsigned count() const noexcept {
+    unsigned n = 0;
+    for (unsigned i = 0; i < words_; ++i) n += static_cast<unsigned>(std::popcount(bits_[i].load(std::memory_order_relaxed)));
+    return n;
+  }
+
   // Removes one member and returns its index, or -1 when the set is empty.
   int take_one() noexcept {
     for (unsigned i = 0; i < words_; ++i) {

@@ -62,6 +62,7 @@ struct SchedulerStats {
   unsigned levels = 0;
   std::uint64_t tasks_run = 0;  // payloads run or cancelled by workers
   std::uint64_t steals = 0;     // tasks taken from another worker's deque
+  unsigned workers_parked = 0;  // workers asleep (or about to be) for lack of work
 };
 
 class Scheduler {
