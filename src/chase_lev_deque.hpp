@@ -39,6 +39,7 @@ class ChaseLevDeque {
     while (cap < initial_capacity) cap <<= 1;
     auto ring = std::make_unique<Ring>(cap);
     ring_.store(ring.get(), std::memory_order_relaxed);
+    owner_ring_ = ring.get();
     rings_.push_back(std::move(ring));
   }
   ChaseLevDeque(const ChaseLevDeque&) = delete;
@@ -47,10 +48,14 @@ class ChaseLevDeque {
   // Owner only. Never fails; grows the ring when full.
   void push(T item) {
     std::int64_t b = bottom_.load(std::memory_order_relaxed);
-    // acquire pairs with the CAS on top in steal(): slots below top are free.
-    std::int64_t t = top_.load(std::memory_order_acquire);
-    Ring* ring = ring_.load(std::memory_order_relaxed);
-    if (b - t >= static_cast<std::int64_t>(ring->capacity)) ring = grow(ring, t, b);
+    Ring* ring = owner_ring_;
+    if (b - top_cache_ >= static_cast<std::int64_t>(ring->capacity)) {
+      // top only grows, so the cached value is a lower bound: refresh it only
+      // when the ring looks full. acquire pairs with the CAS on top in
+      // steal(): the slots below top are no longer read by thieves.
+      top_cache_ = top_.load(std::memory_order_acquire);
+      if (b - top_cache_ >= static_cast<std::int64_t>(ring->capacity)) ring = grow(ring, top_cache_, b);
+    }
     ring->put(b, item);
     // release pairs with the loads of bottom in steal(): a thief that sees the
     // new bottom sees the item and everything written before the push.
@@ -60,11 +65,12 @@ class ChaseLevDeque {
   // Owner only. Takes the newest item (LIFO). False when empty.
   bool pop(T& out) {
     std::int64_t b = bottom_.load(std::memory_order_relaxed) - 1;
-    Ring* ring = ring_.load(std::memory_order_relaxed);
+    Ring* ring = owner_ring_;
     // seq_cst store, then seq_cst load of top: the Dekker pair with steal(),
     // so that pop and a thief cannot both miss each other on the last item.
     bottom_.store(b, std::memory_order_seq_cst);
     std::int64_t t = top_.load(std::memory_order_seq_cst);
+    top_cache_ = t;
     if (t > b) {  // was empty
       bottom_.store(b + 1, std::memory_order_relaxed);
       return false;
@@ -126,12 +132,17 @@ class ChaseLevDeque {
     rings_.push_back(std::move(bigger));  // the old ring stays alive (retired) until destruction
     // release pairs with steal()'s acquire load of ring_.
     ring_.store(raw, std::memory_order_release);
+    owner_ring_ = raw;
     return raw;
   }
 
   alignas(64) std::atomic<std::int64_t> top_{0};
   alignas(64) std::atomic<std::int64_t> bottom_{0};
-  std::atomic<Ring*> ring_{nullptr};
+  // Owner-private copies, on the owner's line: the ring it writes to and a
+  // lower bound of top for the capacity check.
+  Ring* owner_ring_ = nullptr;
+  std::int64_t top_cache_ = 0;
+  alignas(64) std::atomic<Ring*> ring_{nullptr};  // what thieves read
   std::vector<std::unique_ptr<Ring>> rings_;  // owner only: current ring and retired ones
 };
 
