@@ -13,17 +13,7 @@
 namespace ordo {
 namespace {
 
-struct Gate {
-  std::atomic<bool> open{false};
-  std::atomic<bool> entered{false};
-  void hold() {
-    entered.store(true);
-    while (!open.load()) std::this_thread::yield();
-  }
-  void wait_entered() const {
-    while (!entered.load()) std::this_thread::yield();
-  }
-};
+using test::Gate;
 
 TEST(Priority, OneWorkerRunsEveryHighBeforeAnyLowQueuedAtTheSameTime) {
   for (std::size_t round = 0; round < 5 * test::kScale; ++round) {

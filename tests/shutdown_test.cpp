@@ -11,19 +11,7 @@
 namespace ordo {
 namespace {
 
-// Blocks the scheduler's only worker until released, so that what is queued
-// behind it is known to be still queued.
-struct Gate {
-  std::atomic<bool> open{false};
-  std::atomic<bool> entered{false};
-  void hold() {
-    entered.store(true);
-    while (!open.load()) std::this_thread::yield();
-  }
-  void wait_entered() const {
-    while (!entered.load()) std::this_thread::yield();
-  }
-};
+using test::Gate;
 
 // Waits until the scheduler refuses external submissions: shutdown() has begun.
 void wait_until_closed(Scheduler& s) {

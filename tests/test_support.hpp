@@ -1,7 +1,9 @@
 // Shared helpers for ordo's tests.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <thread>
 
 namespace ordo::test {
 
@@ -18,5 +20,20 @@ inline constexpr std::size_t kScale = 8;
 #else
 inline constexpr std::size_t kScale = 8;
 #endif
+
+// Blocks a scheduler's worker until released, so that what is queued behind
+// it is known to be still queued. No timing is involved: the test waits for
+// `entered`, and the worker waits for `open`.
+struct Gate {
+  std::atomic<bool> open{false};
+  std::atomic<bool> entered{false};
+  void hold() {
+    entered.store(true);
+    while (!open.load()) std::this_thread::yield();
+  }
+  void wait_entered() const {
+    while (!entered.load()) std::this_thread::yield();
+  }
+};
 
 }  // namespace ordo::test
