@@ -20,12 +20,13 @@ Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority) {
                             std::to_string(core.level_count() - 1) + ")");
     }
   } else if (tls_context.core == &core && tls_context.current != nullptr) {
-    level = tls_context.current->level;  // inherit the running task's priority
+    level = tls_context.current->level.load(std::memory_order_relaxed);  // inherit the running task's priority
   } else {
     level = core.default_level();
   }
   Task* t = allocate_task();
-  t->level = level;
+  t->level.store(level, std::memory_order_relaxed);  // published with the node by the queue handoff
+  t->enqueued_ns = 0;
   return t;
 }
 
@@ -49,6 +50,8 @@ void Scheduler::shutdown(ShutdownMode mode) {
   }
   core_->stop(mode);
 }
+
+void Scheduler::reserve(Priority level, unsigned workers) { core_->reserve(static_cast<unsigned>(level), workers); }
 
 unsigned Scheduler::worker_count() const noexcept { return core_->worker_count(); }
 unsigned Scheduler::level_count() const noexcept { return core_->level_count(); }

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "ordo/errors.hpp"
+#include "ordo/handle.hpp"
 
 namespace ordo::detail {
 
@@ -19,26 +20,128 @@ Parker* this_thread_parker() noexcept {
 
 Worker::Worker(SchedulerCore& c, unsigned i, unsigned levels)
     : core(c), index(i), rng(0x9e3779b97f4a7c15ull * (i + 1)), deques(new ChaseLevDeque<Task*>[levels]) {
+  max_level.store(static_cast<std::uint8_t>(levels - 1), std::memory_order_relaxed);
   tokens.reserve(levels);
   for (unsigned l = 0; l < levels; ++l) tokens.emplace_back(c.injection_[l].queue);
 }
 
-SchedulerCore::SchedulerCore(const SchedulerOptions& options)
-    : levels_(options.levels),
-      name_(options.name),
-      sleepers_(options.workers != 0 ? options.workers : std::max(1u, std::thread::hardware_concurrency())) {
+namespace {
+
+unsigned resolve_workers(const SchedulerOptions& options) {
+  unsigned n = options.workers != 0 ? options.workers : std::max(1u, std::thread::hardware_concurrency());
+  if (n > 4096) throw InvalidArgument("ordo: SchedulerOptions::workers must be at most 4096, got " + std::to_string(n));
+  return n;
+}
+
+unsigned validate_levels(const SchedulerOptions& options) {
   if (options.levels < 1 || options.levels > kMaxLevels) {
     throw InvalidArgument("ordo: SchedulerOptions::levels must be between 1 and " + std::to_string(kMaxLevels) +
                           ", got " + std::to_string(options.levels));
   }
-  unsigned n = options.workers != 0 ? options.workers : std::max(1u, std::thread::hardware_concurrency());
-  if (n > 4096) throw InvalidArgument("ordo: SchedulerOptions::workers must be at most 4096, got " + std::to_string(n));
+  return options.levels;
+}
+
+}  // namespace
+
+SchedulerCore::SchedulerCore(const SchedulerOptions& options)
+    : levels_(validate_levels(options)),
+      name_(options.name),
+      policy_(options.policy),
+      sleepers_(resolve_workers(options)),
+      reserved_per_level_(levels_, 0) {
+  const unsigned n = resolve_workers(options);
+  if (policy_ == Policy::strict && !options.weights.empty()) {
+    throw InvalidArgument("ordo: SchedulerOptions::weights are only used with Policy::weighted");
+  }
+  if (policy_ == Policy::weighted) {
+    std::vector<unsigned> weights = options.weights;
+    if (weights.empty()) {
+      for (unsigned l = 0; l < levels_; ++l) weights.push_back(1u << (levels_ - 1 - l));
+    }
+    if (weights.size() != levels_) {
+      throw InvalidArgument("ordo: SchedulerOptions::weights needs one weight per level (" + std::to_string(levels_) +
+                            "), got " + std::to_string(weights.size()));
+    }
+    for (unsigned l = 0; l < levels_; ++l) {
+      if (weights[l] == 0 || weights[l] > 1000) {
+        throw InvalidArgument("ordo: weight of level " + std::to_string(l) + " must be between 1 and 1000, got " +
+                              std::to_string(weights[l]));
+      }
+    }
+    build_weighted_schedule(weights);
+  }
   injection_.reset(new Injection[levels_]);
+  advertised_.reset(new WorkerSet[levels_]);
+  eligible_.reset(new WorkerSet[levels_]);
+  for (unsigned l = 0; l < levels_; ++l) {
+    advertised_[l].init(n);
+    eligible_[l].init(n);
+  }
   workers_.reserve(n);
   for (unsigned i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>(*this, i, levels_));
+  for (const Reservation& r : options.reserved) reserve(static_cast<unsigned>(r.level), r.workers);
+  std::lock_guard lock(reservation_mu_);
+  apply_reservations();
 }
 
 SchedulerCore::~SchedulerCore() { stop(ShutdownMode::drain); }
+
+// Smooth weighted round-robin: each round every level gains its weight and the
+// richest level is served and pays the total. Over one round of sum(weights)
+// turns each level gets exactly its weight, spread out rather than in bursts.
+void SchedulerCore::build_weighted_schedule(const std::vector<unsigned>& weights) {
+  std::vector<long> current(weights.size(), 0);
+  long total = 0;
+  for (unsigned w : weights) total += w;
+  for (long turn = 0; turn < total; ++turn) {
+    std::size_t best = 0;
+    for (std::size_t l = 0; l < weights.size(); ++l) {
+      current[l] += weights[l];
+      if (current[l] > current[best]) best = l;
+    }
+    current[best] -= total;
+    schedule_.push_back(static_cast<std::uint8_t>(best));
+  }
+}
+
+void SchedulerCore::reserve(unsigned level, unsigned workers) {
+  if (level >= levels_) {
+    throw InvalidArgument("ordo: reserve() level " + std::to_string(level) + " is beyond this scheduler's " +
+                          std::to_string(levels_) + " levels");
+  }
+  std::lock_guard lock(reservation_mu_);
+  unsigned others = 0;
+  for (unsigned l = 0; l < levels_; ++l)
+    if (l != level) others += reserved_per_level_[l];
+  if (level != levels_ - 1 && others + workers >= worker_count()) {
+    throw InvalidArgument("ordo: reserving " + std::to_string(workers) + " worker(s) for level " +
+                          std::to_string(level) + " would leave no worker for the lowest level (" +
+                          std::to_string(worker_count()) + " workers, " + std::to_string(others) +
+                          " already reserved)");
+  }
+  reserved_per_level_[level] = workers;
+  apply_reservations();
+  wake_all();  // parked workers re-check what they may now run (or must leave to others)
+}
+
+// Reserved workers are taken from the highest indices, highest band first.
+void SchedulerCore::apply_reservations() noexcept {
+  unsigned next = worker_count();
+  std::vector<unsigned> cap(worker_count(), levels_ - 1);
+  for (unsigned l = 0; l < levels_; ++l) {
+    for (unsigned k = 0; k < reserved_per_level_[l] && next > 0; ++k) cap[--next] = l;
+  }
+  for (unsigned i = 0; i < worker_count(); ++i) {
+    workers_[i]->max_level.store(static_cast<std::uint8_t>(cap[i]), std::memory_order_relaxed);
+    for (unsigned l = 0; l < levels_; ++l) {
+      if (l <= cap[i]) {
+        eligible_[l].add(i);
+      } else {
+        eligible_[l].remove(i);
+      }
+    }
+  }
+}
 
 void SchedulerCore::start() {
   // Workers count as busy until the shutdown loop sees them idle.
@@ -55,16 +158,16 @@ void SchedulerCore::worker_main(Worker& w) {
   std::string thread_name = name_.substr(0, 11) + "-" + std::to_string(w.index);
   pthread_setname_np(pthread_self(), thread_name.c_str());
 
+  // seq_cst: pairs with stop()'s phase store when read inside park_worker().
+  auto stopping = [this] { return phase_.load(std::memory_order_seq_cst) != kAccepting; };
   for (;;) {
     if (phase_.load(std::memory_order_relaxed) != kAccepting) break;
     if (Task* t = find_task(w)) {
-      run_task(t);
+      run_task(w, t);
       continue;
     }
-    // seq_cst: pairs with stop()'s phase store when read inside park_worker().
-    auto stopping = [this] { return phase_.load(std::memory_order_seq_cst) != kAccepting; };
     if (Task* t = spin_for_task(w, stopping)) {
-      run_task(t);
+      run_task(w, t);
       continue;
     }
     park_worker(w, stopping);
@@ -80,27 +183,30 @@ void SchedulerCore::worker_main(Worker& w) {
 // a busy worker, or announced in an injection queue. Hence busy_ == 0 with
 // every injection queue empty and closed means no task exists or can appear.
 void SchedulerCore::shutdown_loop(Worker& w) {
-  for (;;) {
-    while (Task* t = find_task(w)) run_task(t);
+  // While stopping every worker serves every level: reservations would
+  // otherwise leave lower-level tasks behind a worker that will not run them.
+  w.max_level.store(static_cast<std::uint8_t>(levels_ - 1), std::memory_order_relaxed);
+  auto finished = [this] {
     if (busy_.fetch_sub(1, std::memory_order_seq_cst) == 1 && injection_empty()) {
       exit_.store(true, std::memory_order_seq_cst);
       wake_all();
-      return;
+      return true;
     }
+    return false;
+  };
+  for (;;) {
+    while (Task* t = find_task(w)) run_task(w, t);
+    if (finished()) return;
     for (;;) {
       if (exit_.load(std::memory_order_seq_cst)) return;
       park_worker(w, [] { return false; });
       if (exit_.load(std::memory_order_seq_cst)) return;
       busy_.fetch_add(1, std::memory_order_seq_cst);
       if (Task* t = find_task(w)) {
-        run_task(t);
+        run_task(w, t);
         break;  // back to the busy loop
       }
-      if (busy_.fetch_sub(1, std::memory_order_seq_cst) == 1 && injection_empty()) {
-        exit_.store(true, std::memory_order_seq_cst);
-        wake_all();
-        return;
-      }
+      if (finished()) return;
     }
   }
 }
@@ -111,28 +217,76 @@ bool SchedulerCore::injection_empty() const noexcept {
   return true;
 }
 
-bool SchedulerCore::work_visible() const noexcept {
-  if (!injection_empty()) return true;
+// The sleeping worker's half of the Dekker pair: seq_cst loads of every place
+// a task for a level it serves can appear.
+bool SchedulerCore::work_visible(const Worker& w) const noexcept {
+  const unsigned served = w.max_level.load(std::memory_order_relaxed) + 1u;
+  for (unsigned l = 0; l < served; ++l)
+    if (injection_[l].announced.load(std::memory_order_seq_cst) >= 2) return true;
   for (const auto& other : workers_)
-    for (unsigned l = 0; l < levels_; ++l)
+    for (unsigned l = 0; l < served; ++l)
       if (!other->deques[l].empty_seq_cst()) return true;
   return false;
 }
 
 Task* SchedulerCore::find_task(Worker& w) {
-  for (unsigned l = 0; l < levels_; ++l) {
-    const std::uint32_t bit = 1u << l;
-    if (w.local_levels & bit) {
-      Task* t;
-      if (w.deques[l].pop(t)) return t;
-      w.local_levels &= ~bit;
+  const unsigned served = w.max_level.load(std::memory_order_relaxed) + 1u;
+  if (policy_ == Policy::weighted && served > 1) {
+    // This turn's level first, then the others by priority: work-conserving.
+    const unsigned first = schedule_[w.wrr_cursor];
+    Task* t = first < served ? take_at_level(w, first) : nullptr;
+    for (unsigned l = 0; t == nullptr && l < served; ++l)
+      if (l != first) t = take_at_level(w, l);
+    if (t != nullptr && ++w.wrr_cursor == schedule_.size()) w.wrr_cursor = 0;
+    return t;
+  }
+  for (unsigned l = 0; l < served; ++l)
+    if (Task* t = take_at_level(w, l)) return t;
+  return nullptr;
+}
+
+// Everything visible at one level: own deque, injection queue, then the deques
+// of workers that advertise this level. Checked level by level from the top,
+// a worker never starts a lower-level task while a higher one is visible.
+Task* SchedulerCore::take_at_level(Worker& w, unsigned level) {
+  const std::uint32_t bit = 1u << level;
+  if (w.local_levels & bit) {
+    Task* t;
+    if (w.deques[level].pop(t)) {
+      w.taken_level = level;
+      return t;
     }
-    // relaxed: a hint; the sleep protocol re-reads it seq_cst before parking.
-    if (injection_[l].announced.load(std::memory_order_relaxed) >= 2) {
-      if (Task* t = take_injected(w, l)) return t;
+    w.local_levels &= ~bit;
+    if (w.advertised & bit) {
+      advertised_[level].remove(w.index);
+      w.advertised &= ~bit;
     }
   }
-  return steal_any(w);
+  // relaxed: hints; the sleep protocol re-reads with seq_cst before parking.
+  if (injection_[level].announced.load(std::memory_order_relaxed) >= 2) {
+    if (Task* t = take_injected(w, level)) {
+      w.taken_level = level;
+      return t;
+    }
+  }
+  if (advertised_[level].any_other_relaxed(w.index)) {
+    if (Task* t = steal_at_level(w, level)) {
+      w.taken_level = level;
+      return t;
+    }
+  }
+  return nullptr;
+}
+
+void SchedulerCore::push_local(Worker& w, Task* t, unsigned level) {
+  w.deques[level].push(t);
+  const std::uint32_t bit = 1u << level;
+  w.local_levels |= bit;
+  if (!(w.advertised & bit)) {  // an RMW only when the deque becomes non-empty
+    advertised_[level].add(w.index);
+    w.advertised |= bit;
+  }
+  if (sleepers_.any_relaxed()) wake_one(level);
 }
 
 Task* SchedulerCore::take_injected(Worker& w, unsigned level) {
@@ -147,68 +301,76 @@ Task* SchedulerCore::take_injected(Worker& w, unsigned level) {
   // our use of the nodes. moodycamel already orders that with fences, which
   // ThreadSanitizer cannot see; this edge, free on x86, it can.
   inj.announced.fetch_sub(2 * n, std::memory_order_acq_rel);
-  if (n > 1) {
-    // Keep the rest on our deque where thieves can take them; pushed newest
-    // first so that our own LIFO pops run them in submission order.
-    for (std::size_t i = n - 1; i >= 1; --i) w.deques[level].push(buf[i]);
-    w.local_levels |= 1u << level;
-    if (sleepers_.any_relaxed()) wake_one();
-  }
+  // Keep the rest on our deque where thieves can take them; pushed newest
+  // first so that our own LIFO pops run them in submission order.
+  for (std::size_t i = n - 1; i >= 1; --i) push_local(w, buf[i], level);
   return buf[0];
 }
 
-Task* SchedulerCore::steal_any(Worker& w) {
-  const unsigned n = worker_count();
-  if (n == 1) return nullptr;
+Task* SchedulerCore::steal_at_level(Worker& w, unsigned level) {
   w.rng ^= w.rng << 13;
   w.rng ^= w.rng >> 7;
   w.rng ^= w.rng << 17;
-  const unsigned start = static_cast<unsigned>(w.rng % n);
-  for (unsigned l = 0; l < levels_; ++l) {
-    for (int attempt = 0; attempt < 2; ++attempt) {
-      bool contended = false;
-      for (unsigned k = 0; k < n; ++k) {
-        unsigned v = (start + k) % n;
-        if (v == w.index) continue;
-        Task* t;
-        switch (workers_[v]->deques[l].steal(t)) {
-          case StealResult::success:
-            w.stolen.store(w.stolen.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-            return t;
-          case StealResult::lost_race:
-            contended = true;
-            break;
-          case StealResult::empty:
-            break;
-        }
+  const auto start = static_cast<unsigned>(w.rng);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    bool contended = false;
+    Task* got = nullptr;
+    advertised_[level].any_of_others(w.index, start, [&](unsigned victim) {
+      switch (workers_[victim]->deques[level].steal(got)) {
+        case StealResult::success:
+          return true;
+        case StealResult::lost_race:
+          contended = true;
+          return false;
+        case StealResult::empty:
+          return false;
       }
-      if (!contended) break;  // every victim was empty at this level: next level
+      return false;
+    });
+    if (got != nullptr) {
+      w.stolen.store(w.stolen.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      return got;
     }
+    if (!contended) break;  // every advertised deque was empty: not worth a retry
   }
   return nullptr;
 }
 
-void SchedulerCore::run_task(Task* t) {
+void SchedulerCore::run_task(Worker& w, Task* t) {
+  if (t->movable) {
+    // Claim this entry. It is stale if the task moved to another level since
+    // it was queued here, or if another entry already started (or cancelled)
+    // it; a stale entry only drops the reference it held.
+    // acquire: pairs with set_priority's release, so a moved task's level is seen.
+    std::uint32_t s = t->state.load(std::memory_order_acquire);
+    for (;;) {
+      if ((s & kStateMask) != kQueued || t->level.load(std::memory_order_relaxed) != w.taken_level) {
+        release_task(t);
+        return;
+      }
+      // relaxed: the node's contents were published to us by the queue
+      // handoff; this CAS only decides which entry wins.
+      if (t->state.compare_exchange_weak(s, (s & ~kStateMask) | kRunning, std::memory_order_relaxed)) break;
+    }
+  }
   const ExecMode mode = phase_.load(std::memory_order_relaxed) == kCancelling ? ExecMode::cancel : ExecMode::run;
   Task* outer = tls_context.current;
   tls_context.current = t;
-  // An RMW, not a store: a waiter may have set kWaiterBit concurrently.
-  // relaxed: informational only; the outcome is published by finish().
-  if (t->kind == TaskKind::handle) t->state.fetch_or(kRunning, std::memory_order_relaxed);
   t->exec(t, mode);
   tls_context.current = outer;
-  Worker& w = *tls_context.worker;
   w.executed.store(w.executed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   finish(t, mode);
 }
 
 bool SchedulerCore::submit(Task* t) {
-  const unsigned level = t->level;
+  const unsigned level = t->level.load(std::memory_order_relaxed);
   if (tls_context.core == this) {
     Worker& w = *tls_context.worker;
-    w.deques[level].push(t);
-    w.local_levels |= 1u << level;
-    if (sleepers_.any_relaxed()) wake_one();
+    if (level <= w.max_level.load(std::memory_order_relaxed)) {
+      push_local(w, t, level);
+    } else {
+      inject(t, level);  // a reserved worker does not keep work it will not run
+    }
     return true;
   }
   Injection& inj = injection_[level];
@@ -221,12 +383,29 @@ bool SchedulerCore::submit(Task* t) {
     return false;
   }
   inj.queue.enqueue(t);
-  wake_one();
+  wake_one(level);
   return true;
 }
 
-void SchedulerCore::wake_one() noexcept {
-  int idx = sleepers_.take_one();
+// From inside the scheduler (a worker, or a move of an accepted task): the
+// closed bit does not apply, the task was accepted before.
+void SchedulerCore::inject(Task* t, unsigned level) {
+  injection_[level].announced.fetch_add(2, std::memory_order_seq_cst);
+  injection_[level].queue.enqueue(t);
+  wake_one(level);
+}
+
+void SchedulerCore::requeue(Task* t) {
+  const unsigned level = t->level.load(std::memory_order_relaxed);
+  if (tls_context.core == this && level <= tls_context.worker->max_level.load(std::memory_order_relaxed)) {
+    push_local(*tls_context.worker, t, level);
+  } else {
+    inject(t, level);
+  }
+}
+
+void SchedulerCore::wake_one(unsigned level) noexcept {
+  int idx = sleepers_.take_one(&eligible_[level]);
   if (idx >= 0) workers_[static_cast<unsigned>(idx)]->parker->unpark();
 }
 

@@ -1,18 +1,24 @@
-// SchedulerCore: the workers, their deques, the injection queues and the
-// sleep/wake and shutdown protocols behind ordo::Scheduler.
+// SchedulerCore: the workers, their deques, the injection queues, the level
+// policies and the sleep/wake and shutdown protocols behind ordo::Scheduler.
 //
-// Thread-safety: submit paths, wait paths and wake() may run on any thread
-// concurrently; start() and stop() are called once each by the owning
+// Thread-safety: submit paths, wait paths, reserve() and wake() may run on any
+// thread concurrently; start() and stop() are called once each by the owning
 // Scheduler, never from a worker.
 // Invariants:
-//  - a queued task is in exactly one place: one worker's deque or one
-//    injection queue (a bulk take moves tasks from the latter to the former);
-//  - Injection::announced >= 2 * (tasks in that queue) at all times: a
+//  - a queued task has one live queue entry: in one worker's deque or one
+//    injection queue (a bulk take moves tasks from the latter to the former).
+//    A movable (handle) task may also have stale entries, left behind by
+//    set_priority; each holds a reference and is skipped when taken;
+//  - Injection::announced >= 2 * (entries in that queue) at all times: a
 //    producer announces before it enqueues and a consumer un-announces after
-//    it dequeued, so "announced == 0" means "nothing is or will be there";
+//    it dequeued, so "announced < 2" means "nothing is or will be there";
+//  - a worker's deque at level l is non-empty only if the worker's bit is set
+//    in advertised_[l] (set by the owner after a push, cleared by the owner
+//    when it finds that deque empty): thieves find every level's work with
+//    one load per level instead of a scan;
 //  - once the scheduler is closed (low bit of every announced word), no new
-//    external task is accepted; tasks running on workers may still push onto
-//    their own deques until every worker is idle.
+//    external task is accepted; tasks running on workers may still queue more
+//    until every worker is idle.
 #pragma once
 
 #include <atomic>
@@ -21,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -28,8 +35,8 @@
 #include "ordo/options.hpp"
 #include "ordo/priority.hpp"
 #include "parker.hpp"
-#include "sleep_set.hpp"
-#include "thread_context.hpp"
+#include "ordo/detail/thread_context.hpp"
+#include "worker_set.hpp"
 
 namespace ordo::detail {
 
@@ -41,7 +48,13 @@ struct alignas(64) Worker {
   SchedulerCore& core;
   const unsigned index;
   Parker* parker = nullptr;        // leased by the worker thread when it starts
+  // Lowest level (highest number) this worker runs; lowered by reservations.
+  // relaxed: read by the worker at each search; a change takes effect at the next one.
+  std::atomic<std::uint8_t> max_level{0};
   std::uint32_t local_levels = 0;  // owner only: levels whose deque may be non-empty
+  std::uint32_t advertised = 0;    // owner only: levels where our bit is set in advertised_
+  unsigned taken_level = 0;        // owner only: level of the entry find_task returned
+  unsigned wrr_cursor = 0;         // owner only: position in the weighted schedule
   std::uint64_t rng;               // owner only: victim selection
   std::unique_ptr<ChaseLevDeque<Task*>[]> deques;  // one per level
   std::vector<moodycamel::ConsumerToken> tokens;   // one per level's injection queue
@@ -64,7 +77,12 @@ class SchedulerCore {
   unsigned level_count() const noexcept { return levels_; }
   std::uint8_t default_level() const noexcept { return levels_ >= 2 ? 1 : 0; }
 
+  // Queues t (its level already set). False when the scheduler refuses
+  // external submissions (shut down); the caller still owns t then.
   bool submit(Task* t);
+  // Adds one more queue entry for a movable task at its current level.
+  void requeue(Task* t);
+  void reserve(unsigned level, unsigned workers);
 
   // Helping wait of the calling thread until done() holds. On a worker (of any
   // scheduler) runs other tasks meanwhile; elsewhere spins briefly, then parks.
@@ -92,9 +110,13 @@ class SchedulerCore {
   void worker_main(Worker& w);
   void shutdown_loop(Worker& w);
   Task* find_task(Worker& w);
+  Task* take_at_level(Worker& w, unsigned level);
   Task* take_injected(Worker& w, unsigned level);
-  Task* steal_any(Worker& w);
-  void run_task(Task* t);
+  Task* steal_at_level(Worker& w, unsigned level);
+  void push_local(Worker& w, Task* t, unsigned level);
+  void inject(Task* t, unsigned level);
+  // Runs the task whose entry w just took (or skips a stale entry).
+  void run_task(Worker& w, Task* t);
   // Tries to find work with bounded spinning and yielding; null if none came
   // or stop() became true.
   template <class Stop>
@@ -102,17 +124,25 @@ class SchedulerCore {
   // Parks w unless work or `extra_wake()` is visible after joining the sleep set.
   template <class ExtraWake>
   void park_worker(Worker& w, ExtraWake&& extra_wake);
-  bool work_visible() const noexcept;
+  bool work_visible(const Worker& w) const noexcept;
   bool injection_empty() const noexcept;
-  void wake_one() noexcept;
+  void wake_one(unsigned level) noexcept;
   void wake_all() noexcept;
   void finish(Task* t, ExecMode mode) noexcept;
+  void build_weighted_schedule(const std::vector<unsigned>& weights);
+  void apply_reservations() noexcept;  // reservation_mu_ held
 
   unsigned levels_;
   std::string name_;
+  Policy policy_;
+  std::vector<std::uint8_t> schedule_;  // weighted: the level order of one round
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<Injection[]> injection_;
-  SleepSet sleepers_;
+  std::unique_ptr<WorkerSet[]> advertised_;  // per level
+  std::unique_ptr<WorkerSet[]> eligible_;    // per level: workers that run it
+  WorkerSet sleepers_;
+  std::mutex reservation_mu_;
+  std::vector<unsigned> reserved_per_level_;  // reservation_mu_
   alignas(64) std::atomic<int> phase_{kAccepting};
   std::atomic<int> busy_{0};      // workers not idle; counted only once stopping
   std::atomic<bool> exit_{false};  // drain/cancel complete: workers return
@@ -151,13 +181,13 @@ void SchedulerCore::wait_until(Done&& done, PrepareSleep&& prepare_sleep) {
   SchedulerCore& core = w->core;
   for (;;) {
     if (Task* t = core.find_task(*w)) {
-      core.run_task(t);
+      core.run_task(*w, t);
       if (done()) return;
       continue;
     }
     if (done()) return;
     if (Task* t = core.spin_for_task(*w, done)) {
-      core.run_task(t);
+      core.run_task(*w, t);
       if (done()) return;
       continue;
     }
@@ -188,7 +218,7 @@ Task* SchedulerCore::spin_for_task(Worker& w, Stop&& stop) {
 template <class ExtraWake>
 void SchedulerCore::park_worker(Worker& w, ExtraWake&& extra_wake) {
   sleepers_.add(w.index);
-  if (work_visible() || exit_.load(std::memory_order_seq_cst) || extra_wake()) {
+  if (work_visible(w) || exit_.load(std::memory_order_seq_cst) || extra_wake()) {
     sleepers_.remove(w.index);
     return;
   }

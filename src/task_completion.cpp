@@ -1,5 +1,7 @@
 // What happens after a task's payload ran or was cancelled, and how a Handle
 // waits for that.
+#include <string>
+
 #include "ordo/handle.hpp"
 #include "scheduler_core.hpp"
 
@@ -37,6 +39,30 @@ void release_task(Task* t) noexcept {
     if ((t->state.load(std::memory_order_relaxed) & kStateMask) >= kDone) t->drop_outcome(t);
     free_task(t);
   }
+}
+
+bool reprioritise(Task* t, unsigned level) {
+  if (t == nullptr) throw Error("ordo: Handle::set_priority() on an empty handle");
+  SchedulerCore& core = *t->core;
+  if (level >= core.level_count()) {
+    throw InvalidArgument("ordo: priority level " + std::to_string(level) + " is beyond this scheduler's " +
+                          std::to_string(core.level_count()) + " levels");
+  }
+  std::uint32_t s = t->state.load(std::memory_order_relaxed);
+  for (;;) {
+    if ((s & kStateMask) != kQueued) return false;  // started, finished or cancelled: too late
+    const auto previous = t->level.load(std::memory_order_relaxed);
+    if (previous == level) return true;
+    t->level.store(static_cast<std::uint8_t>(level), std::memory_order_relaxed);
+    // release: pairs with run_task()'s acquire load of state, so a worker that
+    // takes the old entry after this move sees the new level and skips it.
+    if (t->state.compare_exchange_weak(s, s + kMoveUnit, std::memory_order_release, std::memory_order_relaxed)) break;
+    t->level.store(previous, std::memory_order_relaxed);  // lost to a claim or a waiter: re-check
+  }
+  // The new entry's reference; the handle's keeps the node alive until here.
+  t->refs.fetch_add(1, std::memory_order_relaxed);
+  core.requeue(t);
+  return true;
 }
 
 void wait_for_task(Task* t) {

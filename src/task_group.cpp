@@ -20,14 +20,12 @@
 
 namespace ordo::detail {
 
-GroupState::GroupState(SchedulerCore& c) : core(&c), owner(this_thread_parker()), owner_parker(this_thread_parker()) {}
+GroupState::GroupState(SchedulerCore& c) : core(&c), owner_parker(this_thread_parker()) {}
 
-void throw_if_not_owner(const GroupState& g) {
-  if (g.owner != this_thread_parker()) {
-    throw Error(
-        "ordo: TaskGroup::spawn called from a thread that does not own the group; a child that spawns work "
-        "should create its own TaskGroup");
-  }
+void throw_not_owner() {
+  throw Error(
+      "ordo: TaskGroup::spawn called from a thread that does not own the group; a child that spawns work "
+      "should create its own TaskGroup");
 }
 
 bool group_spawn(GroupState& g, Task* t) {

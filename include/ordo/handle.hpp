@@ -14,6 +14,7 @@
 
 #include "ordo/detail/task.hpp"
 #include "ordo/errors.hpp"
+#include "ordo/priority.hpp"
 
 namespace ordo {
 
@@ -37,6 +38,8 @@ struct Outcome<void> {
 void wait_for_task(Task* t);
 // Drops one reference; the last one destroys the outcome and frees the node.
 void release_task(Task* t) noexcept;
+// Moves a queued task to another level (see Handle::set_priority).
+bool reprioritise(Task* t, unsigned level);
 
 template <class F, class R>
 void exec_handle_task(Task* t, ExecMode mode) noexcept {
@@ -105,6 +108,13 @@ class Handle {
       default: return outcome().error ? TaskStatus::failed : TaskStatus::succeeded;
     }
   }
+
+  // Any thread. Moves the task to another priority level if it is still
+  // queued, in O(1): it is queued again at `p` and its old queue entry is
+  // skipped when reached. Returns false, changing nothing, when the task has
+  // already started or finished ("too late"). Throws InvalidArgument for a
+  // level beyond the scheduler's levels.
+  bool set_priority(Priority p) { return detail::reprioritise(task_, static_cast<unsigned>(p)); }
 
   // Blocks until the task finished. On a worker of any ordo scheduler the wait
   // helps run other tasks rather than blocking the worker.

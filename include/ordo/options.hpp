@@ -3,10 +3,27 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "ordo/priority.hpp"
 
 namespace ordo {
+
+// How workers choose between levels. See docs/priorities.md.
+enum class Policy {
+  // Always the highest non-empty level visible anywhere in the pool.
+  strict,
+  // Levels served in proportion to `weights` while several have work
+  // (smooth weighted round-robin: deterministic, no random shuffles); a level
+  // with no work gives its turn to the others.
+  weighted,
+};
+
+// k workers that never run tasks below `level`.
+struct Reservation {
+  Priority level;
+  unsigned workers;
+};
 
 struct SchedulerOptions {
   // Worker threads; 0 means std::thread::hardware_concurrency() (at least 1).
@@ -15,6 +32,13 @@ struct SchedulerOptions {
   unsigned levels = 3;
   // Prefix of worker thread names (visible in top, gdb, perf); at most 11 chars kept.
   std::string name = "ordo";
+  Policy policy = Policy::strict;
+  // Policy::weighted only: one weight (>= 1) per level. Empty means 2^(levels-1-l)
+  // for level l: each level served twice as often as the one below it.
+  std::vector<unsigned> weights;
+  // Workers dedicated to high bands (see Scheduler::reserve). At least one
+  // worker must stay unreserved, so that every level is served.
+  std::vector<Reservation> reserved;
 };
 
 struct SubmitOptions {

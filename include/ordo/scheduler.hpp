@@ -89,6 +89,8 @@ class Scheduler {
     t->exec = &detail::exec_handle_task<Fn, R>;
     t->drop_outcome = &detail::drop_outcome<R>;
     t->kind = detail::TaskKind::handle;
+    t->movable = true;
+    t->core = core_.get();
     t->state.store(detail::kQueued, std::memory_order_relaxed);
     t->refs.store(2, std::memory_order_relaxed);  // the handle's and the executor's
     t->waiter.store(nullptr, std::memory_order_relaxed);
@@ -108,6 +110,7 @@ class Scheduler {
     detail::Task* t = detail::prepare_task(*core_, options.priority);
     t->exec = &detail::exec_detached_task<Fn>;
     t->kind = detail::TaskKind::detached;
+    t->movable = false;
     construct_or_free<Fn>(t, std::forward<F>(fn));
     if (!detail::submit_task(*core_, t)) {
       detail::discard_unqueued<Fn>(t);
@@ -124,6 +127,13 @@ class Scheduler {
 
   unsigned worker_count() const noexcept;
   unsigned level_count() const noexcept;
+  // Any thread. Dedicates `workers` more workers to `level` and above: they
+  // never start a task of a lower level (a running one finishes). Takes them
+  // from the highest-numbered unreserved workers; reserve(level, 0) releases
+  // every reservation at `level`. Throws InvalidArgument if it would leave no
+  // unreserved worker or names a level beyond level_count().
+  void reserve(Priority level, unsigned workers);
+
   // True when the calling thread is one of this scheduler's workers.
   bool is_worker_thread() const noexcept;
   // Any thread; never blocks the workers.

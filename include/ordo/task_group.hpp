@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "ordo/detail/task.hpp"
+#include "ordo/detail/thread_context.hpp"
 #include "ordo/errors.hpp"
 #include "ordo/options.hpp"
 #include "ordo/scheduler.hpp"
@@ -35,8 +36,9 @@ struct GroupState {
   explicit GroupState(SchedulerCore& c);
 
   SchedulerCore* core;
-  const void* owner;     // identity of the owning thread
-  Parker* owner_parker;  // immortal; safe to unpark after the group is gone
+  // The owning thread's parker: identifies the owner (parkers are unique among
+  // live threads) and is immortal, so it is safe to unpark after the group is gone.
+  Parker* owner_parker;
   std::uint64_t local_pending = 0;  // owner only
   bool published = false;           // owner only
   std::atomic<std::uint64_t> remote_done{0};
@@ -54,7 +56,7 @@ void group_wait(GroupState& g);
 // Like group_wait without rethrowing; used by the destructor.
 void group_wait_quietly(GroupState& g) noexcept;
 void record_group_error(GroupState& g, std::exception_ptr e) noexcept;
-void throw_if_not_owner(const GroupState& g);
+[[noreturn]] void throw_not_owner();
 
 template <class F>
 void exec_group_task(Task* t, ExecMode mode) noexcept {
@@ -78,7 +80,13 @@ class TaskGroup {
   explicit TaskGroup(Scheduler& scheduler) : state_(scheduler.core()) {}
   // Waits for children still running (helping) and drops any unobserved error.
   // Never throws.
-  ~TaskGroup() { detail::group_wait_quietly(state_); }
+  ~TaskGroup() {
+    // After a wait() both counters are zero and there is nothing to do.
+    if (state_.local_pending != 0 || state_.remote_done.load(std::memory_order_acquire) != 0 ||
+        state_.failed.load(std::memory_order_relaxed) || state_.cancelled.load(std::memory_order_relaxed)) {
+      detail::group_wait_quietly(state_);
+    }
+  }
 
   TaskGroup(const TaskGroup&) = delete;
   TaskGroup& operator=(const TaskGroup&) = delete;
@@ -89,11 +97,12 @@ class TaskGroup {
   template <class F>
   void spawn(F&& fn, SubmitOptions options = {}) {
     using Fn = std::decay_t<F>;
-    detail::throw_if_not_owner(state_);
+    if (detail::tls_context.parker != state_.owner_parker) detail::throw_not_owner();
     detail::Task* t = detail::prepare_task(*state_.core, options.priority);
     t->exec = &detail::exec_group_task<Fn>;
     t->group = &state_;
     t->kind = detail::TaskKind::group;
+    t->movable = false;
     try {
       detail::emplace_payload<Fn>(t, std::forward<F>(fn));
     } catch (...) {

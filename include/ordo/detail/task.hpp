@@ -18,6 +18,7 @@
 namespace ordo::detail {
 
 class Parker;
+class SchedulerCore;
 struct GroupState;
 struct Task;
 
@@ -40,6 +41,9 @@ enum TaskState : std::uint32_t {
 };
 inline constexpr std::uint32_t kStateMask = 0xff;
 inline constexpr std::uint32_t kWaiterBit = 0x100;
+// Bits 16..31 count moves (set_priority), so that a move and a claim of a
+// stale entry cannot both succeed on the same observed word.
+inline constexpr std::uint32_t kMoveUnit = 0x10000;
 
 inline constexpr std::size_t kTaskNodeBytes = 128;
 inline constexpr std::size_t kPayloadAlign = 16;
@@ -52,16 +56,27 @@ struct alignas(64) Task {
     GroupState* group;                        // TaskKind::group
     void (*drop_outcome)(Task*) noexcept;     // TaskKind::handle: destroys the stored outcome
   };
-  Task* next;         // free-list link while pooled
+  Task* next;  // free-list link while pooled
+  SchedulerCore* core;  // movable tasks: the scheduler whose queues hold them
   std::atomic<Parker*> waiter;
+  // Steady-clock nanoseconds when queued, or 0 when this task is not sampled
+  // for wait statistics and its level has no age bound. Written before the
+  // task is published to a queue, read by whoever takes it.
+  std::int64_t enqueued_ns;
   std::atomic<std::uint32_t> state;
+  // Handle tasks: one per holder (the handle) plus one per queue entry.
   std::atomic<std::uint32_t> refs;
-  std::uint8_t level;
+  // Current level. Movable tasks may change it while queued (set_priority,
+  // ageing); an entry found in a queue of another level is stale.
+  std::atomic<std::uint8_t> level;
   TaskKind kind;
-  alignas(kPayloadAlign) std::byte payload[kTaskNodeBytes - 48];
+  // Movable tasks may have several queue entries; whoever takes one must win
+  // the CAS kQueued -> kRunning (see SchedulerCore::claim).
+  bool movable;
+  alignas(kPayloadAlign) std::byte payload[kTaskNodeBytes - 64];
 };
 static_assert(sizeof(Task) == kTaskNodeBytes, "task node must stay two cache lines");
-static_assert(offsetof(Task, payload) == 48, "payload offset is part of the size budget");
+static_assert(offsetof(Task, payload) == 64, "payload offset is part of the size budget");
 
 inline constexpr std::size_t kPayloadBytes = sizeof(Task::payload);
 

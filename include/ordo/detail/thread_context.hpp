@@ -1,4 +1,5 @@
-// What ordo knows about the calling thread.
+// What ordo knows about the calling thread. In the public tree only so that
+// header templates (TaskGroup::spawn) can test ownership without a call.
 //
 // Thread-safety: thread-local; each thread sees only its own.
 #pragma once
