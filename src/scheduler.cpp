@@ -57,6 +57,10 @@ unsigned Scheduler::worker_count() const noexcept { return core_->worker_count()
 unsigned Scheduler::level_count() const noexcept { return core_->level_count(); }
 bool Scheduler::is_worker_thread() const noexcept { return detail::tls_context.core == core_.get(); }
 
+int Scheduler::worker_index() const noexcept {
+  return is_worker_thread() ? static_cast<int>(detail::tls_context.worker->index) : -1;
+}
+
 SchedulerStats Scheduler::stats() const noexcept {
   return SchedulerStats{core_->worker_count(), core_->level_count(), core_->executed_total(), core_->stolen_total(),
                         core_->parked_count()};

@@ -136,6 +136,10 @@ class Scheduler {
 
   // True when the calling thread is one of this scheduler's workers.
   bool is_worker_thread() const noexcept;
+  // The calling worker's index in 0..worker_count()-1, or -1 when the calling
+  // thread is not one of this scheduler's workers. Reserved workers are the
+  // highest indices.
+  int worker_index() const noexcept;
   // Any thread; never blocks the workers.
   SchedulerStats stats() const noexcept;
 
