@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "ager.hpp"
 #include "scheduler_core.hpp"
 
 namespace ordo {
@@ -25,8 +26,13 @@ Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority) {
     level = core.default_level();
   }
   Task* t = allocate_task();
-  t->level.store(level, std::memory_order_relaxed);  // published with the node by the queue handoff
-  t->enqueued_ns = 0;
+  // relaxed stores: published with the node by the queue handoff.
+  t->level.store(level, std::memory_order_relaxed);
+  t->core = &core;
+  t->refs.store(1, std::memory_order_relaxed);  // the queue entry's
+  t->state.store(kQueued, std::memory_order_relaxed);
+  t->movable = core.ages(level);  // the ager may move it
+  t->enqueued_ns = (t->movable || (++tls_context.sample_tick & 63) == 0) ? now_ns() : 0;
   return t;
 }
 
@@ -61,9 +67,10 @@ int Scheduler::worker_index() const noexcept {
   return is_worker_thread() ? static_cast<int>(detail::tls_context.worker->index) : -1;
 }
 
-SchedulerStats Scheduler::stats() const noexcept {
-  return SchedulerStats{core_->worker_count(), core_->level_count(), core_->executed_total(), core_->stolen_total(),
-                        core_->parked_count()};
+SchedulerStats Scheduler::stats() const {
+  SchedulerStats st;
+  core_->fill_stats(st);
+  return st;
 }
 
 }  // namespace ordo

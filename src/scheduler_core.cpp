@@ -11,7 +11,7 @@
 
 namespace ordo::detail {
 
-thread_local constinit ThreadContext tls_context{nullptr, nullptr, nullptr, nullptr};
+thread_local constinit ThreadContext tls_context{nullptr, nullptr, nullptr, nullptr, 0};
 
 Parker* this_thread_parker() noexcept {
   if (tls_context.parker == nullptr) tls_context.parker = Parker::current();
@@ -19,7 +19,11 @@ Parker* this_thread_parker() noexcept {
 }
 
 Worker::Worker(SchedulerCore& c, unsigned i, unsigned levels)
-    : core(c), index(i), rng(0x9e3779b97f4a7c15ull * (i + 1)), deques(new ChaseLevDeque<Task*>[levels]) {
+    : core(c),
+      index(i),
+      rng(0x9e3779b97f4a7c15ull * (i + 1)),
+      deques(new ChaseLevDeque<Task*>[levels]),
+      per_level(new PerLevel[levels]) {
   max_level.store(static_cast<std::uint8_t>(levels - 1), std::memory_order_relaxed);
   tokens.reserve(levels);
   for (unsigned l = 0; l < levels; ++l) tokens.emplace_back(c.injection_[l].queue);
@@ -69,6 +73,32 @@ SchedulerCore::SchedulerCore(const SchedulerOptions& options)
       }
     }
     build_weighted_schedule(weights);
+  }
+  if (!options.age_bounds.empty()) {
+    if (policy_ != Policy::strict) {
+      throw InvalidArgument("ordo: SchedulerOptions::age_bounds are only used with Policy::strict");
+    }
+    if (options.age_bounds.size() != levels_) {
+      throw InvalidArgument("ordo: SchedulerOptions::age_bounds needs one bound per level (" +
+                            std::to_string(levels_) + "), got " + std::to_string(options.age_bounds.size()));
+    }
+    if (options.age_bounds[0].count() != 0) {
+      throw InvalidArgument("ordo: age_bounds[0] must be zero: level 0 has no higher level to be served at");
+    }
+    std::vector<std::int64_t> bounds;
+    for (unsigned l = 0; l < levels_; ++l) {
+      const auto ns = options.age_bounds[l].count();
+      if (ns < 0) throw InvalidArgument("ordo: age bound of level " + std::to_string(l) + " is negative");
+      if (ns > 0) aged_levels_ |= 1u << l;
+      bounds.push_back(ns);
+    }
+    if (aged_levels_ != 0) {
+      ager_ = std::make_unique<Ager>(std::move(bounds), [this](Task* t, unsigned level) {
+        const bool moved = move_task(t, static_cast<int>(level), level - 1);
+        if (moved) promoted_.fetch_add(1, std::memory_order_relaxed);
+        return moved;
+      });
+    }
   }
   injection_.reset(new Injection[levels_]);
   advertised_.reset(new WorkerSet[levels_]);
@@ -153,7 +183,7 @@ void SchedulerCore::start() {
 }
 
 void SchedulerCore::worker_main(Worker& w) {
-  tls_context = ThreadContext{this, &w, nullptr, nullptr};
+  tls_context = ThreadContext{this, &w, nullptr, nullptr, 0};
   w.parker = this_thread_parker();
   std::string thread_name = name_.substr(0, 11) + "-" + std::to_string(w.index);
   pthread_setname_np(pthread_self(), thread_name.c_str());
@@ -173,7 +203,7 @@ void SchedulerCore::worker_main(Worker& w) {
     park_worker(w, stopping);
   }
   shutdown_loop(w);
-  tls_context = ThreadContext{nullptr, nullptr, nullptr, nullptr};
+  tls_context = ThreadContext{nullptr, nullptr, nullptr, nullptr, 0};
 }
 
 // Termination detection while draining or cancelling. Every worker counts as
@@ -231,25 +261,36 @@ bool SchedulerCore::work_visible(const Worker& w) const noexcept {
 
 Task* SchedulerCore::find_task(Worker& w) {
   const unsigned served = w.max_level.load(std::memory_order_relaxed) + 1u;
+  // Within a level the own deque comes first (cache-warm, no contention), but
+  // a worker whose tasks keep refilling it would then never look at the
+  // injection queue of that level, where submissions from outside and moved
+  // tasks (set_priority, ageing) wait. Every 61st search looks there first.
+  const bool injection_first = ++w.fairness_tick % 61 == 0;
   if (policy_ == Policy::weighted && served > 1) {
     // This turn's level first, then the others by priority: work-conserving.
     const unsigned first = schedule_[w.wrr_cursor];
-    Task* t = first < served ? take_at_level(w, first) : nullptr;
+    Task* t = first < served ? take_at_level(w, first, injection_first) : nullptr;
     for (unsigned l = 0; t == nullptr && l < served; ++l)
-      if (l != first) t = take_at_level(w, l);
+      if (l != first) t = take_at_level(w, l, injection_first);
     if (t != nullptr && ++w.wrr_cursor == schedule_.size()) w.wrr_cursor = 0;
     return t;
   }
   for (unsigned l = 0; l < served; ++l)
-    if (Task* t = take_at_level(w, l)) return t;
+    if (Task* t = take_at_level(w, l, injection_first)) return t;
   return nullptr;
 }
 
 // Everything visible at one level: own deque, injection queue, then the deques
 // of workers that advertise this level. Checked level by level from the top,
 // a worker never starts a lower-level task while a higher one is visible.
-Task* SchedulerCore::take_at_level(Worker& w, unsigned level) {
+Task* SchedulerCore::take_at_level(Worker& w, unsigned level, bool injection_first) {
   const std::uint32_t bit = 1u << level;
+  if (injection_first && injection_[level].announced.load(std::memory_order_relaxed) >= 2) {
+    if (Task* t = take_injected(w, level)) {
+      w.taken_level = level;
+      return t;
+    }
+  }
   if (w.local_levels & bit) {
     Task* t;
     if (w.deques[level].pop(t)) {
@@ -354,17 +395,26 @@ void SchedulerCore::run_task(Worker& w, Task* t) {
     }
   }
   const ExecMode mode = phase_.load(std::memory_order_relaxed) == kCancelling ? ExecMode::cancel : ExecMode::run;
+  const unsigned level = w.taken_level;
+  Worker::PerLevel& stats = w.per_level[level];
+  if (t->enqueued_ns != 0) stats.waits.record(now_ns() - t->enqueued_ns);
   Task* outer = tls_context.current;
+  const int outer_level = w.running_level.load(std::memory_order_relaxed);
   tls_context.current = t;
+  w.running_level.store(static_cast<int>(level), std::memory_order_relaxed);
   t->exec(t, mode);
   tls_context.current = outer;
+  w.running_level.store(outer_level, std::memory_order_relaxed);
   w.executed.store(w.executed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  stats.completed.store(stats.completed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   finish(t, mode);
 }
 
 bool SchedulerCore::submit(Task* t) {
   const unsigned level = t->level.load(std::memory_order_relaxed);
+  const bool track = ager_ != nullptr && ages(level);
   if (tls_context.core == this) {
+    if (track) ager_->track(t, level, t->enqueued_ns);  // before the task can run and be freed
     Worker& w = *tls_context.worker;
     if (level <= w.max_level.load(std::memory_order_relaxed)) {
       push_local(w, t, level);
@@ -382,6 +432,7 @@ bool SchedulerCore::submit(Task* t) {
     wake_all();  // a draining worker may be waiting for this announcement to go away
     return false;
   }
+  if (track) ager_->track(t, level, t->enqueued_ns);
   inj.queue.enqueue(t);
   wake_one(level);
   return true;
@@ -395,13 +446,35 @@ void SchedulerCore::inject(Task* t, unsigned level) {
   wake_one(level);
 }
 
-void SchedulerCore::requeue(Task* t) {
-  const unsigned level = t->level.load(std::memory_order_relaxed);
-  if (tls_context.core == this && level <= tls_context.worker->max_level.load(std::memory_order_relaxed)) {
-    push_local(*tls_context.worker, t, level);
-  } else {
-    inject(t, level);
+// The new entry is announced *before* the move is committed: between the
+// commit and the enqueue the old entry may already be skipped, and the
+// announcement is what keeps a draining scheduler from concluding that no
+// task is left in that window.
+bool SchedulerCore::move_task(Task* t, int expected_level, unsigned new_level) {
+  Injection& inj = injection_[new_level];
+  inj.announced.fetch_add(2, std::memory_order_seq_cst);
+  std::uint32_t s = t->state.load(std::memory_order_relaxed);
+  for (;;) {
+    const auto previous = t->level.load(std::memory_order_relaxed);
+    if ((s & kStateMask) != kQueued || (expected_level >= 0 && previous != expected_level) ||
+        previous == new_level) {
+      inj.announced.fetch_sub(2, std::memory_order_seq_cst);
+      wake_all();  // a draining worker may have seen the announcement and parked on it
+      return (s & kStateMask) == kQueued && previous == new_level;
+    }
+    t->level.store(static_cast<std::uint8_t>(new_level), std::memory_order_relaxed);
+    // release: pairs with run_task()'s acquire load of state, so a worker that
+    // takes the old entry after this move sees the new level and skips it.
+    if (t->state.compare_exchange_weak(s, s + kMoveUnit, std::memory_order_release, std::memory_order_relaxed)) break;
+    t->level.store(previous, std::memory_order_relaxed);  // lost to a claim or a waiter: re-check
   }
+  // The new entry's reference. The caller's (a handle's or the ager's) keeps
+  // the node alive until here even if the old entry is skipped meanwhile.
+  t->refs.fetch_add(1, std::memory_order_relaxed);
+  if (ager_ != nullptr && ages(new_level)) ager_->track(t, new_level, now_ns());
+  inj.queue.enqueue(t);
+  wake_one(new_level);
+  return true;
 }
 
 void SchedulerCore::wake_one(unsigned level) noexcept {
@@ -429,6 +502,34 @@ void SchedulerCore::stop(ShutdownMode mode) {
   wake_all();
   for (auto& w : workers_) {
     if (w->thread.joinable()) w->thread.join();
+  }
+  if (ager_) ager_->stop();  // drops its references; every task it tracked has run or been cancelled
+}
+
+void SchedulerCore::fill_stats(SchedulerStats& st) const {
+  st.workers = worker_count();
+  st.levels = levels_;
+  st.tasks_run = executed_total();
+  st.steals = stolen_total();
+  st.workers_parked = parked_count();
+  st.promoted = promoted_.load(std::memory_order_relaxed);
+  st.per_level.assign(levels_, LevelStats{});
+  for (unsigned l = 0; l < levels_; ++l) {
+    LevelStats& ls = st.per_level[l];
+    WaitHistogram::Merged merged;
+    const std::uint64_t announced = injection_[l].announced.load(std::memory_order_relaxed);
+    ls.queued = announced / 2;
+    for (const auto& w : workers_) {
+      ls.queued += static_cast<std::uint64_t>(w->deques[l].size_hint());
+      ls.completed += w->per_level[l].completed.load(std::memory_order_relaxed);
+      if (w->running_level.load(std::memory_order_relaxed) == static_cast<int>(l)) ++ls.running;
+      w->per_level[l].waits.merge_into(merged);
+    }
+    ls.wait_samples = merged.total;
+    ls.wait_p50_us = merged.quantile_ns(0.50) / 1000.0;
+    ls.wait_p90_us = merged.quantile_ns(0.90) / 1000.0;
+    ls.wait_p99_us = merged.quantile_ns(0.99) / 1000.0;
+    ls.wait_max_us = static_cast<double>(merged.max) / 1000.0;
   }
 }
 

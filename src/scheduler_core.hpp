@@ -33,8 +33,11 @@
 
 #include "chase_lev_deque.hpp"
 #include "ordo/options.hpp"
+#include "ordo/scheduler.hpp"
 #include "ordo/priority.hpp"
+#include "ager.hpp"
 #include "parker.hpp"
+#include "wait_histogram.hpp"
 #include "ordo/detail/thread_context.hpp"
 #include "worker_set.hpp"
 
@@ -55,6 +58,7 @@ struct alignas(64) Worker {
   std::uint32_t advertised = 0;    // owner only: levels where our bit is set in advertised_
   unsigned taken_level = 0;        // owner only: level of the entry find_task returned
   unsigned wrr_cursor = 0;         // owner only: position in the weighted schedule
+  std::uint32_t fairness_tick = 0; // owner only: see take_at_level()
   std::uint64_t rng;               // owner only: victim selection
   std::unique_ptr<ChaseLevDeque<Task*>[]> deques;  // one per level
   std::vector<moodycamel::ConsumerToken> tokens;   // one per level's injection queue
@@ -63,6 +67,12 @@ struct alignas(64) Worker {
   // Written by the owner only (relaxed load + store, no RMW); read by stats.
   std::atomic<std::uint64_t> executed{0};
   std::atomic<std::uint64_t> stolen{0};
+  std::atomic<int> running_level{-1};  // level of the innermost task running here
+  struct PerLevel {
+    std::atomic<std::uint64_t> completed{0};
+    WaitHistogram waits;
+  };
+  std::unique_ptr<PerLevel[]> per_level;
 };
 
 class SchedulerCore {
@@ -80,9 +90,13 @@ class SchedulerCore {
   // Queues t (its level already set). False when the scheduler refuses
   // external submissions (shut down); the caller still owns t then.
   bool submit(Task* t);
-  // Adds one more queue entry for a movable task at its current level.
-  void requeue(Task* t);
+  // Moves a queued movable task to new_level (when expected_level >= 0, only
+  // if it is still at that level): a new entry is queued and the old one will
+  // be skipped. False, changing nothing, when the task is no longer queued.
+  bool move_task(Task* t, int expected_level, unsigned new_level);
   void reserve(unsigned level, unsigned workers);
+  bool ages(unsigned level) const noexcept { return (aged_levels_ >> level) & 1u; }
+  void fill_stats(SchedulerStats& st) const;
 
   // Helping wait of the calling thread until done() holds. On a worker (of any
   // scheduler) runs other tasks meanwhile; elsewhere spins briefly, then parks.
@@ -110,7 +124,7 @@ class SchedulerCore {
   void worker_main(Worker& w);
   void shutdown_loop(Worker& w);
   Task* find_task(Worker& w);
-  Task* take_at_level(Worker& w, unsigned level);
+  Task* take_at_level(Worker& w, unsigned level, bool injection_first);
   Task* take_injected(Worker& w, unsigned level);
   Task* steal_at_level(Worker& w, unsigned level);
   void push_local(Worker& w, Task* t, unsigned level);
@@ -133,6 +147,7 @@ class SchedulerCore {
   void apply_reservations() noexcept;  // reservation_mu_ held
 
   unsigned levels_;
+  std::uint32_t aged_levels_ = 0;  // bit l: level l has an age bound
   std::string name_;
   Policy policy_;
   std::vector<std::uint8_t> schedule_;  // weighted: the level order of one round
@@ -143,6 +158,8 @@ class SchedulerCore {
   WorkerSet sleepers_;
   std::mutex reservation_mu_;
   std::vector<unsigned> reserved_per_level_;  // reservation_mu_
+  std::unique_ptr<Ager> ager_;  // only with age bounds
+  std::atomic<std::uint64_t> promoted_{0};
   alignas(64) std::atomic<int> phase_{kAccepting};
   std::atomic<int> busy_{0};      // workers not idle; counted only once stopping
   std::atomic<bool> exit_{false};  // drain/cancel complete: workers return

@@ -12,11 +12,19 @@ void group_complete(GroupState& g) noexcept;  // task_group.cpp
 void SchedulerCore::finish(Task* t, ExecMode mode) noexcept {
   switch (t->kind) {
     case TaskKind::detached:
-      free_task(t);
+      if (t->movable) {
+        release_task(t);  // stale entries or the ager may still hold references
+      } else {
+        free_task(t);
+      }
       return;
     case TaskKind::group: {
-      GroupState* g = t->group;
-      free_task(t);  // before counting: the owner may leave as soon as it sees the count
+      GroupState* g = t->group;  // read first: the owner may leave as soon as it sees the count
+      if (t->movable) {
+        release_task(t);
+      } else {
+        free_task(t);
+      }
       group_complete(*g);
       return;
     }
@@ -36,7 +44,9 @@ void release_task(Task* t) noexcept {
   // acq_rel: the last owner must see every write the other owner made to the
   // node (the outcome, the waiter) before it destroys it.
   if (t->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    if ((t->state.load(std::memory_order_relaxed) & kStateMask) >= kDone) t->drop_outcome(t);
+    if (t->kind == TaskKind::handle && (t->state.load(std::memory_order_relaxed) & kStateMask) >= kDone) {
+      t->drop_outcome(t);
+    }
     free_task(t);
   }
 }
@@ -48,21 +58,7 @@ bool reprioritise(Task* t, unsigned level) {
     throw InvalidArgument("ordo: priority level " + std::to_string(level) + " is beyond this scheduler's " +
                           std::to_string(core.level_count()) + " levels");
   }
-  std::uint32_t s = t->state.load(std::memory_order_relaxed);
-  for (;;) {
-    if ((s & kStateMask) != kQueued) return false;  // started, finished or cancelled: too late
-    const auto previous = t->level.load(std::memory_order_relaxed);
-    if (previous == level) return true;
-    t->level.store(static_cast<std::uint8_t>(level), std::memory_order_relaxed);
-    // release: pairs with run_task()'s acquire load of state, so a worker that
-    // takes the old entry after this move sees the new level and skips it.
-    if (t->state.compare_exchange_weak(s, s + kMoveUnit, std::memory_order_release, std::memory_order_relaxed)) break;
-    t->level.store(previous, std::memory_order_relaxed);  // lost to a claim or a waiter: re-check
-  }
-  // The new entry's reference; the handle's keeps the node alive until here.
-  t->refs.fetch_add(1, std::memory_order_relaxed);
-  core.requeue(t);
-  return true;
+  return core.move_task(t, -1, level);
 }
 
 void wait_for_task(Task* t) {

@@ -1,6 +1,7 @@
 // Options for a scheduler and for one submission.
 #pragma once
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <vector>
@@ -36,6 +37,11 @@ struct SchedulerOptions {
   // Policy::weighted only: one weight (>= 1) per level. Empty means 2^(levels-1-l)
   // for level l: each level served twice as often as the one below it.
   std::vector<unsigned> weights;
+  // Policy::strict only: one bound per level, or empty for no ageing. A task
+  // that has waited at level l longer than age_bounds[l] (when non-zero) is
+  // moved to level l-1, where it waits under that level's bound in turn, so
+  // nothing starves forever. age_bounds[0] must be zero. See docs/priorities.md.
+  std::vector<std::chrono::nanoseconds> age_bounds;
   // Workers dedicated to high bands (see Scheduler::reserve). At least one
   // worker must stay unreserved, so that every level is served.
   std::vector<Reservation> reserved;

@@ -11,6 +11,7 @@
 #include <optional>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "ordo/detail/task.hpp"
 #include "ordo/errors.hpp"
@@ -55,6 +56,20 @@ void discard_unqueued(Task* t) noexcept {
 
 }  // namespace detail
 
+// One priority level in a stats snapshot.
+struct LevelStats {
+  std::uint64_t queued = 0;     // waiting in deques and injection queues now
+  std::uint64_t running = 0;    // being run by a worker now
+  std::uint64_t completed = 0;  // run (or cancelled) since start
+  // Start-wait (queued -> started) of a sample of tasks: every 64th task a
+  // thread queues, and every task of a level with an age bound.
+  std::uint64_t wait_samples = 0;
+  double wait_p50_us = 0;
+  double wait_p90_us = 0;
+  double wait_p99_us = 0;
+  double wait_max_us = 0;
+};
+
 // Cumulative counters of one scheduler. Each is summed over workers without a
 // lock, so a snapshot taken while tasks run is approximate (never torn).
 struct SchedulerStats {
@@ -63,6 +78,8 @@ struct SchedulerStats {
   std::uint64_t tasks_run = 0;  // payloads run or cancelled by workers
   std::uint64_t steals = 0;     // tasks taken from another worker's deque
   unsigned workers_parked = 0;  // workers asleep (or about to be) for lack of work
+  std::uint64_t promoted = 0;   // tasks moved up a level by ageing
+  std::vector<LevelStats> per_level;  // index = level
 };
 
 class Scheduler {
@@ -89,8 +106,7 @@ class Scheduler {
     t->exec = &detail::exec_handle_task<Fn, R>;
     t->drop_outcome = &detail::drop_outcome<R>;
     t->kind = detail::TaskKind::handle;
-    t->movable = true;
-    t->core = core_.get();
+    t->movable = true;  // set_priority may move it
     t->state.store(detail::kQueued, std::memory_order_relaxed);
     t->refs.store(2, std::memory_order_relaxed);  // the handle's and the executor's
     t->waiter.store(nullptr, std::memory_order_relaxed);
@@ -110,7 +126,6 @@ class Scheduler {
     detail::Task* t = detail::prepare_task(*core_, options.priority);
     t->exec = &detail::exec_detached_task<Fn>;
     t->kind = detail::TaskKind::detached;
-    t->movable = false;
     construct_or_free<Fn>(t, std::forward<F>(fn));
     if (!detail::submit_task(*core_, t)) {
       detail::discard_unqueued<Fn>(t);
@@ -140,8 +155,9 @@ class Scheduler {
   // thread is not one of this scheduler's workers. Reserved workers are the
   // highest indices.
   int worker_index() const noexcept;
-  // Any thread; never blocks the workers.
-  SchedulerStats stats() const noexcept;
+  // Any thread; never blocks the workers. Cost: a pass over every worker's
+  // counters and histograms (tens of microseconds), so poll, don't spin on it.
+  SchedulerStats stats() const;
 
   detail::SchedulerCore& core() noexcept { return *core_; }
 

@@ -102,7 +102,6 @@ class TaskGroup {
     t->exec = &detail::exec_group_task<Fn>;
     t->group = &state_;
     t->kind = detail::TaskKind::group;
-    t->movable = false;
     try {
       detail::emplace_payload<Fn>(t, std::forward<F>(fn));
     } catch (...) {

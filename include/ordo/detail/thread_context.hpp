@@ -4,6 +4,8 @@
 // Thread-safety: thread-local; each thread sees only its own.
 #pragma once
 
+#include <cstdint>
+
 #include "ordo/detail/task.hpp"
 
 namespace ordo::detail {
@@ -17,6 +19,7 @@ struct ThreadContext {
   Worker* worker;       // set on a worker thread
   Task* current;        // the task this thread is running, if any
   Parker* parker;       // cached Parker::current() of a worker; null elsewhere until first wait
+  std::uint32_t sample_tick;  // every 64th task this thread queues is timed for wait statistics
 };
 
 // Trivial and constant-initialised: reading it is a plain TLS load.
