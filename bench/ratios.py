@@ -2,8 +2,9 @@
 """Run ordo's benchmark binaries once each and print ordo/peer ratios.
 
 Every workload `<workload>/<system>/<args>` is compared with the same workload
-of every other system in the same run: a ratio of real times below 1 means ordo
-is faster. Usage: ratios.py [--out DIR] BINARY [BINARY...] [-- benchmark flags]
+of every other system in the same run: a ratio below 1 means ordo is better. The
+ratio is of p99_us when the workload reports latencies, of cpu_s for idle CPU,
+and of real time otherwise. Usage: ratios.py [--out DIR] BINARY [BINARY...] [-- benchmark flags]
 """
 import argparse
 import json
@@ -49,13 +50,13 @@ def main():
         for ordo_sys in sorted(s for s in systems if s == "ordo" or s.startswith("ordo_")):
             for peer in sorted(s for s in systems if not (s == "ordo" or s.startswith("ordo_"))):
                 o, p = systems[ordo_sys], systems[peer]
-                key = "cpu_s" if "cpu_s" in o else "real_time"
+                key = next((k for k in ("p99_us", "cpu_s", "low_wait_ms") if k in o), "real_time")
                 ov, pv = o.get(key, 0.0), p.get(key, 0.0)
                 ratio = ov / pv if pv else float("nan")
                 name = workload + ("/" + rest if rest else "")
-                unit = "" if key == "cpu_s" else o.get("time_unit", "")
+                unit = o.get("time_unit", "") if key == "real_time" else ""
                 print(f"{name:28} {ordo_sys:14} {peer:12} {ov:>10.3f}{unit:>2} {pv:>10.3f}{unit:>2} {ratio:>10.3f}"
-                      + ("  (cpu_s)" if key == "cpu_s" else ""))
+                      + ("" if key == "real_time" else f"  ({key})"))
     if errors:
         print(f"{errors} benchmark(s) reported a wrong result", file=sys.stderr)
         sys.exit(1)
