@@ -20,6 +20,14 @@ class InvalidArgument : public Error {
   using Error::Error;
 };
 
+// A dependency graph that cannot run: a cycle (named in the message, e.g.
+// "extract -> transform -> extract"), an edge to an unknown node, a duplicate
+// node name. Thrown when the graph is declared or validated, before any run.
+class InvalidGraph : public InvalidArgument {
+ public:
+  using InvalidArgument::InvalidArgument;
+};
+
 // The task was cancelled before it started: by Scheduler::shutdown(cancel) or,
 // later, by cancellation of the task or of something it depends on.
 class TaskCancelled : public Error {

@@ -7,6 +7,7 @@
 #include "ordo/priority.hpp"
 #include "ordo/scheduler.hpp"
 #include "ordo/task_group.hpp"
+#include "ordo/workflow.hpp"
 
 #define ORDO_VERSION_MAJOR 0
 #define ORDO_VERSION_MINOR 1

@@ -1,0 +1,302 @@
+// Running a workflow: per-run counters, node tasks, failure and cancellation
+// propagation, and the run's completion.
+//
+// A run keeps, per node, the number of predecessors still to finish, a status
+// and a "poisoned" flag (some predecessor failed or was cancelled). A node that
+// finishes decrements each successor; the one that brings a count to zero owns
+// that successor: it runs it inline when it has the same level (no queue
+// round-trip: a chain runs without touching a queue), queues it otherwise, or
+// cancels it (and, transitively, what depends on it) when it is poisoned.
+// `remaining` counts nodes not yet finished; the node that brings it to zero
+// completes the run.
+#include <algorithm>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "ordo/scheduler.hpp"
+#include "ordo/workflow.hpp"
+#include "scheduler_core.hpp"
+#include "workflow_graph.hpp"
+
+namespace ordo {
+namespace detail {
+
+struct RunState {
+  const WorkflowGraph* graph;
+  Scheduler* scheduler;
+  SchedulerCore* core;
+  std::uint8_t run_level;
+  std::vector<std::uint8_t> levels;  // effective level per node; empty: all run_level
+  std::unique_ptr<std::atomic<std::int32_t>[]> pending;
+  std::unique_ptr<std::atomic<std::uint8_t>[]> status;
+  std::unique_ptr<std::atomic<std::uint8_t>[]> poisoned;
+  std::atomic<std::int64_t> remaining{0};
+  std::atomic<std::uint32_t> state{kQueued};  // kDone when every node finished; kWaiterBit
+  std::atomic<Parker*> waiter{nullptr};
+  std::atomic<bool> failed{false};
+  std::atomic<bool> cancelled{false};
+  std::exception_ptr error;  // first failure; read after the run completed
+  // The handle's and the run's own (dropped by whoever completes the run).
+  std::atomic<std::uint32_t> refs{2};
+
+  std::uint8_t level_of(std::uint32_t node) const noexcept { return levels.empty() ? run_level : levels[node]; }
+};
+
+namespace {
+
+struct NodeJob {
+  RunState* run;
+  std::uint32_t node;
+};
+
+void release_run(RunState* run) noexcept {
+  // acq_rel: the last owner sees every write of the others before deleting.
+  if (run->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete run;
+}
+
+void record_failure(RunState* run, std::exception_ptr e) noexcept {
+  bool expected = false;
+  // relaxed: `error` is read only after the run completed, which every node's
+  // completion happens-before (the acq_rel decrements of `remaining`).
+  if (run->failed.compare_exchange_strong(expected, true, std::memory_order_relaxed)) run->error = std::move(e);
+}
+
+void node_finished(RunState* run) noexcept {
+  // acq_rel: the node's effects happen-before the run's completion.
+  if (run->remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  const std::uint32_t before = run->state.exchange(kDone, std::memory_order_acq_rel);
+  if (before & kWaiterBit) run->waiter.load(std::memory_order_relaxed)->unpark();
+  release_run(run);
+}
+
+void set_status(RunState* run, std::uint32_t node, NodeStatus s) noexcept {
+  // relaxed: informational for status()/drawings; the outcome of the run is
+  // published by the completion.
+  run->status[node].store(static_cast<std::uint8_t>(s), std::memory_order_relaxed);
+}
+
+// Cancels `first` (ready, poisoned) and everything that becomes ready, poisoned,
+// because of it. Iterative: a cancelled chain of a million nodes needs no stack.
+void cancel_from(RunState* run, std::uint32_t first) noexcept {
+  std::vector<std::uint32_t> todo{first};
+  const WorkflowGraph& g = *run->graph;
+  while (!todo.empty()) {
+    const std::uint32_t v = todo.back();
+    todo.pop_back();
+    set_status(run, v, NodeStatus::cancelled);
+    for (std::uint32_t e = g.succ_begin[v]; e < g.succ_begin[v + 1]; ++e) {
+      const std::uint32_t s = g.succ[e];
+      run->poisoned[s].store(1, std::memory_order_relaxed);  // published by the acq_rel decrement
+      if (run->pending[s].fetch_sub(1, std::memory_order_acq_rel) == 1) todo.push_back(s);
+    }
+    node_finished(run);
+  }
+}
+
+void exec_node(Task* t, ExecMode mode) noexcept;
+
+void queue_node(RunState* run, std::uint32_t node) {
+  Task* t = prepare_task(*run->core, Priority{run->level_of(node)});
+  t->exec = &exec_node;
+  t->kind = TaskKind::detached;
+  emplace_payload<NodeJob>(t, NodeJob{run, node});
+  if (!run->core->submit(t)) {  // only from outside the pool, after shutdown began
+    destroy_payload<NodeJob>(t);
+    free_task(t);
+    record_failure(run, std::make_exception_ptr(SchedulerStopped{}));
+    cancel_from(run, node);
+  }
+}
+
+// Hands out the successors of a finished node. Returns one to run inline, or kNoNode.
+std::uint32_t release_successors(RunState* run, std::uint32_t v, bool ok, bool may_inline) {
+  const WorkflowGraph& g = *run->graph;
+  std::uint32_t inline_next = kNoNode;
+  const std::uint8_t level = run->level_of(v);
+  for (std::uint32_t e = g.succ_begin[v]; e < g.succ_begin[v + 1]; ++e) {
+    const std::uint32_t s = g.succ[e];
+    if (!ok) run->poisoned[s].store(1, std::memory_order_relaxed);  // published by the decrement below
+    if (run->pending[s].fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
+    if (run->poisoned[s].load(std::memory_order_relaxed)) {
+      cancel_from(run, s);
+    } else if (may_inline && inline_next == kNoNode && run->level_of(s) == level) {
+      inline_next = s;
+    } else {
+      queue_node(run, s);
+    }
+  }
+  return inline_next;
+}
+
+void run_body(RunState* run, std::uint32_t v) {
+  auto nested = run->graph->nested.find(v);
+  if (nested != run->graph->nested.end()) {
+    nested->second->run(*run->scheduler, {.priority = Priority{run->level_of(v)}}).get();
+  } else if (run->graph->bodies[v]) {
+    run->graph->bodies[v]();
+  }
+}
+
+void exec_node(Task* t, ExecMode mode) noexcept {
+  const NodeJob job = payload_as<NodeJob>(t);
+  destroy_payload<NodeJob>(t);
+  RunState* run = job.run;
+  std::uint32_t v = job.node;
+  while (v != kNoNode) {
+    bool ok = false;
+    if (mode == ExecMode::cancel) {  // scheduler shutdown(cancel)
+      run->cancelled.store(true, std::memory_order_relaxed);
+      set_status(run, v, NodeStatus::cancelled);
+    } else {
+      set_status(run, v, NodeStatus::running);
+      try {
+        run_body(run, v);
+        ok = true;
+        set_status(run, v, NodeStatus::succeeded);
+      } catch (...) {
+        record_failure(run, std::current_exception());
+        set_status(run, v, NodeStatus::failed);
+      }
+    }
+    std::uint32_t next = kNoNode;
+    try {
+      next = release_successors(run, v, ok, mode == ExecMode::run);
+    } catch (...) {  // allocation failure while queuing: nothing sane is left to do
+      std::terminate();
+    }
+    node_finished(run);
+    v = next;
+  }
+}
+
+// Static priority inheritance: a node runs at the highest level of itself and
+// every node that depends on it, so a high node is never held up by a low
+// predecessor waiting in the queues.
+std::vector<std::uint8_t> effective_levels(const WorkflowGraph& g, std::uint8_t run_level) {
+  std::vector<std::uint8_t> eff(g.size());
+  for (std::uint32_t i = 0; i < g.size(); ++i) eff[i] = g.levels[i] == kNoLevel ? run_level : g.levels[i];
+  for (std::size_t k = g.topo.size(); k-- > 0;) {
+    const std::uint32_t v = g.topo[k];
+    for (std::uint32_t e = g.succ_begin[v]; e < g.succ_begin[v + 1]; ++e) eff[v] = std::min(eff[v], eff[g.succ[e]]);
+  }
+  return eff;
+}
+
+}  // namespace
+}  // namespace detail
+
+WorkflowRun Workflow::run(Scheduler& scheduler, WorkflowRunOptions options) const {
+  using namespace detail;
+  WorkflowGraph& g = *graph_;
+  g.compile();
+  SchedulerCore& core = scheduler.core();
+  // Validates the priority and resolves an unset one exactly as submit() does.
+  Task* probe = prepare_task(core, options.priority);
+  const std::uint8_t run_level = probe->level.load(std::memory_order_relaxed);
+  free_task(probe);
+  for (std::uint32_t i = 0; i < g.size(); ++i) {
+    if (g.levels[i] != kNoLevel && g.levels[i] >= core.level_count()) {
+      throw InvalidArgument("ordo: workflow '" + g.name + "' node '" + g.display_name(i) + "' has priority level " +
+                            std::to_string(g.levels[i]) + ", beyond the scheduler's " +
+                            std::to_string(core.level_count()) + " levels");
+    }
+  }
+  auto* run = new RunState{};
+  run->graph = &g;
+  run->scheduler = &scheduler;
+  run->core = &core;
+  run->run_level = run_level;
+  if (g.has_levels) run->levels = effective_levels(g, run_level);
+  const std::uint32_t n = g.size();
+  run->pending.reset(new std::atomic<std::int32_t>[n]);
+  run->status.reset(new std::atomic<std::uint8_t>[n]);
+  run->poisoned.reset(new std::atomic<std::uint8_t>[n]);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    run->pending[i].store(g.in_degree[i], std::memory_order_relaxed);
+    run->status[i].store(static_cast<std::uint8_t>(NodeStatus::pending), std::memory_order_relaxed);
+    run->poisoned[i].store(0, std::memory_order_relaxed);
+  }
+  WorkflowRun handle(run);
+  if (n == 0) {
+    run->state.store(kDone, std::memory_order_release);
+    release_run(run);
+    return handle;
+  }
+  // One extra count while the roots are queued, so that the run cannot
+  // complete (and drop its own reference) under our feet.
+  run->remaining.store(static_cast<std::int64_t>(n) + 1, std::memory_order_relaxed);
+  for (std::uint32_t r : g.roots) queue_node(run, r);
+  node_finished(run);
+  return handle;
+}
+
+WorkflowRun::WorkflowRun(WorkflowRun&& other) noexcept : state_(std::exchange(other.state_, nullptr)) {}
+WorkflowRun& WorkflowRun::operator=(WorkflowRun&& other) noexcept {
+  if (this != &other) {
+    if (state_) detail::release_run(state_);
+    state_ = std::exchange(other.state_, nullptr);
+  }
+  return *this;
+}
+WorkflowRun::~WorkflowRun() {
+  if (state_) detail::release_run(state_);
+}
+
+namespace {
+void require(const detail::RunState* s) {
+  if (s == nullptr) throw Error("ordo: empty WorkflowRun (moved from)");
+}
+}  // namespace
+
+bool WorkflowRun::ready() const noexcept {
+  // acquire: pairs with the completion's exchange; statuses and the error are visible after.
+  return state_ != nullptr && (state_->state.load(std::memory_order_acquire) & detail::kStateMask) == detail::kDone;
+}
+
+void WorkflowRun::wait() const {
+  require(state_);
+  detail::RunState* run = state_;
+  auto done = [run] { return (run->state.load(std::memory_order_acquire) & detail::kStateMask) == detail::kDone; };
+  auto prepare_sleep = [run] {
+    run->waiter.store(detail::this_thread_parker(), std::memory_order_relaxed);
+    // release: publishes the waiter to the completion's exchange.
+    const std::uint32_t before = run->state.fetch_or(detail::kWaiterBit, std::memory_order_acq_rel);
+    return (before & detail::kStateMask) == detail::kDone;
+  };
+  detail::SchedulerCore::wait_until(done, prepare_sleep);
+}
+
+void WorkflowRun::get() const {
+  wait();
+  if (state_->failed.load(std::memory_order_relaxed)) std::rethrow_exception(state_->error);
+  if (state_->cancelled.load(std::memory_order_relaxed)) throw TaskCancelled{};
+}
+
+NodeStatus WorkflowRun::status(std::size_t node) const {
+  require(state_);
+  if (node >= state_->graph->size()) {
+    throw InvalidGraph("ordo: workflow '" + state_->graph->name + "' has no node #" + std::to_string(node));
+  }
+  return static_cast<NodeStatus>(state_->status[node].load(std::memory_order_relaxed));
+}
+
+NodeStatus WorkflowRun::status(std::string_view node) const {
+  require(state_);
+  auto it = state_->graph->by_name.find(std::string(node));
+  if (it == state_->graph->by_name.end()) {
+    throw InvalidGraph("ordo: workflow '" + state_->graph->name + "' has no node named '" + std::string(node) + "'");
+  }
+  return status(it->second);
+}
+
+std::size_t WorkflowRun::count(NodeStatus s) const noexcept {
+  if (state_ == nullptr) return 0;
+  std::size_t n = 0;
+  for (std::uint32_t i = 0; i < state_->graph->size(); ++i)
+    n += state_->status[i].load(std::memory_order_relaxed) == static_cast<std::uint8_t>(s) ? 1 : 0;
+  return n;
+}
+
+}  // namespace ordo

@@ -1,0 +1,276 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ordo/ordo.hpp"
+#include "test_support.hpp"
+
+namespace ordo {
+namespace {
+
+using test::Gate;
+
+TEST(Workflow, DiamondRunsInDependencyOrder) {
+  Scheduler s{{.workers = 2}};
+  std::mutex mu;
+  std::vector<std::string> order;
+  auto note = [&](const char* n) {
+    return [&, n] {
+      std::lock_guard lock(mu);
+      order.emplace_back(n);
+    };
+  };
+  Workflow wf("diamond");
+  wf.node("extract", note("extract"));
+  wf.node("left", note("left")).after("extract");
+  wf.node("right", note("right")).after("extract");
+  wf.node("load", note("load")).after("left").after("right");
+  auto run = wf.run(s);
+  run.get();
+  ASSERT_EQ(order.size(), 4u);
+  EXPECT_EQ(order.front(), "extract");
+  EXPECT_EQ(order.back(), "load");
+  EXPECT_EQ(run.status("load"), NodeStatus::succeeded);
+  EXPECT_EQ(run.count(NodeStatus::succeeded), 4u);
+}
+
+TEST(Workflow, EdgesMayNameNodesDeclaredLaterAndUseBefore) {
+  Scheduler s{{.workers = 2}};
+  std::atomic<int> step{0};
+  int seen_by_b = -1, seen_by_c = -1;
+  Workflow wf("forward");
+  wf.node("c", [&] { seen_by_c = step.fetch_add(1); }).after("b");
+  wf.node("a", [&] { step.fetch_add(1); }).before("b");
+  wf.node("b", [&] { seen_by_b = step.fetch_add(1); });
+  wf.run(s).get();
+  EXPECT_EQ(seen_by_b, 1);
+  EXPECT_EQ(seen_by_c, 2);
+}
+
+TEST(Workflow, CycleIsRejectedWithTheCycleNamed) {
+  Workflow wf("loop");
+  wf.node("a", [] {}).after("c");
+  wf.node("b", [] {}).after("a");
+  wf.node("c", [] {}).after("b");
+  wf.node("outside", [] {}).after("a");
+  try {
+    wf.validate();
+    FAIL() << "a cycle must be rejected";
+  } catch (const InvalidGraph& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("cycle"), std::string::npos) << msg;
+    EXPECT_TRUE(msg.find("a -> b -> c -> a") != std::string::npos || msg.find("b -> c -> a -> b") != std::string::npos ||
+                msg.find("c -> a -> b -> c") != std::string::npos)
+        << msg;
+    EXPECT_EQ(msg.find("outside"), std::string::npos) << msg;
+  }
+  Scheduler s{{.workers = 1}};
+  EXPECT_THROW(wf.run(s), InvalidGraph);
+}
+
+TEST(Workflow, SelfLoopUnknownAndDuplicateNamesAreRejected) {
+  Workflow self("self");
+  auto n = self.node("x", [] {});
+  self.precede(n, n);
+  EXPECT_THROW(self.validate(), InvalidGraph);
+
+  Workflow unknown("typo");
+  unknown.node("load", [] {}).after("extrct");
+  try {
+    unknown.validate();
+    FAIL();
+  } catch (const InvalidGraph& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown node 'extrct'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'load'"), std::string::npos) << e.what();
+  }
+
+  Workflow dup("dup");
+  dup.node("a", [] {});
+  EXPECT_THROW(dup.node("a", [] {}), InvalidGraph);
+  EXPECT_THROW(dup["missing"], InvalidGraph);
+}
+
+TEST(Workflow, FailureCancelsDependentsButNotIndependentNodes) {
+  Scheduler s{{.workers = 2}};
+  std::atomic<int> downstream_ran{0}, independent_ran{0};
+  Workflow wf("etl");
+  wf.node("extract", [] { throw std::runtime_error("source unreachable"); });
+  wf.node("transform", [&] { downstream_ran++; }).after("extract");
+  wf.node("load", [&] { downstream_ran++; }).after("transform");
+  wf.node("audit", [&] { independent_ran++; });
+  auto run = wf.run(s);
+  try {
+    run.get();
+    FAIL() << "get() must rethrow the node's error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "source unreachable");
+  }
+  EXPECT_EQ(downstream_ran.load(), 0);
+  EXPECT_EQ(independent_ran.load(), 1);
+  EXPECT_EQ(run.status("extract"), NodeStatus::failed);
+  EXPECT_EQ(run.status("transform"), NodeStatus::cancelled);
+  EXPECT_EQ(run.status("load"), NodeStatus::cancelled);
+  EXPECT_EQ(run.status("audit"), NodeStatus::succeeded);
+}
+
+TEST(Workflow, LongChainsRunAndCancelWithoutDeepRecursion) {
+  Scheduler s{{.workers = 2}};
+  const int n = 100000;
+  long counter = 0;
+  Workflow chain("chain");
+  NodeRef prev = chain.node([&] { ++counter; });
+  for (int i = 1; i < n; ++i) {
+    NodeRef next = chain.node([&] { ++counter; });
+    chain.precede(prev, next);
+    prev = next;
+  }
+  chain.run(s).get();
+  EXPECT_EQ(counter, n);
+
+  Workflow failing("failing-chain");
+  NodeRef head = failing.node([] { throw std::logic_error("first link"); });
+  prev = head;
+  for (int i = 1; i < n; ++i) {
+    NodeRef next = failing.node([&] { ++counter; });
+    failing.precede(prev, next);
+    prev = next;
+  }
+  auto run = failing.run(s);
+  EXPECT_THROW(run.get(), std::logic_error);
+  EXPECT_EQ(run.count(NodeStatus::cancelled), static_cast<std::size_t>(n - 1));
+}
+
+// Runs of one workflow overlap freely. In every run B starts after A finished,
+// so when B starts, A has always finished more times than B has started.
+TEST(Workflow, ThousandConcurrentRunsGiveIdenticalResults) {
+  Scheduler s{{.workers = 3}};
+  std::atomic<int> a_done{0}, b_started{0}, c_done{0}, violations{0};
+  Workflow wf("shared");
+  wf.node("a", [&] { a_done.fetch_add(1); });
+  wf.node("b", [&] {
+      if (a_done.load() <= b_started.fetch_add(1)) violations.fetch_add(1);
+    }).after("a");
+  wf.node("c", [&] { c_done.fetch_add(1); }).after("b");
+  const int runs = 1000;
+  std::vector<WorkflowRun> handles;
+  std::thread other([&] {
+    std::vector<WorkflowRun> mine;
+    for (int i = 0; i < runs / 2; ++i) mine.push_back(wf.run(s));
+    for (auto& r : mine) r.get();
+  });
+  for (int i = 0; i < runs / 2; ++i) handles.push_back(wf.run(s));
+  for (auto& r : handles) {
+    r.get();
+    EXPECT_EQ(r.count(NodeStatus::succeeded), 3u);
+  }
+  other.join();
+  EXPECT_EQ(a_done.load(), runs);
+  EXPECT_EQ(c_done.load(), runs);
+  EXPECT_EQ(violations.load(), 0);
+}
+
+// Random DAGs: each node's value is a function of its predecessors' values,
+// so any order violation changes the result. Checked against a serial
+// evaluation in index order (edges only go from lower to higher index).
+TEST(Workflow, RandomDagsMatchASerialTopologicalExecution) {
+  Scheduler s{{.workers = 3}};
+  for (unsigned seed = 1; seed <= 10 * test::kScale; ++seed) {
+    std::mt19937 rng(seed);
+    const int n = 300;
+    std::vector<std::vector<int>> preds(n);
+    for (int j = 1; j < n; ++j) {
+      const int k = static_cast<int>(rng() % 4);
+      for (int e = 0; e < k; ++e) preds[j].push_back(static_cast<int>(rng() % j));
+    }
+    auto compute = [&](std::vector<std::uint64_t>& value, int j) {
+      std::uint64_t h = 1469598103934665603ull ^ static_cast<std::uint64_t>(j);
+      for (int p : preds[j]) h = (h ^ value[p]) * 1099511628211ull;
+      value[j] = h;
+    };
+    std::vector<std::uint64_t> expected(n), got(n);
+    for (int j = 0; j < n; ++j) compute(expected, j);
+    Workflow wf("random-" + std::to_string(seed));
+    std::vector<NodeRef> nodes;
+    for (int j = 0; j < n; ++j) nodes.push_back(wf.node([&, j] { compute(got, j); }));
+    for (int j = 0; j < n; ++j)
+      for (int p : preds[j]) wf.precede(nodes[p], nodes[j]);
+    wf.run(s).get();
+    ASSERT_EQ(got, expected) << "seed " << seed;
+  }
+}
+
+TEST(Workflow, NestedWorkflowRunsAsOneNode) {
+  Scheduler s{{.workers = 2}};
+  std::atomic<int> inner_ran{0};
+  int after_saw = -1;
+  Workflow inner("inner");
+  inner.node("i1", [&] { inner_ran++; });
+  inner.node("i2", [&] { inner_ran++; }).after("i1");
+  Workflow outer("outer");
+  outer.node("prepare", [] {});
+  outer.node("sub", inner).after("prepare");
+  outer.node("finish", [&] { after_saw = inner_ran.load(); }).after("sub");
+  auto run = outer.run(s);
+  run.get();
+  EXPECT_EQ(after_saw, 2);
+  EXPECT_NE(outer.to_dot(&run).find("shape=box3d"), std::string::npos);
+}
+
+TEST(Workflow, DrawsItselfAsDotAndMermaidWithStatus) {
+  Scheduler s{{.workers = 1}};
+  Workflow wf("nightly");
+  wf.node("extract", [] {});
+  wf.node("transform", [] { throw std::runtime_error("bad row"); }).after("extract");
+  wf.node("load", [] {}).after("transform");
+  const std::string plain = wf.to_dot();
+  EXPECT_NE(plain.find("digraph \"nightly\""), std::string::npos);
+  EXPECT_NE(plain.find("\"extract\" -> \"transform\""), std::string::npos);
+  auto run = wf.run(s);
+  EXPECT_THROW(run.get(), std::runtime_error);
+  const std::string dot = wf.to_dot(&run);
+  EXPECT_NE(dot.find("\"extract\" [fillcolor=palegreen"), std::string::npos) << dot;
+  EXPECT_NE(dot.find("\"transform\" [fillcolor=salmon"), std::string::npos) << dot;
+  EXPECT_NE(dot.find("\"load\" [fillcolor=lightgrey"), std::string::npos) << dot;
+  const std::string mermaid = wf.to_mermaid(&run);
+  EXPECT_NE(mermaid.find("flowchart LR"), std::string::npos);
+  EXPECT_NE(mermaid.find("n0 --> n1"), std::string::npos);
+  EXPECT_NE(mermaid.find("class n1 failed"), std::string::npos) << mermaid;
+}
+
+// A low node that a high node depends on runs at high: it is not left behind
+// normal work queued before it.
+TEST(Workflow, LowPredecessorOfAHighNodeInheritsHighPriority) {
+  Scheduler s{{.workers = 1, .levels = 3}};
+  Gate gate;
+  s.post([&] { gate.hold(); }, {.priority = high});
+  gate.wait_entered();
+  std::vector<std::string> order;
+  for (int i = 0; i < 5; ++i) s.post([&] { order.push_back("normal"); }, {.priority = normal});
+  Workflow wf("report");
+  wf.node("fetch", [&] { order.push_back("fetch"); }, {.priority = low});
+  wf.node("render", [&] { order.push_back("render"); }, {.priority = high}).after("fetch");
+  auto run = wf.run(s);
+  gate.open.store(true);
+  run.get();
+  s.shutdown();
+  ASSERT_EQ(order.size(), 7u);
+  EXPECT_EQ(order[0], "fetch");
+  EXPECT_EQ(order[1], "render");
+}
+
+TEST(Workflow, EmptyWorkflowCompletesAtOnce) {
+  Scheduler s{{.workers = 1}};
+  Workflow wf("empty");
+  auto run = wf.run(s);
+  EXPECT_TRUE(run.ready());
+  EXPECT_NO_THROW(run.get());
+}
+
+}  // namespace
+}  // namespace ordo
