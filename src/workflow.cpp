@@ -184,6 +184,8 @@ void WorkflowGraph::compile() {
     for (auto [from, to] : all) preds[to].push_back(from);
     throw InvalidGraph("ordo: workflow '" + name + "' has a cycle: " + describe_cycle(*this, left, preds));
   }
+  sinks = 0;
+  for (std::uint32_t i = 0; i < n; ++i) sinks += is_sink(i) ? 1 : 0;
   compiled = true;
 }
 

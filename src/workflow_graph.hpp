@@ -43,6 +43,7 @@ struct WorkflowGraph {
   std::vector<std::int32_t> in_degree;
   std::vector<std::uint32_t> roots;
   std::vector<std::uint32_t> topo;  // a topological order
+  std::uint32_t sinks = 0;          // nodes without successors
   bool has_levels = false;
 
   std::string display_name(std::uint32_t i) const {
@@ -53,6 +54,7 @@ struct WorkflowGraph {
     return anonymous;
   }
   std::uint32_t size() const noexcept { return static_cast<std::uint32_t>(bodies.size()); }
+  bool is_sink(std::uint32_t v) const noexcept { return succ_begin[v] == succ_begin[v + 1]; }
   void invalidate() noexcept { compiled = false; }
   // Throws InvalidGraph. Idempotent; thread-safe.
   void compile();

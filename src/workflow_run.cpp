@@ -7,8 +7,13 @@
 // that successor: it runs it inline when it has the same level (no queue
 // round-trip: a chain runs without touching a queue), queues it otherwise, or
 // cancels it (and, transitively, what depends on it) when it is poisoned.
-// `remaining` counts nodes not yet finished; the node that brings it to zero
-// completes the run.
+// `remaining` counts sinks (nodes without successors) not yet finished, plus
+// one while the roots are being queued. Every node is an ancestor of some
+// sink, and a node hands out its successors before they can start, so when
+// the last sink finishes every node has finished and no thread will touch the
+// run again: a node's thread touches the run only until its last successor
+// decrement, which the sinks below it wait for. Counting sinks rather than
+// all nodes keeps a shared counter off the path of most nodes.
 #include <algorithm>
 #include <memory>
 #include <stdexcept>
@@ -29,10 +34,14 @@ struct RunState {
   SchedulerCore* core;
   std::uint8_t run_level;
   std::vector<std::uint8_t> levels;  // effective level per node; empty: all run_level
-  std::unique_ptr<std::atomic<std::int32_t>[]> pending;
-  std::unique_ptr<std::atomic<std::uint8_t>[]> status;
-  std::unique_ptr<std::atomic<std::uint8_t>[]> poisoned;
-  std::atomic<std::int64_t> remaining{0};
+  // Per node, packed so that a node's counters share a cache line.
+  struct NodeState {
+    std::atomic<std::int32_t> pending;  // predecessors still to finish
+    std::atomic<std::uint8_t> status;   // a NodeStatus
+    std::atomic<std::uint8_t> poisoned; // a predecessor failed or was cancelled
+  };
+  std::unique_ptr<NodeState[]> nodes;
+  std::atomic<std::int64_t> remaining{0};  // unfinished sinks (+1 while launching)
   std::atomic<std::uint32_t> state{kQueued};  // kDone when every node finished; kWaiterBit
   std::atomic<Parker*> waiter{nullptr};
   std::atomic<bool> failed{false};
@@ -74,7 +83,7 @@ void node_finished(RunState* run) noexcept {
 void set_status(RunState* run, std::uint32_t node, NodeStatus s) noexcept {
   // relaxed: informational for status()/drawings; the outcome of the run is
   // published by the completion.
-  run->status[node].store(static_cast<std::uint8_t>(s), std::memory_order_relaxed);
+  run->nodes[node].status.store(static_cast<std::uint8_t>(s), std::memory_order_relaxed);
 }
 
 // Cancels `first` (ready, poisoned) and everything that becomes ready, poisoned,
@@ -88,10 +97,10 @@ void cancel_from(RunState* run, std::uint32_t first) noexcept {
     set_status(run, v, NodeStatus::cancelled);
     for (std::uint32_t e = g.succ_begin[v]; e < g.succ_begin[v + 1]; ++e) {
       const std::uint32_t s = g.succ[e];
-      run->poisoned[s].store(1, std::memory_order_relaxed);  // published by the acq_rel decrement
-      if (run->pending[s].fetch_sub(1, std::memory_order_acq_rel) == 1) todo.push_back(s);
+      run->nodes[s].poisoned.store(1, std::memory_order_relaxed);  // published by the acq_rel decrement
+      if (run->nodes[s].pending.fetch_sub(1, std::memory_order_acq_rel) == 1) todo.push_back(s);
     }
-    node_finished(run);
+    if (g.is_sink(v)) node_finished(run);
   }
 }
 
@@ -117,9 +126,9 @@ std::uint32_t release_successors(RunState* run, std::uint32_t v, bool ok, bool m
   const std::uint8_t level = run->level_of(v);
   for (std::uint32_t e = g.succ_begin[v]; e < g.succ_begin[v + 1]; ++e) {
     const std::uint32_t s = g.succ[e];
-    if (!ok) run->poisoned[s].store(1, std::memory_order_relaxed);  // published by the decrement below
-    if (run->pending[s].fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
-    if (run->poisoned[s].load(std::memory_order_relaxed)) {
+    if (!ok) run->nodes[s].poisoned.store(1, std::memory_order_relaxed);  // published by the decrement below
+    if (run->nodes[s].pending.fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
+    if (run->nodes[s].poisoned.load(std::memory_order_relaxed)) {
       cancel_from(run, s);
     } else if (may_inline && inline_next == kNoNode && run->level_of(s) == level) {
       inline_next = s;
@@ -160,15 +169,32 @@ void exec_node(Task* t, ExecMode mode) noexcept {
         set_status(run, v, NodeStatus::failed);
       }
     }
+    if (run->graph->is_sink(v)) {
+      node_finished(run);  // may complete the run: nothing of it is touched after
+      return;
+    }
     std::uint32_t next = kNoNode;
     try {
       next = release_successors(run, v, ok, mode == ExecMode::run);
     } catch (...) {  // allocation failure while queuing: nothing sane is left to do
       std::terminate();
     }
-    node_finished(run);
     v = next;
   }
+}
+
+void exec_launcher(Task* t, ExecMode mode) noexcept {
+  RunState* run = payload_as<RunState*>(t);
+  destroy_payload<RunState*>(t);
+  for (std::uint32_t r : run->graph->roots) {
+    if (mode == ExecMode::cancel) {
+      run->cancelled.store(true, std::memory_order_relaxed);
+      cancel_from(run, r);
+    } else {
+      queue_node(run, r);
+    }
+  }
+  node_finished(run);  // the launch count
 }
 
 // Static priority inheritance: a node runs at the highest level of itself and
@@ -210,13 +236,11 @@ WorkflowRun Workflow::run(Scheduler& scheduler, WorkflowRunOptions options) cons
   run->run_level = run_level;
   if (g.has_levels) run->levels = effective_levels(g, run_level);
   const std::uint32_t n = g.size();
-  run->pending.reset(new std::atomic<std::int32_t>[n]);
-  run->status.reset(new std::atomic<std::uint8_t>[n]);
-  run->poisoned.reset(new std::atomic<std::uint8_t>[n]);
+  run->nodes.reset(new RunState::NodeState[n]);
   for (std::uint32_t i = 0; i < n; ++i) {
-    run->pending[i].store(g.in_degree[i], std::memory_order_relaxed);
-    run->status[i].store(static_cast<std::uint8_t>(NodeStatus::pending), std::memory_order_relaxed);
-    run->poisoned[i].store(0, std::memory_order_relaxed);
+    run->nodes[i].pending.store(g.in_degree[i], std::memory_order_relaxed);
+    run->nodes[i].status.store(static_cast<std::uint8_t>(NodeStatus::pending), std::memory_order_relaxed);
+    run->nodes[i].poisoned.store(0, std::memory_order_relaxed);
   }
   WorkflowRun handle(run);
   if (n == 0) {
@@ -226,7 +250,19 @@ WorkflowRun Workflow::run(Scheduler& scheduler, WorkflowRunOptions options) cons
   }
   // One extra count while the roots are queued, so that the run cannot
   // complete (and drop its own reference) under our feet.
-  run->remaining.store(static_cast<std::int64_t>(n) + 1, std::memory_order_relaxed);
+  run->remaining.store(static_cast<std::int64_t>(g.sinks) + 1, std::memory_order_relaxed);
+  if (g.roots.size() > 1 && !scheduler.is_worker_thread()) {
+    // Many roots from outside the pool: one launcher task queues them from a
+    // worker, where each is a cheap push onto its own deque (and stealable),
+    // instead of one injection-queue round trip per root from this thread.
+    Task* t = prepare_task(core, Priority{run_level});
+    t->exec = &exec_launcher;
+    t->kind = TaskKind::detached;
+    emplace_payload<RunState*>(t, run);
+    if (core.submit(t)) return handle;
+    destroy_payload<RunState*>(t);
+    free_task(t);  // refused (shutting down): queue_node below reports it per root
+  }
   for (std::uint32_t r : g.roots) queue_node(run, r);
   node_finished(run);
   return handle;
@@ -279,7 +315,7 @@ NodeStatus WorkflowRun::status(std::size_t node) const {
   if (node >= state_->graph->size()) {
     throw InvalidGraph("ordo: workflow '" + state_->graph->name + "' has no node #" + std::to_string(node));
   }
-  return static_cast<NodeStatus>(state_->status[node].load(std::memory_order_relaxed));
+  return static_cast<NodeStatus>(state_->nodes[node].status.load(std::memory_order_relaxed));
 }
 
 NodeStatus WorkflowRun::status(std::string_view node) const {
@@ -295,7 +331,7 @@ std::size_t WorkflowRun::count(NodeStatus s) const noexcept {
   if (state_ == nullptr) return 0;
   std::size_t n = 0;
   for (std::uint32_t i = 0; i < state_->graph->size(); ++i)
-    n += state_->status[i].load(std::memory_order_relaxed) == static_cast<std::uint8_t>(s) ? 1 : 0;
+    n += state_->nodes[i].status.load(std::memory_order_relaxed) == static_cast<std::uint8_t>(s) ? 1 : 0;
   return n;
 }
 
