@@ -91,16 +91,24 @@ void set_status(RunState* run, std::uint32_t node, NodeStatus s) noexcept {
 void cancel_from(RunState* run, std::uint32_t first) noexcept {
   std::vector<std::uint32_t> todo{first};
   const WorkflowGraph& g = *run->graph;
+  const std::uint32_t* succ = g.succ.data();
   while (!todo.empty()) {
     const std::uint32_t v = todo.back();
     todo.pop_back();
     set_status(run, v, NodeStatus::cancelled);
-    for (std::uint32_t e = g.succ_begin[v]; e < g.succ_begin[v + 1]; ++e) {
-      const std::uint32_t s = g.succ[e];
+    const std::uint32_t begin = g.succ_begin[v];
+    const std::uint32_t end = g.succ_begin[v + 1];
+    if (begin == end) {
+      // A sink: this may complete the run. Only the local `todo` is read
+      // after it, and anything still in it keeps the run from completing.
+      node_finished(run);
+      continue;
+    }
+    for (std::uint32_t e = begin; e < end; ++e) {
+      const std::uint32_t s = succ[e];
       run->nodes[s].poisoned.store(1, std::memory_order_relaxed);  // published by the acq_rel decrement
       if (run->nodes[s].pending.fetch_sub(1, std::memory_order_acq_rel) == 1) todo.push_back(s);
     }
-    if (g.is_sink(v)) node_finished(run);
   }
 }
 
@@ -120,14 +128,22 @@ void queue_node(RunState* run, std::uint32_t node) {
 }
 
 // Hands out the successors of a finished node. Returns one to run inline, or kNoNode.
+// Once the last successor has been decremented the run may complete on
+// another thread and its owner may destroy the workflow: the loop bounds and
+// the successor array are read into locals first, and nothing shared is read
+// after the last decrement except through a successor we now own.
 std::uint32_t release_successors(RunState* run, std::uint32_t v, bool ok, bool may_inline) {
   const WorkflowGraph& g = *run->graph;
+  const std::uint32_t* succ = g.succ.data();
+  const std::uint32_t first = g.succ_begin[v];
+  const std::uint32_t last = g.succ_begin[v + 1];
   std::uint32_t inline_next = kNoNode;
   const std::uint8_t level = run->level_of(v);
-  for (std::uint32_t e = g.succ_begin[v]; e < g.succ_begin[v + 1]; ++e) {
-    const std::uint32_t s = g.succ[e];
+  for (std::uint32_t e = first; e < last; ++e) {
+    const std::uint32_t s = succ[e];
     if (!ok) run->nodes[s].poisoned.store(1, std::memory_order_relaxed);  // published by the decrement below
     if (run->nodes[s].pending.fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
+    // s is ours now: the run cannot complete before s has finished.
     if (run->nodes[s].poisoned.load(std::memory_order_relaxed)) {
       cancel_from(run, s);
     } else if (may_inline && inline_next == kNoNode && run->level_of(s) == level) {

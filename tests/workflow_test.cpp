@@ -147,14 +147,17 @@ TEST(Workflow, LongChainsRunAndCancelWithoutDeepRecursion) {
 }
 
 // Runs of one workflow overlap freely. In every run B starts after A finished,
-// so when B starts, A has always finished more times than B has started.
+// so when B starts, A has finished more times than B had started before it.
 TEST(Workflow, ThousandConcurrentRunsGiveIdenticalResults) {
   Scheduler s{{.workers = 3}};
   std::atomic<int> a_done{0}, b_started{0}, c_done{0}, violations{0};
   Workflow wf("shared");
   wf.node("a", [&] { a_done.fetch_add(1); });
   wf.node("b", [&] {
-      if (a_done.load() <= b_started.fetch_add(1)) violations.fetch_add(1);
+      // The RMW first: it synchronises with every earlier B start, whose A had
+      // finished before it, so the load that follows sees all those A's too.
+      const int earlier_b = b_started.fetch_add(1);
+      if (a_done.load() <= earlier_b) violations.fetch_add(1);
     }).after("a");
   wf.node("c", [&] { c_done.fetch_add(1); }).after("b");
   const int runs = 1000;
