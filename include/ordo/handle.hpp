@@ -131,7 +131,9 @@ class Handle {
       ~Release() { detail::release_task(t); }
     } release{t};
     auto& out = detail::payload_as<detail::Outcome<T>>(t);
-    if (out.error) std::rethrow_exception(out.error);
+    // Moved out, not copied: the node keeps no reference to the exception, so
+    // it is freed by this thread, the one that used it, whoever drops the node.
+    if (out.error) std::rethrow_exception(std::exchange(out.error, nullptr));
     if constexpr (!std::is_void_v<T>) return std::move(*out.value);
   }
 
