@@ -29,6 +29,8 @@ Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority) {
   // relaxed stores: published with the node by the queue handoff.
   t->level.store(level, std::memory_order_relaxed);
   t->core = &core;
+  t->successors = nullptr;  // overwrites the free-list link
+  t->deps.store(0, std::memory_order_relaxed);
   t->refs.store(1, std::memory_order_relaxed);  // the queue entry's
   t->state.store(kQueued, std::memory_order_relaxed);
   t->movable = core.ages(level);  // the ager may move it

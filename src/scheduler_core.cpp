@@ -402,12 +402,12 @@ void SchedulerCore::run_task(Worker& w, Task* t) {
   const int outer_level = w.running_level.load(std::memory_order_relaxed);
   tls_context.current = t;
   w.running_level.store(static_cast<int>(level), std::memory_order_relaxed);
-  t->exec(t, mode);
+  const bool ran = t->exec(t, mode);
   tls_context.current = outer;
   w.running_level.store(outer_level, std::memory_order_relaxed);
   w.executed.store(w.executed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   stats.completed.store(stats.completed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  finish(t, mode);
+  finish(t, ran);
 }
 
 bool SchedulerCore::submit(Task* t) {

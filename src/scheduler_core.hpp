@@ -95,6 +95,14 @@ class SchedulerCore {
   // be skipped. False, changing nothing, when the task is no longer queued.
   bool move_task(Task* t, int expected_level, unsigned new_level);
   void reserve(unsigned level, unsigned workers);
+  // After t's payload ran (ran) or was cancelled: publish, release dependents,
+  // wake a waiter, drop the executor's reference (or free, by kind).
+  void finish(Task* t, bool ran) noexcept;
+  // Queues a dependent task whose last predecessor just finished; if the
+  // scheduler refuses it (outside the pool, after shutdown) it completes as
+  // cancelled instead.
+  void submit_or_cancel(Task* t) noexcept;
+  void complete_cancelled(Task* t) noexcept;
   bool ages(unsigned level) const noexcept { return (aged_levels_ >> level) & 1u; }
   void fill_stats(SchedulerStats& st) const;
 
@@ -142,7 +150,6 @@ class SchedulerCore {
   bool injection_empty() const noexcept;
   void wake_one(unsigned level) noexcept;
   void wake_all() noexcept;
-  void finish(Task* t, ExecMode mode) noexcept;
   void build_weighted_schedule(const std::vector<unsigned>& weights);
   void apply_reservations() noexcept;  // reservation_mu_ held
 

@@ -2,6 +2,7 @@
 // waits for that.
 #include <string>
 
+#include "ordo/detail/dependency.hpp"
 #include "ordo/handle.hpp"
 #include "scheduler_core.hpp"
 
@@ -9,7 +10,7 @@ namespace ordo::detail {
 
 void group_complete(GroupState& g) noexcept;  // task_group.cpp
 
-void SchedulerCore::finish(Task* t, ExecMode mode) noexcept {
+void SchedulerCore::finish(Task* t, bool ran) noexcept {
   switch (t->kind) {
     case TaskKind::detached:
       if (t->movable) {
@@ -29,10 +30,10 @@ void SchedulerCore::finish(Task* t, ExecMode mode) noexcept {
       return;
     }
     case TaskKind::handle: {
-      const std::uint32_t final_state = mode == ExecMode::run ? kDone : kCancelled;
       // acq_rel: release publishes the outcome to the Handle's acquire loads;
       // acquire pairs with the waiter's fetch_or so its Parker* is visible.
-      std::uint32_t before = t->state.exchange(final_state, std::memory_order_acq_rel);
+      const std::uint32_t before = t->state.exchange(ran ? kDone : kCancelled, std::memory_order_acq_rel);
+      release_dependents(t);
       if (before & kWaiterBit) t->waiter.load(std::memory_order_relaxed)->unpark();
       release_task(t);
       return;
@@ -40,15 +41,84 @@ void SchedulerCore::finish(Task* t, ExecMode mode) noexcept {
   }
 }
 
-void release_task(Task* t) noexcept {
-  // acq_rel: the last owner must see every write the other owner made to the
-  // node (the outcome, the waiter) before it destroys it.
-  if (t->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    if (t->kind == TaskKind::handle && (t->state.load(std::memory_order_relaxed) & kStateMask) >= kDone) {
-      t->drop_outcome(t);
-    }
-    free_task(t);
+void SchedulerCore::submit_or_cancel(Task* t) noexcept {
+  bool queued = false;
+  try {
+    queued = submit(t);
+  } catch (...) {  // the injection queue could not allocate: treat like a refusal
   }
+  if (!queued) complete_cancelled(t);
+}
+
+// Completes a handle task that will not run; the caller owns one reference
+// for it (a queue entry's, or its own), which this consumes.
+void SchedulerCore::complete_cancelled(Task* t) noexcept {
+  std::uint32_t s = t->state.load(std::memory_order_acquire);
+  for (;;) {
+    if ((s & kStateMask) != kQueued) {  // another entry, or cancel(), got there first
+      release_task(t);
+      return;
+    }
+    if (t->state.compare_exchange_weak(s, (s & ~kStateMask) | kRunning, std::memory_order_acquire)) break;
+  }
+  finish(t, t->exec(t, ExecMode::cancel));
+}
+
+// Iterative: dropping a task may drop the last reference on its predecessors,
+// and theirs, down a chain of any length, without recursion.
+void release_task(Task* t) noexcept {
+  PredList* lists = nullptr;  // predecessor lists whose entries still need a release
+  for (;;) {
+    // acq_rel: the last owner must see every write the other owners made to
+    // the node (the outcome, the waiter) before it destroys it.
+    if (t->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      PredList* preds = nullptr;
+      if (t->kind == TaskKind::handle) {
+        if ((t->state.load(std::memory_order_relaxed) & kStateMask) >= kDone) t->exec(t, ExecMode::drop_outcome);
+        preds = t->preds;
+      }
+      free_task(t);
+      if (preds != nullptr) {
+        preds->next_release = lists;
+        lists = preds;
+      }
+    }
+    t = nullptr;
+    while (lists != nullptr && t == nullptr) {
+      if (lists->cursor < lists->count) {
+        t = lists->items[lists->cursor++];
+      } else {
+        PredList* done = lists;
+        lists = lists->next_release;
+        done->count = 0;  // every entry already released
+        PredList::destroy(done);
+      }
+    }
+    if (t == nullptr) return;
+  }
+}
+
+bool cancel_task(Task* t) {
+  if (t == nullptr) throw Error("ordo: Handle::cancel() on an empty handle");
+  t->refs.fetch_add(1, std::memory_order_relaxed);  // ours, consumed by complete_cancelled()
+  if ((t->state.load(std::memory_order_acquire) & kStateMask) != kQueued) {
+    release_task(t);
+    return false;
+  }
+  const bool claimed_by_us = [&] {
+    std::uint32_t s = t->state.load(std::memory_order_acquire);
+    while ((s & kStateMask) == kQueued) {
+      if (t->state.compare_exchange_weak(s, (s & ~kStateMask) | kRunning, std::memory_order_acquire)) return true;
+    }
+    return false;
+  }();
+  if (!claimed_by_us) {
+    release_task(t);
+    return false;
+  }
+  // Any queue entry (now, or later when its predecessors finish) is stale.
+  t->core->finish(t, t->exec(t, ExecMode::cancel));
+  return true;
 }
 
 bool reprioritise(Task* t, unsigned level) {
@@ -62,6 +132,12 @@ bool reprioritise(Task* t, unsigned level) {
 }
 
 void wait_for_task(Task* t) {
+  // Priority inheritance: a running task that waits for a lower-priority
+  // queued one raises it (and what it waits for) to its own level.
+  if (Task* waiting = tls_context.current; waiting != nullptr && t->kind == TaskKind::handle) {
+    const unsigned mine = waiting->level.load(std::memory_order_relaxed);
+    if (mine < t->level.load(std::memory_order_relaxed) && mine < t->core->level_count()) raise_priority(t, mine);
+  }
   auto done = [t] { return (t->state.load(std::memory_order_acquire) & kStateMask) >= kDone; };
   auto prepare_sleep = [t] {
     t->waiter.store(this_thread_parker(), std::memory_order_relaxed);

@@ -112,7 +112,7 @@ void cancel_from(RunState* run, std::uint32_t first) noexcept {
   }
 }
 
-void exec_node(Task* t, ExecMode mode) noexcept;
+bool exec_node(Task* t, ExecMode mode) noexcept;
 
 void queue_node(RunState* run, std::uint32_t node) {
   Task* t = prepare_task(*run->core, Priority{run->level_of(node)});
@@ -164,7 +164,7 @@ void run_body(RunState* run, std::uint32_t v) {
   }
 }
 
-void exec_node(Task* t, ExecMode mode) noexcept {
+bool exec_node(Task* t, ExecMode mode) noexcept {
   const NodeJob job = payload_as<NodeJob>(t);
   destroy_payload<NodeJob>(t);
   RunState* run = job.run;
@@ -187,7 +187,7 @@ void exec_node(Task* t, ExecMode mode) noexcept {
     }
     if (run->graph->is_sink(v)) {
       node_finished(run);  // may complete the run: nothing of it is touched after
-      return;
+      return true;
     }
     std::uint32_t next = kNoNode;
     try {
@@ -197,9 +197,10 @@ void exec_node(Task* t, ExecMode mode) noexcept {
     }
     v = next;
   }
+  return true;
 }
 
-void exec_launcher(Task* t, ExecMode mode) noexcept {
+bool exec_launcher(Task* t, ExecMode mode) noexcept {
   RunState* run = payload_as<RunState*>(t);
   destroy_payload<RunState*>(t);
   for (std::uint32_t r : run->graph->roots) {
@@ -211,6 +212,7 @@ void exec_launcher(Task* t, ExecMode mode) noexcept {
     }
   }
   node_finished(run);  // the launch count
+  return true;
 }
 
 // Static priority inheritance: a node runs at the highest level of itself and

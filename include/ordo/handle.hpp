@@ -14,6 +14,8 @@
 
 #include "ordo/detail/task.hpp"
 #include "ordo/errors.hpp"
+#include "ordo/options.hpp"
+#include "ordo/outcome.hpp"
 #include "ordo/priority.hpp"
 
 namespace ordo {
@@ -21,16 +23,6 @@ namespace ordo {
 enum class TaskStatus { queued, running, succeeded, failed, cancelled };
 
 namespace detail {
-
-template <class R>
-struct Outcome {
-  std::optional<R> value;
-  std::exception_ptr error;
-};
-template <>
-struct Outcome<void> {
-  std::exception_ptr error;
-};
 
 // Waits until the task has finished (done or cancelled). On a worker thread the
 // wait helps: it runs other tasks instead of blocking. Acquire-synchronises with
@@ -40,9 +32,20 @@ void wait_for_task(Task* t);
 void release_task(Task* t) noexcept;
 // Moves a queued task to another level (see Handle::set_priority).
 bool reprioritise(Task* t, unsigned level);
+// See Handle::cancel().
+bool cancel_task(Task* t);
+
+template <class F, class T, bool TakesOutcome, bool Void>
+struct then_result;
+template <class F, class T>
+using then_result_t = typename then_result<F, T, std::is_invocable_v<F&, Outcome<T>&&>, std::is_void_v<T>>::type;
 
 template <class F, class R>
-void exec_handle_task(Task* t, ExecMode mode) noexcept {
+bool exec_handle_task(Task* t, ExecMode mode) noexcept {
+  if (mode == ExecMode::drop_outcome) {
+    destroy_payload<Outcome<R>>(t);
+    return true;
+  }
   Outcome<R> out;
   if (mode == ExecMode::run) {
     try {
@@ -59,11 +62,7 @@ void exec_handle_task(Task* t, ExecMode mode) noexcept {
   }
   destroy_payload<F>(t);
   emplace_payload<Outcome<R>>(t, std::move(out));
-}
-
-template <class R>
-void drop_outcome(Task* t) noexcept {
-  destroy_payload<Outcome<R>>(t);
+  return mode == ExecMode::run;
 }
 
 }  // namespace detail
@@ -130,18 +129,32 @@ class Handle {
       detail::Task* t;
       ~Release() { detail::release_task(t); }
     } release{t};
-    auto& out = detail::payload_as<detail::Outcome<T>>(t);
+    auto& out = detail::payload_as<Outcome<T>>(t);
     // Moved out, not copied: the node keeps no reference to the exception, so
     // it is freed by this thread, the one that used it, whoever drops the node.
     if (out.error) std::rethrow_exception(std::exchange(out.error, nullptr));
     if constexpr (!std::is_void_v<T>) return std::move(*out.value);
   }
 
+  // Any thread. Cancels the task if it has not started: its get() throws
+  // TaskCancelled, and so does every continuation and join waiting for it
+  // (unless it takes an Outcome). Returns false when it already started or
+  // finished ("too late"); then nothing changes.
+  bool cancel() { return detail::cancel_task(task_); }
+
+  // Any thread. Runs fn with this task's result once it is done, as a new task
+  // on the same scheduler; consumes this handle. fn takes T (or nothing, for
+  // void), or an ordo::Outcome<T> to run even after a failure. Declared here,
+  // defined in ordo/continuation.hpp.
+  template <class F>
+  auto then(F&& fn, SubmitOptions options = {}) && -> Handle<detail::then_result_t<std::decay_t<F>, T>>;
+
   // Internal: the node, for ordo's own composition helpers.
   detail::Task* node() const noexcept { return task_; }
+  detail::Task* release_node() noexcept { return std::exchange(task_, nullptr); }
 
  private:
-  detail::Outcome<T>& outcome() const noexcept { return detail::payload_as<detail::Outcome<T>>(task_); }
+  Outcome<T>& outcome() const noexcept { return detail::payload_as<Outcome<T>>(task_); }
   void reset() noexcept {
     if (task_) detail::release_task(std::exchange(task_, nullptr));
   }
@@ -150,3 +163,5 @@ class Handle {
 };
 
 }  // namespace ordo
+
+#include "ordo/continuation.hpp"  // defines Handle::then, when_all, when_any

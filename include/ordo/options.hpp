@@ -6,7 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "ordo/errors.hpp"
 #include "ordo/priority.hpp"
+#include "ordo/task_ref.hpp"
 
 namespace ordo {
 
@@ -52,6 +54,10 @@ struct SubmitOptions {
   // priority; a task submitted from any other thread runs at `normal` (or the
   // lowest level when the scheduler has fewer than two).
   std::optional<Priority> priority;
+  // Scheduler::submit only: start only after all of these finished. If one
+  // of them failed or was cancelled, this task is cancelled with that error.
+  // Lower-priority predecessors are raised to this task's priority.
+  std::vector<TaskRef> after;
 };
 
 enum class ShutdownMode {

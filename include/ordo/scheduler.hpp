@@ -25,27 +25,17 @@ namespace detail {
 
 class SchedulerCore;
 
-// Validates the priority (InvalidArgument if beyond the configured levels),
-// resolves an unset one (inherit from the running task, else normal) and takes
-// a node from the calling thread's pool with its level set.
-Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority);
-
-// Queues a prepared node: onto the calling worker's own deque when called from
-// a worker of `core`, else onto the injection queue of its level. Returns false,
-// without queuing, when the scheduler no longer accepts external submissions;
-// the caller still owns the node then.
-bool submit_task(SchedulerCore& core, Task* t);
-
 template <class F>
-void exec_detached_task(Task* t, ExecMode mode) noexcept {
+bool exec_detached_task(Task* t, ExecMode mode) noexcept {
   if (mode == ExecMode::run) {
     try {
       std::invoke(payload_as<F>(t));
     } catch (...) {
-      // Nobody holds a handle: the error is counted (see stats) and dropped.
+      // Nobody holds a handle: the error is dropped.
     }
   }
   destroy_payload<F>(t);
+  return mode == ExecMode::run;
 }
 
 template <class F>
@@ -102,9 +92,10 @@ class Scheduler {
       -> Handle<std::invoke_result_t<std::decay_t<F>&>> {
     using Fn = std::decay_t<F>;
     using R = std::invoke_result_t<Fn&>;
+    if (!options.after.empty()) return submit_after<Fn, R>(std::forward<F>(fn), std::move(options));
     detail::Task* t = detail::prepare_task(*core_, options.priority);
     t->exec = &detail::exec_handle_task<Fn, R>;
-    t->drop_outcome = &detail::drop_outcome<R>;
+    t->preds = nullptr;
     t->kind = detail::TaskKind::handle;
     t->movable = true;  // set_priority may move it
     t->state.store(detail::kQueued, std::memory_order_relaxed);
@@ -123,6 +114,10 @@ class Scheduler {
   template <class F>
   void post(F&& fn, SubmitOptions options = {}) {
     using Fn = std::decay_t<F>;
+    if (!options.after.empty()) {
+      (void)submit(std::forward<F>(fn), std::move(options));
+      return;
+    }
     detail::Task* t = detail::prepare_task(*core_, options.priority);
     t->exec = &detail::exec_detached_task<Fn>;
     t->kind = detail::TaskKind::detached;
@@ -162,6 +157,24 @@ class Scheduler {
   detail::SchedulerCore& core() noexcept { return *core_; }
 
  private:
+  // submit() with `after`: a dependent task, queued when its predecessors
+  // finished (or cancelled with their error). From outside the pool after
+  // shutdown it completes as cancelled rather than throwing.
+  template <class Fn, class R, class F>
+  Handle<R> submit_after(F&& fn, SubmitOptions options) {
+    detail::Task* t = detail::make_dependent(*core_, options.priority, static_cast<std::uint32_t>(options.after.size()));
+    t->exec = &detail::exec_after<Fn, R>;
+    try {
+      detail::emplace_payload<Fn>(t, std::forward<F>(fn));
+    } catch (...) {
+      detail::discard_dependent(t);
+      throw;
+    }
+    for (std::size_t i = 0; i < options.after.size(); ++i) t->preds->items[i] = options.after[i].release();
+    detail::link_and_arm(t, detail::SuccMode::all);
+    return Handle<R>{t};
+  }
+
   template <class Fn, class F>
   static void construct_or_free(detail::Task* t, F&& fn) {
     try {

@@ -59,7 +59,7 @@ void record_group_error(GroupState& g, std::exception_ptr e) noexcept;
 [[noreturn]] void throw_not_owner();
 
 template <class F>
-void exec_group_task(Task* t, ExecMode mode) noexcept {
+bool exec_group_task(Task* t, ExecMode mode) noexcept {
   if (mode == ExecMode::run) {
     try {
       std::invoke(payload_as<F>(t));
@@ -70,6 +70,7 @@ void exec_group_task(Task* t, ExecMode mode) noexcept {
     t->group->cancelled.store(true, std::memory_order_relaxed);  // read after group_wait's acquire
   }
   destroy_payload<F>(t);
+  return mode == ExecMode::run;
 }
 
 }  // namespace detail

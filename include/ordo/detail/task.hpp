@@ -12,17 +12,25 @@
 #include <cstddef>
 #include <cstdint>
 #include <new>
+#include <optional>
 #include <type_traits>
 #include <utility>
+
+#include "ordo/priority.hpp"
 
 namespace ordo::detail {
 
 class Parker;
 class SchedulerCore;
 struct GroupState;
+struct PredList;
+struct SuccNode;
 struct Task;
 
-enum class ExecMode : std::uint8_t { run, cancel };
+// run: run the payload. cancel: destroy it unrun and store TaskCancelled (or,
+// for a dependent task, its predecessor's error). drop_outcome: a finished
+// handle task's last reference is gone; destroy the stored outcome.
+enum class ExecMode : std::uint8_t { run, cancel, drop_outcome };
 
 // What happens once the payload has run or been cancelled.
 enum class TaskKind : std::uint8_t {
@@ -50,13 +58,18 @@ inline constexpr std::size_t kPayloadAlign = 16;
 
 struct alignas(64) Task {
   // Runs (or, in cancel mode, destroys without running) the payload and stores
-  // whatever the task's kind needs. Never throws.
-  void (*exec)(Task*, ExecMode) noexcept;
+  // whatever the task's kind needs. Returns false when the task ends up
+  // cancelled (its handle then reports TaskCancelled or the error that
+  // cancelled it). Never throws.
+  bool (*exec)(Task*, ExecMode) noexcept;
   union {
-    GroupState* group;                        // TaskKind::group
-    void (*drop_outcome)(Task*) noexcept;     // TaskKind::handle: destroys the stored outcome
+    GroupState* group;  // TaskKind::group
+    PredList* preds;    // TaskKind::handle: the tasks it depends on, or null
   };
-  Task* next;  // free-list link while pooled
+  union {
+    Task* next;            // free-list link while pooled
+    SuccNode* successors;  // handle tasks: dependents (atomic_ref); kSuccessorsClosed once finished
+  };
   SchedulerCore* core;  // movable tasks: the scheduler whose queues hold them
   std::atomic<Parker*> waiter;
   // Steady-clock nanoseconds when queued, or 0 when this task is not sampled
@@ -71,8 +84,11 @@ struct alignas(64) Task {
   std::atomic<std::uint8_t> level;
   TaskKind kind;
   // Movable tasks may have several queue entries; whoever takes one must win
-  // the CAS kQueued -> kRunning (see SchedulerCore::claim).
+  // the CAS kQueued -> kRunning (see SchedulerCore::run_task).
   bool movable;
+  // Handle tasks: predecessors not yet finished, plus one while the task is
+  // being set up; the decrement that reaches zero queues the task.
+  std::atomic<std::int32_t> deps;
   alignas(kPayloadAlign) std::byte payload[kTaskNodeBytes - 64];
 };
 static_assert(sizeof(Task) == kTaskNodeBytes, "task node must stay two cache lines");
@@ -112,6 +128,21 @@ void destroy_payload(Task* t) noexcept {
     delete *std::launder(reinterpret_cast<X**>(t->payload));
   }
 }
+
+// Marks a finished task's successor list: dependents added later are
+// released at once.
+inline SuccNode* const kSuccessorsClosed = reinterpret_cast<SuccNode*>(std::uintptr_t{1});
+
+// Validates the priority (InvalidArgument if beyond the configured levels),
+// resolves an unset one (inherit from the running task, else normal) and takes
+// a node from the calling thread's pool with its level set.
+Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority);
+
+// Queues a prepared node: onto the calling worker's own deque when called from
+// a worker of `core`, else onto the injection queue of its level. Returns false,
+// without queuing, when the scheduler no longer accepts external submissions;
+// the caller still owns the node then.
+bool submit_task(SchedulerCore& core, Task* t);
 
 // Node allocation from the calling thread's cache (see src/task_pool.cpp).
 // Callable from any thread; allocation never touches a lock except to move a

@@ -1,0 +1,54 @@
+// Dependencies between handle tasks: predecessor lists, lock-free successor
+// lists, and the hand-over from a finished task to the tasks that wait for it.
+//
+// Thread-safety: every function may be called from any thread.
+// Invariants: a dependent task is queued exactly once, by whoever brings its
+// `deps` count to zero (a finishing predecessor, or its creator releasing the
+// setup hold). Every PredList entry and every SuccNode holds a reference on
+// the task it names, so neither side can be freed while the other needs it.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <optional>
+
+#include "ordo/detail/task.hpp"
+
+namespace ordo::detail {
+
+struct PredList {
+  std::uint32_t count;
+  std::uint32_t cursor;      // release_task(): entries already released
+  PredList* next_release;    // release_task(): lists still being released
+  std::atomic<bool> fired;   // when_any: the first predecessor to finish releases the task
+  Task* items[1];            // `count` entries, allocated in place
+
+  static PredList* make(std::uint32_t count);
+  // Drops the references on every predecessor and frees the list.
+  static void destroy(PredList* list) noexcept;
+};
+
+enum class SuccMode : std::uint8_t { all, any };
+
+// Makes `succ` wait for `pred`. The caller has counted `pred` in succ->deps
+// (for SuccMode::any, the list counts once however many predecessors it has).
+// If pred has already finished, succ is released at once.
+void add_successor(Task* pred, Task* succ, SuccMode mode);
+// Drops the setup hold on `t`'s deps; queues it when nothing else is pending.
+void arm_dependent(Task* t);
+// Raises `t` and, transitively, its unfinished predecessors to `level`
+// (priority inheritance): queued ones are moved, waiting ones re-levelled.
+void raise_priority(Task* t, unsigned level);
+// Sets up a dependent handle task whose PredList is filled (each entry owning
+// a reference): counts, links to every predecessor, raises lower-priority
+// predecessors, then releases the setup hold (queuing it if all are done).
+void link_and_arm(Task* t, SuccMode mode);
+// A handle task's node with `preds` empty predecessor slots, the setup hold
+// counted, refs for the handle and the queue entry. Throws like prepare_task.
+Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std::uint32_t preds);
+// Frees a dependent whose payload could not be built (nothing was linked yet).
+void discard_dependent(Task* t) noexcept;
+// Called by finish(): closes t's successor list and releases its dependents.
+void release_dependents(Task* t) noexcept;
+
+}  // namespace ordo::detail

@@ -1,0 +1,50 @@
+// ordo::TaskRef: a type-erased, shared reference to a submitted task, used to
+// name dependencies (SubmitOptions::after) without giving up the handle.
+//
+// Thread-safety: a TaskRef is a value; copies may be used from any threads.
+#pragma once
+
+#include <utility>
+
+#include "ordo/detail/task.hpp"
+#include "ordo/errors.hpp"
+
+namespace ordo {
+
+template <class T>
+class Handle;
+
+namespace detail {
+void release_task(Task* t) noexcept;
+}
+
+class TaskRef {
+ public:
+  TaskRef() noexcept = default;
+  // Shares the handle's task; the handle stays usable (get() still works).
+  template <class T>
+  TaskRef(const Handle<T>& h) : task_(h.node()) {  // NOLINT: implicit, so that `.after = {h1, h2}` reads naturally
+    if (task_ == nullptr) throw Error("ordo: a dependency on an empty handle");
+    task_->refs.fetch_add(1, std::memory_order_relaxed);  // the caller's handle keeps it alive meanwhile
+  }
+  TaskRef(const TaskRef& o) noexcept : task_(o.task_) {
+    if (task_) task_->refs.fetch_add(1, std::memory_order_relaxed);
+  }
+  TaskRef(TaskRef&& o) noexcept : task_(std::exchange(o.task_, nullptr)) {}
+  TaskRef& operator=(TaskRef o) noexcept {
+    std::swap(task_, o.task_);
+    return *this;
+  }
+  ~TaskRef() {
+    if (task_) detail::release_task(task_);
+  }
+
+  detail::Task* node() const noexcept { return task_; }
+  // Gives up ownership of the reference (to a predecessor list).
+  detail::Task* release() noexcept { return std::exchange(task_, nullptr); }
+
+ private:
+  detail::Task* task_ = nullptr;
+};
+
+}  // namespace ordo
