@@ -81,6 +81,7 @@ Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std:
   t->state.store(kQueued, std::memory_order_relaxed);
   t->refs.store(2, std::memory_order_relaxed);  // the handle's and the queue entry's
   t->waiter.store(nullptr, std::memory_order_relaxed);
+  t->successors = nullptr;  // overwrites the free-list link
   t->deps.store(1, std::memory_order_relaxed);  // the setup hold
   try {
     t->preds = PredList::make(preds);

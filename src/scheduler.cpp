@@ -26,15 +26,18 @@ Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority) {
     level = core.default_level();
   }
   Task* t = allocate_task();
+  // Only what every kind needs; handle tasks set their own fields (refs,
+  // state, successors, deps) in Scheduler::submit and make_dependent.
   // relaxed stores: published with the node by the queue handoff.
   t->level.store(level, std::memory_order_relaxed);
   t->core = &core;
-  t->successors = nullptr;  // overwrites the free-list link
-  t->deps.store(0, std::memory_order_relaxed);
-  t->refs.store(1, std::memory_order_relaxed);  // the queue entry's
-  t->state.store(kQueued, std::memory_order_relaxed);
-  t->movable = core.ages(level);  // the ager may move it
-  t->enqueued_ns = (t->movable || (++tls_context.sample_tick & 63) == 0) ? now_ns() : 0;
+  const bool aged = core.ages(level);
+  t->movable = aged;  // the ager may move it
+  if (aged) {
+    t->refs.store(1, std::memory_order_relaxed);  // the queue entry's
+    t->state.store(kQueued, std::memory_order_relaxed);
+  }
+  t->enqueued_ns = (aged || (++tls_context.sample_tick & 63) == 0) ? now_ns() : 0;
   return t;
 }
 

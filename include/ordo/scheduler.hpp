@@ -101,6 +101,7 @@ class Scheduler {
     t->state.store(detail::kQueued, std::memory_order_relaxed);
     t->refs.store(2, std::memory_order_relaxed);  // the handle's and the executor's
     t->waiter.store(nullptr, std::memory_order_relaxed);
+    t->successors = nullptr;  // overwrites the free-list link
     construct_or_free<Fn>(t, std::forward<F>(fn));
     if (!detail::submit_task(*core_, t)) {
       detail::discard_unqueued<Fn>(t);
