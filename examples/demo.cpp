@@ -56,6 +56,13 @@ std::uint64_t count_primes(std::uint64_t lo, std::uint64_t hi) {
   return c;
 }
 
+// A background report: a fixed slice of real work (about a quarter of a millisecond).
+int report(int id) {
+  volatile std::uint64_t primes = count_primes(0, 20'000);
+  (void)primes;
+  return id;
+}
+
 void row(const char* what, const std::string& result, double serial_ms, double parallel_ms, std::uint64_t tasks) {
   std::printf("  %-34s %-14s serial %8.1f ms   ordo %8.1f ms   x%.2f   (%llu tasks)\n", what, result.c_str(),
               serial_ms, parallel_ms, serial_ms / parallel_ms, static_cast<unsigned long long>(tasks));
@@ -113,11 +120,6 @@ int main() {
     // A backlog of background reports fills the pool; then an interactive
     // caller submits the same report at high priority. It starts as soon as a
     // worker finishes its current task, ahead of the whole backlog.
-    auto report = [](int id) {
-      volatile std::uint64_t x = count_primes(0, 20'000);
-      (void)x;
-      return id;
-    };
     std::vector<ordo::Handle<int>> background;
     auto t0 = Clock::now();
     for (int i = 0; i < 400; ++i) background.push_back(sched.submit([=] { return report(i); }, {.priority = ordo::low}));
@@ -142,11 +144,6 @@ int main() {
 
   std::printf("\n3. Moving a queued job up: a user starts waiting for a background report\n");
   {
-    auto report = [](int id) {
-      volatile std::uint64_t x = count_primes(0, 20'000);
-      (void)x;
-      return id;
-    };
     std::vector<ordo::Handle<int>> backlog;
     for (int i = 0; i < 300; ++i) backlog.push_back(sched.submit([=] { return report(i); }, {.priority = ordo::low}));
     auto t0 = Clock::now();

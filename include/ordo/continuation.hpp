@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -66,6 +67,22 @@ template <class U>
 bool finish_exec(Task* t, Outcome<U>&& out, bool ran) noexcept {
   emplace_payload<Outcome<U>>(t, std::move(out));
   return ran;
+}
+
+// The two modes every join handles alike: dropping the stored outcome, and
+// cancellation before it ran. Empty when `mode` is ExecMode::run.
+template <class U>
+std::optional<bool> join_common_modes(Task* t, ExecMode mode) noexcept {
+  if (mode == ExecMode::drop_outcome) {
+    destroy_payload<Outcome<U>>(t);
+    return true;
+  }
+  if (mode == ExecMode::cancel) {
+    Outcome<U> out;
+    out.error = std::make_exception_ptr(TaskCancelled{});
+    return finish_exec<U>(t, std::move(out), false);
+  }
+  return std::nullopt;
 }
 
 template <class F, class T, class U>
@@ -149,15 +166,8 @@ std::exception_ptr first_error(Task* t, std::index_sequence<I...>) {
 template <class... Ts>
 bool exec_when_all(Task* t, ExecMode mode) noexcept {
   using U = std::tuple<stored_t<Ts>...>;
-  if (mode == ExecMode::drop_outcome) {
-    destroy_payload<Outcome<U>>(t);
-    return true;
-  }
+  if (auto handled = join_common_modes<U>(t, mode)) return *handled;
   Outcome<U> out;
-  if (mode == ExecMode::cancel) {
-    out.error = std::make_exception_ptr(TaskCancelled{});
-    return finish_exec<U>(t, std::move(out), false);
-  }
   if (std::exception_ptr e = first_error<Ts...>(t, std::index_sequence_for<Ts...>{})) {
     out.error = std::move(e);
     return finish_exec<U>(t, std::move(out), false);
@@ -173,15 +183,8 @@ bool exec_when_all(Task* t, ExecMode mode) noexcept {
 template <class T>
 bool exec_when_all_range(Task* t, ExecMode mode) noexcept {
   using U = std::conditional_t<std::is_void_v<T>, void, std::vector<stored_t<T>>>;
-  if (mode == ExecMode::drop_outcome) {
-    destroy_payload<Outcome<U>>(t);
-    return true;
-  }
+  if (auto handled = join_common_modes<U>(t, mode)) return *handled;
   Outcome<U> out;
-  if (mode == ExecMode::cancel) {
-    out.error = std::make_exception_ptr(TaskCancelled{});
-    return finish_exec<U>(t, std::move(out), false);
-  }
   const std::uint32_t n = t->preds->count;
   for (std::uint32_t i = 0; i < n; ++i) {
     if (auto e = error_of<T>(t->preds->items[i])) {
@@ -205,15 +208,8 @@ bool exec_when_all_range(Task* t, ExecMode mode) noexcept {
 template <class T>
 bool exec_when_any(Task* t, ExecMode mode) noexcept {
   using U = std::conditional_t<std::is_void_v<T>, std::size_t, std::pair<std::size_t, stored_t<T>>>;
-  if (mode == ExecMode::drop_outcome) {
-    destroy_payload<Outcome<U>>(t);
-    return true;
-  }
+  if (auto handled = join_common_modes<U>(t, mode)) return *handled;
   Outcome<U> out;
-  if (mode == ExecMode::cancel) {
-    out.error = std::make_exception_ptr(TaskCancelled{});
-    return finish_exec<U>(t, std::move(out), false);
-  }
   std::size_t winner = 0;
   while ((t->preds->items[winner]->state.load(std::memory_order_acquire) & kStateMask) < kDone) ++winner;
   Outcome<T> in = take_outcome<T>(t->preds->items[winner]);
