@@ -55,7 +55,8 @@ struct SubmitOptions {
   // lowest level when the scheduler has fewer than two).
   std::optional<Priority> priority;
   // Scheduler::submit only: start only after all of these finished. If one
-  // of them failed or was cancelled, this task is cancelled with that error.
+  // of them failed or was cancelled, this task is cancelled (TaskCancelled,
+  // saying so); the original error stays with that task's own handle.
   // Lower-priority predecessors are raised to this task's priority.
   std::vector<TaskRef> after;
 };
