@@ -47,6 +47,7 @@ void release_one(Task* succ) noexcept {
 
 void notify(SuccNode* node) noexcept {
   Task* succ = node->succ;
+  // acq_rel on `fired`: orders the winning predecessor's outcome before the join reads it.
   if (node->mode == SuccMode::all || !succ->preds->fired.exchange(true, std::memory_order_acq_rel)) {
     release_one(succ);
   }
@@ -60,6 +61,7 @@ void add_successor(Task* pred, Task* succ, SuccMode mode) {
   succ->refs.fetch_add(1, std::memory_order_relaxed);  // the node's; dropped by notify()
   auto* node = new SuccNode{succ, nullptr, mode};
   auto list = successors_of(pred);
+  // acquire: pairs with release_dependents()' exchange (a closed list means the outcome is published).
   SuccNode* head = list.load(std::memory_order_acquire);
   for (;;) {
     if (head == kSuccessorsClosed) {  // pred already finished
@@ -134,6 +136,7 @@ void raise_priority(Task* t, unsigned level) {
     // so that it cannot be queued at the old level meanwhile.
     std::int32_t d = x->deps.load(std::memory_order_acquire);
     bool held = false;
+    // acq_rel: the hold is one more RMW in the chain of deps decrements that ends in the queuing.
     while (d > 0 && !(held = x->deps.compare_exchange_weak(d, d + 1, std::memory_order_acq_rel))) {
     }
     if (held) {

@@ -59,6 +59,7 @@ void SchedulerCore::complete_cancelled(Task* t) noexcept {
       release_task(t);
       return;
     }
+    // acquire: pairs with move_task()'s release CAS, like run_task()'s claim.
     if (t->state.compare_exchange_weak(s, (s & ~kStateMask) | kRunning, std::memory_order_acquire)) break;
   }
   finish(t, t->exec(t, ExecMode::cancel));
@@ -108,6 +109,7 @@ bool cancel_task(Task* t) {
   const bool claimed_by_us = [&] {
     std::uint32_t s = t->state.load(std::memory_order_acquire);
     while ((s & kStateMask) == kQueued) {
+      // acquire: pairs with move_task()'s release CAS; the claim makes every queue entry stale.
       if (t->state.compare_exchange_weak(s, (s & ~kStateMask) | kRunning, std::memory_order_acquire)) return true;
     }
     return false;

@@ -262,7 +262,7 @@ WorkflowRun Workflow::run(Scheduler& scheduler, WorkflowRunOptions options) cons
   }
   WorkflowRun handle(run);
   if (n == 0) {
-    run->state.store(kDone, std::memory_order_release);
+    run->state.store(kDone, std::memory_order_release);  // pairs with ready()/wait()'s acquire
     release_run(run);
     return handle;
   }

@@ -128,6 +128,7 @@ bool exec_after(Task* t, ExecMode mode) noexcept {
   if (mode == ExecMode::run) {
     for (std::uint32_t i = 0; i < t->preds->count; ++i) {
       Task* p = t->preds->items[i];
+      // acquire: pairs with finish()'s exchange; the predecessor's outcome is complete.
       if ((p->state.load(std::memory_order_acquire) & kStateMask) == kDone) continue;
       destroy_payload<F>(t);  // a predecessor was cancelled or failed: so is this one
       Outcome<R> out;
@@ -211,6 +212,7 @@ bool exec_when_any(Task* t, ExecMode mode) noexcept {
   if (auto handled = join_common_modes<U>(t, mode)) return *handled;
   Outcome<U> out;
   std::size_t winner = 0;
+  // acquire: pairs with each predecessor's finish() exchange, so the winner's outcome is readable.
   while ((t->preds->items[winner]->state.load(std::memory_order_acquire) & kStateMask) < kDone) ++winner;
   Outcome<T> in = take_outcome<T>(t->preds->items[winner]);
   if (in.error) {
