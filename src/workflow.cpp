@@ -185,7 +185,15 @@ void WorkflowGraph::compile() {
     throw InvalidGraph("ordo: workflow '" + name + "' has a cycle: " + describe_cycle(*this, left, preds));
   }
   sinks = 0;
-  for (std::uint32_t i = 0; i < n; ++i) sinks += is_sink(i) ? 1 : 0;
+  for (auto& c : shard_sinks) c = 0;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    if (is_sink(i)) {
+      ++sinks;
+      ++shard_sinks[i % kCompletionShards];
+    }
+  }
+  used_shards = 0;
+  for (auto c : shard_sinks) used_shards += c > 0 ? 1 : 0;
   compiled = true;
 }
 

@@ -44,6 +44,10 @@ struct WorkflowGraph {
   std::vector<std::uint32_t> roots;
   std::vector<std::uint32_t> topo;  // a topological order
   std::uint32_t sinks = 0;          // nodes without successors
+  // Sinks per completion shard (sink v counts in shard v % kCompletionShards).
+  static constexpr std::uint32_t kCompletionShards = 8;
+  std::uint32_t shard_sinks[kCompletionShards] = {};
+  std::uint32_t used_shards = 0;  // shards with at least one sink
   bool has_levels = false;
 
   std::string display_name(std::uint32_t i) const {

@@ -7,8 +7,11 @@
 // that successor: it runs it inline when it has the same level (no queue
 // round-trip: a chain runs without touching a queue), queues it otherwise, or
 // cancels it (and, transitively, what depends on it) when it is poisoned.
-// `remaining` counts sinks (nodes without successors) not yet finished, plus
-// one while the roots are being queued. Every node is an ancestor of some
+// Completion counts sinks (nodes without successors) not yet finished: each
+// sink decrements one of kCompletionShards counters (by index, each on its
+// own cache line, so that workers finishing different sinks rarely share a
+// line), and a shard that drains decrements `remaining`, which also holds one
+// count while the roots are being queued. Every node is an ancestor of some
 // sink, and a node hands out its successors before they can start, so when
 // the last sink finishes every node has finished and no thread will touch the
 // run again: a node's thread touches the run only until its last successor
@@ -41,7 +44,11 @@ struct RunState {
     std::atomic<std::uint8_t> poisoned; // a predecessor failed or was cancelled
   };
   std::unique_ptr<NodeState[]> nodes;
-  std::atomic<std::int64_t> remaining{0};  // unfinished sinks (+1 while launching)
+  std::atomic<std::int64_t> remaining{0};  // undrained shards (+1 while launching)
+  struct alignas(64) Shard {
+    std::atomic<std::int64_t> sinks_left{0};
+  };
+  Shard shards[WorkflowGraph::kCompletionShards];
   std::atomic<std::uint32_t> state{kQueued};  // kDone when every node finished; kWaiterBit
   std::atomic<Parker*> waiter{nullptr};
   std::atomic<bool> failed{false};
@@ -72,12 +79,23 @@ void record_failure(RunState* run, std::exception_ptr e) noexcept {
   if (run->failed.compare_exchange_strong(expected, true, std::memory_order_relaxed)) run->error = std::move(e);
 }
 
-void node_finished(RunState* run) noexcept {
-  // acq_rel: the node's effects happen-before the run's completion.
-  if (run->remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+void complete_run(RunState* run) noexcept {
   const std::uint32_t before = run->state.exchange(kDone, std::memory_order_acq_rel);
   if (before & kWaiterBit) run->waiter.load(std::memory_order_relaxed)->unpark();
   release_run(run);
+}
+
+// One count of `remaining` done: a drained shard, or the launch.
+void node_finished(RunState* run) noexcept {
+  // acq_rel: the node's effects happen-before the run's completion.
+  if (run->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) complete_run(run);
+}
+
+// A sink finished: count it in its shard; the shard's last sink counts the shard.
+void sink_finished(RunState* run, std::uint32_t sink) noexcept {
+  auto& shard = run->shards[sink % WorkflowGraph::kCompletionShards].sinks_left;
+  // acq_rel: chains this sink's effects through the shard into `remaining`.
+  if (shard.fetch_sub(1, std::memory_order_acq_rel) == 1) node_finished(run);
 }
 
 void set_status(RunState* run, std::uint32_t node, NodeStatus s) noexcept {
@@ -101,7 +119,7 @@ void cancel_from(RunState* run, std::uint32_t first) noexcept {
     if (begin == end) {
       // A sink: this may complete the run. Only the local `todo` is read
       // after it, and anything still in it keeps the run from completing.
-      node_finished(run);
+      sink_finished(run, v);
       continue;
     }
     for (std::uint32_t e = begin; e < end; ++e) {
@@ -186,7 +204,7 @@ bool exec_node(Task* t, ExecMode mode) noexcept {
       }
     }
     if (run->graph->is_sink(v)) {
-      node_finished(run);  // may complete the run: nothing of it is touched after
+      sink_finished(run, v);  // may complete the run: nothing of it is touched after
       return true;
     }
     std::uint32_t next = kNoNode;
@@ -268,7 +286,9 @@ WorkflowRun Workflow::run(Scheduler& scheduler, WorkflowRunOptions options) cons
   }
   // One extra count while the roots are queued, so that the run cannot
   // complete (and drop its own reference) under our feet.
-  run->remaining.store(static_cast<std::int64_t>(g.sinks) + 1, std::memory_order_relaxed);
+  for (std::uint32_t k = 0; k < WorkflowGraph::kCompletionShards; ++k)
+    run->shards[k].sinks_left.store(g.shard_sinks[k], std::memory_order_relaxed);
+  run->remaining.store(static_cast<std::int64_t>(g.used_shards) + 1, std::memory_order_relaxed);
   if (g.roots.size() > 1 && !scheduler.is_worker_thread()) {
     // Many roots from outside the pool: one launcher task queues them from a
     // worker, where each is a cheap push onto its own deque (and stealable),
