@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "ordo/handle.hpp"
+#include "resource_manager.hpp"
 #include "scheduler_core.hpp"
 
 namespace ordo::detail {
@@ -17,6 +18,7 @@ struct SuccNode {
 PredList* PredList::make(std::uint32_t count) {
   const std::size_t bytes = sizeof(PredList) + (count > 0 ? count - 1 : 0) * sizeof(Task*);
   auto* list = static_cast<PredList*>(::operator new(bytes));
+  list->needs = nullptr;
   list->count = count;
   list->cursor = 0;
   list->next_release = nullptr;
@@ -28,6 +30,7 @@ PredList* PredList::make(std::uint32_t count) {
 void PredList::destroy(PredList* list) noexcept {
   for (std::uint32_t i = 0; i < list->count; ++i)
     if (list->items[i] != nullptr) release_task(list->items[i]);
+  delete list->needs;
   list->fired.~atomic();
   ::operator delete(list);
 }
@@ -92,6 +95,14 @@ Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std:
     throw;
   }
   return t;
+}
+
+void attach_needs(Task* t, const std::vector<Need>& needs) {
+  if (!needs.empty()) t->preds->needs = t->core->resources().make_needs(needs);
+}
+
+void throw_if_stopped(SchedulerCore& core) {
+  if (tls_context.core != &core && !core.accepting()) throw SchedulerStopped{};
 }
 
 void discard_dependent(Task* t) noexcept {

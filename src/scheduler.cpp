@@ -62,6 +62,10 @@ void Scheduler::shutdown(ShutdownMode mode) {
   core_->stop(mode);
 }
 
+ResourceGroup Scheduler::resource_group(std::string name, std::uint64_t limit) {
+  return ResourceGroup(&core_->resources().create(std::move(name), limit));
+}
+
 void Scheduler::reserve(Priority level, unsigned workers) { core_->reserve(static_cast<unsigned>(level), workers); }
 
 unsigned Scheduler::worker_count() const noexcept { return core_->worker_count(); }

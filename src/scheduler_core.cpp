@@ -218,6 +218,13 @@ void SchedulerCore::shutdown_loop(Worker& w) {
   w.max_level.store(static_cast<std::uint8_t>(levels_ - 1), std::memory_order_relaxed);
   auto finished = [this] {
     if (busy_.fetch_sub(1, std::memory_order_seq_cst) == 1 && injection_empty()) {
+      if (resources_.parked() != 0) {
+        // Nothing runs, so nothing will release the permits these wait for
+        // (a limit lowered below their need): they can never run.
+        busy_.fetch_add(1, std::memory_order_seq_cst);
+        resources_.cancel_parked();
+        return false;
+      }
       exit_.store(true, std::memory_order_seq_cst);
       wake_all();
       return true;
@@ -396,6 +403,12 @@ void SchedulerCore::run_task(Worker& w, Task* t) {
   }
   const ExecMode mode = phase_.load(std::memory_order_relaxed) == kCancelling ? ExecMode::cancel : ExecMode::run;
   const unsigned level = w.taken_level;
+  if (mode == ExecMode::run && t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr &&
+      !t->preds->needs->held) {
+    // Parked: the task waits on its groups' lists, holding no worker; this
+    // entry's reference now belongs to the wait list.
+    if (!resources_.acquire_or_park(t, *t->preds->needs, level)) return;
+  }
   Worker::PerLevel& stats = w.per_level[level];
   if (t->enqueued_ns != 0) stats.waits.record(now_ns() - t->enqueued_ns);
   Task* outer = tls_context.current;
@@ -477,6 +490,15 @@ bool SchedulerCore::move_task(Task* t, int expected_level, unsigned new_level) {
   return true;
 }
 
+void SchedulerCore::resubmit(Task* t) {
+  const unsigned level = t->level.load(std::memory_order_relaxed);
+  if (tls_context.core == this && level <= tls_context.worker->max_level.load(std::memory_order_relaxed)) {
+    push_local(*tls_context.worker, t, level);
+  } else {
+    inject(t, level);
+  }
+}
+
 void SchedulerCore::wake_one(unsigned level) noexcept {
   int idx = sleepers_.take_one(&eligible_[level]);
   if (idx >= 0) workers_[static_cast<unsigned>(idx)]->parker->unpark();
@@ -496,6 +518,7 @@ void SchedulerCore::stop(ShutdownMode mode) {
   stopped_ = true;
   phase_.store(mode == ShutdownMode::cancel ? kCancelling : kDraining, std::memory_order_seq_cst);
   for (unsigned l = 0; l < levels_; ++l) injection_[l].announced.fetch_or(kClosed, std::memory_order_seq_cst);
+  if (mode == ShutdownMode::cancel) resources_.cancel_parked();
   // Workers parked before the phase change would sleep on: wake them all. A
   // worker that has not parked yet re-reads the phase (seq_cst) after joining
   // the sleep set, so it cannot miss both the store above and this wake-up.

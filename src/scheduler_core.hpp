@@ -37,6 +37,7 @@
 #include "ordo/priority.hpp"
 #include "ager.hpp"
 #include "parker.hpp"
+#include "resource_manager.hpp"
 #include "wait_histogram.hpp"
 #include "ordo/detail/thread_context.hpp"
 #include "worker_set.hpp"
@@ -103,6 +104,11 @@ class SchedulerCore {
   // cancelled instead.
   void submit_or_cancel(Task* t) noexcept;
   void complete_cancelled(Task* t) noexcept;
+  // Puts a claimed task back in the queues (a parked task whose resources were
+  // granted); the reference of its old queue entry goes with it.
+  void resubmit(Task* t);
+  ResourceManager& resources() noexcept { return resources_; }
+  bool accepting() const noexcept { return phase_.load(std::memory_order_relaxed) == kAccepting; }
   bool ages(unsigned level) const noexcept { return (aged_levels_ >> level) & 1u; }
   void fill_stats(SchedulerStats& st) const;
 
@@ -166,6 +172,7 @@ class SchedulerCore {
   std::mutex reservation_mu_;
   std::vector<unsigned> reserved_per_level_;  // reservation_mu_
   std::unique_ptr<Ager> ager_;  // only with age bounds
+  ResourceManager resources_{*this};
   std::atomic<std::uint64_t> promoted_{0};
   alignas(64) std::atomic<int> phase_{kAccepting};
   std::atomic<int> busy_{0};      // workers not idle; counted only once stopping

@@ -30,6 +30,9 @@ void SchedulerCore::finish(Task* t, bool ran) noexcept {
       return;
     }
     case TaskKind::handle: {
+      if (t->preds != nullptr && t->preds->needs != nullptr && t->preds->needs->held) {
+        resources_.release(*t->preds->needs);  // every exit path comes here: return, exception, cancel
+      }
       // acq_rel: release publishes the outcome to the Handle's acquire loads;
       // acquire pairs with the waiter's fetch_or so its Parker* is visible.
       const std::uint32_t before = t->state.exchange(ran ? kDone : kCancelled, std::memory_order_acq_rel);

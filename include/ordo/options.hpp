@@ -8,6 +8,7 @@
 
 #include "ordo/errors.hpp"
 #include "ordo/priority.hpp"
+#include "ordo/resource.hpp"
 #include "ordo/task_ref.hpp"
 
 namespace ordo {
@@ -59,6 +60,11 @@ struct SubmitOptions {
   // saying so); the original error stays with that task's own handle.
   // Lower-priority predecessors are raised to this task's priority.
   std::vector<TaskRef> after;
+  // Scheduler::submit and post: resources held while the task runs, taken all
+  // at once when a worker is about to run it (see ordo/resource.hpp). A need
+  // of 0, a need above the group's limit, or a group of another scheduler is
+  // rejected with InvalidArgument before anything is queued.
+  std::vector<Need> needs;
 };
 
 enum class ShutdownMode {

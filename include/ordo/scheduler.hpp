@@ -18,6 +18,7 @@
 #include "ordo/handle.hpp"
 #include "ordo/options.hpp"
 #include "ordo/priority.hpp"
+#include "ordo/resource.hpp"
 
 namespace ordo {
 
@@ -92,7 +93,9 @@ class Scheduler {
       -> Handle<std::invoke_result_t<std::decay_t<F>&>> {
     using Fn = std::decay_t<F>;
     using R = std::invoke_result_t<Fn&>;
-    if (!options.after.empty()) return submit_after<Fn, R>(std::forward<F>(fn), std::move(options));
+    if (!options.after.empty() || !options.needs.empty()) {
+      return submit_dependent<Fn, R>(std::forward<F>(fn), std::move(options));
+    }
     detail::Task* t = detail::prepare_task(*core_, options.priority);
     t->exec = &detail::exec_handle_task<Fn, R>;
     t->preds = nullptr;
@@ -115,7 +118,7 @@ class Scheduler {
   template <class F>
   void post(F&& fn, SubmitOptions options = {}) {
     using Fn = std::decay_t<F>;
-    if (!options.after.empty()) {
+    if (!options.after.empty() || !options.needs.empty()) {
       (void)submit(std::forward<F>(fn), std::move(options));
       return;
     }
@@ -138,6 +141,11 @@ class Scheduler {
 
   unsigned worker_count() const noexcept;
   unsigned level_count() const noexcept;
+  // Any thread. Creates a resource group: a counting semaphore of `limit`
+  // permits that tasks name in SubmitOptions::needs. Throws InvalidArgument
+  // for a limit of 0 or a name already used by this scheduler.
+  ResourceGroup resource_group(std::string name, std::uint64_t limit);
+
   // Any thread. Dedicates `workers` more workers to `level` and above: they
   // never start a task of a lower level (a running one finishes). Takes them
   // from the highest-numbered unreserved workers; reserve(level, 0) releases
@@ -158,14 +166,15 @@ class Scheduler {
   detail::SchedulerCore& core() noexcept { return *core_; }
 
  private:
-  // submit() with `after`: a dependent task, queued when its predecessors
-  // finished (or cancelled with their error). From outside the pool after
-  // shutdown it completes as cancelled rather than throwing.
+  // submit() with `after` or `needs`: queued when its predecessors finished
+  // (or cancelled with them); takes its resources when a worker runs it.
   template <class Fn, class R, class F>
-  Handle<R> submit_after(F&& fn, SubmitOptions options) {
+  Handle<R> submit_dependent(F&& fn, SubmitOptions options) {
+    detail::throw_if_stopped(*core_);
     detail::Task* t = detail::make_dependent(*core_, options.priority, static_cast<std::uint32_t>(options.after.size()));
     t->exec = &detail::exec_after<Fn, R>;
     try {
+      detail::attach_needs(t, options.needs);
       detail::emplace_payload<Fn>(t, std::forward<F>(fn));
     } catch (...) {
       detail::discard_dependent(t);

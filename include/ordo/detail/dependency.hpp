@@ -11,12 +11,19 @@
 #include <atomic>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "ordo/detail/task.hpp"
+#include "ordo/resource.hpp"
 
 namespace ordo::detail {
 
+struct NeedList;
+
+// A handle task's extras: the tasks it depends on, and what it needs of
+// resource groups (ResourceManager). Allocated only for tasks that have either.
 struct PredList {
+  NeedList* needs;           // or null; owned
   std::uint32_t count;
   std::uint32_t cursor;      // release_task(): entries already released
   PredList* next_release;    // release_task(): lists still being released
@@ -48,6 +55,10 @@ void link_and_arm(Task* t, SuccMode mode);
 Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std::uint32_t preds);
 // Frees a dependent whose payload could not be built (nothing was linked yet).
 void discard_dependent(Task* t) noexcept;
+// Validates `needs` (InvalidArgument) and attaches them to a dependent's extras.
+void attach_needs(Task* t, const std::vector<Need>& needs);
+// Throws SchedulerStopped if `core` no longer accepts external submissions.
+void throw_if_stopped(SchedulerCore& core);
 // Called by finish(): closes t's successor list and releases its dependents.
 void release_dependents(Task* t) noexcept;
 

@@ -1,0 +1,62 @@
+// Resource groups: named counting semaphores that cap how many tasks use a
+// resource at once (a DB pool of 8 connections, a 4 GiB memory budget).
+//
+// A task names what it needs at submission (SubmitOptions::needs). A worker
+// that takes the task acquires all of it at once or none of it; if it cannot,
+// the task is parked on the groups' wait lists — ordered by priority, then by
+// age — and the worker moves on: no worker is ever held by a waiting task.
+// Permits come back when the task ends, whichever way it ends, and go straight
+// to the best waiter that can now proceed.
+//
+// Thread-safety: every member may be called from any thread. A ResourceGroup
+// is a small value referring to a group owned by its scheduler; it must not
+// be used after the scheduler is destroyed.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace ordo {
+
+namespace detail {
+class ResourceGroupCore;
+}
+
+struct ResourceStats {
+  std::string name;
+  std::uint64_t limit = 0;
+  std::uint64_t in_use = 0;
+  std::uint64_t max_in_use = 0;  // the most ever held at once
+  std::uint64_t waiting = 0;     // tasks parked on this group now
+  std::uint64_t acquired = 0;    // acquisitions so far
+  double total_wait_ms = 0;      // time tasks spent parked on this group
+};
+
+class ResourceGroup {
+ public:
+  ResourceGroup() noexcept = default;
+
+  const std::string& name() const;
+  std::uint64_t limit() const;
+  // Raising the limit hands the new room to waiters at once; lowering it lets
+  // current holders finish (nothing is revoked) and admits no one until the
+  // use is below the new limit. Throws InvalidArgument for 0.
+  void set_limit(std::uint64_t limit);
+  ResourceStats stats() const;
+
+  bool valid() const noexcept { return core_ != nullptr; }
+  detail::ResourceGroupCore* core() const noexcept { return core_; }
+
+ private:
+  friend class Scheduler;
+  explicit ResourceGroup(detail::ResourceGroupCore* core) noexcept : core_(core) {}
+  detail::ResourceGroupCore* core_ = nullptr;
+};
+
+// What a task needs of one group while it runs.
+struct Need {
+  ResourceGroup group;
+  std::uint64_t amount = 1;
+};
+
+}  // namespace ordo

@@ -1,0 +1,230 @@
+#include "resource_manager.hpp"
+
+#include <algorithm>
+#include <string>
+
+#include "ager.hpp"
+#include "ordo/detail/dependency.hpp"
+#include "ordo/errors.hpp"
+#include "ordo/options.hpp"
+#include "scheduler_core.hpp"
+
+namespace ordo::detail {
+
+ResourceGroupCore& ResourceManager::create(std::string name, std::uint64_t limit) {
+  if (limit == 0) throw InvalidArgument("ordo: resource group '" + name + "' needs a limit of at least 1");
+  std::lock_guard lock(mu_);
+  for (const auto& g : groups_) {
+    if (g->name == name) throw InvalidArgument("ordo: a resource group named '" + name + "' already exists");
+  }
+  groups_.push_back(std::make_unique<ResourceGroupCore>(*this, static_cast<std::uint32_t>(groups_.size()), name, limit));
+  return *groups_.back();
+}
+
+NeedList* ResourceManager::make_needs(const std::vector<Need>& needs) {
+  auto list = std::make_unique<NeedList>();
+  for (const Need& n : needs) {
+    ResourceGroupCore* g = n.group.core();
+    if (g == nullptr) throw InvalidArgument("ordo: a need names an empty ResourceGroup");
+    if (&g->manager != this) {
+      throw InvalidArgument("ordo: resource group '" + g->name + "' belongs to another scheduler");
+    }
+    if (n.amount == 0) throw InvalidArgument("ordo: a need of 0 from resource group '" + g->name + "'");
+    auto it = std::find_if(list->entries.begin(), list->entries.end(), [g](const NeedEntry& e) { return e.group == g; });
+    if (it != list->entries.end()) {
+      it->amount += n.amount;
+    } else {
+      list->entries.push_back({g, n.amount});
+    }
+  }
+  for (const NeedEntry& e : list->entries) {
+    const std::uint64_t limit = e.group->limit.load(std::memory_order_relaxed);
+    if (e.amount > limit) {
+      throw InvalidArgument("ordo: a task needs " + std::to_string(e.amount) + " of resource group '" + e.group->name +
+                            "', whose limit is " + std::to_string(limit) + ": it could never run");
+    }
+  }
+  std::sort(list->entries.begin(), list->entries.end(),
+            [](const NeedEntry& a, const NeedEntry& b) { return a.group->id < b.group->id; });
+  return list.release();
+}
+
+// All or nothing, in group-id order. seq_cst on in_use: the releaser's half
+// of the hand-off protocol reads `waiters` after its own RMW on in_use.
+bool ResourceManager::try_take_all(NeedList& needs) noexcept {
+  std::size_t taken = 0;
+  for (; taken < needs.entries.size(); ++taken) {
+    const NeedEntry& e = needs.entries[taken];
+    std::uint64_t cur = e.group->in_use.load(std::memory_order_seq_cst);
+    bool ok = false;
+    for (;;) {
+      if (cur + e.amount > e.group->limit.load(std::memory_order_seq_cst)) break;
+      if (e.group->in_use.compare_exchange_weak(cur, cur + e.amount, std::memory_order_seq_cst)) {
+        ok = true;
+        break;
+      }
+    }
+    if (!ok) break;
+    const std::uint64_t now_in_use = cur + e.amount;
+    std::uint64_t seen = e.group->max_in_use.load(std::memory_order_relaxed);  // statistics only
+    while (now_in_use > seen && !e.group->max_in_use.compare_exchange_weak(seen, now_in_use, std::memory_order_relaxed)) {
+    }
+    e.group->acquired.fetch_add(1, std::memory_order_relaxed);  // statistics only
+  }
+  if (taken == needs.entries.size()) return true;
+  for (std::size_t i = 0; i < taken; ++i) {
+    needs.entries[i].group->in_use.fetch_sub(needs.entries[i].amount, std::memory_order_seq_cst);
+    needs.entries[i].group->acquired.fetch_sub(1, std::memory_order_relaxed);
+  }
+  return false;
+}
+
+bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) {
+  // Fast path: nobody waits on any group we need, and everything fits.
+  bool contended = false;
+  for (const NeedEntry& e : needs.entries) contended |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
+  if (!contended && try_take_all(needs)) {
+    needs.held = true;
+    return true;
+  }
+  std::vector<ResourceGroupCore*> groups;
+  {
+    std::lock_guard lock(mu_);
+    // May we go ahead of the tasks already waiting? Only of those with a
+    // lower priority, in every group we need (priority, then age).
+    bool first_in_line = true;
+    for (const NeedEntry& e : needs.entries) {
+      if (!e.group->wait_list.empty() && e.group->wait_list.begin()->level <= level) first_in_line = false;
+    }
+    if (first_in_line && try_take_all(needs)) {
+      needs.held = true;
+      return true;
+    }
+    needs.level = level;
+    needs.seq = next_seq_++;
+    needs.parked_at_ns = now_ns();
+    for (const NeedEntry& e : needs.entries) {
+      e.group->wait_list.insert(Waiter{level, needs.seq, t});
+      e.group->waiters.fetch_add(1, std::memory_order_seq_cst);  // the parker's half of the hand-off protocol
+      groups.push_back(e.group);
+    }
+    parked_.fetch_add(1, std::memory_order_seq_cst);
+    // A release that ran before we registered did not see us: look again now.
+    dispatch_locked(std::move(groups));
+  }
+  return false;
+}
+
+void ResourceManager::release(NeedList& needs) noexcept {
+  needs.held = false;
+  bool someone_waits = false;
+  for (const NeedEntry& e : needs.entries) e.group->in_use.fetch_sub(e.amount, std::memory_order_seq_cst);
+  for (const NeedEntry& e : needs.entries) someone_waits |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
+  if (!someone_waits) return;
+  std::vector<ResourceGroupCore*> groups;
+  for (const NeedEntry& e : needs.entries) groups.push_back(e.group);
+  std::lock_guard lock(mu_);
+  dispatch_locked(std::move(groups));
+}
+
+void ResourceManager::unregister_locked(Task* t, NeedList& needs) noexcept {
+  const std::int64_t waited = now_ns() - needs.parked_at_ns;
+  for (const NeedEntry& e : needs.entries) {
+    e.group->wait_list.erase(Waiter{needs.level, needs.seq, t});
+    e.group->waiters.fetch_sub(1, std::memory_order_seq_cst);
+    e.group->total_wait_ns += waited;
+  }
+  parked_.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+// Grants waiters in order, per group, while the best one fits: the best
+// waiter of a group keeps its place (nobody behind it takes that group's
+// permits), so a task needing several groups is not starved by tasks needing
+// one. A grant can only consume capacity, but it removes its task from other
+// groups' lists, whose next waiter may now be first: those are looked at too.
+void ResourceManager::dispatch_locked(std::vector<ResourceGroupCore*> work) noexcept {
+  std::vector<Task*> granted;
+  while (!work.empty()) {
+    ResourceGroupCore* g = work.back();
+    work.pop_back();
+    while (!g->wait_list.empty()) {
+      Task* t = g->wait_list.begin()->task;
+      NeedList& needs = *t->preds->needs;
+      if (!try_take_all(needs)) break;
+      needs.held = true;
+      unregister_locked(t, needs);
+      for (const NeedEntry& e : needs.entries)
+        if (e.group != g) work.push_back(e.group);
+      granted.push_back(t);
+    }
+  }
+  // The parked task was claimed (state running) when its worker took it;
+  // give it back to the queues, holding its permits, with the reference its
+  // queue entry had.
+  for (Task* t : granted) {
+    // release: pairs with the claim's acquire in run_task().
+    t->state.fetch_and(~kStateMask, std::memory_order_release);  // kQueued is 0
+    core_.resubmit(t);
+  }
+}
+
+void ResourceManager::cancel_parked() noexcept {
+  std::vector<Task*> parked;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& g : groups_) {
+      while (!g->wait_list.empty()) {
+        Task* t = g->wait_list.begin()->task;
+        unregister_locked(t, *t->preds->needs);
+        parked.push_back(t);
+      }
+    }
+  }
+  for (Task* t : parked) {
+    t->state.fetch_and(~kStateMask, std::memory_order_release);  // back to queued, so that it can be claimed
+    core_.complete_cancelled(t);
+  }
+}
+
+void ResourceManager::set_limit(ResourceGroupCore& g, std::uint64_t limit) {
+  if (limit == 0) throw InvalidArgument("ordo: resource group '" + g.name + "' needs a limit of at least 1");
+  g.limit.store(limit, std::memory_order_seq_cst);
+  std::lock_guard lock(mu_);
+  dispatch_locked({&g});  // a raise may fit waiters now
+}
+
+ResourceStats ResourceManager::stats(const ResourceGroupCore& g) {
+  ResourceStats s;
+  s.name = g.name;
+  s.limit = g.limit.load(std::memory_order_relaxed);
+  s.in_use = g.in_use.load(std::memory_order_relaxed);
+  s.max_in_use = g.max_in_use.load(std::memory_order_relaxed);
+  s.acquired = g.acquired.load(std::memory_order_relaxed);
+  std::lock_guard lock(mu_);
+  s.waiting = g.wait_list.size();
+  s.total_wait_ms = static_cast<double>(g.total_wait_ns) / 1e6;
+  return s;
+}
+
+}  // namespace ordo::detail
+
+namespace ordo {
+
+const std::string& ResourceGroup::name() const {
+  if (!core_) throw Error("ordo: empty ResourceGroup");
+  return core_->name;
+}
+std::uint64_t ResourceGroup::limit() const {
+  if (!core_) throw Error("ordo: empty ResourceGroup");
+  return core_->limit.load(std::memory_order_relaxed);
+}
+void ResourceGroup::set_limit(std::uint64_t limit) {
+  if (!core_) throw Error("ordo: empty ResourceGroup");
+  core_->manager.set_limit(*core_, limit);
+}
+ResourceStats ResourceGroup::stats() const {
+  if (!core_) throw Error("ordo: empty ResourceGroup");
+  return core_->manager.stats(*core_);
+}
+
+}  // namespace ordo

@@ -1,0 +1,115 @@
+// ResourceManager: the resource groups of one scheduler, their permits and
+// their wait lists.
+//
+// Thread-safety: acquire_or_park() and release() run on workers (release also
+// on whichever thread cancels a task); create(), set_limit() and stats on any
+// thread. The fast paths are lock-free; everything that touches a wait list
+// holds mu_.
+// Invariants:
+//  - in_use <= limit after every successful acquisition (a CAS that would
+//    exceed the limit fails); lowering the limit never revokes;
+//  - a task holds either all of its needs or none (taken in group-id order,
+//    rolled back on the first failure: no hold-and-wait, so no deadlock);
+//  - a parked task is registered in the wait list of every group it needs and
+//    counted in each group's `waiters`; it is granted only when it is the
+//    best waiter of the group being dispatched and all its needs fit;
+//  - no lost hand-off: a parker registers (seq_cst RMW on `waiters`) and then
+//    dispatches its own groups; a releaser returns permits (seq_cst RMW on
+//    `in_use`) and then reads `waiters` (seq_cst): one of them sees the other.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "ordo/detail/task.hpp"
+#include "ordo/resource.hpp"
+
+namespace ordo {
+struct Need;
+}
+
+namespace ordo::detail {
+
+class ResourceManager;
+
+struct NeedEntry {
+  ResourceGroupCore* group;
+  std::uint64_t amount;
+};
+
+// What one task needs; owned by the task (PredList::needs).
+struct NeedList {
+  std::vector<NeedEntry> entries;  // sorted by group id, one entry per group
+  bool held = false;               // the task holds every entry's permits
+  // While parked (ResourceManager::mu_):
+  unsigned level = 0;
+  std::uint64_t seq = 0;
+  std::int64_t parked_at_ns = 0;
+};
+
+struct Waiter {
+  unsigned level;
+  std::uint64_t seq;
+  Task* task;
+  bool operator<(const Waiter& o) const noexcept { return std::tie(level, seq) < std::tie(o.level, o.seq); }
+};
+
+class ResourceGroupCore {
+ public:
+  ResourceGroupCore(ResourceManager& m, std::uint32_t id, std::string name, std::uint64_t limit)
+      : manager(m), id(id), name(std::move(name)), limit(limit) {}
+
+  ResourceManager& manager;
+  const std::uint32_t id;  // the global acquisition order
+  const std::string name;
+  alignas(64) std::atomic<std::uint64_t> limit;
+  std::atomic<std::uint64_t> in_use{0};
+  std::atomic<std::uint32_t> waiters{0};
+  std::atomic<std::uint64_t> max_in_use{0};
+  std::atomic<std::uint64_t> acquired{0};
+  // Guarded by manager.mu_:
+  std::set<Waiter> wait_list;
+  std::int64_t total_wait_ns = 0;
+};
+
+class SchedulerCore;
+
+class ResourceManager {
+ public:
+  explicit ResourceManager(SchedulerCore& core) : core_(core) {}
+
+  ResourceGroupCore& create(std::string name, std::uint64_t limit);
+  // Validates and normalises a submission's needs; throws InvalidArgument.
+  NeedList* make_needs(const std::vector<Need>& needs);
+
+  // On a worker, before running t: true when t now holds all its needs;
+  // false when t was parked (it is requeued, holding them, when they fit).
+  bool acquire_or_park(Task* t, NeedList& needs, unsigned level);
+  void release(NeedList& needs) noexcept;
+  void set_limit(ResourceGroupCore& g, std::uint64_t limit);
+  ResourceStats stats(const ResourceGroupCore& g);
+
+  std::uint64_t parked() const noexcept { return parked_.load(std::memory_order_seq_cst); }
+  // Completes every parked task as cancelled (shutdown(cancel), or a drain
+  // whose parked tasks can no longer be granted because nothing is running).
+  void cancel_parked() noexcept;
+
+ private:
+  bool try_take_all(NeedList& needs) noexcept;
+  void dispatch_locked(std::vector<ResourceGroupCore*> groups) noexcept;
+  void unregister_locked(Task* t, NeedList& needs) noexcept;
+
+  SchedulerCore& core_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<ResourceGroupCore>> groups_;  // mu_
+  std::uint64_t next_seq_ = 0;                              // mu_
+  std::atomic<std::uint64_t> parked_{0};
+};
+
+}  // namespace ordo::detail
