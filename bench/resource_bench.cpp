@@ -1,0 +1,181 @@
+// ordo_bench_resource: resource caps, ordo's parked waiters beside a counting
+// semaphore taken inside oneTBB tasks and oneTBB's flow-graph limiter_node,
+// in one binary and one run. Definitions follow ../shared/BENCHMARKS.md; each
+// workload checks its own result (the cap is never exceeded, all tasks ran).
+#include <benchmark/benchmark.h>
+#include <tbb/flow_graph.h>
+#include <tbb/global_control.h>
+#include <tbb/task_group.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <semaphore>
+#include <string>
+#include <thread>
+
+#include "ordo/ordo.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+unsigned pool_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
+
+void spin_for(std::chrono::nanoseconds d) {
+  const auto end = Clock::now() + d;
+  while (Clock::now() < end) {
+  }
+}
+
+void wait_for_count(const std::atomic<int>& counter, int target) {
+  while (counter.load(std::memory_order_acquire) < target) std::this_thread::sleep_for(50us);
+}
+
+// --- acquire_release: an uncontended permit on a submitted task --------------
+
+void BM_acquire_release_ordo(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  ordo::Scheduler s{{.workers = pool_threads()}};
+  auto pool = s.resource_group("pool", 1u << 30);  // never the bottleneck
+  double with_ns = 0, plain_ns = 0;
+  for (auto _ : state) {
+    std::atomic<int> done{0};
+    auto t0 = Clock::now();
+    for (int i = 0; i < n; ++i) s.post([&done] { done.fetch_add(1, std::memory_order_release); });
+    wait_for_count(done, n);
+    plain_ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count() / n;
+    done.store(0);
+    t0 = Clock::now();
+    for (int i = 0; i < n; ++i) {
+      s.post([&done] { done.fetch_add(1, std::memory_order_release); }, {.needs = {{pool, 1}}});
+    }
+    wait_for_count(done, n);
+    with_ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count() / n;
+  }
+  if (pool.stats().in_use != 0) state.SkipWithError("permits were not all returned");
+  state.counters["plain_ns_per_task"] = plain_ns;
+  state.counters["with_permit_ns_per_task"] = with_ns;
+  state.counters["ns_over_plain"] = with_ns - plain_ns;
+}
+
+// --- resource_cap: 20,000 tasks that need `db` among 200,000 CPU tasks ---------
+
+constexpr int kDbTasks = 20000;
+constexpr int kCpuTasks = 200000;
+constexpr auto kDbHold = 50us;
+constexpr auto kCpuWork = 5us;
+
+std::uint64_t db_limit() { return std::max(1u, pool_threads() - 1); }
+
+struct Cap {
+  std::atomic<int> in_db{0};
+  std::atomic<int> max_in_db{0};
+  std::atomic<int> done{0};
+  void db_body() {
+    const int now = in_db.fetch_add(1) + 1;
+    int seen = max_in_db.load();
+    while (now > seen && !max_in_db.compare_exchange_weak(seen, now)) {
+    }
+    spin_for(kDbHold);
+    in_db.fetch_sub(1);
+    done.fetch_add(1, std::memory_order_release);
+  }
+  void cpu_body() {
+    spin_for(kCpuWork);
+    done.fetch_add(1, std::memory_order_release);
+  }
+  void report(benchmark::State& state) {
+    state.counters["max_in_db"] = max_in_db.load();
+    state.counters["limit"] = static_cast<double>(db_limit());
+    if (max_in_db.load() > static_cast<int>(db_limit())) state.SkipWithError("the db limit was exceeded");
+    if (done.load() != kDbTasks + kCpuTasks) state.SkipWithError("not every task ran");
+    state.SetItemsProcessed(kDbTasks + kCpuTasks);
+  }
+};
+
+// Every 11th task needs the database, the others only CPU.
+template <class Db, class Cpu>
+void submit_mix(Db&& db, Cpu&& cpu) {
+  int db_left = kDbTasks, cpu_left = kCpuTasks;
+  for (int i = 0; db_left + cpu_left > 0; ++i) {
+    if ((i % 11 == 0 && db_left > 0) || cpu_left == 0) {
+      db();
+      --db_left;
+    } else {
+      cpu();
+      --cpu_left;
+    }
+  }
+}
+
+void BM_resource_cap_ordo(benchmark::State& state) {
+  for (auto _ : state) {
+    ordo::Scheduler s{{.workers = pool_threads()}};
+    auto db = s.resource_group("db", db_limit());
+    Cap cap;
+    submit_mix([&] { s.post([&cap] { cap.db_body(); }, {.needs = {{db, 1}}}); },
+               [&] { s.post([&cap] { cap.cpu_body(); }); });
+    wait_for_count(cap.done, kDbTasks + kCpuTasks);
+    cap.report(state);
+  }
+}
+
+void BM_resource_cap_tbb_blocking(benchmark::State& state) {
+  for (auto _ : state) {
+    std::counting_semaphore<> db(static_cast<std::ptrdiff_t>(db_limit()));
+    Cap cap;
+    tbb::task_group g;
+    submit_mix(
+        [&] {
+          g.run([&] {
+            db.acquire();  // holds the worker while it waits
+            cap.db_body();
+            db.release();
+          });
+        },
+        [&] { g.run([&cap] { cap.cpu_body(); }); });
+    g.wait();
+    cap.report(state);
+  }
+}
+
+void BM_resource_cap_tbb_flow(benchmark::State& state) {
+  using tbb::flow::continue_msg;
+  for (auto _ : state) {
+    Cap cap;
+    tbb::flow::graph g;
+    tbb::flow::queue_node<continue_msg> db_queue(g);
+    tbb::flow::limiter_node<continue_msg> limiter(g, db_limit());
+    tbb::flow::function_node<continue_msg, continue_msg> db_node(g, tbb::flow::unlimited, [&](const continue_msg&) {
+      cap.db_body();
+      return continue_msg();
+    });
+    tbb::flow::function_node<int> cpu_node(g, tbb::flow::unlimited, [&](int) { cap.cpu_body(); });
+    tbb::flow::make_edge(db_queue, limiter);
+    tbb::flow::make_edge(limiter, db_node);
+    tbb::flow::make_edge(db_node, limiter.decrementer());
+    submit_mix([&] { db_queue.try_put(continue_msg()); }, [&] { cpu_node.try_put(0); });
+    g.wait_for_all();
+    cap.report(state);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  tbb::global_control limit(tbb::global_control::max_allowed_parallelism, pool_threads());
+  using benchmark::RegisterBenchmark;
+  RegisterBenchmark("acquire_release/ordo", BM_acquire_release_ordo)->Arg(200000)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
+  for (auto [name, fn] : {std::pair{"resource_cap/ordo", &BM_resource_cap_ordo},
+                          std::pair{"resource_cap/tbb_blocking", &BM_resource_cap_tbb_blocking},
+                          std::pair{"resource_cap/tbb_flow", &BM_resource_cap_tbb_flow}}) {
+    RegisterBenchmark(name, fn)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
