@@ -17,7 +17,18 @@ struct SuccNode {
 
 PredList* PredList::make(std::uint32_t count) {
   const std::size_t bytes = sizeof(PredList) + (count > 0 ? count - 1 : 0) * sizeof(Task*);
-  auto* list = static_cast<PredList*>(::operator new(bytes));
+  // Small lists (up to a dozen predecessors) take a pooled node: no malloc.
+  const bool pooled = bytes <= kTaskNodeBytes;
+  void* memory;
+  if (pooled) {
+    Task* node = allocate_task();
+    node->~Task();
+    memory = node;
+  } else {
+    memory = ::operator new(bytes);
+  }
+  auto* list = static_cast<PredList*>(memory);
+  list->pooled = pooled;
   list->needs = nullptr;
   list->count = count;
   list->cursor = 0;
@@ -30,9 +41,13 @@ PredList* PredList::make(std::uint32_t count) {
 void PredList::destroy(PredList* list) noexcept {
   for (std::uint32_t i = 0; i < list->count; ++i)
     if (list->items[i] != nullptr) release_task(list->items[i]);
-  delete list->needs;
+  if (list->needs != nullptr) pool_delete(list->needs);
   list->fired.~atomic();
-  ::operator delete(list);
+  if (list->pooled) {
+    free_task(::new (static_cast<void*>(list)) Task);
+  } else {
+    ::operator delete(list);
+  }
 }
 
 namespace {

@@ -22,39 +22,44 @@ ResourceGroupCore& ResourceManager::create(std::string name, std::uint64_t limit
 }
 
 NeedList* ResourceManager::make_needs(const std::vector<Need>& needs) {
-  auto list = std::make_unique<NeedList>();
-  for (const Need& n : needs) {
-    ResourceGroupCore* g = n.group.core();
-    if (g == nullptr) throw InvalidArgument("ordo: a need names an empty ResourceGroup");
-    if (&g->manager != this) {
-      throw InvalidArgument("ordo: resource group '" + g->name + "' belongs to another scheduler");
+  NeedList* list = pool_new<NeedList>();
+  try {
+    if (needs.size() > NeedList::kInline) list->more.reset(new NeedEntry[needs.size()]);
+    for (const Need& n : needs) {
+      ResourceGroupCore* g = n.group.core();
+      if (g == nullptr) throw InvalidArgument("ordo: a need names an empty ResourceGroup");
+      if (&g->manager != this) {
+        throw InvalidArgument("ordo: resource group '" + g->name + "' belongs to another scheduler");
+      }
+      if (n.amount == 0) throw InvalidArgument("ordo: a need of 0 from resource group '" + g->name + "'");
+      NeedEntry* same = std::find_if(list->begin(), list->end(), [g](const NeedEntry& e) { return e.group == g; });
+      if (same != list->end()) {
+        same->amount += n.amount;
+      } else {
+        list->begin()[list->count++] = NeedEntry{g, n.amount};
+      }
     }
-    if (n.amount == 0) throw InvalidArgument("ordo: a need of 0 from resource group '" + g->name + "'");
-    auto it = std::find_if(list->entries.begin(), list->entries.end(), [g](const NeedEntry& e) { return e.group == g; });
-    if (it != list->entries.end()) {
-      it->amount += n.amount;
-    } else {
-      list->entries.push_back({g, n.amount});
+    for (const NeedEntry& e : *list) {
+      const std::uint64_t limit = e.group->limit.load(std::memory_order_relaxed);
+      if (e.amount > limit) {
+        throw InvalidArgument("ordo: a task needs " + std::to_string(e.amount) + " of resource group '" +
+                              e.group->name + "', whose limit is " + std::to_string(limit) + ": it could never run");
+      }
     }
+  } catch (...) {
+    pool_delete(list);
+    throw;
   }
-  for (const NeedEntry& e : list->entries) {
-    const std::uint64_t limit = e.group->limit.load(std::memory_order_relaxed);
-    if (e.amount > limit) {
-      throw InvalidArgument("ordo: a task needs " + std::to_string(e.amount) + " of resource group '" + e.group->name +
-                            "', whose limit is " + std::to_string(limit) + ": it could never run");
-    }
-  }
-  std::sort(list->entries.begin(), list->entries.end(),
-            [](const NeedEntry& a, const NeedEntry& b) { return a.group->id < b.group->id; });
-  return list.release();
+  std::sort(list->begin(), list->end(), [](const NeedEntry& a, const NeedEntry& b) { return a.group->id < b.group->id; });
+  return list;
 }
 
 // All or nothing, in group-id order. seq_cst on in_use: the releaser's half
 // of the hand-off protocol reads `waiters` after its own RMW on in_use.
 bool ResourceManager::try_take_all(NeedList& needs) noexcept {
   std::size_t taken = 0;
-  for (; taken < needs.entries.size(); ++taken) {
-    const NeedEntry& e = needs.entries[taken];
+  for (; taken < needs.count; ++taken) {
+    const NeedEntry& e = needs[taken];
     std::uint64_t cur = e.group->in_use.load(std::memory_order_seq_cst);
     bool ok = false;
     for (;;) {
@@ -69,20 +74,16 @@ bool ResourceManager::try_take_all(NeedList& needs) noexcept {
     std::uint64_t seen = e.group->max_in_use.load(std::memory_order_relaxed);  // statistics only
     while (now_in_use > seen && !e.group->max_in_use.compare_exchange_weak(seen, now_in_use, std::memory_order_relaxed)) {
     }
-    e.group->acquired.fetch_add(1, std::memory_order_relaxed);  // statistics only
   }
-  if (taken == needs.entries.size()) return true;
-  for (std::size_t i = 0; i < taken; ++i) {
-    needs.entries[i].group->in_use.fetch_sub(needs.entries[i].amount, std::memory_order_seq_cst);
-    needs.entries[i].group->acquired.fetch_sub(1, std::memory_order_relaxed);
-  }
+  if (taken == needs.count) return true;
+  for (std::size_t i = 0; i < taken; ++i) needs[i].group->in_use.fetch_sub(needs[i].amount, std::memory_order_seq_cst);
   return false;
 }
 
 bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) {
   // Fast path: nobody waits on any group we need, and everything fits.
   bool contended = false;
-  for (const NeedEntry& e : needs.entries) contended |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
+  for (const NeedEntry& e : needs) contended |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
   if (!contended && try_take_all(needs)) {
     needs.held = true;
     return true;
@@ -93,7 +94,7 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) 
     // May we go ahead of the tasks already waiting? Only of those with a
     // lower priority, in every group we need (priority, then age).
     bool first_in_line = true;
-    for (const NeedEntry& e : needs.entries) {
+    for (const NeedEntry& e : needs) {
       if (!e.group->wait_list.empty() && e.group->wait_list.begin()->level <= level) first_in_line = false;
     }
     if (first_in_line && try_take_all(needs)) {
@@ -103,7 +104,7 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) 
     needs.level = level;
     needs.seq = next_seq_++;
     needs.parked_at_ns = now_ns();
-    for (const NeedEntry& e : needs.entries) {
+    for (const NeedEntry& e : needs) {
       e.group->wait_list.insert(Waiter{level, needs.seq, t});
       e.group->waiters.fetch_add(1, std::memory_order_seq_cst);  // the parker's half of the hand-off protocol
       groups.push_back(e.group);
@@ -118,18 +119,18 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) 
 void ResourceManager::release(NeedList& needs) noexcept {
   needs.held = false;
   bool someone_waits = false;
-  for (const NeedEntry& e : needs.entries) e.group->in_use.fetch_sub(e.amount, std::memory_order_seq_cst);
-  for (const NeedEntry& e : needs.entries) someone_waits |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
+  for (const NeedEntry& e : needs) e.group->in_use.fetch_sub(e.amount, std::memory_order_seq_cst);
+  for (const NeedEntry& e : needs) someone_waits |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
   if (!someone_waits) return;
   std::vector<ResourceGroupCore*> groups;
-  for (const NeedEntry& e : needs.entries) groups.push_back(e.group);
+  for (const NeedEntry& e : needs) groups.push_back(e.group);
   std::lock_guard lock(mu_);
   dispatch_locked(std::move(groups));
 }
 
 void ResourceManager::unregister_locked(Task* t, NeedList& needs) noexcept {
   const std::int64_t waited = now_ns() - needs.parked_at_ns;
-  for (const NeedEntry& e : needs.entries) {
+  for (const NeedEntry& e : needs) {
     e.group->wait_list.erase(Waiter{needs.level, needs.seq, t});
     e.group->waiters.fetch_sub(1, std::memory_order_seq_cst);
     e.group->total_wait_ns += waited;
@@ -153,7 +154,7 @@ void ResourceManager::dispatch_locked(std::vector<ResourceGroupCore*> work) noex
       if (!try_take_all(needs)) break;
       needs.held = true;
       unregister_locked(t, needs);
-      for (const NeedEntry& e : needs.entries)
+      for (const NeedEntry& e : needs)
         if (e.group != g) work.push_back(e.group);
       granted.push_back(t);
     }
@@ -199,7 +200,6 @@ ResourceStats ResourceManager::stats(const ResourceGroupCore& g) {
   s.limit = g.limit.load(std::memory_order_relaxed);
   s.in_use = g.in_use.load(std::memory_order_relaxed);
   s.max_in_use = g.max_in_use.load(std::memory_order_relaxed);
-  s.acquired = g.acquired.load(std::memory_order_relaxed);
   std::lock_guard lock(mu_);
   s.waiting = g.wait_list.size();
   s.total_wait_ms = static_cast<double>(g.total_wait_ns) / 1e6;

@@ -43,10 +43,19 @@ struct NeedEntry {
   std::uint64_t amount;
 };
 
-// What one task needs; owned by the task (PredList::needs).
+// What one task needs; owned by the task (PredList::needs), pooled.
 struct NeedList {
-  std::vector<NeedEntry> entries;  // sorted by group id, one entry per group
-  bool held = false;               // the task holds every entry's permits
+  static constexpr std::uint32_t kInline = 4;
+  NeedEntry inline_entries[kInline];
+  std::unique_ptr<NeedEntry[]> more;  // when a task needs more than kInline groups
+  std::uint32_t count = 0;            // sorted by group id, one entry per group
+  bool held = false;                  // the task holds every entry's permits
+
+  NeedEntry* begin() noexcept { return more ? more.get() : inline_entries; }
+  NeedEntry* end() noexcept { return begin() + count; }
+  const NeedEntry* begin() const noexcept { return more ? more.get() : inline_entries; }
+  const NeedEntry* end() const noexcept { return begin() + count; }
+  NeedEntry& operator[](std::size_t i) noexcept { return begin()[i]; }
   // While parked (ResourceManager::mu_):
   unsigned level = 0;
   std::uint64_t seq = 0;
@@ -72,7 +81,6 @@ class ResourceGroupCore {
   std::atomic<std::uint64_t> in_use{0};
   std::atomic<std::uint32_t> waiters{0};
   std::atomic<std::uint64_t> max_in_use{0};
-  std::atomic<std::uint64_t> acquired{0};
   // Guarded by manager.mu_:
   std::set<Waiter> wait_list;
   std::int64_t total_wait_ns = 0;

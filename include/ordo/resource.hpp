@@ -28,7 +28,6 @@ struct ResourceStats {
   std::uint64_t in_use = 0;
   std::uint64_t max_in_use = 0;  // the most ever held at once
   std::uint64_t waiting = 0;     // tasks parked on this group now
-  std::uint64_t acquired = 0;    // acquisitions so far
   double total_wait_ms = 0;      // time tasks spent parked on this group
 };
 

@@ -28,6 +28,7 @@ struct PredList {
   std::uint32_t cursor;      // release_task(): entries already released
   PredList* next_release;    // release_task(): lists still being released
   std::atomic<bool> fired;   // when_any: the first predecessor to finish releases the task
+  bool pooled;               // lives in a pooled task node (else operator new)
   Task* items[1];            // `count` entries, allocated in place
 
   static PredList* make(std::uint32_t count);
