@@ -1,6 +1,8 @@
 #include "resource_manager.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <limits>
 #include <string>
 
 #include "ager.hpp"
@@ -19,6 +21,70 @@ ResourceGroupCore& ResourceManager::create(std::string name, std::uint64_t limit
   }
   groups_.push_back(std::make_unique<ResourceGroupCore>(*this, static_cast<std::uint32_t>(groups_.size()), name, limit));
   return *groups_.back();
+}
+
+ResourceManager::~ResourceManager() { stop(); }
+
+ResourceGroupCore& ResourceManager::create_rate(std::string name, std::uint64_t permits, std::int64_t interval_ns,
+                                                std::uint64_t burst) {
+  if (permits == 0 || interval_ns <= 0) {
+    throw InvalidArgument("ordo: rate group '" + name + "' needs at least 1 permit per a positive interval");
+  }
+  if (burst == 0) throw InvalidArgument("ordo: rate group '" + name + "' needs a burst of at least 1");
+  const std::int64_t emission = std::max<std::int64_t>(1, interval_ns / static_cast<std::int64_t>(permits));
+  std::lock_guard lock(mu_);
+  for (const auto& g : groups_) {
+    if (g->name == name) throw InvalidArgument("ordo: a resource group named '" + name + "' already exists");
+  }
+  groups_.push_back(
+      std::make_unique<ResourceGroupCore>(*this, static_cast<std::uint32_t>(groups_.size()), name, burst, emission));
+  if (!timer_.joinable()) timer_ = std::thread([this] { timer_loop(); });
+  return *groups_.back();
+}
+
+void ResourceManager::stop() noexcept {
+  {
+    std::lock_guard lock(mu_);
+    timer_stop_ = true;
+  }
+  timer_cv_.notify_all();
+  if (timer_.joinable()) timer_.join();
+}
+
+std::int64_t ResourceManager::due_ns_locked(const ResourceGroupCore& g, std::int64_t now) const noexcept {
+  const Task* t = g.wait_list.begin()->task;
+  std::uint64_t amount = 0;
+  for (const NeedEntry& e : *t->preds->needs)
+    if (e.group == &g) amount = e.amount;
+  const std::int64_t tat = std::max(g.tat.load(std::memory_order_seq_cst), now);
+  return tat + static_cast<std::int64_t>(amount) * g.emission_ns -
+         static_cast<std::int64_t>(g.limit.load(std::memory_order_relaxed)) * g.emission_ns;
+}
+
+void ResourceManager::timer_loop() {
+  std::unique_lock lock(mu_);
+  while (!timer_stop_) {
+    std::vector<ResourceGroupCore*> due;
+    std::int64_t now = now_ns();
+    for (const auto& g : groups_)
+      if (g->is_rate() && !g->wait_list.empty() && due_ns_locked(*g, now) <= now) due.push_back(g.get());
+    if (!due.empty()) dispatch_locked(std::move(due));
+    // Sleep until the earliest head whose tokens are still to come. A head
+    // that is due but still waiting is blocked by a counting group, whose
+    // release grants it: the timer does not spin on it.
+    now = now_ns();
+    std::int64_t next = std::numeric_limits<std::int64_t>::max();
+    for (const auto& g : groups_) {
+      if (!g->is_rate() || g->wait_list.empty()) continue;
+      const std::int64_t at = due_ns_locked(*g, now);
+      if (at > now) next = std::min(next, at);
+    }
+    if (next == std::numeric_limits<std::int64_t>::max()) {
+      timer_cv_.wait(lock);
+    } else {
+      timer_cv_.wait_for(lock, std::chrono::nanoseconds(next - now));
+    }
+  }
 }
 
 NeedList* ResourceManager::make_needs(const std::vector<Need>& needs) {
@@ -60,6 +126,24 @@ bool ResourceManager::try_take_all(NeedList& needs) noexcept {
   std::size_t taken = 0;
   for (; taken < needs.count; ++taken) {
     const NeedEntry& e = needs[taken];
+    if (e.group->is_rate()) {
+      const std::int64_t now = now_ns();
+      const std::int64_t cost = static_cast<std::int64_t>(e.amount) * e.group->emission_ns;
+      const std::int64_t window = static_cast<std::int64_t>(e.group->limit.load(std::memory_order_relaxed)) *
+                                  e.group->emission_ns;
+      std::int64_t tat = e.group->tat.load(std::memory_order_seq_cst);
+      bool ok = false;
+      for (;;) {
+        const std::int64_t next_tat = std::max(tat, now) + cost;
+        if (next_tat - now > window) break;  // not enough tokens yet
+        if (e.group->tat.compare_exchange_weak(tat, next_tat, std::memory_order_seq_cst)) {
+          ok = true;
+          break;
+        }
+      }
+      if (!ok) break;
+      continue;
+    }
     std::uint64_t cur = e.group->in_use.load(std::memory_order_seq_cst);
     bool ok = false;
     for (;;) {
@@ -76,7 +160,16 @@ bool ResourceManager::try_take_all(NeedList& needs) noexcept {
     }
   }
   if (taken == needs.count) return true;
-  for (std::size_t i = 0; i < taken; ++i) needs[i].group->in_use.fetch_sub(needs[i].amount, std::memory_order_seq_cst);
+  for (std::size_t i = 0; i < taken; ++i) {
+    const NeedEntry& e = needs[i];
+    if (e.group->is_rate()) {
+      // Give the tokens back; if the bucket refilled meanwhile this errs on
+      // the side of fewer tokens, never more.
+      e.group->tat.fetch_sub(static_cast<std::int64_t>(e.amount) * e.group->emission_ns, std::memory_order_seq_cst);
+    } else {
+      e.group->in_use.fetch_sub(e.amount, std::memory_order_seq_cst);
+    }
+  }
   return false;
 }
 
@@ -111,7 +204,9 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) 
     }
     parked_.fetch_add(1, std::memory_order_seq_cst);
     // A release that ran before we registered did not see us: look again now.
-    dispatch_locked(std::move(groups));
+    dispatch_locked(groups);
+    for (const NeedEntry& e : needs)
+      if (e.group->is_rate()) timer_cv_.notify_one();  // it may be the earliest due now
   }
   return false;
 }
@@ -119,13 +214,22 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) 
 void ResourceManager::release(NeedList& needs) noexcept {
   needs.held = false;
   bool someone_waits = false;
-  for (const NeedEntry& e : needs) e.group->in_use.fetch_sub(e.amount, std::memory_order_seq_cst);
-  for (const NeedEntry& e : needs) someone_waits |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
+  for (const NeedEntry& e : needs)
+    if (!e.group->is_rate()) e.group->in_use.fetch_sub(e.amount, std::memory_order_seq_cst);  // tokens are consumed
+  for (const NeedEntry& e : needs)
+    if (!e.group->is_rate()) someone_waits |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
   if (!someone_waits) return;
   std::vector<ResourceGroupCore*> groups;
   for (const NeedEntry& e : needs) groups.push_back(e.group);
   std::lock_guard lock(mu_);
   dispatch_locked(std::move(groups));
+}
+
+void ResourceManager::unpark_one() noexcept {
+  // A draining worker that went idle because a task was still parked must
+  // look again once none is: it may be the last one able to see that the
+  // scheduler is done.
+  if (parked_.fetch_sub(1, std::memory_order_seq_cst) == 1) core_.last_parked_task_left();
 }
 
 void ResourceManager::unregister_locked(Task* t, NeedList& needs) noexcept {
@@ -135,7 +239,8 @@ void ResourceManager::unregister_locked(Task* t, NeedList& needs) noexcept {
     e.group->waiters.fetch_sub(1, std::memory_order_seq_cst);
     e.group->total_wait_ns += waited;
   }
-  parked_.fetch_sub(1, std::memory_order_seq_cst);
+  // parked_ is decremented by the caller once the task is back in a queue (or
+  // completed): a draining scheduler must never see it in neither place.
 }
 
 // Grants waiters in order, per group, while the best one fits: the best
@@ -166,25 +271,34 @@ void ResourceManager::dispatch_locked(std::vector<ResourceGroupCore*> work) noex
     // release: pairs with the claim's acquire in run_task().
     t->state.fetch_and(~kStateMask, std::memory_order_release);  // kQueued is 0
     core_.resubmit(t);
+    unpark_one();
   }
 }
 
-void ResourceManager::cancel_parked() noexcept {
-  std::vector<Task*> parked;
+std::size_t ResourceManager::cancel_parked(Which which) noexcept {
+  std::vector<Task*> doomed;
   {
     std::lock_guard lock(mu_);
     for (const auto& g : groups_) {
-      while (!g->wait_list.empty()) {
-        Task* t = g->wait_list.begin()->task;
+      for (auto it = g->wait_list.begin(); it != g->wait_list.end();) {
+        Task* t = it->task;
+        ++it;  // unregister_locked erases t from this list too
+        const NeedList& needs = *t->preds->needs;
+        const bool hopeless = std::any_of(needs.begin(), needs.end(), [](const NeedEntry& e) {
+          return e.amount > e.group->limit.load(std::memory_order_relaxed);
+        });
+        if (which == Which::unsatisfiable && !hopeless) continue;
         unregister_locked(t, *t->preds->needs);
-        parked.push_back(t);
+        doomed.push_back(t);
       }
     }
   }
-  for (Task* t : parked) {
+  for (Task* t : doomed) {
     t->state.fetch_and(~kStateMask, std::memory_order_release);  // back to queued, so that it can be claimed
     core_.complete_cancelled(t);
+    unpark_one();
   }
+  return doomed.size();
 }
 
 void ResourceManager::set_limit(ResourceGroupCore& g, std::uint64_t limit) {
@@ -198,7 +312,12 @@ ResourceStats ResourceManager::stats(const ResourceGroupCore& g) {
   ResourceStats s;
   s.name = g.name;
   s.limit = g.limit.load(std::memory_order_relaxed);
-  s.in_use = g.in_use.load(std::memory_order_relaxed);
+  if (g.is_rate()) {  // tokens taken within the current window
+    const std::int64_t ahead = g.tat.load(std::memory_order_relaxed) - now_ns();
+    s.in_use = ahead > 0 ? static_cast<std::uint64_t>((ahead + g.emission_ns - 1) / g.emission_ns) : 0;
+  } else {
+    s.in_use = g.in_use.load(std::memory_order_relaxed);
+  }
   s.max_in_use = g.max_in_use.load(std::memory_order_relaxed);
   std::lock_guard lock(mu_);
   s.waiting = g.wait_list.size();

@@ -19,6 +19,8 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <thread>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -71,13 +73,23 @@ struct Waiter {
 
 class ResourceGroupCore {
  public:
-  ResourceGroupCore(ResourceManager& m, std::uint32_t id, std::string name, std::uint64_t limit)
-      : manager(m), id(id), name(std::move(name)), limit(limit) {}
+  ResourceGroupCore(ResourceManager& m, std::uint32_t id, std::string name, std::uint64_t limit,
+                    std::int64_t emission_ns = 0)
+      : manager(m), id(id), name(std::move(name)), emission_ns(emission_ns), limit(limit) {}
+
+  bool is_rate() const noexcept { return emission_ns != 0; }
 
   ResourceManager& manager;
   const std::uint32_t id;  // the global acquisition order
   const std::string name;
+  // Rate groups (a token bucket as GCRA): one token every emission_ns, at
+  // most `limit` (the burst) at once. `tat` is the theoretical arrival time of
+  // the next token; taking k tokens moves it k * emission_ns on, and is
+  // allowed while tat - now stays within limit * emission_ns. Tokens are
+  // consumed, never given back. Zero for counting groups.
+  const std::int64_t emission_ns;
   alignas(64) std::atomic<std::uint64_t> limit;
+  std::atomic<std::int64_t> tat{0};
   std::atomic<std::uint64_t> in_use{0};
   std::atomic<std::uint32_t> waiters{0};
   std::atomic<std::uint64_t> max_in_use{0};
@@ -92,7 +104,13 @@ class ResourceManager {
  public:
   explicit ResourceManager(SchedulerCore& core) : core_(core) {}
 
+  ~ResourceManager();
   ResourceGroupCore& create(std::string name, std::uint64_t limit);
+  // A rate group: `permits` per `interval_ns`, at most `burst` at once.
+  ResourceGroupCore& create_rate(std::string name, std::uint64_t permits, std::int64_t interval_ns,
+                                 std::uint64_t burst);
+  // Stops the rate timer; the workers have exited.
+  void stop() noexcept;
   // Validates and normalises a submission's needs; throws InvalidArgument.
   NeedList* make_needs(const std::vector<Need>& needs);
 
@@ -104,12 +122,22 @@ class ResourceManager {
   ResourceStats stats(const ResourceGroupCore& g);
 
   std::uint64_t parked() const noexcept { return parked_.load(std::memory_order_seq_cst); }
-  // Completes every parked task as cancelled (shutdown(cancel), or a drain
-  // whose parked tasks can no longer be granted because nothing is running).
-  void cancel_parked() noexcept;
+  // Completes parked tasks as cancelled: all of them (shutdown(cancel)), or
+  // those that need more of some group than its limit, which no release can
+  // grant (a drain with nothing left running, after the limit was lowered).
+  // Returns how many.
+  enum class Which { all, unsatisfiable };
+  std::size_t cancel_parked(Which which) noexcept;
 
  private:
   bool try_take_all(NeedList& needs) noexcept;
+  // When the head waiter of rate group g can take its tokens, judged at `now`
+  // (mu_ held). One clock reading for the whole decision: a fresh one here
+  // would always lie a little after the caller's and never look due.
+  std::int64_t due_ns_locked(const ResourceGroupCore& g, std::int64_t now) const noexcept;
+  void timer_loop();
+  // The task is queued again or completed: it no longer counts as parked.
+  void unpark_one() noexcept;
   void dispatch_locked(std::vector<ResourceGroupCore*> groups) noexcept;
   void unregister_locked(Task* t, NeedList& needs) noexcept;
 
@@ -118,6 +146,11 @@ class ResourceManager {
   std::vector<std::unique_ptr<ResourceGroupCore>> groups_;  // mu_
   std::uint64_t next_seq_ = 0;                              // mu_
   std::atomic<std::uint64_t> parked_{0};
+  // The rate timer: sleeps until the earliest head waiter of a rate group is
+  // due, then dispatches; started with the first rate group.
+  std::condition_variable timer_cv_;  // with mu_
+  bool timer_stop_ = false;           // mu_
+  std::thread timer_;
 };
 
 }  // namespace ordo::detail

@@ -66,6 +66,12 @@ ResourceGroup Scheduler::resource_group(std::string name, std::uint64_t limit) {
   return ResourceGroup(&core_->resources().create(std::move(name), limit));
 }
 
+ResourceGroup Scheduler::rate_group(std::string name, std::uint64_t permits, std::chrono::nanoseconds interval,
+                                   std::uint64_t burst) {
+  return ResourceGroup(
+      &core_->resources().create_rate(std::move(name), permits, interval.count(), burst != 0 ? burst : permits));
+}
+
 void Scheduler::reserve(Priority level, unsigned workers) { core_->reserve(static_cast<unsigned>(level), workers); }
 
 unsigned Scheduler::worker_count() const noexcept { return core_->worker_count(); }

@@ -216,35 +216,50 @@ void SchedulerCore::shutdown_loop(Worker& w) {
   // While stopping every worker serves every level: reservations would
   // otherwise leave lower-level tasks behind a worker that will not run them.
   w.max_level.store(static_cast<std::uint8_t>(levels_ - 1), std::memory_order_relaxed);
-  auto finished = [this] {
-    if (busy_.fetch_sub(1, std::memory_order_seq_cst) == 1 && injection_empty()) {
-      if (resources_.parked() != 0) {
-        // Nothing runs, so nothing will release the permits these wait for
-        // (a limit lowered below their need): they can never run.
-        busy_.fetch_add(1, std::memory_order_seq_cst);
-        resources_.cancel_parked();
-        return false;
-      }
-      exit_.store(true, std::memory_order_seq_cst);
-      wake_all();
-      return true;
+  // idle_parked: idle, and the drain waits for a parked task to come back
+  // (its rate tokens are due later); last_parked_task_left() wakes us.
+  enum class Next { exit, idle, idle_parked, busy };
+  // Called holding our busy count; gives it up unless the answer is `busy`.
+  auto try_finish = [this]() -> Next {
+    if (busy_.fetch_sub(1, std::memory_order_seq_cst) != 1 || !injection_empty()) return Next::idle;
+    if (resources_.parked() != 0) {
+      // Nothing runs, so no permit is held: a waiter that needs no more
+      // than each group's limit waits only for rate tokens, and the resource
+      // timer requeues it (announced before it stops counting as parked).
+      // One that needs more than a (lowered) limit can never run: cancel it,
+      // holding a busy count again while its completion, and whatever that
+      // releases, runs on this worker.
+      busy_.fetch_add(1, std::memory_order_seq_cst);
+      if (resources_.cancel_parked(ResourceManager::Which::unsatisfiable) != 0) return Next::busy;
+      busy_.fetch_sub(1, std::memory_order_seq_cst);
+      return Next::idle_parked;
     }
-    return false;
+    exit_.store(true, std::memory_order_seq_cst);
+    wake_all();
+    return Next::exit;
   };
-  for (;;) {
+  for (;;) {  // busy: our count is in busy_
     while (Task* t = find_task(w)) run_task(w, t);
-    if (finished()) return;
-    for (;;) {
+    Next next = try_finish();
+    while (next == Next::idle || next == Next::idle_parked) {  // our count is not in busy_
       if (exit_.load(std::memory_order_seq_cst)) return;
-      park_worker(w, [] { return false; });
+      if (next == Next::idle_parked) {
+        // seq_cst: pairs with unpark_one()'s decrement, read after joining
+        // the sleepers that last_parked_task_left() wakes.
+        park_worker(w, [this] { return resources_.parked() == 0; });
+      } else {
+        park_worker(w, [] { return false; });
+      }
       if (exit_.load(std::memory_order_seq_cst)) return;
       busy_.fetch_add(1, std::memory_order_seq_cst);
       if (Task* t = find_task(w)) {
         run_task(w, t);
-        break;  // back to the busy loop
+        next = Next::busy;
+      } else {
+        next = try_finish();
       }
-      if (finished()) return;
     }
+    if (next == Next::exit) return;
   }
 }
 
@@ -499,6 +514,10 @@ void SchedulerCore::resubmit(Task* t) {
   }
 }
 
+void SchedulerCore::last_parked_task_left() noexcept {
+  if (phase_.load(std::memory_order_seq_cst) != kAccepting) wake_all();
+}
+
 void SchedulerCore::wake_one(unsigned level) noexcept {
   int idx = sleepers_.take_one(&eligible_[level]);
   if (idx >= 0) workers_[static_cast<unsigned>(idx)]->parker->unpark();
@@ -518,7 +537,7 @@ void SchedulerCore::stop(ShutdownMode mode) {
   stopped_ = true;
   phase_.store(mode == ShutdownMode::cancel ? kCancelling : kDraining, std::memory_order_seq_cst);
   for (unsigned l = 0; l < levels_; ++l) injection_[l].announced.fetch_or(kClosed, std::memory_order_seq_cst);
-  if (mode == ShutdownMode::cancel) resources_.cancel_parked();
+  if (mode == ShutdownMode::cancel) resources_.cancel_parked(ResourceManager::Which::all);
   // Workers parked before the phase change would sleep on: wake them all. A
   // worker that has not parked yet re-reads the phase (seq_cst) after joining
   // the sleep set, so it cannot miss both the store above and this wake-up.
@@ -527,6 +546,7 @@ void SchedulerCore::stop(ShutdownMode mode) {
     if (w->thread.joinable()) w->thread.join();
   }
   if (ager_) ager_->stop();  // drops its references; every task it tracked has run or been cancelled
+  resources_.stop();
 }
 
 void SchedulerCore::fill_stats(SchedulerStats& st) const {

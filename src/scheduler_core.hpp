@@ -107,6 +107,8 @@ class SchedulerCore {
   // Puts a claimed task back in the queues (a parked task whose resources were
   // granted); the reference of its old queue entry goes with it.
   void resubmit(Task* t);
+  // The resource manager's parked count fell to zero (any thread).
+  void last_parked_task_left() noexcept;
   ResourceManager& resources() noexcept { return resources_; }
   bool accepting() const noexcept { return phase_.load(std::memory_order_relaxed) == kAccepting; }
   bool ages(unsigned level) const noexcept { return (aged_levels_ >> level) & 1u; }

@@ -6,6 +6,7 @@
 // the workers to finish). See docs/architecture.md for how a task flows.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -145,6 +146,13 @@ class Scheduler {
   // permits that tasks name in SubmitOptions::needs. Throws InvalidArgument
   // for a limit of 0 or a name already used by this scheduler.
   ResourceGroup resource_group(std::string name, std::uint64_t limit);
+  // Any thread. Creates a rate group: a token bucket giving `permits` per
+  // `interval`, at most `burst` at once (0: burst = permits). A task that
+  // needs it waits, parked on a timer, until its tokens are due; tokens are
+  // consumed, not given back. Throws InvalidArgument for 0 permits, a
+  // non-positive interval or a duplicate name.
+  ResourceGroup rate_group(std::string name, std::uint64_t permits, std::chrono::nanoseconds interval,
+                           std::uint64_t burst = 0);
 
   // Any thread. Dedicates `workers` more workers to `level` and above: they
   // never start a task of a lower level (a running one finishes). Takes them
