@@ -301,6 +301,25 @@ std::size_t ResourceManager::cancel_parked(Which which) noexcept {
   return doomed.size();
 }
 
+bool ResourceManager::reorder_parked(Task* t, unsigned level) {
+  std::lock_guard lock(mu_);
+  NeedList& needs = *t->preds->needs;
+  if (needs.count == 0) return false;  // (`held` is not ours to read: the fast path writes it without mu_)
+  auto& list = needs[0].group->wait_list;
+  auto it = list.find(Waiter{needs.level, needs.seq, t});
+  if (it == list.end() || it->task != t) return false;  // not parked (yet, or any more)
+  std::vector<ResourceGroupCore*> groups;
+  for (const NeedEntry& e : needs) {
+    e.group->wait_list.erase(Waiter{needs.level, needs.seq, t});
+    e.group->wait_list.insert(Waiter{level, needs.seq, t});  // the same age: only the priority changes
+    groups.push_back(e.group);
+  }
+  needs.level = level;
+  t->level.store(static_cast<std::uint8_t>(level), std::memory_order_relaxed);  // read when it is queued again (mu_)
+  dispatch_locked(std::move(groups));  // it may be first in line now
+  return true;
+}
+
 void ResourceManager::set_limit(ResourceGroupCore& g, std::uint64_t limit) {
   if (limit == 0) throw InvalidArgument("ordo: resource group '" + g.name + "' needs a limit of at least 1");
   g.limit.store(limit, std::memory_order_seq_cst);

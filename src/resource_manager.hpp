@@ -119,6 +119,10 @@ class ResourceManager {
   bool acquire_or_park(Task* t, NeedList& needs, unsigned level);
   void release(NeedList& needs) noexcept;
   void set_limit(ResourceGroupCore& g, std::uint64_t limit);
+  // set_priority() of a parked task: moves it to its place for `level` in
+  // every wait list (keeping its age), then grants what now fits. False if
+  // the task is not parked.
+  bool reorder_parked(Task* t, unsigned level);
   ResourceStats stats(const ResourceGroupCore& g);
 
   std::uint64_t parked() const noexcept { return parked_.load(std::memory_order_seq_cst); }

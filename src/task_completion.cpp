@@ -133,7 +133,10 @@ bool reprioritise(Task* t, unsigned level) {
     throw InvalidArgument("ordo: priority level " + std::to_string(level) + " is beyond this scheduler's " +
                           std::to_string(core.level_count()) + " levels");
   }
-  return core.move_task(t, -1, level);
+  if (core.move_task(t, -1, level)) return true;
+  // Not queued: perhaps parked on resource groups, where it still waits.
+  return t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr &&
+         core.resources().reorder_parked(t, level);
 }
 
 void wait_for_task(Task* t) {

@@ -59,6 +59,7 @@ NodeRef Workflow::node(std::function<void()> body, NodeOptions options) {
   g.bodies.push_back(std::move(body));
   g.levels.push_back(level_of_options(options));
   if (options.priority) g.has_levels = true;
+  if (!options.needs.empty()) g.needs.emplace(static_cast<std::uint32_t>(g.bodies.size() - 1), std::move(options.needs));
   g.invalidate();
   return NodeRef(this, g.bodies.size() - 1);
 }
@@ -67,7 +68,7 @@ NodeRef Workflow::node(std::string name, std::function<void()> body, NodeOptions
   auto& g = *graph_;
   if (name.empty()) throw InvalidGraph("ordo: workflow '" + g.name + "': a named node needs a non-empty name");
   if (g.by_name.count(name)) throw InvalidGraph("ordo: workflow '" + g.name + "' already has a node named '" + name + "'");
-  NodeRef ref = node(std::move(body), options);
+  NodeRef ref = node(std::move(body), std::move(options));
   const auto i = static_cast<std::uint32_t>(ref.index());
   g.by_name.emplace(name, i);
   g.names.emplace(i, std::move(name));
@@ -76,7 +77,7 @@ NodeRef Workflow::node(std::string name, std::function<void()> body, NodeOptions
 
 NodeRef Workflow::node(std::string name, const Workflow& nested, NodeOptions options) {
   if (&nested == this) throw InvalidGraph("ordo: workflow '" + graph_->name + "' cannot contain itself");
-  NodeRef ref = node(std::move(name), std::function<void()>{}, options);
+  NodeRef ref = node(std::move(name), std::function<void()>{}, std::move(options));
   graph_->nested.emplace(static_cast<std::uint32_t>(ref.index()), &nested);
   return ref;
 }

@@ -23,8 +23,10 @@
 #include <string>
 #include <utility>
 
+#include "ordo/detail/dependency.hpp"
 #include "ordo/scheduler.hpp"
 #include "ordo/workflow.hpp"
+#include "resource_manager.hpp"
 #include "scheduler_core.hpp"
 #include "workflow_graph.hpp"
 
@@ -58,6 +60,12 @@ struct RunState {
   std::atomic<std::uint32_t> refs{2};
 
   std::uint8_t level_of(std::uint32_t node) const noexcept { return levels.empty() ? run_level : levels[node]; }
+  // The node's resource needs, or null.
+  const std::vector<Need>* needs_of(std::uint32_t node) const noexcept {
+    if (graph->needs.empty()) return nullptr;
+    auto it = graph->needs.find(node);
+    return it == graph->needs.end() ? nullptr : &it->second;
+  }
 };
 
 namespace {
@@ -131,8 +139,33 @@ void cancel_from(RunState* run, std::uint32_t first) noexcept {
 }
 
 bool exec_node(Task* t, ExecMode mode) noexcept;
+bool exec_node_with_needs(Task* t, ExecMode mode) noexcept;
+
+// A node with resource needs runs as a handle-kind task (nobody holds its
+// handle), because that is the kind the workers acquire needs for: it parks
+// when they do not fit and holds no worker meanwhile.
+void queue_node_with_needs(RunState* run, std::uint32_t node, const std::vector<Need>& needs) {
+  Task* t = nullptr;
+  try {
+    t = make_dependent(*run->core, Priority{run->level_of(node)}, 0);
+    t->exec = &exec_node_with_needs;
+    t->refs.store(1, std::memory_order_relaxed);  // the queue entry's alone
+    attach_needs(t, needs);  // validated when the run started; a limit lowered since may refuse
+  } catch (...) {
+    if (t != nullptr) discard_dependent(t);
+    record_failure(run, std::current_exception());
+    cancel_from(run, node);
+    return;
+  }
+  emplace_payload<NodeJob>(t, NodeJob{run, node});
+  arm_dependent(t);  // queued; or, refused after shutdown, completed through exec_node_with_needs' cancel mode
+}
 
 void queue_node(RunState* run, std::uint32_t node) {
+  if (const std::vector<Need>* needs = run->needs_of(node)) {
+    queue_node_with_needs(run, node, *needs);
+    return;
+  }
   Task* t = prepare_task(*run->core, Priority{run->level_of(node)});
   t->exec = &exec_node;
   t->kind = TaskKind::detached;
@@ -164,7 +197,7 @@ std::uint32_t release_successors(RunState* run, std::uint32_t v, bool ok, bool m
     // s is ours now: the run cannot complete before s has finished.
     if (run->nodes[s].poisoned.load(std::memory_order_relaxed)) {
       cancel_from(run, s);
-    } else if (may_inline && inline_next == kNoNode && run->level_of(s) == level) {
+    } else if (may_inline && inline_next == kNoNode && run->level_of(s) == level && run->needs_of(s) == nullptr) {
       inline_next = s;
     } else {
       queue_node(run, s);
@@ -218,6 +251,43 @@ bool exec_node(Task* t, ExecMode mode) noexcept {
   return true;
 }
 
+bool exec_node_with_needs(Task* t, ExecMode mode) noexcept {
+  if (mode == ExecMode::drop_outcome) return true;  // the job was consumed when it ran
+  const NodeJob job = payload_as<NodeJob>(t);
+  destroy_payload<NodeJob>(t);
+  RunState* run = job.run;
+  const std::uint32_t v = job.node;
+  if (mode == ExecMode::cancel) {
+    run->cancelled.store(true, std::memory_order_relaxed);
+    cancel_from(run, v);
+    return false;
+  }
+  bool ok = false;
+  set_status(run, v, NodeStatus::running);
+  try {
+    run_body(run, v);
+    ok = true;
+    set_status(run, v, NodeStatus::succeeded);
+  } catch (...) {
+    record_failure(run, std::current_exception());
+    set_status(run, v, NodeStatus::failed);
+  }
+  // Permits go back before the successors are handed out (they may need the
+  // same groups) and before the run can complete (its owner may then read
+  // the groups' stats and expect them back).
+  t->core->resources().release(*t->preds->needs);
+  if (run->graph->is_sink(v)) {
+    sink_finished(run, v);
+    return true;
+  }
+  try {
+    release_successors(run, v, ok, false);
+  } catch (...) {  // allocation failure while queuing, as in exec_node
+    std::terminate();
+  }
+  return true;
+}
+
 bool exec_launcher(Task* t, ExecMode mode) noexcept {
   RunState* run = payload_as<RunState*>(t);
   destroy_payload<RunState*>(t);
@@ -263,6 +333,13 @@ WorkflowRun Workflow::run(Scheduler& scheduler, WorkflowRunOptions options) cons
       throw InvalidArgument("ordo: workflow '" + g.name + "' node '" + g.display_name(i) + "' has priority level " +
                             std::to_string(g.levels[i]) + ", beyond the scheduler's " +
                             std::to_string(core.level_count()) + " levels");
+    }
+  }
+  for (const auto& [node, needs] : g.needs) {
+    try {
+      pool_delete(core.resources().make_needs(needs));  // the checks of submit(), once per run
+    } catch (const InvalidArgument& e) {
+      throw InvalidArgument(std::string(e.what()) + " (workflow '" + g.name + "' node '" + g.display_name(node) + "')");
     }
   }
   auto* run = new RunState{};

@@ -157,6 +157,30 @@ TEST(Resource, ReleaseGrantsByPriorityThenAge) {
   EXPECT_EQ(order, (std::vector<std::string>{"high0", "high1", "low0", "low1", "low2"}));
 }
 
+TEST(Resource, SetPriorityReordersAParkedTask) {
+  Scheduler s{{.workers = 2, .levels = 3}};
+  auto db = s.resource_group("db", 1);
+  Gate gate;
+  auto holder = s.submit([&] { gate.hold(); }, {.needs = {{db, 1}}});
+  gate.wait_entered();
+  std::mutex mu;
+  std::vector<int> order;
+  std::vector<Handle<void>> hs;
+  for (int i = 0; i < 3; ++i) {
+    hs.push_back(s.submit([&, i] {
+      std::lock_guard lock(mu);
+      order.push_back(i);
+    }, {.priority = low, .needs = {{db, 1}}}));
+    while (db.stats().waiting < static_cast<std::uint64_t>(i + 1)) std::this_thread::yield();
+  }
+  EXPECT_TRUE(hs[2].set_priority(high));  // parked: it moves ahead of the older low waiters
+  EXPECT_TRUE(hs[1].set_priority(high));  // same priority now: age decides between 1 and 2
+  EXPECT_FALSE(holder.set_priority(high));  // running: too late
+  gate.open.store(true);
+  for (auto& h : hs) h.get();
+  EXPECT_EQ(order, (std::vector<int>{1, 2, 0}));
+}
+
 TEST(Resource, WeightedNeedsShareABudget) {
   Scheduler s{{.workers = 4}};
   auto memory = s.resource_group("memory_mib", 4096);

@@ -275,5 +275,61 @@ TEST(Workflow, EmptyWorkflowCompletesAtOnce) {
   EXPECT_NO_THROW(run.get());
 }
 
+TEST(Workflow, NodeNeedsCapConcurrencyAcrossConcurrentRuns) {
+  Scheduler s{{.workers = 4}};
+  auto db = s.resource_group("db", 2);
+  std::atomic<int> in_db{0}, most{0}, ran{0};
+  Workflow wf("etl");
+  auto fan_in = wf.node("report", [] {});
+  auto fan_out = wf.node("start", [] {});
+  for (int i = 0; i < 16; ++i) {
+    wf.node("query" + std::to_string(i), [&] {
+      const int now = ++in_db;
+      int seen = most.load();
+      while (now > seen && !most.compare_exchange_weak(seen, now)) {
+      }
+      for (int k = 0; k < 20; ++k) std::this_thread::yield();  // stay inside long enough to overlap
+      --in_db;
+      ++ran;
+    }, {.needs = {{db, 1}}}).after(fan_out).before(fan_in);
+  }
+  constexpr int kRuns = 10 * static_cast<int>(test::kScale);
+  std::vector<WorkflowRun> runs;
+  for (int r = 0; r < kRuns; ++r) runs.push_back(wf.run(s));
+  for (auto& r : runs) {
+    r.get();
+    EXPECT_EQ(r.count(NodeStatus::succeeded), 18u);
+  }
+  EXPECT_EQ(ran.load(), 16 * kRuns);
+  EXPECT_LE(most.load(), 2);
+  EXPECT_LE(db.stats().max_in_use, 2u);
+  EXPECT_EQ(db.stats().in_use, 0u);
+}
+
+TEST(Workflow, NodeFailureWithNeedsReturnsPermitsAndCancelsDownstream) {
+  Scheduler s{{.workers = 2}};
+  auto db = s.resource_group("db", 1);
+  Workflow wf("fails");
+  wf.node("load", [] { throw std::runtime_error("disk"); }, {.needs = {{db, 1}}});
+  wf.node("use", [] {}, {.needs = {{db, 1}}}).after("load");
+  auto run = wf.run(s);
+  EXPECT_THROW(run.get(), std::runtime_error);
+  EXPECT_EQ(run.status("use"), NodeStatus::cancelled);
+  EXPECT_EQ(db.stats().in_use, 0u);
+}
+
+TEST(Workflow, NodeNeedBeyondTheLimitIsRejectedAtRunNamingTheNode) {
+  Scheduler s{{.workers = 1}};
+  auto db = s.resource_group("db", 2);
+  Workflow wf("big");
+  wf.node("bulk_load", [] {}, {.needs = {{db, 3}}});
+  try {
+    (void)wf.run(s);
+    FAIL() << "expected InvalidArgument";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("bulk_load"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace ordo

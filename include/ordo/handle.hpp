@@ -110,8 +110,10 @@ class Handle {
 
   // Any thread. Moves the task to another priority level if it is still
   // queued, in O(1): it is queued again at `p` and its old queue entry is
-  // skipped when reached. Returns false, changing nothing, when the task has
-  // already started or finished ("too late"). Throws InvalidArgument for a
+  // skipped when reached. A task parked on resource groups (see
+  // docs/resources.md) keeps its place by age among the waiters of its new
+  // priority, and runs at it. Returns false, changing nothing, when the task
+  // has already started or finished ("too late"). Throws InvalidArgument for a
   // level beyond the scheduler's levels.
   bool set_priority(Priority p) { return detail::reprioritise(task_, static_cast<unsigned>(p)); }
 

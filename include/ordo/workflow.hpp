@@ -1,7 +1,7 @@
 // ordo::Workflow — a whole dependency graph declared in one place.
 //
 // Build it once (named or anonymous nodes, `after` / `before` edges, optional
-// per-node priority, other workflows as nodes), then run it any number of
+// per-node priority and resource needs, other workflows as nodes), then run it any number of
 // times, also concurrently; every run has its own handle and per-node status.
 // Validation rejects cycles (naming one), unknown names and duplicate names.
 // to_dot() / to_mermaid() draw the graph, with per-node status when given a run.
@@ -18,9 +18,11 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ordo/errors.hpp"
 #include "ordo/priority.hpp"
+#include "ordo/resource.hpp"
 
 namespace ordo {
 
@@ -39,6 +41,10 @@ const char* to_string(NodeStatus s) noexcept;
 struct NodeOptions {
   // Unset: the run's priority (WorkflowRunOptions::priority).
   std::optional<Priority> priority;
+  // Resource groups the node takes while its body runs (all or nothing, like
+  // SubmitOptions::needs); a node that waits for them is parked, holding no
+  // worker. The groups must belong to the scheduler the workflow runs on.
+  std::vector<Need> needs;
 };
 
 struct WorkflowRunOptions {
