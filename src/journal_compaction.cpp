@@ -1,0 +1,128 @@
+// Compaction: folds the snapshot and the segments before a rotation point
+// into a new snapshot of the live tasks, then deletes what it replaces. Each
+// step is crash-safe; docs/journal-format.md ("Compaction and snapshots")
+// lists them, and the hook numbers below are those steps.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <unordered_map>
+
+#include "journal_format.hpp"
+#include "journal_impl.hpp"
+#include "journal_reader.hpp"
+
+namespace ordo::detail {
+namespace {
+
+// Per live task: where its latest CHECKPOINT is, so that earlier ones can be left out.
+struct Position {
+  std::uint64_t file;  // segment number, or 0 for the snapshot
+  std::uint64_t offset;
+};
+
+class SnapshotWriter {
+ public:
+  SnapshotWriter(std::string path, std::uint64_t number) : path_(std::move(path)) {
+    fd_ = ::open(path_.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd_ < 0) wal::throw_io("open", path_);
+    unsigned char header[wal::kFileHeaderBytes];
+    wal::encode_file_header(header, wal::FileKind::snapshot, number);
+    buffer_.append(reinterpret_cast<const char*>(header), sizeof header);
+  }
+  ~SnapshotWriter() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  // Copies a record verbatim: its CRC still holds.
+  void copy(const RecordView& r) {
+    unsigned char h[wal::kRecordHeaderBytes];
+    const auto* payload = reinterpret_cast<const unsigned char*>(r.payload.data());
+    wal::encode_record_header(h, r.type, payload, static_cast<std::uint32_t>(r.payload.size()));
+    buffer_.append(reinterpret_cast<const char*>(h), sizeof h);
+    buffer_.append(reinterpret_cast<const char*>(payload), r.payload.size());
+    ++records_;
+    if (buffer_.size() >= (1u << 20)) flush();
+  }
+  void finish() {
+    unsigned char payload[16];
+    wal::put64(payload, 0);
+    wal::put64(payload + 8, records_);
+    unsigned char h[wal::kRecordHeaderBytes];
+    wal::encode_record_header(h, RecordType::snapshot_end, payload, sizeof payload);
+    buffer_.append(reinterpret_cast<const char*>(h), sizeof h);
+    buffer_.append(reinterpret_cast<const char*>(payload), sizeof payload);
+    flush();
+    wal::sync_data(fd_, path_);
+    ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  void flush() {
+    wal::write_all(fd_, buffer_.data(), buffer_.size(), path_);
+    buffer_.clear();
+  }
+  std::string path_;
+  int fd_ = -1;
+  std::string buffer_;
+  std::uint64_t records_ = 0;
+};
+
+}  // namespace
+
+void JournalImpl::run_compaction(std::uint64_t first_kept) {
+  const wal::DirectoryPlan plan = wal::plan_directory(dir_);
+  // The files to fold, in replay order; 0 stands for the current snapshot.
+  std::vector<std::uint64_t> files, covered;
+  if (plan.snapshot != 0) files.push_back(0);
+  for (std::uint64_t s : plan.segments) {
+    if (s >= first_kept) continue;
+    files.push_back(s);
+    covered.push_back(s);
+  }
+  auto for_each_record = [&](const std::function<void(const RecordView&, std::uint64_t file)>& fn) {
+    RecoveryReport scratch;
+    for (std::uint64_t f : files) {
+      const std::string name = f == 0 ? wal::file_name(wal::FileKind::snapshot, plan.snapshot)
+                                      : wal::file_name(wal::FileKind::segment, f);
+      // These files were complete when the writer left them: a tail that
+      // looks torn here is real damage, so none is allowed.
+      wal::scan_file(wal::join(dir_, name), name, {false, options_.tolerate_corruption}, scratch,
+                     [&](const RecordView& r) { fn(r, f); });
+    }
+  };
+  // Pass 1: which tasks are live, and each one's latest checkpoint.
+  std::unordered_map<std::uint64_t, Position> live;
+  for_each_record([&](const RecordView& r, std::uint64_t f) {
+    if (r.type == RecordType::enqueue) {
+      live[r.task] = Position{~0ull, 0};
+    } else if (r.type == RecordType::complete || r.type == RecordType::cancel) {
+      live.erase(r.task);
+    } else if (r.type == RecordType::checkpoint) {
+      auto it = live.find(r.task);
+      if (it != live.end()) it->second = Position{f, r.offset};
+    }
+  });
+  // Pass 2: their records, superseded checkpoints left out.
+  const std::string final_name = wal::file_name(wal::FileKind::snapshot, first_kept);
+  const std::string tmp_path = wal::join(dir_, final_name + ".tmp");
+  {
+    SnapshotWriter out(tmp_path, first_kept);
+    for_each_record([&](const RecordView& r, std::uint64_t f) {
+      auto it = live.find(r.task);
+      if (it == live.end()) return;
+      if (r.type == RecordType::checkpoint && (it->second.file != f || it->second.offset != r.offset)) return;
+      out.copy(r);
+    });
+    out.finish();
+  }
+  if (options_.compaction_hook) options_.compaction_hook(2);
+  wal::rename_file(tmp_path, wal::join(dir_, final_name));
+  wal::fsync_directory(dir_);  // the commit point
+  if (options_.compaction_hook) options_.compaction_hook(3);
+  if (plan.snapshot != 0) wal::remove_file(wal::join(dir_, wal::file_name(wal::FileKind::snapshot, plan.snapshot)));
+  for (std::uint64_t s : covered) wal::remove_file(wal::join(dir_, wal::file_name(wal::FileKind::segment, s)));
+  wal::fsync_directory(dir_);
+  if (options_.compaction_hook) options_.compaction_hook(4);
+}
+
+}  // namespace ordo::detail

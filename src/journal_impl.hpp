@@ -1,0 +1,90 @@
+// JournalImpl: the state behind ordo::Journal — appenders, the writer thread
+// (group commit and segment rotation) and the compactor.
+//
+// Thread-safety: mu_ guards the pending batch and every LSN watermark;
+// appenders hold it only to copy their record in. The writer thread alone
+// touches the open segment (fd, number, size) outside mu_. compact_mu_
+// serialises compactions. Invariants: appended_ >= written_ >= synced_; a
+// record's LSN is reported durable only once every byte up to its end has
+// been written (and, for synced_, fdatasync'd) — batches are written in LSN
+// order, so a watermark covers every record below it.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "journal_io.hpp"
+#include "ordo/journal.hpp"
+
+namespace ordo::detail {
+
+class JournalImpl {
+ public:
+  JournalImpl(std::string dir, JournalOptions options);
+  ~JournalImpl();
+
+  void recover(const Journal::Replay& replay);  // before start(): reads, cleans up, truncates a torn tail
+  void start();                                   // opens the first new segment, starts the threads
+
+  Lsn append(RecordType type, std::uint64_t task, std::span<const std::byte> body);
+  void wait_durable(Lsn lsn);
+  void sync();
+  void compact();
+  void close() noexcept;
+  JournalStats stats() const;
+
+  const std::string dir_;
+  const JournalOptions options_;
+  RecoveryReport report_;
+
+ private:
+  void writer_loop();
+  void write_batch(const std::string& batch, const std::vector<std::uint32_t>& ends);
+  void open_segment(std::uint64_t number);  // writer thread (or start())
+  void rotate();                            // writer thread
+  std::uint64_t request_rotation();         // any thread: returns the new segment's number
+  void compactor_loop();
+  void run_compaction(std::uint64_t first_kept);
+  void fail(std::exception_ptr e) noexcept;  // writer thread: an I/O error poisons the journal
+
+  wal::FileLock lock_;
+  mutable std::mutex mu_;
+  std::condition_variable writer_cv_;   // pending work, stop, sync or rotation requests
+  std::condition_variable durable_cv_;  // written_ / synced_ / rotated_ advanced
+  std::string pending_;                 // encoded records awaiting the writer
+  std::vector<std::uint32_t> pending_ends_;  // end offset of each record in pending_
+  Lsn appended_ = 0;
+  Lsn written_ = 0;
+  Lsn synced_ = 0;
+  Lsn sync_wanted_ = 0;           // sync(): fdatasync up to here whatever the mode
+  bool rotate_wanted_ = false;
+  std::uint64_t rotated_to_ = 0;  // the segment started by the latest requested rotation
+  bool stop_ = false;
+  bool closed_ = false;
+  bool writer_exited_ = false;
+  std::exception_ptr error_;
+  std::uint64_t live_ = 0;  // enqueued and not complete/cancelled (mu_)
+
+  // Writer thread only.
+  int fd_ = -1;
+  std::uint64_t segment_ = 0;
+  std::uint64_t segment_size_ = 0;
+  std::string segment_path_;
+
+  std::atomic<std::uint64_t> batches_{0}, syncs_{0}, compactions_{0};  // relaxed: statistics
+  std::atomic<std::uint64_t> last_sync_ns_{0};
+  std::atomic<std::uint64_t> bytes_since_snapshot_{0};  // relaxed: a trigger, not a bound
+
+  std::mutex compact_mu_;
+  std::condition_variable compact_cv_;  // with mu_
+  bool compact_wanted_ = false;         // mu_
+  std::thread writer_;
+  std::thread compactor_;
+};
+
+}  // namespace ordo::detail
