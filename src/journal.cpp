@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -140,15 +141,18 @@ Lsn JournalImpl::append(RecordType type, std::uint64_t task, std::span<const std
     --live_;
   }
   const Lsn lsn = ++appended_;
+  const bool wake = was_idle || gathering_;
   lock.unlock();
-  if (was_idle) writer_cv_.notify_one();  // a busy writer picks it up with its next batch
+  if (wake) writer_cv_.notify_one();  // a busy writer picks it up with its next batch
   return lsn;
 }
 
 void JournalImpl::wait_durable(Lsn lsn) {
   std::unique_lock lock(mu_);
   const bool need_sync = options_.durability == Durability::sync;
+  ++waiters_;
   durable_cv_.wait(lock, [&] { return error_ || (need_sync ? synced_ : written_) >= lsn; });
+  --waiters_;
   if (error_ && (need_sync ? synced_ : written_) < lsn) std::rethrow_exception(error_);
 }
 
@@ -226,6 +230,17 @@ void JournalImpl::writer_loop() {
         writer_cv_.wait(lock, has_work);
       }
     }
+    if (options_.durability == Durability::sync && !stop_ && !pending_ends_.empty() &&
+        pending_ends_.size() < expected_) {
+      // The threads the last sync released are appending again; an fdatasync
+      // shared by all of them beats one now and another for the stragglers.
+      // Waiting is bounded by a fraction of what a sync costs.
+      const auto patience = std::chrono::nanoseconds(
+          std::min<std::uint64_t>(last_sync_ns_.load(std::memory_order_relaxed) / 4, 100'000));
+      gathering_ = true;
+      writer_cv_.wait_for(lock, patience, [&] { return stop_ || pending_ends_.size() >= expected_; });
+      gathering_ = false;
+    }
     batch.swap(pending_);
     ends.swap(pending_ends_);
     const Lsn last = appended_;
@@ -260,6 +275,7 @@ void JournalImpl::writer_loop() {
     lock.lock();
     written_ = last;
     if (!unsynced) synced_ = last;
+    expected_ = waiters_;
     if (rotate_now) rotated_to_ = segment_;
     durable_cv_.notify_all();
     if (stopping && pending_.empty()) {

@@ -67,6 +67,11 @@ class JournalImpl {
   bool stop_ = false;
   bool closed_ = false;
   bool writer_exited_ = false;
+  // Group commit in sync mode: threads blocked in wait_durable(), and how many
+  // the writer expects back for its next batch (those its last sync released).
+  std::uint32_t waiters_ = 0;
+  std::uint32_t expected_ = 0;
+  bool gathering_ = false;  // the writer waits briefly for them; appends notify it
   std::exception_ptr error_;
   std::uint64_t live_ = 0;  // enqueued and not complete/cancelled (mu_)
 

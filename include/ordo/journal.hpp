@@ -87,7 +87,7 @@ struct JournalOptions {
   bool tolerate_corruption = false;
   // Tests only: called at each step of a compaction (1..4, see the format);
   // a test process may _exit() there to simulate a crash.
-  std::function<void(int step)> compaction_hook;
+  std::function<void(int step)> compaction_hook{};
 };
 
 // One record as replayed: valid only during the callback.

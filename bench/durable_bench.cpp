@@ -1,0 +1,166 @@
+// ordo_bench_durable: the journal against the physical floor of the disk it
+// writes to (see ../shared/BENCHMARKS.md, "Durability"). Every workload writes
+// under /tmp and checks its own result (records read back, durable count).
+#include <benchmark/benchmark.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ordo/journal.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+struct ScratchDir {
+  std::string path;
+  ScratchDir() {
+    std::string pattern = (fs::temp_directory_path() / "ordo-bench-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path = pattern;
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+void report_latencies(benchmark::State& state, std::vector<double>& us) {
+  if (us.empty()) return;
+  std::sort(us.begin(), us.end());
+  state.counters["p50_us"] = us[us.size() / 2];
+  state.counters["p99_us"] = us[std::min(us.size() - 1, us.size() * 99 / 100)];
+}
+
+// --- fsync_floor: what one durable 4 KiB append costs on this file system ---
+
+void BM_fsync_floor(benchmark::State& state) {
+  ScratchDir dir;
+  const std::string path = dir.path + "/floor";
+  const int fd = ::open(path.c_str(), O_CREAT | O_WRONLY | O_APPEND | O_CLOEXEC, 0644);
+  const std::string block(4096, 'f');
+  std::vector<double> us;
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    if (::write(fd, block.data(), block.size()) != static_cast<ssize_t>(block.size()) || ::fdatasync(fd) != 0) {
+      state.SkipWithError("write or fdatasync failed");
+      break;
+    }
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  ::close(fd);
+  report_latencies(state, us);
+}
+BENCHMARK(BM_fsync_floor)->Name("fsync_floor")->Iterations(500)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// --- append/<mode>/threads:8: each thread appends 64 bytes and waits for it ---
+
+void append_waiting(benchmark::State& state, ordo::Durability mode) {
+  constexpr int kThreads = 8;
+  const int per_thread = static_cast<int>(state.range(0));
+  for (auto _ : state) {
+    state.PauseTiming();
+    ScratchDir dir;
+    auto journal = ordo::Journal::open(dir.path, {.durability = mode});
+    std::vector<std::vector<double>> lat(kThreads);
+    const std::string body(56, 'r');  // + the 8-byte task id = 64 bytes of payload
+    state.ResumeTiming();
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        lat[t].reserve(static_cast<std::size_t>(per_thread));
+        for (int i = 0; i < per_thread; ++i) {
+          const auto t0 = Clock::now();
+          journal->append_durable(ordo::RecordType::enqueue, static_cast<std::uint64_t>(t * per_thread + i),
+                                  {reinterpret_cast<const std::byte*>(body.data()), body.size()});
+          lat[t].push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    state.PauseTiming();
+    const ordo::JournalStats st = journal->stats();
+    journal.reset();
+    if (st.appended != static_cast<std::uint64_t>(kThreads * per_thread)) state.SkipWithError("records missing");
+    std::vector<double> all;
+    for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
+    report_latencies(state, all);
+    state.counters["records_per_sync"] = st.syncs ? static_cast<double>(st.appended) / static_cast<double>(st.syncs) : 0;
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(state.iterations() * kThreads * per_thread);
+}
+void BM_append_sync(benchmark::State& s) { append_waiting(s, ordo::Durability::sync); }
+void BM_append_async(benchmark::State& s) { append_waiting(s, ordo::Durability::async); }
+BENCHMARK(BM_append_sync)->Name("append/ordo_sync/threads:8")->Arg(250)->Iterations(1)->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_append_async)->Name("append/ordo_async/threads:8")->Arg(20000)->Iterations(1)->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// --- append_pipelined: one thread appends without waiting, then waits once ---
+
+void BM_append_pipelined(benchmark::State& state) {
+  const auto n = static_cast<std::uint64_t>(state.range(0));
+  const std::string body(56, 'p');
+  for (auto _ : state) {
+    state.PauseTiming();
+    ScratchDir dir;
+    auto journal = ordo::Journal::open(dir.path, {.durability = ordo::Durability::sync, .compact_after_bytes = 0});
+    state.ResumeTiming();
+    ordo::Lsn last = 0;
+    for (std::uint64_t i = 0; i < n; ++i) {
+      last = journal->append(ordo::RecordType::enqueue, i, {reinterpret_cast<const std::byte*>(body.data()), body.size()});
+    }
+    journal->wait_durable(last);
+    state.PauseTiming();
+    journal.reset();
+    std::uint64_t read_back = 0;
+    ordo::Journal::read(dir.path, [&](const ordo::RecordView&) { ++read_back; });
+    if (read_back != n) state.SkipWithError("records missing after the durable wait");
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(n));
+}
+BENCHMARK(BM_append_pipelined)->Name("append_pipelined/ordo_sync")->Arg(1'000'000)->Iterations(1)->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// --- recovery: replay 1,000,000 enqueued and 500,000 completed tasks ---
+
+void BM_recovery(benchmark::State& state) {
+  const auto n = static_cast<std::uint64_t>(state.range(0));
+  ScratchDir dir;
+  {
+    auto journal = ordo::Journal::open(dir.path, {.durability = ordo::Durability::none, .compact_after_bytes = 0});
+    const std::string args(48, 'a');
+    for (std::uint64_t i = 0; i < n; ++i) {
+      journal->append(ordo::RecordType::enqueue, i, {reinterpret_cast<const std::byte*>(args.data()), args.size()});
+      if (i % 2 == 0) journal->append(ordo::RecordType::complete, i);
+    }
+  }
+  std::uint64_t records = 0;
+  for (auto _ : state) {
+    std::uint64_t survivors = 0;
+    const ordo::RecoveryReport report = ordo::Journal::read(dir.path, [&](const ordo::RecordView& r) {
+      survivors += r.type == ordo::RecordType::enqueue ? 1 : 0;
+    });
+    records = report.records;
+    if (report.live_tasks != n / 2) state.SkipWithError("wrong number of live tasks after recovery");
+    benchmark::DoNotOptimize(survivors);
+  }
+  state.counters["records_per_second"] =
+      benchmark::Counter(static_cast<double>(records) * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_recovery)->Name("recovery/ordo")->Arg(1'000'000)->Iterations(3)->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
