@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <unordered_map>
 
 #include "journal_format.hpp"
@@ -13,6 +14,11 @@
 
 namespace ordo::detail {
 namespace {
+
+std::int64_t system_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 // Per live task: where its latest CHECKPOINT is, so that earlier ones can be left out.
 struct Position {
@@ -107,9 +113,18 @@ void JournalImpl::run_compaction(std::uint64_t first_kept) {
   const std::string tmp_path = wal::join(dir_, final_name + ".tmp");
   {
     SnapshotWriter out(tmp_path, first_kept);
+    const std::int64_t now = system_now_ns();
     for_each_record([&](const RecordView& r, std::uint64_t f) {
       auto it = live.find(r.task);
-      if (it == live.end()) return;
+      if (it == live.end()) {
+        // A finished task's COMPLETE stays while it retains an idempotency
+        // key: bytes 8..15 of its payload, "retain until" (system clock ns).
+        if (r.type == RecordType::complete && r.payload.size() >= 16 &&
+            static_cast<std::int64_t>(wal::get64(reinterpret_cast<const unsigned char*>(r.payload.data()) + 8)) > now) {
+          out.copy(r);
+        }
+        return;
+      }
       if (r.type == RecordType::checkpoint && (it->second.file != f || it->second.offset != r.offset)) return;
       out.copy(r);
     });

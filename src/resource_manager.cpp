@@ -25,6 +25,13 @@ ResourceGroupCore& ResourceManager::create(std::string name, std::uint64_t limit
 
 ResourceManager::~ResourceManager() { stop(); }
 
+ResourceGroupCore* ResourceManager::find(std::string_view name) {
+  std::lock_guard lock(mu_);
+  for (const auto& g : groups_)
+    if (g->name == name) return g.get();
+  return nullptr;
+}
+
 ResourceGroupCore& ResourceManager::create_rate(std::string name, std::uint64_t permits, std::int64_t interval_ns,
                                                 std::uint64_t burst) {
   if (permits == 0 || interval_ns <= 0) {

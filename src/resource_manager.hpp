@@ -26,6 +26,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -109,6 +110,7 @@ class ResourceManager {
   // A rate group: `permits` per `interval_ns`, at most `burst` at once.
   ResourceGroupCore& create_rate(std::string name, std::uint64_t permits, std::int64_t interval_ns,
                                  std::uint64_t burst);
+  ResourceGroupCore* find(std::string_view name);  // or null
   // Stops the rate timer; the workers have exited.
   void stop() noexcept;
   // Validates and normalises a submission's needs; throws InvalidArgument.

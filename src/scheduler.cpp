@@ -72,6 +72,10 @@ ResourceGroup Scheduler::rate_group(std::string name, std::uint64_t permits, std
       &core_->resources().create_rate(std::move(name), permits, interval.count(), burst != 0 ? burst : permits));
 }
 
+ResourceGroup Scheduler::find_resource_group(std::string_view name) const {
+  return ResourceGroup(core_->resources().find(name));
+}
+
 void Scheduler::reserve(Priority level, unsigned workers) { core_->reserve(static_cast<unsigned>(level), workers); }
 
 unsigned Scheduler::worker_count() const noexcept { return core_->worker_count(); }

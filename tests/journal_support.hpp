@@ -57,6 +57,8 @@ inline std::span<const std::byte> bytes(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
 
+inline std::string text_of(std::span<const std::byte> b) { return {reinterpret_cast<const char*>(b.data()), b.size()}; }
+
 inline std::string segment_name(std::uint64_t n) {
   char buf[40];
   std::snprintf(buf, sizeof buf, "wal-%016llu.log", static_cast<unsigned long long>(n));

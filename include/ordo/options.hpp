@@ -39,32 +39,32 @@ struct SchedulerOptions {
   Policy policy = Policy::strict;
   // Policy::weighted only: one weight (>= 1) per level. Empty means 2^(levels-1-l)
   // for level l: each level served twice as often as the one below it.
-  std::vector<unsigned> weights;
+  std::vector<unsigned> weights{};
   // Policy::strict only: one bound per level, or empty for no ageing. A task
   // that has waited at level l longer than age_bounds[l] (when non-zero) is
   // moved to level l-1, where it waits under that level's bound in turn, so
   // nothing starves forever. age_bounds[0] must be zero. See docs/priorities.md.
-  std::vector<std::chrono::nanoseconds> age_bounds;
+  std::vector<std::chrono::nanoseconds> age_bounds{};
   // Workers dedicated to high bands (see Scheduler::reserve). At least one
   // worker must stay unreserved, so that every level is served.
-  std::vector<Reservation> reserved;
+  std::vector<Reservation> reserved{};
 };
 
 struct SubmitOptions {
   // Unset: a task submitted from inside a running task inherits that task's
   // priority; a task submitted from any other thread runs at `normal` (or the
   // lowest level when the scheduler has fewer than two).
-  std::optional<Priority> priority;
+  std::optional<Priority> priority{};
   // Scheduler::submit only: start only after all of these finished. If one
   // of them failed or was cancelled, this task is cancelled (TaskCancelled,
   // saying so); the original error stays with that task's own handle.
   // Lower-priority predecessors are raised to this task's priority.
-  std::vector<TaskRef> after;
+  std::vector<TaskRef> after{};
   // Scheduler::submit and post: resources held while the task runs, taken all
   // at once when a worker is about to run it (see ordo/resource.hpp). A need
   // of 0, a need above the group's limit, or a group of another scheduler is
   // rejected with InvalidArgument before anything is queued.
-  std::vector<Need> needs;
+  std::vector<Need> needs{};
 };
 
 enum class ShutdownMode {

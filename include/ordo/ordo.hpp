@@ -3,6 +3,7 @@
 
 #include "ordo/errors.hpp"
 #include "ordo/handle.hpp"
+#include "ordo/durable.hpp"
 #include "ordo/journal.hpp"
 #include "ordo/options.hpp"
 #include "ordo/priority.hpp"

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -153,6 +154,9 @@ class Scheduler {
   // non-positive interval or a duplicate name.
   ResourceGroup rate_group(std::string name, std::uint64_t permits, std::chrono::nanoseconds interval,
                            std::uint64_t burst = 0);
+  // Any thread. The group (either kind) created under `name`, or an empty
+  // ResourceGroup (one whose valid() is false) if there is none.
+  ResourceGroup find_resource_group(std::string_view name) const;
 
   // Any thread. Dedicates `workers` more workers to `level` and above: they
   // never start a task of a lower level (a running one finishes). Takes them

@@ -40,17 +40,17 @@ const char* to_string(NodeStatus s) noexcept;
 
 struct NodeOptions {
   // Unset: the run's priority (WorkflowRunOptions::priority).
-  std::optional<Priority> priority;
+  std::optional<Priority> priority{};
   // Resource groups the node takes while its body runs (all or nothing, like
   // SubmitOptions::needs); a node that waits for them is parked, holding no
   // worker. The groups must belong to the scheduler the workflow runs on.
-  std::vector<Need> needs;
+  std::vector<Need> needs{};
 };
 
 struct WorkflowRunOptions {
   // Priority of nodes without their own. Unset: as Scheduler::submit (inherit
   // from the running task, else normal).
-  std::optional<Priority> priority;
+  std::optional<Priority> priority{};
 };
 
 // A node of a workflow under construction. Cheap to copy; valid while its

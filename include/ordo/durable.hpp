@@ -1,0 +1,208 @@
+// ordo::DurableTasks — tasks that survive a crash.
+//
+// A durable task is an instance of a *registered type*: a name and a handler
+// that receives a JobContext and the task's argument bytes. Closures cannot
+// be durable (they cannot be rebuilt after a restart); a durable submission
+// names a type. Every step of a task's life is written to a Journal
+// (ENQUEUE, START, CHECKPOINT, COMPLETE, FAIL, DEAD, CANCEL), so that after a
+// kill -9 the next start knows exactly which tasks were accepted and not
+// finished, and runs them again — at least once, never lost. See
+// docs/durability.md.
+//
+// Life of a DurableTasks: construct it on a scheduler and a journal directory
+// (the journal is replayed into memory, nothing runs yet); define() every type;
+// start() queues what the journal holds; enqueue() from then on; shutdown()
+// (or the destructor, which drains) before the scheduler goes away.
+//
+// Thread-safety: define() before start(), from one thread. Everything else
+// may be called from any thread, including from inside a handler.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "ordo/errors.hpp"
+#include "ordo/journal.hpp"
+#include "ordo/options.hpp"
+#include "ordo/priority.hpp"
+
+namespace ordo {
+
+class Scheduler;
+namespace detail {
+class DurableRuntime;
+struct DurableJob;
+}  // namespace detail
+
+using JobId = std::uint64_t;
+
+// A journal holds a task whose type this process has not defined.
+class UnknownJobType : public Error {
+ public:
+  using Error::Error;
+};
+
+// What a handler sees of its task. Valid during the handler call only.
+class JobContext {
+ public:
+  JobId id() const noexcept;
+  const std::string& type() const noexcept;
+  // 1 for the first attempt; attempts interrupted by a crash count too.
+  unsigned attempt() const noexcept;
+  // The bytes of the latest checkpoint() of this task (from any earlier
+  // attempt, or this one), empty if none.
+  std::span<const std::byte> last_checkpoint() const noexcept;
+  // Records progress: returns once it is durable under the journal's mode
+  // (sync: on disk; async/none: written to the OS). A re-run attempt reads it
+  // back from last_checkpoint(). Throws what Journal::append throws.
+  void checkpoint(std::span<const std::byte> bytes);
+
+  // Typed helpers for trivially copyable progress markers (an index, a struct).
+  template <class T>
+  void checkpoint(const T& value) {
+    static_assert(std::is_trivially_copyable_v<T>, "checkpoint a trivially copyable value, or bytes");
+    checkpoint(std::span<const std::byte>(reinterpret_cast<const std::byte*>(&value), sizeof(T)));
+  }
+  // The last checkpointed T, or `otherwise` when there is none (or its size differs).
+  template <class T>
+  T resume_from(T otherwise) const {
+    static_assert(std::is_trivially_copyable_v<T>, "resume from a trivially copyable value");
+    const auto bytes = last_checkpoint();
+    if (bytes.size() != sizeof(T)) return otherwise;
+    T value;
+    std::memcpy(&value, bytes.data(), sizeof(T));
+    return value;
+  }
+
+ private:
+  friend class detail::DurableRuntime;
+  JobContext(detail::DurableRuntime& rt, detail::DurableJob& job) : rt_(rt), job_(job) {}
+  detail::DurableRuntime& rt_;
+  detail::DurableJob& job_;
+};
+
+using JobHandler = std::function<void(JobContext&, std::span<const std::byte> args)>;
+
+// Exponential backoff with jitter: attempt k (k >= 1) that fails waits
+// min(max, initial * multiplier^(k-1)) scaled by a random factor in
+// [1 - jitter, 1 + jitter] before attempt k + 1.
+struct RetryPolicy {
+  unsigned max_attempts = 3;  // then the task goes to the dead set
+  std::chrono::milliseconds initial_backoff{100};
+  double multiplier = 2.0;
+  std::chrono::milliseconds max_backoff{std::chrono::minutes(10)};
+  double jitter = 0.2;
+};
+
+struct JobTypeOptions {
+  RetryPolicy retry{};
+  std::optional<Priority> priority{};  // unset: normal
+};
+
+struct EnqueueOptions {
+  std::optional<Priority> priority{};       // unset: the type's
+  std::optional<unsigned> max_attempts{};  // unset: the type's
+  // While a task with this key is live, or completed less than
+  // key_retention ago, enqueue returns that task's id instead of a new one.
+  std::string idempotency_key{};
+  // Run no earlier than this (survives restarts).
+  std::optional<std::chrono::system_clock::time_point> run_at{};
+  std::optional<std::chrono::milliseconds> delay{};  // run_at = now + delay
+  // Resource groups of the scheduler, by name, with amounts (journaled by
+  // name, resolved again after a restart).
+  std::vector<std::pair<std::string, std::uint64_t>> needs{};
+};
+
+struct DurableOptions {
+  // Recovery: a journaled task whose type is not defined at start() throws
+  // UnknownJobType (false) or goes to the dead set with that reason (true).
+  bool unknown_types_to_dead = false;
+  std::chrono::seconds key_retention{std::chrono::hours(24)};
+};
+
+// What start() found in the journal.
+struct DurableRecovery {
+  std::uint64_t requeued = 0;     // live tasks queued again (or scheduled, if delayed)
+  std::uint64_t interrupted = 0;  // of those, ones that had STARTed: an attempt cut short
+  std::uint64_t delayed = 0;      // of those, ones waiting for a time (delay or backoff)
+  std::uint64_t dead = 0;         // in the dead set
+  std::uint64_t keys = 0;         // idempotency keys remembered
+  std::string describe() const;
+};
+
+struct DeadJob {
+  JobId id = 0;
+  std::string type;
+  unsigned attempts = 0;
+  std::string last_error;
+};
+
+struct DurableStats {
+  std::uint64_t live = 0;      // enqueued, not complete, cancelled or dead
+  std::uint64_t running = 0;
+  std::uint64_t retrying = 0;  // waiting for a backoff to expire
+  std::uint64_t delayed = 0;   // waiting for run_at
+  std::uint64_t dead = 0;
+  std::uint64_t completed = 0;  // since this process started
+  std::uint64_t failed_attempts = 0;
+  bool accepting = false;  // started, and shutdown() not yet begun
+};
+
+class DurableTasks {
+ public:
+  // Opens the journal in `directory` and replays it into memory. Nothing
+  // runs until start(). Throws what Journal::open throws.
+  DurableTasks(Scheduler& scheduler, const std::string& directory, JournalOptions journal = {},
+               DurableOptions options = {});
+  // shutdown(drain) if not called. Never throws.
+  ~DurableTasks();
+
+  // Before start(). Throws InvalidArgument for an empty or duplicate name.
+  void define(std::string type, JobHandler handler, JobTypeOptions options = {});
+  // Queues every live task of the journal with its priority, needs, attempt
+  // count and last checkpoint. Throws UnknownJobType (naming the type and
+  // task) unless unknown_types_to_dead; nothing is queued then.
+  DurableRecovery start();
+
+  // After start(). Returns once the ENQUEUE record is durable under the
+  // journal's mode. Throws InvalidArgument (unknown type, unknown resource
+  // group), Error after shutdown.
+  JobId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options = {});
+  JobId enqueue(std::string_view type, std::string_view args, EnqueueOptions options = {}) {
+    return enqueue(type, std::as_bytes(std::span<const char>(args.data(), args.size())), std::move(options));
+  }
+
+  // The dead set: tasks whose attempts ran out (or unknown types).
+  std::vector<DeadJob> dead() const;
+  // Sends a dead task back for a fresh round of attempts. False if it is not dead.
+  bool retry_dead(JobId id);
+  // Drops a dead task for good (journaled as CANCEL). False if it is not dead.
+  bool discard_dead(JobId id);
+
+  // drain: waits until no task is live except dead ones (delayed and retrying
+  // tasks included: their times are waited for). cancel: queued tasks that
+  // have not started stay in the journal for the next start; running ones
+  // finish. Either way the journal is synced. Idempotent.
+  void shutdown(ShutdownMode mode = ShutdownMode::drain);
+
+  DurableStats stats() const;
+  Journal& journal() noexcept;
+
+  DurableTasks(const DurableTasks&) = delete;
+  DurableTasks& operator=(const DurableTasks&) = delete;
+
+ private:
+  std::unique_ptr<detail::DurableRuntime> rt_;
+};
+
+}  // namespace ordo

@@ -1,0 +1,111 @@
+// DurableRuntime: the state behind ordo::DurableTasks — the journaled jobs,
+// their types, idempotency keys, the timer for delayed and retrying jobs.
+//
+// Thread-safety: mu_ guards jobs_, keys_, timers_ and the counters; types_
+// is written before start() and read-only after. Journal appends happen
+// outside mu_ (the journal has its own lock). Invariants: a job is in jobs_
+// from its ENQUEUE until COMPLETE or CANCEL; a job in state `waiting` has
+// exactly one entry in timers_; in_flight_ counts tasks posted to the
+// scheduler whose runner has not finished or been dropped.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "ordo/durable.hpp"
+#include "ordo/scheduler.hpp"
+
+namespace ordo::detail {
+
+struct DurableJob {
+  enum class State { queued, running, waiting, dead };
+  JobId id = 0;
+  std::string type;
+  std::string args;
+  std::uint8_t level = 1;
+  unsigned max_attempts = 0;
+  std::string key;
+  std::vector<std::pair<std::string, std::uint64_t>> needs;
+  std::int64_t due_ns = 0;  // system clock; while waiting
+  unsigned attempts = 0;    // STARTs journaled so far
+  bool has_checkpoint = false;
+  std::string checkpoint;
+  std::string last_error;
+  State state = State::queued;
+  bool retrying = false;  // waiting for a backoff (else for run_at)
+};
+
+struct JobType {
+  JobHandler handler;
+  JobTypeOptions options;
+};
+
+class DurableRuntime {
+ public:
+  DurableRuntime(Scheduler& scheduler, const std::string& directory, JournalOptions journal, DurableOptions options);
+  ~DurableRuntime();
+
+  void define(std::string type, JobHandler handler, JobTypeOptions options);
+  DurableRecovery start();
+  JobId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options);
+  std::vector<DeadJob> dead() const;
+  bool retry_dead(JobId id);
+  bool discard_dead(JobId id);
+  void shutdown(ShutdownMode mode) noexcept;
+  DurableStats stats() const;
+  Journal& journal() noexcept { return *journal_; }
+  void checkpoint(DurableJob& job, std::span<const std::byte> bytes);
+
+  // A posted job's runner: runs it, or, dropped unrun (scheduler cancel),
+  // leaves it live in the journal.
+  void run(JobId id);
+  void dropped(JobId id) noexcept;
+
+ private:
+  void replay(const RecordView& r);
+  void queue_locked(DurableJob& job);  // marks it queued and notes it in postings_
+  // Posts the jobs in postings_ to the scheduler, dropping mu_ around each
+  // post (a refused post destroys its Runner, which takes mu_).
+  void post_pending(std::unique_lock<std::mutex>& lock);
+  void schedule_locked(DurableJob& job, std::int64_t due_ns, bool retrying);
+  void timer_loop();
+  std::int64_t backoff_ns(const DurableJob& job, unsigned attempt);
+  unsigned max_attempts_of(const DurableJob& job) const;
+
+  Scheduler& scheduler_;
+  const DurableOptions options_;
+  std::unique_ptr<Journal> journal_;
+  std::unordered_map<std::string, JobType> types_;
+  mutable std::mutex mu_;
+  std::condition_variable changed_;  // jobs finished, timers added, stopping
+  std::unordered_map<JobId, std::unique_ptr<DurableJob>> jobs_;
+  struct KeyEntry {
+    JobId id;
+    std::int64_t retain_until_ns;  // 0 while the job is live
+  };
+  std::unordered_map<std::string, KeyEntry> keys_;
+  std::multimap<std::int64_t, JobId> timers_;
+  std::vector<JobId> postings_;  // queued, to be posted by post_pending()
+  std::uint64_t dead_ = 0;       // jobs_ entries in state dead
+  JobId next_id_ = 1;
+  bool started_ = false;
+  bool stopping_ = false;
+  bool cancelling_ = false;
+  bool stopped_ = false;
+  bool scheduler_refused_ = false;  // a Runner was dropped unrun: the scheduler is stopping
+  std::uint64_t in_flight_ = 0;
+  std::uint64_t running_ = 0;
+  std::uint64_t completed_ = 0;
+  std::uint64_t failed_attempts_ = 0;
+  std::uint64_t rng_ = 0x9e3779b97f4a7c15ull;  // jitter (mu_)
+  std::thread timer_;
+};
+
+}  // namespace ordo::detail

@@ -1,0 +1,560 @@
+// Durable tasks: replay of the journal into jobs, running them on the
+// scheduler, retries, the dead set, delays, idempotency keys, checkpoints.
+// The records' payloads are specified in docs/journal-format.md.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <sstream>
+
+#include "durable_codec.hpp"
+#include "durable_runtime.hpp"
+#include "ordo/resource.hpp"
+
+namespace ordo {
+
+std::string DurableRecovery::describe() const {
+  std::ostringstream out;
+  out << "requeued " << requeued << " durable task(s) (" << interrupted << " interrupted, " << delayed
+      << " waiting for a time), " << dead << " dead, " << keys << " idempotency key(s)";
+  return out.str();
+}
+
+namespace detail {
+namespace {
+
+std::int64_t system_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// The task object the scheduler runs: runs the job, or, destroyed unrun
+// (the scheduler cancelled it or refused it), tells the runtime so.
+struct Runner {
+  DurableRuntime* rt;
+  JobId id;
+  Runner(DurableRuntime* rt, JobId id) noexcept : rt(rt), id(id) {}
+  Runner(Runner&& other) noexcept : rt(std::exchange(other.rt, nullptr)), id(other.id) {}
+  Runner& operator=(Runner&&) = delete;
+  ~Runner() {
+    if (rt != nullptr) rt->dropped(id);
+  }
+  void operator()() { std::exchange(rt, nullptr)->run(id); }
+};
+
+std::span<const std::byte> as_span(const std::string& s) {
+  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+}
+
+}  // namespace
+
+DurableRuntime::DurableRuntime(Scheduler& scheduler, const std::string& directory, JournalOptions journal,
+                               DurableOptions options)
+    : scheduler_(scheduler), options_(options) {
+  journal_ = Journal::open(directory, std::move(journal), [this](const RecordView& r) { replay(r); });
+}
+
+DurableRuntime::~DurableRuntime() { shutdown(ShutdownMode::drain); }
+
+void DurableRuntime::replay(const RecordView& r) {
+  PayloadReader in(r);
+  auto job_of = [&]() -> DurableJob* {
+    auto it = jobs_.find(r.task);
+    return it == jobs_.end() ? nullptr : it->second.get();
+  };
+  next_id_ = std::max(next_id_, r.task + 1);
+  switch (r.type) {
+    case RecordType::enqueue: {
+      auto job = std::make_unique<DurableJob>();
+      job->id = r.task;
+      job->type = in.str16();
+      job->level = in.u8();
+      job->max_attempts = in.u32();
+      job->due_ns = in.i64();
+      job->key = in.str16();
+      const unsigned needs = in.u8();
+      for (unsigned i = 0; i < needs; ++i) {
+        std::string name = in.str16();
+        job->needs.emplace_back(std::move(name), in.u64());
+      }
+      job->args = in.rest();
+      if (job->due_ns != 0) job->state = DurableJob::State::waiting;
+      if (!job->key.empty()) keys_[job->key] = KeyEntry{job->id, 0};
+      jobs_[r.task] = std::move(job);
+      break;
+    }
+    case RecordType::start:
+      if (DurableJob* job = job_of()) {
+        job->attempts = in.u32();
+        job->state = DurableJob::State::running;  // until a later record says otherwise
+      }
+      break;
+    case RecordType::checkpoint:
+      if (DurableJob* job = job_of()) {
+        job->checkpoint = in.rest();
+        job->has_checkpoint = true;
+      }
+      break;
+    case RecordType::complete: {
+      const std::int64_t retain_until = in.i64();
+      const std::string key = in.str16();
+      if (!key.empty() && retain_until > system_now_ns()) keys_[key] = KeyEntry{r.task, retain_until};
+      if (DurableJob* job = job_of(); job != nullptr && key.empty() && !job->key.empty()) keys_.erase(job->key);
+      jobs_.erase(r.task);
+      break;
+    }
+    case RecordType::fail:
+      if (DurableJob* job = job_of()) {
+        job->attempts = in.u32();
+        job->due_ns = in.i64();
+        job->last_error = in.str16();
+        job->state = DurableJob::State::waiting;
+        job->retrying = true;
+      }
+      break;
+    case RecordType::dead:
+      if (DurableJob* job = job_of()) {
+        job->attempts = in.u32();
+        job->last_error = in.str16();
+        job->state = DurableJob::State::dead;
+      }
+      break;
+    case RecordType::retry:
+      if (DurableJob* job = job_of()) {
+        job->attempts = 0;
+        job->state = DurableJob::State::queued;
+      }
+      break;
+    case RecordType::cancel:
+      if (DurableJob* job = job_of()) {
+        if (!job->key.empty()) keys_.erase(job->key);
+        jobs_.erase(r.task);
+      }
+      break;
+    default:
+      break;  // workflow records belong to durable workflows
+  }
+}
+
+void DurableRuntime::define(std::string type, JobHandler handler, JobTypeOptions options) {
+  std::lock_guard lock(mu_);
+  if (started_) throw Error("ordo: DurableTasks::define('" + type + "') after start()");
+  if (type.empty() || type.size() > 0xffff) throw InvalidArgument("ordo: a durable task type needs a name (1..65535 bytes)");
+  if (!handler) throw InvalidArgument("ordo: durable task type '" + type + "' has no handler");
+  if (options.retry.max_attempts == 0) throw InvalidArgument("ordo: durable task type '" + type + "' needs max_attempts >= 1");
+  if (!types_.emplace(type, JobType{std::move(handler), options}).second) {
+    throw InvalidArgument("ordo: durable task type '" + type + "' is already defined");
+  }
+}
+
+unsigned DurableRuntime::max_attempts_of(const DurableJob& job) const {
+  if (job.max_attempts != 0) return job.max_attempts;
+  auto it = types_.find(job.type);
+  return it == types_.end() ? 1 : it->second.options.retry.max_attempts;
+}
+
+std::int64_t DurableRuntime::backoff_ns(const DurableJob& job, unsigned attempt) {
+  const RetryPolicy& p = types_.at(job.type).options.retry;
+  double ns = static_cast<double>(std::chrono::nanoseconds(p.initial_backoff).count()) *
+              std::pow(p.multiplier, static_cast<double>(attempt - 1));
+  ns = std::min(ns, static_cast<double>(std::chrono::nanoseconds(p.max_backoff).count()));
+  rng_ ^= rng_ << 13;  // xorshift64 (mu_ held): jitter, not cryptography
+  rng_ ^= rng_ >> 7;
+  rng_ ^= rng_ << 17;
+  const double unit = static_cast<double>(rng_ >> 11) / static_cast<double>(1ull << 53);  // [0, 1)
+  ns *= 1.0 + p.jitter * (2.0 * unit - 1.0);
+  return static_cast<std::int64_t>(std::max(0.0, ns));
+}
+
+void DurableRuntime::schedule_locked(DurableJob& job, std::int64_t due_ns, bool retrying) {
+  job.state = DurableJob::State::waiting;
+  job.due_ns = due_ns;
+  job.retrying = retrying;
+  timers_.emplace(due_ns, job.id);
+  changed_.notify_all();
+}
+
+void DurableRuntime::queue_locked(DurableJob& job) {
+  job.state = DurableJob::State::queued;
+  job.due_ns = 0;
+  ++in_flight_;
+  postings_.push_back(job.id);
+}
+
+void DurableRuntime::post_pending(std::unique_lock<std::mutex>& lock) {
+  while (!postings_.empty()) {
+    const JobId id = postings_.back();
+    postings_.pop_back();
+    DurableJob& job = *jobs_.at(id);
+    SubmitOptions submit{.priority = Priority{job.level}};
+    for (const auto& [name, amount] : job.needs) {
+      submit.needs.push_back({scheduler_.find_resource_group(name), amount});
+    }
+    lock.unlock();
+    try {
+      scheduler_.post(Runner(this, id), std::move(submit));
+    } catch (...) {
+      // Refused (the scheduler is stopping, or a need no longer fits): the
+      // Runner was dropped, which left the job live in the journal.
+    }
+    lock.lock();
+  }
+}
+
+DurableRecovery DurableRuntime::start() {
+  std::unique_lock lock(mu_);
+  if (started_) throw Error("ordo: DurableTasks::start() called twice");
+  DurableRecovery report;
+  std::vector<std::pair<JobId, std::string>> to_bury;  // (job, reason)
+  for (auto& [id, job] : jobs_) {
+    if (job->state == DurableJob::State::dead) continue;
+    std::string problem;
+    if (!types_.count(job->type)) {
+      problem = "type '" + job->type + "' is not defined";
+    } else {
+      for (const auto& [name, amount] : job->needs) {
+        ResourceGroup g = scheduler_.find_resource_group(name);
+        if (!g.valid()) problem = "resource group '" + name + "' does not exist";
+        else if (amount > g.limit()) problem = "needs more of '" + name + "' than its limit";
+      }
+    }
+    if (problem.empty()) continue;
+    if (!options_.unknown_types_to_dead) {
+      throw UnknownJobType("ordo: the journal holds durable task " + std::to_string(id) + ", but its " + problem +
+                           " (define it before start(), or set DurableOptions::unknown_types_to_dead)");
+    }
+    to_bury.emplace_back(id, "recovery: " + problem);
+  }
+  auto bury = [&](DurableJob& job, const std::string& reason) {
+    PayloadWriter w;
+    w.u32(job.attempts);
+    w.str16(reason);
+    journal_->append(RecordType::dead, job.id, w.view());
+    job.state = DurableJob::State::dead;
+    job.last_error = reason;
+  };
+  for (auto& [id, reason] : to_bury) bury(*jobs_.at(id), reason);
+  for (auto& [id, job] : jobs_) {
+    switch (job->state) {
+      case DurableJob::State::dead:
+        ++report.dead;
+        ++dead_;
+        break;
+      case DurableJob::State::running:  // it had started when the process died
+        ++report.interrupted;
+        if (job->attempts >= max_attempts_of(*job)) {
+          bury(*job, "interrupted on its last attempt (the process died while it ran)");
+          ++report.dead;
+          ++dead_;
+          break;
+        }
+        [[fallthrough]];
+      case DurableJob::State::queued:
+        ++report.requeued;
+        queue_locked(*job);
+        break;
+      case DurableJob::State::waiting:
+        ++report.requeued;
+        ++report.delayed;
+        schedule_locked(*job, job->due_ns, job->retrying);
+        break;
+    }
+  }
+  report.keys = keys_.size();
+  started_ = true;
+  timer_ = std::thread([this] { timer_loop(); });
+  post_pending(lock);
+  return report;
+}
+
+JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) {
+  auto type_it = types_.find(std::string(type));
+  if (type_it == types_.end()) throw InvalidArgument("ordo: no durable task type named '" + std::string(type) + "'");
+  if (options.needs.size() > 255) throw InvalidArgument("ordo: a durable task may need at most 255 groups");
+  for (const auto& [name, amount] : options.needs) {
+    ResourceGroup g = scheduler_.find_resource_group(name);
+    if (!g.valid()) throw InvalidArgument("ordo: durable task needs unknown resource group '" + name + "'");
+    if (amount == 0 || amount > g.limit()) {
+      throw InvalidArgument("ordo: durable task needs " + std::to_string(amount) + " of resource group '" + name +
+                            "', whose limit is " + std::to_string(g.limit()));
+    }
+  }
+  if (options.idempotency_key.size() > 0xffff) throw InvalidArgument("ordo: an idempotency key is limited to 65535 bytes");
+  const auto priority = options.priority.value_or(type_it->second.options.priority.value_or(Priority::normal));
+  if (static_cast<unsigned>(priority) >= scheduler_.level_count()) {
+    throw InvalidArgument("ordo: priority level " + std::to_string(static_cast<unsigned>(priority)) +
+                          " is beyond the scheduler's levels");
+  }
+  std::int64_t due = 0;
+  if (options.run_at) due = std::chrono::duration_cast<std::chrono::nanoseconds>(options.run_at->time_since_epoch()).count();
+  if (options.delay) due = system_now_ns() + std::chrono::nanoseconds(*options.delay).count();
+
+  std::unique_lock lock(mu_);
+  if (!started_) throw Error("ordo: DurableTasks::enqueue before start()");
+  if (stopping_) throw Error("ordo: DurableTasks is shutting down and accepts no new tasks");
+  if (!options.idempotency_key.empty()) {
+    auto it = keys_.find(options.idempotency_key);
+    if (it != keys_.end() && (it->second.retain_until_ns == 0 || it->second.retain_until_ns > system_now_ns())) {
+      return it->second.id;
+    }
+  }
+  auto job = std::make_unique<DurableJob>();
+  job->id = next_id_++;
+  job->type = std::string(type);
+  job->args.assign(reinterpret_cast<const char*>(args.data()), args.size());
+  job->level = static_cast<std::uint8_t>(priority);
+  job->max_attempts = options.max_attempts.value_or(0);
+  job->key = options.idempotency_key;
+  job->needs = options.needs;
+  job->state = DurableJob::State::waiting;  // not runnable until its ENQUEUE is durable
+  DurableJob& j = *job;  // stays in jobs_ until it completes, which needs the post below
+  const JobId id = j.id;
+  if (!j.key.empty()) keys_[j.key] = KeyEntry{j.id, 0};
+  jobs_.emplace(j.id, std::move(job));
+  lock.unlock();
+
+  PayloadWriter w;
+  w.str16(j.type);
+  w.u8(j.level);
+  w.u32(j.max_attempts);
+  w.i64(due);
+  w.str16(j.key);
+  w.u8(static_cast<std::uint8_t>(j.needs.size()));
+  for (const auto& [name, amount] : j.needs) {
+    w.str16(name);
+    w.u64(amount);
+  }
+  w.tail(j.args);
+  try {
+    journal_->append_durable(RecordType::enqueue, j.id, w.view());
+  } catch (...) {
+    lock.lock();
+    if (!j.key.empty()) keys_.erase(j.key);
+    jobs_.erase(j.id);
+    changed_.notify_all();
+    throw;
+  }
+  lock.lock();
+  if (due > system_now_ns()) {
+    schedule_locked(j, due, false);
+  } else {
+    queue_locked(j);
+    post_pending(lock);  // j may be run, and gone, once this drops the lock
+  }
+  return id;
+}
+
+void DurableRuntime::run(JobId id) {
+  std::unique_lock lock(mu_);
+  --in_flight_;
+  auto it = jobs_.find(id);
+  if (it == jobs_.end() || it->second->state != DurableJob::State::queued) {
+    changed_.notify_all();
+    return;
+  }
+  DurableJob& job = *it->second;
+  if (cancelling_) {  // shutdown(cancel): it stays live in the journal for the next start
+    changed_.notify_all();
+    return;
+  }
+  job.state = DurableJob::State::running;
+  ++running_;
+  const unsigned attempt = ++job.attempts;
+  const JobType& type = types_.at(job.type);
+  lock.unlock();
+
+  PayloadWriter start;
+  start.u32(attempt);
+  journal_->append(RecordType::start, id, start.view());  // not waited for: a worker never waits on the disk
+  JobContext ctx(*this, job);
+  std::string error;
+  bool ok = false;
+  try {
+    type.handler(ctx, as_span(job.args));
+    ok = true;
+  } catch (const std::exception& e) {
+    error = e.what();
+  } catch (...) {
+    error = "a non-standard exception";
+  }
+  if (error.empty() && !ok) error = "failed";
+
+  lock.lock();
+  --running_;
+  if (ok) {
+    const std::int64_t retain_until =
+        job.key.empty() ? 0 : system_now_ns() + std::chrono::nanoseconds(options_.key_retention).count();
+    PayloadWriter w;
+    w.i64(retain_until);
+    w.str16(job.key);
+    journal_->append(RecordType::complete, id, w.view());
+    if (!job.key.empty()) keys_[job.key] = KeyEntry{id, retain_until};
+    ++completed_;
+    jobs_.erase(id);
+  } else if (attempt >= max_attempts_of(job)) {
+    ++failed_attempts_;
+    PayloadWriter w;
+    w.u32(attempt);
+    w.str16(error);
+    journal_->append(RecordType::dead, id, w.view());
+    job.state = DurableJob::State::dead;
+    job.last_error = error;
+    ++dead_;
+  } else {
+    ++failed_attempts_;
+    const std::int64_t due = system_now_ns() + backoff_ns(job, attempt);
+    PayloadWriter w;
+    w.u32(attempt);
+    w.i64(due);
+    w.str16(error);
+    journal_->append(RecordType::fail, id, w.view());
+    job.last_error = error;
+    schedule_locked(job, due, true);
+  }
+  changed_.notify_all();
+}
+
+void DurableRuntime::dropped(JobId id) noexcept {
+  std::lock_guard lock(mu_);
+  --in_flight_;
+  auto it = jobs_.find(id);
+  if (it != jobs_.end() && it->second->state == DurableJob::State::queued) scheduler_refused_ = true;
+  changed_.notify_all();
+}
+
+void DurableRuntime::checkpoint(DurableJob& job, std::span<const std::byte> bytes) {
+  journal_->append_durable(RecordType::checkpoint, job.id, bytes);
+  std::lock_guard lock(mu_);
+  job.checkpoint.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  job.has_checkpoint = true;
+}
+
+void DurableRuntime::timer_loop() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    if (cancelling_) return;  // set by shutdown(cancel), and by any shutdown once it is done
+    if (timers_.empty()) {
+      changed_.wait(lock);
+      continue;
+    }
+    const std::int64_t now = system_now_ns();
+    if (timers_.begin()->first > now) {
+      changed_.wait_for(lock, std::chrono::nanoseconds(timers_.begin()->first - now));
+      continue;
+    }
+    while (!timers_.empty() && timers_.begin()->first <= now) {
+      const JobId id = timers_.begin()->second;
+      timers_.erase(timers_.begin());
+      auto it = jobs_.find(id);
+      if (it != jobs_.end() && it->second->state == DurableJob::State::waiting) queue_locked(*it->second);
+    }
+    post_pending(lock);
+  }
+}
+
+std::vector<DeadJob> DurableRuntime::dead() const {
+  std::lock_guard lock(mu_);
+  std::vector<DeadJob> out;
+  for (const auto& [id, job] : jobs_) {
+    if (job->state == DurableJob::State::dead) out.push_back({id, job->type, job->attempts, job->last_error});
+  }
+  std::sort(out.begin(), out.end(), [](const DeadJob& a, const DeadJob& b) { return a.id < b.id; });
+  return out;
+}
+
+bool DurableRuntime::retry_dead(JobId id) {
+  std::unique_lock lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end() || it->second->state != DurableJob::State::dead) return false;
+  if (!types_.count(it->second->type)) {
+    throw UnknownJobType("ordo: dead task " + std::to_string(id) + " has type '" + it->second->type +
+                         "', which is not defined");
+  }
+  journal_->append_durable(RecordType::retry, id);
+  it->second->attempts = 0;
+  --dead_;
+  queue_locked(*it->second);
+  post_pending(lock);
+  return true;
+}
+
+bool DurableRuntime::discard_dead(JobId id) {
+  std::lock_guard lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end() || it->second->state != DurableJob::State::dead) return false;
+  journal_->append_durable(RecordType::cancel, id);
+  if (!it->second->key.empty()) keys_.erase(it->second->key);
+  jobs_.erase(it);
+  --dead_;
+  return true;
+}
+
+void DurableRuntime::shutdown(ShutdownMode mode) noexcept {
+  std::unique_lock lock(mu_);
+  if (stopped_) return;
+  stopping_ = true;
+  if (mode == ShutdownMode::cancel) cancelling_ = true;
+  changed_.notify_all();
+  // drain: every job that is not dead finishes (timers included), unless
+  // the scheduler stopped running our tasks; cancel: only what runs now.
+  changed_.wait(lock, [&] {
+    if (in_flight_ != 0 || running_ != 0) return false;
+    return cancelling_ || !started_ || scheduler_refused_ || jobs_.size() == dead_;
+  });
+  stopped_ = true;
+  cancelling_ = true;  // the timer thread leaves
+  changed_.notify_all();
+  lock.unlock();
+  if (timer_.joinable()) timer_.join();
+  try {
+    journal_->sync();
+  } catch (const std::exception&) {
+    // Reported by the journal when it closes; nothing here can be retried.
+  }
+}
+
+DurableStats DurableRuntime::stats() const {
+  std::lock_guard lock(mu_);
+  DurableStats s;
+  s.live = jobs_.size() - dead_;
+  s.running = running_;
+  s.dead = dead_;
+  s.completed = completed_;
+  s.failed_attempts = failed_attempts_;
+  s.accepting = started_ && !stopping_;
+  for (const auto& [due, id] : timers_) {
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) continue;
+    (it->second->retrying ? s.retrying : s.delayed)++;
+  }
+  return s;
+}
+
+}  // namespace detail
+
+JobId JobContext::id() const noexcept { return job_.id; }
+const std::string& JobContext::type() const noexcept { return job_.type; }
+unsigned JobContext::attempt() const noexcept { return job_.attempts; }
+std::span<const std::byte> JobContext::last_checkpoint() const noexcept {
+  return {reinterpret_cast<const std::byte*>(job_.checkpoint.data()), job_.checkpoint.size()};
+}
+void JobContext::checkpoint(std::span<const std::byte> bytes) { rt_.checkpoint(job_, bytes); }
+
+DurableTasks::DurableTasks(Scheduler& scheduler, const std::string& directory, JournalOptions journal,
+                           DurableOptions options)
+    : rt_(std::make_unique<detail::DurableRuntime>(scheduler, directory, std::move(journal), options)) {}
+DurableTasks::~DurableTasks() = default;
+void DurableTasks::define(std::string type, JobHandler handler, JobTypeOptions options) {
+  rt_->define(std::move(type), std::move(handler), options);
+}
+DurableRecovery DurableTasks::start() { return rt_->start(); }
+JobId DurableTasks::enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) {
+  return rt_->enqueue(type, args, std::move(options));
+}
+std::vector<DeadJob> DurableTasks::dead() const { return rt_->dead(); }
+bool DurableTasks::retry_dead(JobId id) { return rt_->retry_dead(id); }
+bool DurableTasks::discard_dead(JobId id) { return rt_->discard_dead(id); }
+void DurableTasks::shutdown(ShutdownMode mode) { rt_->shutdown(mode); }
+DurableStats DurableTasks::stats() const { return rt_->stats(); }
+Journal& DurableTasks::journal() noexcept { return rt_->journal(); }
+
+}  // namespace ordo

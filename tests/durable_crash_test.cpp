@@ -1,0 +1,148 @@
+// The crash harness: a child process runs a durable workload (plain tasks,
+// retried tasks, delayed tasks, checkpointed tasks, all enqueued under
+// idempotency keys) and is killed with SIGKILL at seeded random points; the
+// parent starts it again on the same journal until it finishes. Handlers
+// write their effects to a log with single O_APPEND writes, which a killed
+// process cannot tear, and the parent checks that log at the end.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "journal_support.hpp"
+#include "ordo/ordo.hpp"
+
+namespace ordo {
+namespace {
+
+constexpr int kPlain = 40, kFlaky = 10, kItems = 10, kItemsPerTask = 20;
+
+void log_effect(int fd, const std::string& line) {
+  const std::string l = line + "\n";
+  if (::write(fd, l.data(), l.size()) != static_cast<ssize_t>(l.size())) ::_exit(9);
+}
+
+// The child's whole life: recover, (re-)enqueue everything under keys, drain.
+[[noreturn]] void run_workload(const std::string& dir, const std::string& effects) {
+  const int fd = ::open(effects.c_str(), O_CREAT | O_WRONLY | O_APPEND | O_CLOEXEC, 0644);
+  {
+    Scheduler s{{.workers = 2}};
+    DurableTasks d(s, dir, {.durability = Durability::async, .async_interval = std::chrono::milliseconds(2)});
+    auto pause = [] { std::this_thread::sleep_for(std::chrono::milliseconds(2)); };
+    d.define("plain", [&](JobContext& ctx, std::span<const std::byte> args) {
+      pause();
+      log_effect(fd, "done " + test::text_of(args) + " " + std::to_string(ctx.id()));
+    }, {.retry = {.max_attempts = 1000}});  // each kill mid-run costs an attempt
+    d.define("flaky", [&](JobContext& ctx, std::span<const std::byte> args) {
+      pause();
+      if (ctx.attempt() == 1) throw std::runtime_error("first attempts fail");
+      log_effect(fd, "done " + test::text_of(args) + " " + std::to_string(ctx.id()));
+    }, {.retry = {.max_attempts = 1000, .initial_backoff = std::chrono::milliseconds(3)}});
+    d.define("items", [&](JobContext& ctx, std::span<const std::byte> args) {
+      const std::string k = test::text_of(args);
+      for (int i = ctx.resume_from<int>(0); i < kItemsPerTask; ++i) {
+        pause();
+        log_effect(fd, "item " + k + " " + std::to_string(i) + " " + std::to_string(ctx.id()));
+        ctx.checkpoint(i + 1);
+        log_effect(fd, "ckpt " + k + " " + std::to_string(i + 1));
+      }
+      log_effect(fd, "done " + k + " " + std::to_string(ctx.id()));
+    }, {.retry = {.max_attempts = 1000}});
+    d.start();
+    int k = 0;
+    for (int i = 0; i < kPlain; ++i, ++k) {
+      EnqueueOptions o{.idempotency_key = "task-" + std::to_string(k)};
+      if (i % 8 == 0) o.delay = std::chrono::milliseconds(20);
+      d.enqueue("plain", std::to_string(k), o);
+    }
+    for (int i = 0; i < kFlaky; ++i, ++k) d.enqueue("flaky", std::to_string(k), {.idempotency_key = "task-" + std::to_string(k)});
+    for (int i = 0; i < kItems; ++i, ++k) d.enqueue("items", std::to_string(k), {.idempotency_key = "task-" + std::to_string(k)});
+    d.shutdown(ShutdownMode::drain);
+  }
+  ::_exit(0);
+}
+
+// One full workload, killed at points drawn from `seed`, run to the end.
+void crash_until_done(unsigned seed) {
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  test::ScratchDir dir;
+  const std::string journal = dir.file("journal");
+  const std::string effects = dir.file("effects.log");
+  std::mt19937 rng(seed);
+  int kills = 0;
+  bool finished = false;
+  for (int round = 0; round < 60 && !finished; ++round) {
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) run_workload(journal, effects);
+    const bool last_chance = round >= 40;  // from here on, let it finish
+    if (!last_chance) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(5, 80)(rng)));
+      ::kill(child, SIGKILL);
+    }
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    if (WIFEXITED(status)) {
+      ASSERT_EQ(WEXITSTATUS(status), 0) << "the workload failed in round " << round;
+      finished = true;
+    } else {
+      ++kills;
+    }
+  }
+  ASSERT_TRUE(finished);
+  EXPECT_GT(kills, 3) << "the harness never interrupted the workload";
+
+  std::ifstream in(effects);
+  std::map<std::string, std::set<std::string>> ids_per_key;  // task key -> job ids that had effects
+  std::map<std::string, int> checkpointed;                   // items task -> highest durable checkpoint seen
+  std::map<std::string, std::set<int>> items_done;
+  std::set<std::string> done;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string what, k;
+    f >> what >> k;
+    if (what == "done") {
+      std::string id;
+      f >> id;
+      done.insert(k);
+      ids_per_key[k].insert(id);
+    } else if (what == "item") {
+      int i = 0;
+      std::string id;
+      f >> i >> id;
+      ids_per_key[k].insert(id);
+      items_done[k].insert(i);
+      EXPECT_GE(i, checkpointed[k]) << "item " << i << " of task " << k << " was redone after its checkpoint";
+    } else if (what == "ckpt") {
+      int c = 0;
+      f >> c;
+      checkpointed[k] = std::max(checkpointed[k], c);
+    }
+  }
+  for (int k = 0; k < kPlain + kFlaky + kItems; ++k) {
+    const std::string key = std::to_string(k);
+    EXPECT_TRUE(done.count(key)) << "accepted task " << k << " never completed (lost)";
+    EXPECT_EQ(ids_per_key[key].size(), 1u) << "key task-" << k << " created more than one task (duplicated)";
+  }
+  for (int k = kPlain + kFlaky; k < kPlain + kFlaky + kItems; ++k) {
+    EXPECT_EQ(items_done[std::to_string(k)].size(), static_cast<std::size_t>(kItemsPerTask)) << "task " << k;
+  }
+}
+
+TEST(DurableCrash, KilledAtRandomPointsNothingIsLostOrDuplicated) {
+  for (unsigned seed = 1; seed <= 6; ++seed) crash_until_done(seed);
+}
+
+}  // namespace
+}  // namespace ordo
