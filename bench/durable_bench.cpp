@@ -13,7 +13,9 @@
 #include <thread>
 #include <vector>
 
-#include "ordo/journal.hpp"
+#include <sqlite3.h>
+
+#include "ordo/ordo.hpp"
 
 namespace {
 
@@ -160,6 +162,114 @@ void BM_recovery(benchmark::State& state) {
 }
 BENCHMARK(BM_recovery)->Name("recovery/ordo")->Arg(1'000'000)->Iterations(3)->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+
+// --- durable_enqueue/<sys>/threads:8: enqueue durably, run, record completion ---
+//
+// 8 submitter threads each enqueue kPerThread jobs, each enqueue returning
+// once the job is durable; the jobs run (an empty body) and their completion
+// is recorded. Time: until every job is complete.
+
+constexpr int kSubmitters = 8;
+
+void durable_enqueue_ordo(benchmark::State& state, ordo::Durability mode) {
+  const int per_thread = static_cast<int>(state.range(0));
+  for (auto _ : state) {
+    state.PauseTiming();
+    ScratchDir dir;
+    ordo::Scheduler sched{{.workers = 2}};
+    auto durable = std::make_unique<ordo::DurableTasks>(sched, dir.path, ordo::JournalOptions{.durability = mode});
+    std::atomic<int> ran{0};
+    durable->define("job", [&](ordo::JobContext&, std::span<const std::byte>) { ran.fetch_add(1, std::memory_order_relaxed); });
+    durable->start();
+    const std::string args(48, 'j');
+    state.ResumeTiming();
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kSubmitters; ++t) {
+      threads.emplace_back([&] {
+        for (int i = 0; i < per_thread; ++i) durable->enqueue("job", args);
+      });
+    }
+    for (auto& th : threads) th.join();
+    durable->shutdown();  // every job run and its COMPLETE appended
+    state.PauseTiming();
+    if (ran.load() != kSubmitters * per_thread) state.SkipWithError("not every job ran");
+    durable.reset();
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(state.iterations() * kSubmitters * per_thread);
+}
+void BM_durable_enqueue_ordo_sync(benchmark::State& s) { durable_enqueue_ordo(s, ordo::Durability::sync); }
+void BM_durable_enqueue_ordo_async(benchmark::State& s) { durable_enqueue_ordo(s, ordo::Durability::async); }
+BENCHMARK(BM_durable_enqueue_ordo_sync)->Name("durable_enqueue/ordo_sync/threads:8")->Arg(250)->Iterations(1)
+    ->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_durable_enqueue_ordo_async)->Name("durable_enqueue/ordo_async/threads:8")->Arg(5000)->Iterations(1)
+    ->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// The peer: a jobs table in SQLite (WAL mode), one transaction per step, as a
+// database-backed job queue does it: insert; claim; complete.
+void durable_enqueue_sqlite(benchmark::State& state, const char* synchronous) {
+  const int per_thread = static_cast<int>(state.range(0));
+  for (auto _ : state) {
+    state.PauseTiming();
+    ScratchDir dir;
+    const std::string path = dir.path + "/jobs.db";
+    {
+      sqlite3* db = nullptr;
+      sqlite3_open(path.c_str(), &db);
+      sqlite3_exec(db, "PRAGMA journal_mode=WAL; CREATE TABLE jobs(id INTEGER PRIMARY KEY, args BLOB, state INTEGER)",
+                   nullptr, nullptr, nullptr);
+      sqlite3_close(db);
+    }
+    std::atomic<int> done{0};
+    bool failed = false;
+    state.ResumeTiming();
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kSubmitters; ++t) {
+      threads.emplace_back([&] {
+        sqlite3* db = nullptr;
+        sqlite3_open(path.c_str(), &db);
+        sqlite3_busy_timeout(db, 10'000);
+        sqlite3_exec(db, (std::string("PRAGMA synchronous=") + synchronous).c_str(), nullptr, nullptr, nullptr);
+        sqlite3_stmt* insert = nullptr;
+        sqlite3_stmt* update = nullptr;
+        sqlite3_prepare_v2(db, "INSERT INTO jobs(args, state) VALUES(?, 0)", -1, &insert, nullptr);
+        sqlite3_prepare_v2(db, "UPDATE jobs SET state = ? WHERE id = ?", -1, &update, nullptr);
+        const std::string args(48, 'j');
+        auto set_state = [&](sqlite3_int64 id, int st) {
+          sqlite3_bind_int(update, 1, st);
+          sqlite3_bind_int64(update, 2, id);
+          const bool ok = sqlite3_step(update) == SQLITE_DONE;
+          sqlite3_reset(update);
+          return ok;
+        };
+        for (int i = 0; i < per_thread; ++i) {
+          sqlite3_bind_blob(insert, 1, args.data(), static_cast<int>(args.size()), SQLITE_STATIC);
+          bool ok = sqlite3_step(insert) == SQLITE_DONE;  // enqueue (autocommit: its own transaction)
+          sqlite3_reset(insert);
+          const sqlite3_int64 id = sqlite3_last_insert_rowid(db);
+          ok = ok && set_state(id, 1);  // claim
+          ok = ok && set_state(id, 2);  // complete
+          if (!ok) failed = true;
+          done.fetch_add(1, std::memory_order_relaxed);
+        }
+        sqlite3_finalize(insert);
+        sqlite3_finalize(update);
+        sqlite3_close(db);
+      });
+    }
+    for (auto& th : threads) th.join();
+    state.PauseTiming();
+    if (failed || done.load() != kSubmitters * per_thread) state.SkipWithError("a SQLite step failed");
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(state.iterations() * kSubmitters * per_thread);
+}
+void BM_durable_enqueue_sqlite_full(benchmark::State& s) { durable_enqueue_sqlite(s, "FULL"); }
+void BM_durable_enqueue_sqlite_normal(benchmark::State& s) { durable_enqueue_sqlite(s, "NORMAL"); }
+BENCHMARK(BM_durable_enqueue_sqlite_full)->Name("durable_enqueue/sqlite_full/threads:8")->Arg(50)->Iterations(1)
+    ->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_durable_enqueue_sqlite_normal)->Name("durable_enqueue/sqlite_normal/threads:8")->Arg(500)
+    ->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -76,16 +76,19 @@ void JournalImpl::recover(const Journal::Replay& replay) {
   // Clean up what the format says is obsolete, and cut a torn tail off so
   // that the segment reads clean once it is no longer the last one.
   for (const std::string& name : read.plan.obsolete) wal::remove_file(wal::join(dir_, name));
+  std::uint64_t next = read.plan.next_segment;
   if (report_.torn_tail && !read.plan.segments.empty()) {
-    const std::string last = wal::join(dir_, wal::file_name(wal::FileKind::segment, read.plan.segments.back()));
+    const std::uint64_t number = read.plan.segments.back();
+    const std::string last = wal::join(dir_, wal::file_name(wal::FileKind::segment, number));
     if (read.last_valid_end < wal::kFileHeaderBytes) {
-      wal::remove_file(last);  // not even its header was whole
+      wal::remove_file(last);  // not even its header was whole: the new segment takes its number
+      next = number;
     } else {
       wal::truncate_file(last, read.last_valid_end);
     }
   }
   wal::fsync_directory(dir_);
-  segment_ = read.plan.next_segment - 1;
+  segment_ = next - 1;
 }
 
 void JournalImpl::start() {
@@ -150,6 +153,13 @@ Lsn JournalImpl::append(RecordType type, std::uint64_t task, std::span<const std
 void JournalImpl::wait_durable(Lsn lsn) {
   std::unique_lock lock(mu_);
   const bool need_sync = options_.durability == Durability::sync;
+  if (need_sync && synced_ < lsn && sync_wanted_ < lsn) {
+    // In sync mode the writer syncs for waiters only: records nobody waits
+    // for (a task's START or COMPLETE) ride along with the next sync, or the
+    // periodic one, instead of each costing an fdatasync of their own.
+    sync_wanted_ = lsn;
+    writer_cv_.notify_one();
+  }
   ++waiters_;
   durable_cv_.wait(lock, [&] { return error_ || (need_sync ? synced_ : written_) >= lsn; });
   --waiters_;
@@ -224,7 +234,7 @@ void JournalImpl::writer_loop() {
       return !pending_.empty() || stop_ || rotate_wanted_ || sync_wanted_ > synced_;
     };
     if (!has_work()) {
-      if (options_.durability == Durability::async && unsynced) {
+      if (options_.durability != Durability::none && unsynced) {  // the periodic sync
         writer_cv_.wait_until(lock, next_async_sync, has_work);
       } else {
         writer_cv_.wait(lock, has_work);
@@ -246,7 +256,7 @@ void JournalImpl::writer_loop() {
     const Lsn last = appended_;
     const bool rotate_now = std::exchange(rotate_wanted_, false);
     const bool stopping = stop_;
-    bool sync_now = options_.durability == Durability::sync || sync_wanted_ > synced_ || stopping;
+    bool sync_now = sync_wanted_ > synced_ || stopping;
     lock.unlock();
     try {
       if (!batch.empty()) {
@@ -254,7 +264,7 @@ void JournalImpl::writer_loop() {
         unsynced = true;
       }
       const auto now = std::chrono::steady_clock::now();
-      if (options_.durability == Durability::async && unsynced && now >= next_async_sync) sync_now = true;
+      if (options_.durability != Durability::none && unsynced && now >= next_async_sync) sync_now = true;
       if (sync_now && unsynced) {
         const std::uint64_t t0 = now_ns();
         wal::sync_data(fd_, segment_path_);

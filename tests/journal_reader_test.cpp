@@ -98,6 +98,22 @@ TEST(JournalReader, TruncatedTrailingRecordIsIgnoredAtEveryByteOffset) {
   }
 }
 
+TEST(JournalReader, ASegmentCutInsideItsHeaderIsReplacedWithoutLeavingAGap) {
+  ScratchDir dir;
+  const auto first = write_journal(dir.path(), 3);
+  write_journal(dir.path(), 0);  // segment 2: only its header
+  const std::string seg2 = dir.file(test::segment_name(2));
+  spit(seg2, slurp(seg2).substr(0, 10));  // the writer died while creating it
+  for (int round = 0; round < 2; ++round) {  // reopen twice: no "segment missing" either time
+    auto j = Journal::open(dir.path(), {.durability = Durability::none});
+    EXPECT_EQ(j->recovery().records, 3u + round);
+    j->append(RecordType::complete, 1);
+  }
+  RecoveryReport report;
+  EXPECT_EQ(test::read_all(dir.path(), &report).size(), 5u);
+  EXPECT_FALSE(report.torn_tail);
+}
+
 TEST(JournalReader, ZeroFilledTailIsATornTail) {
   ScratchDir dir;
   const auto written = write_journal(dir.path(), 4);

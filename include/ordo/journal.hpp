@@ -76,7 +76,8 @@ class JournalIoError : public Error {
 
 struct JournalOptions {
   Durability durability = Durability::sync;
-  // async mode: how often the writer syncs.
+  // async mode: how often the writer syncs. sync mode: the longest a record
+  // nobody waits for (a START, a COMPLETE) stays unsynced.
   std::chrono::microseconds async_interval{10'000};
   // A segment is closed, and a new one started, before it would pass this size.
   std::uint64_t segment_bytes = 64ull << 20;
