@@ -2,6 +2,7 @@
 // waits, and opening (recovery) — see journal_impl.hpp for the contract and
 // docs/journal-format.md for the bytes.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -356,8 +357,11 @@ JournalStats JournalImpl::stats() const {
   for (const std::string& name : wal::list_directory(dir_)) {
     auto parsed = wal::parse_file_name(name);
     if (!parsed) continue;
+    struct stat st{};
+    // A background compaction may delete a file between the listing and here.
+    if (::stat(wal::join(dir_, name).c_str(), &st) != 0) continue;
     if (parsed->first == wal::FileKind::segment) ++s.segments;
-    s.bytes += wal::file_size(wal::join(dir_, name));
+    s.bytes += static_cast<std::uint64_t>(st.st_size);
   }
   {
     std::lock_guard lock(mu_);
