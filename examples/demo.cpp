@@ -7,7 +7,12 @@
 //  3. priorities chosen per submission: the same job, urgent for one caller
 //     and background for another; a queued job moved up; per-level stats;
 //  4. a workflow (a DAG declared in one place): failure propagation, drawing,
-//     cycle detection.
+//     cycle detection;
+//  5. durable jobs: a process killed with SIGKILL mid-way, a restart that
+//     finishes the work, and the count of what was lost or duplicated.
+//
+// --help lists the options; --journal DIR [--crash-after N] runs only the
+// durable story, on a journal that outlives the process.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -20,6 +25,9 @@
 #include <thread>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
+#include "demo_durable.hpp"
 #include "ordo/ordo.hpp"
 
 namespace {
@@ -70,7 +78,21 @@ void row(const char* what, const std::string& result, double serial_ms, double p
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  CLI::App app{"ordo-demo: ordo's scheduler on real work, beside the same work done serially"};
+  demo::DurableStoryOptions durable;
+  app.add_option("--journal", durable.journal_dir,
+                 "run only the durable story, on this journal directory (run again to resume after a crash)");
+  app.add_option("--crash-after", durable.crash_after,
+                 "kill this process with SIGKILL after N job effects (with --journal: this run; without: the "
+                 "first run of the story)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--jobs", durable.jobs, "durable jobs in the story (default 100)")->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
+  if (!durable.journal_dir.empty()) {
+    std::printf("ordo-demo: durable jobs on a journal that outlives this process\n");
+    return demo::durable_story(durable);
+  }
   const unsigned workers = std::max(1u, std::thread::hardware_concurrency());
   ordo::Scheduler sched{{.workers = workers, .levels = 3, .name = "demo"}};
   std::printf("ordo-demo: %u workers, %u priority levels\n\n", sched.worker_count(), sched.level_count());
@@ -208,6 +230,8 @@ int main() {
   auto st = sched.stats();
   std::printf("\nScheduler totals: %llu tasks run, %llu stolen between workers\n",
               static_cast<unsigned long long>(st.tasks_run), static_cast<unsigned long long>(st.steals));
-  sched.shutdown(ordo::ShutdownMode::drain);
-  return 0;
+  sched.shutdown(ordo::ShutdownMode::drain);  // before the story forks: no worker threads left
+
+  std::printf("\n6. Durable jobs survive kill -9\n");
+  return demo::durable_story(durable);
 }

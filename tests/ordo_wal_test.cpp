@@ -2,12 +2,14 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <atomic>
 #include <cstdio>
+#include <stdexcept>
 #include <fstream>
 #include <string>
 
 #include "journal_support.hpp"
-#include "ordo/journal.hpp"
+#include "ordo/ordo.hpp"
 
 namespace ordo {
 namespace {
@@ -85,6 +87,43 @@ TEST(OrdoWal, CompactShrinksTheJournalAndRefusesOneInUse) {
 TEST(OrdoWal, UnknownCommandIsAUsageError) {
   const ToolRun r = ordo_wal("frobnicate /tmp");
   EXPECT_NE(r.exit_code, 0);
+}
+
+TEST(OrdoWal, DeadListRetryAndDiscardWorkOnADurableJournal) {
+  test::ScratchDir dir;
+  std::atomic<bool> healthy{false};
+  std::atomic<int> ran{0};
+  auto define = [&](DurableTasks& d) {
+    d.define("mail", [&](JobContext&, std::span<const std::byte>) {
+      if (!healthy) throw std::runtime_error("smtp down");
+      ++ran;
+    }, {.retry = {.max_attempts = 1}});
+  };
+  JobId a = 0, b = 0;
+  {
+    Scheduler s{{.workers = 1}};
+    DurableTasks d(s, dir.path(), {.durability = Durability::none});
+    define(d);
+    d.start();
+    a = d.enqueue("mail", "to a");
+    b = d.enqueue("mail", "to b");
+  }
+  const ToolRun list = ordo_wal("dead list " + dir.path());
+  EXPECT_EQ(list.exit_code, 0) << list.out;
+  EXPECT_NE(list.out.find(std::to_string(a) + "\tmail\tattempts=1\tsmtp down"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("2 dead task(s)"), std::string::npos) << list.out;
+  EXPECT_EQ(ordo_wal("dead retry " + dir.path() + " " + std::to_string(a)).exit_code, 0);
+  EXPECT_EQ(ordo_wal("dead discard " + dir.path() + " " + std::to_string(b)).exit_code, 0);
+  EXPECT_EQ(ordo_wal("dead discard " + dir.path() + " " + std::to_string(b)).exit_code, 1);  // no longer dead
+  healthy = true;
+  Scheduler s{{.workers = 1}};
+  DurableTasks d(s, dir.path(), {.durability = Durability::none});
+  define(d);
+  const DurableRecovery r = d.start();
+  EXPECT_EQ(r.requeued, 1u);
+  EXPECT_EQ(r.dead, 0u);
+  d.shutdown();
+  EXPECT_EQ(ran.load(), 1);
 }
 
 }  // namespace

@@ -4,6 +4,9 @@
 //   ordo-wal dump DIR [--json]        every record, as text or JSON lines
 //   ordo-wal verify DIR               exit 1 on corruption, naming where
 //   ordo-wal compact DIR              fold history into a snapshot now
+//   ordo-wal dead list DIR            durable tasks in the dead set
+//   ordo-wal dead retry DIR ID        send one back for another round of attempts
+//   ordo-wal dead discard DIR ID      drop one for good
 //
 // stat, dump and verify only read (no lock is taken; run them on a journal
 // in use and a tail being written may show as torn). compact takes the lock,
@@ -89,6 +92,86 @@ int cmd_compact(const std::string& dir) {
   return 0;
 }
 
+// The dead set as the journal holds it (payloads: docs/journal-format.md).
+struct DeadTask {
+  std::string type;
+  std::uint32_t attempts = 0;
+  std::string reason;
+  bool dead = false;
+};
+
+std::string str16_at(std::span<const std::byte> p, std::size_t& at) {
+  if (at + 2 > p.size()) return {};
+  const std::size_t n = std::to_integer<std::size_t>(p[at]) | std::to_integer<std::size_t>(p[at + 1]) << 8;
+  at += 2;
+  if (at + n > p.size()) return {};
+  std::string s(reinterpret_cast<const char*>(p.data()) + at, n);
+  at += n;
+  return s;
+}
+
+void fold_dead(const ordo::RecordView& r, std::map<std::uint64_t, DeadTask>& tasks) {
+  switch (r.type) {
+    case ordo::RecordType::enqueue: {
+      std::size_t at = 8;
+      tasks[r.task].type = str16_at(r.payload, at);
+      break;
+    }
+    case ordo::RecordType::dead: {
+      DeadTask& t = tasks[r.task];
+      t.dead = true;
+      std::size_t at = 8;
+      if (r.payload.size() >= 12) {
+        t.attempts = 0;
+        for (int i = 3; i >= 0; --i) t.attempts = t.attempts << 8 | std::to_integer<std::uint32_t>(r.payload[8 + static_cast<std::size_t>(i)]);
+        at = 12;
+        t.reason = str16_at(r.payload, at);
+      }
+      break;
+    }
+    case ordo::RecordType::retry:
+      tasks[r.task].dead = false;
+      break;
+    case ordo::RecordType::complete:
+    case ordo::RecordType::cancel:
+      tasks.erase(r.task);
+      break;
+    default:
+      break;
+  }
+}
+
+int cmd_dead_list(const std::string& dir) {
+  std::map<std::uint64_t, DeadTask> tasks;
+  ordo::Journal::read(dir, [&](const ordo::RecordView& r) { fold_dead(r, tasks); });
+  int n = 0;
+  for (const auto& [id, t] : tasks) {
+    if (!t.dead) continue;
+    std::cout << id << "\t" << t.type << "\tattempts=" << t.attempts << "\t" << t.reason << "\n";
+    ++n;
+  }
+  std::cerr << n << " dead task(s)\n";
+  return 0;
+}
+
+// Appends RETRY or CANCEL for a task that is dead; the journal lock keeps a
+// running process from racing us.
+int cmd_dead_change(const std::string& dir, std::uint64_t id, ordo::RecordType what) {
+  std::map<std::uint64_t, DeadTask> tasks;
+  ordo::JournalOptions options;
+  options.compact_after_bytes = 0;
+  auto journal = ordo::Journal::open(dir, options, [&](const ordo::RecordView& r) { fold_dead(r, tasks); });
+  auto it = tasks.find(id);
+  if (it == tasks.end() || !it->second.dead) {
+    std::cerr << "error: task " << id << " is not in the dead set of " << dir << "\n";
+    return 1;
+  }
+  journal->append_durable(what, id);
+  std::cout << (what == ordo::RecordType::retry ? "retrying " : "discarded ") << id << " (" << it->second.type
+            << ")" << (what == ordo::RecordType::retry ? ": it runs at the next start\n" : "\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -104,12 +187,23 @@ int main(int argc, char** argv) {
   for (auto* sub : {stat, dump, verify, compact}) sub->add_option("dir", dir, "journal directory")->required();
   for (auto* sub : {stat, dump}) sub->add_flag("--tolerant", tolerant, "skip damaged records instead of stopping");
   dump->add_flag("--json", json, "one JSON object per line");
+  auto* dead = app.add_subcommand("dead", "the dead set of durable tasks");
+  dead->require_subcommand(1);
+  std::uint64_t id = 0;
+  auto* dead_list = dead->add_subcommand("list", "id, type, attempts and last error of each dead task");
+  auto* dead_retry = dead->add_subcommand("retry", "send a dead task back for another round of attempts");
+  auto* dead_discard = dead->add_subcommand("discard", "drop a dead task for good");
+  for (auto* sub : {dead_list, dead_retry, dead_discard}) sub->add_option("dir", dir, "journal directory")->required();
+  for (auto* sub : {dead_retry, dead_discard}) sub->add_option("id", id, "task id (from dead list)")->required();
   CLI11_PARSE(app, argc, argv);
   try {
     if (*stat) return cmd_stat(dir, tolerant);
     if (*dump) return cmd_dump(dir, json, tolerant);
     if (*verify) return cmd_verify(dir);
     if (*compact) return cmd_compact(dir);
+    if (*dead_list) return cmd_dead_list(dir);
+    if (*dead_retry) return cmd_dead_change(dir, id, ordo::RecordType::retry);
+    if (*dead_discard) return cmd_dead_change(dir, id, ordo::RecordType::cancel);
   } catch (const ordo::JournalCorruption& e) {
     std::cerr << "corrupt: " << e.what() << "\n";
     return 1;
