@@ -25,7 +25,8 @@
 namespace ordo::detail {
 
 struct DurableJob {
-  enum class State { queued, running, waiting, dead };
+  // blocked: a workflow node whose predecessors have not all completed.
+  enum class State { queued, running, waiting, dead, blocked };
   JobId id = 0;
   std::string type;
   std::string args;
@@ -40,6 +41,22 @@ struct DurableJob {
   std::string last_error;
   State state = State::queued;
   bool retrying = false;  // waiting for a backoff (else for run_at)
+  JobId flow = 0;         // the workflow it is a node of, or 0
+  std::uint32_t node = 0;
+};
+
+// A live durable workflow: its graph and which nodes are done.
+struct DurableFlow {
+  JobId id = 0;
+  std::string name;
+  std::string key;
+  std::vector<std::string> node_names;
+  std::vector<JobId> node_ids;  // 0: no ENQUEUE seen (completed and compacted away)
+  std::vector<std::vector<std::uint32_t>> succ;
+  std::vector<std::vector<std::uint32_t>> pred;
+  std::vector<bool> done;
+  std::vector<std::uint32_t> pending;  // predecessors not done
+  std::uint32_t remaining = 0;         // nodes not done
 };
 
 struct JobType {
@@ -55,6 +72,7 @@ class DurableRuntime {
   void define(std::string type, JobHandler handler, JobTypeOptions options);
   DurableRecovery start();
   JobId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options);
+  JobId enqueue_workflow(const DurableWorkflow& workflow, std::string key);
   std::vector<DeadJob> dead() const;
   bool retry_dead(JobId id);
   bool discard_dead(JobId id);
@@ -77,6 +95,10 @@ class DurableRuntime {
   void schedule_locked(DurableJob& job, std::int64_t due_ns, bool retrying);
   void timer_loop();
   std::int64_t backoff_ns(const DurableJob& job, unsigned attempt);
+  // A node completed (mu_ held): releases its successors; completes the
+  // workflow (journaling it) when it was the last node.
+  void node_done_locked(DurableFlow& flow, std::uint32_t node);
+  bool key_taken_locked(const std::string& key, JobId& existing) const;
   unsigned max_attempts_of(const DurableJob& job) const;
 
   Scheduler& scheduler_;
@@ -94,6 +116,8 @@ class DurableRuntime {
   std::multimap<std::int64_t, JobId> timers_;
   std::vector<JobId> postings_;  // queued, to be posted by post_pending()
   std::uint64_t dead_ = 0;       // jobs_ entries in state dead
+  std::uint64_t blocked_ = 0;    // jobs_ entries in state blocked
+  std::unordered_map<JobId, std::unique_ptr<DurableFlow>> flows_;
   JobId next_id_ = 1;
   bool started_ = false;
   bool stopping_ = false;

@@ -9,6 +9,7 @@
 #include "durable_codec.hpp"
 #include "durable_runtime.hpp"
 #include "ordo/resource.hpp"
+#include "ordo/workflow.hpp"
 
 namespace ordo {
 
@@ -76,7 +77,17 @@ void DurableRuntime::replay(const RecordView& r) {
         std::string name = in.str16();
         job->needs.emplace_back(std::move(name), in.u64());
       }
+      job->flow = in.u64();
+      job->node = in.u32();
       job->args = in.rest();
+      if (job->flow != 0) {
+        auto flow = flows_.find(job->flow);
+        if (flow == flows_.end() || job->node >= flow->second->node_ids.size()) {
+          throw JournalCorruption("ordo: journal ENQUEUE of task " + std::to_string(r.task) +
+                                  " names a workflow node that was not declared");
+        }
+        flow->second->node_ids[job->node] = r.task;
+      }
       if (job->due_ns != 0) job->state = DurableJob::State::waiting;
       if (!job->key.empty()) keys_[job->key] = KeyEntry{job->id, 0};
       jobs_[r.task] = std::move(job);
@@ -97,6 +108,10 @@ void DurableRuntime::replay(const RecordView& r) {
     case RecordType::complete: {
       const std::int64_t retain_until = in.i64();
       const std::string key = in.str16();
+      if (DurableJob* job = job_of(); job != nullptr && job->flow != 0) {
+        if (auto flow = flows_.find(job->flow); flow != flows_.end()) flow->second->done[job->node] = true;
+      }
+      flows_.erase(r.task);  // when it is a workflow's own COMPLETE
       if (!key.empty() && retain_until > system_now_ns()) keys_[key] = KeyEntry{r.task, retain_until};
       if (DurableJob* job = job_of(); job != nullptr && key.empty() && !job->key.empty()) keys_.erase(job->key);
       jobs_.erase(r.task);
@@ -130,9 +145,66 @@ void DurableRuntime::replay(const RecordView& r) {
         jobs_.erase(r.task);
       }
       break;
+    case RecordType::workflow: {
+      auto flow = std::make_unique<DurableFlow>();
+      flow->id = r.task;
+      flow->name = in.str16();
+      flow->key = in.str16();
+      const std::uint32_t n = in.u32();
+      for (std::uint32_t i = 0; i < n; ++i) {
+        flow->node_names.push_back(in.str16());
+        in.str16();  // the type; each node's ENQUEUE carries it too
+      }
+      flow->node_ids.assign(n, 0);
+      flow->done.assign(n, false);
+      flow->succ.resize(n);
+      flow->pred.resize(n);
+      const std::uint32_t m = in.u32();
+      for (std::uint32_t e = 0; e < m; ++e) {
+        const std::uint32_t from = in.u32();
+        const std::uint32_t to = in.u32();
+        if (from >= n || to >= n) throw JournalCorruption("ordo: journal WORKFLOW " + std::to_string(r.task) + " has an edge to no node");
+        flow->succ[from].push_back(to);
+        flow->pred[to].push_back(from);
+      }
+      if (!flow->key.empty()) keys_[flow->key] = KeyEntry{r.task, 0};
+      flows_[r.task] = std::move(flow);
+      break;
+    }
     default:
-      break;  // workflow records belong to durable workflows
+      break;
   }
+}
+
+bool DurableRuntime::key_taken_locked(const std::string& key, JobId& existing) const {
+  if (key.empty()) return false;
+  auto it = keys_.find(key);
+  if (it == keys_.end()) return false;
+  if (it->second.retain_until_ns != 0 && it->second.retain_until_ns <= system_now_ns()) return false;
+  existing = it->second.id;
+  return true;
+}
+
+void DurableRuntime::node_done_locked(DurableFlow& flow, std::uint32_t node) {
+  if (flow.done[node]) return;
+  flow.done[node] = true;
+  --flow.remaining;
+  for (std::uint32_t s : flow.succ[node]) {
+    if (--flow.pending[s] != 0) continue;
+    auto it = jobs_.find(flow.node_ids[s]);
+    if (it == jobs_.end() || it->second->state != DurableJob::State::blocked) continue;
+    --blocked_;
+    queue_locked(*it->second);
+  }
+  if (flow.remaining != 0) return;
+  const std::int64_t retain_until =
+      flow.key.empty() ? 0 : system_now_ns() + std::chrono::nanoseconds(options_.key_retention).count();
+  PayloadWriter w;
+  w.i64(retain_until);
+  w.str16(flow.key);
+  journal_->append(RecordType::complete, flow.id, w.view());
+  if (!flow.key.empty()) keys_[flow.key] = KeyEntry{flow.id, retain_until};
+  flows_.erase(flow.id);  // `flow` dies here
 }
 
 void DurableRuntime::define(std::string type, JobHandler handler, JobTypeOptions options) {
@@ -233,8 +305,39 @@ DurableRecovery DurableRuntime::start() {
     job.last_error = reason;
   };
   for (auto& [id, reason] : to_bury) bury(*jobs_.at(id), reason);
+  // Workflows: a node without an ENQUEUE was completed and compacted away.
+  std::vector<JobId> finished_flows;
+  for (auto& [fid, flow] : flows_) {
+    const auto n = static_cast<std::uint32_t>(flow->node_ids.size());
+    flow->pending.assign(n, 0);
+    flow->remaining = 0;
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (flow->node_ids[i] == 0 || !jobs_.count(flow->node_ids[i])) flow->done[i] = true;
+      if (!flow->done[i]) ++flow->remaining;
+    }
+    for (std::uint32_t i = 0; i < n; ++i) {
+      for (std::uint32_t p : flow->pred[i]) flow->pending[i] += flow->done[p] ? 0 : 1;
+      if (flow->done[i] || flow->pending[i] == 0) continue;
+      DurableJob& job = *jobs_.at(flow->node_ids[i]);
+      if (job.state != DurableJob::State::dead) {
+        job.state = DurableJob::State::blocked;
+        ++blocked_;
+      }
+    }
+    if (flow->remaining == 0) finished_flows.push_back(fid);  // died between its last node and its COMPLETE
+  }
+  for (JobId fid : finished_flows) {
+    PayloadWriter w;
+    w.i64(0);
+    w.str16("");
+    journal_->append(RecordType::complete, fid, w.view());
+    flows_.erase(fid);
+  }
+  report.workflows = flows_.size();
   for (auto& [id, job] : jobs_) {
     switch (job->state) {
+      case DurableJob::State::blocked:
+        break;
       case DurableJob::State::dead:
         ++report.dead;
         ++dead_;
@@ -291,12 +394,7 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
   std::unique_lock lock(mu_);
   if (!started_) throw Error("ordo: DurableTasks::enqueue before start()");
   if (stopping_) throw Error("ordo: DurableTasks is shutting down and accepts no new tasks");
-  if (!options.idempotency_key.empty()) {
-    auto it = keys_.find(options.idempotency_key);
-    if (it != keys_.end() && (it->second.retain_until_ns == 0 || it->second.retain_until_ns > system_now_ns())) {
-      return it->second.id;
-    }
-  }
+  if (JobId existing = 0; key_taken_locked(options.idempotency_key, existing)) return existing;
   auto job = std::make_unique<DurableJob>();
   job->id = next_id_++;
   job->type = std::string(type);
@@ -323,6 +421,8 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
     w.str16(name);
     w.u64(amount);
   }
+  w.u64(0);  // not a workflow node
+  w.u32(0);
   w.tail(j.args);
   try {
     journal_->append_durable(RecordType::enqueue, j.id, w.view());
@@ -341,6 +441,116 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
     post_pending(lock);  // j may be run, and gone, once this drops the lock
   }
   return id;
+}
+
+JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::string key) {
+  const auto& nodes = workflow.nodes();
+  if (nodes.empty()) throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' has no nodes");
+  if (nodes.size() > 0xffffff) throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' is too large");
+  // The checks of an in-memory Workflow: duplicate and unknown names, cycles (named).
+  Workflow check(workflow.name());
+  std::unordered_map<std::string, std::uint32_t> index;
+  for (std::uint32_t i = 0; i < nodes.size(); ++i) {
+    if (!types_.count(nodes[i].type)) {
+      throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' node '" + nodes[i].name +
+                            "' names undefined type '" + nodes[i].type + "'");
+    }
+    check.node(nodes[i].name, std::function<void()>{});
+    index[nodes[i].name] = i;
+  }
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;
+  for (std::uint32_t i = 0; i < nodes.size(); ++i) {
+    for (const std::string& before : nodes[i].after) {
+      check[nodes[i].name].after(before);
+      auto it = index.find(before);
+      if (it != index.end()) edges.emplace_back(it->second, i);
+    }
+  }
+  check.validate();  // throws InvalidGraph naming the problem
+  const auto n = static_cast<std::uint32_t>(nodes.size());
+
+  std::unique_lock lock(mu_);
+  if (!started_) throw Error("ordo: DurableTasks::enqueue_workflow before start()");
+  if (stopping_) throw Error("ordo: DurableTasks is shutting down and accepts no new workflows");
+  if (JobId existing = 0; key_taken_locked(key, existing)) return existing;
+  auto flow = std::make_unique<DurableFlow>();
+  DurableFlow& f = *flow;
+  f.id = next_id_;
+  next_id_ += n + 1;
+  f.name = workflow.name();
+  f.key = key;
+  f.done.assign(n, false);
+  f.pending.assign(n, 0);
+  f.succ.resize(n);
+  f.pred.resize(n);
+  f.remaining = n;
+  for (auto [from, to] : edges) {
+    f.succ[from].push_back(to);
+    f.pred[to].push_back(from);
+    ++f.pending[to];
+  }
+  for (std::uint32_t i = 0; i < n; ++i) {
+    f.node_names.push_back(nodes[i].name);
+    f.node_ids.push_back(f.id + 1 + i);
+    auto job = std::make_unique<DurableJob>();
+    job->id = f.id + 1 + i;
+    job->type = nodes[i].type;
+    job->args = nodes[i].args;
+    job->level = static_cast<std::uint8_t>(types_.at(job->type).options.priority.value_or(Priority::normal));
+    job->flow = f.id;
+    job->node = i;
+    job->state = DurableJob::State::blocked;  // nothing runs before the whole workflow is durable
+    ++blocked_;
+    jobs_.emplace(job->id, std::move(job));
+  }
+  if (!key.empty()) keys_[key] = KeyEntry{f.id, 0};
+  // Every record is built under mu_ (jobs_ may change under other threads'
+  // feet once it is dropped), then appended without it.
+  PayloadWriter decl;
+  decl.str16(f.name);
+  decl.str16(f.key);
+  decl.u32(n);
+  for (const auto& node : nodes) {
+    decl.str16(node.name);
+    decl.str16(node.type);
+  }
+  decl.u32(static_cast<std::uint32_t>(edges.size()));
+  for (auto [from, to] : edges) {
+    decl.u32(from);
+    decl.u32(to);
+  }
+  std::vector<PayloadWriter> node_records(n);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const DurableJob& job = *jobs_.at(f.id + 1 + i);
+    PayloadWriter& w = node_records[i];
+    w.str16(job.type);
+    w.u8(job.level);
+    w.u32(0);
+    w.i64(0);
+    w.str16("");
+    w.u8(0);
+    w.u64(f.id);
+    w.u32(i);
+    w.tail(job.args);
+  }
+  const JobId flow_id = f.id;
+  flows_.emplace(f.id, std::move(flow));
+  lock.unlock();
+
+  journal_->append(RecordType::workflow, flow_id, decl.view());
+  Lsn last = 0;
+  for (std::uint32_t i = 0; i < n; ++i) last = journal_->append(RecordType::enqueue, flow_id + 1 + i, node_records[i].view());
+  journal_->wait_durable(last);  // one group commit for the whole workflow
+
+  lock.lock();
+  DurableFlow& live = *flows_.at(flow_id);  // no node ran yet: it cannot have completed
+  for (std::uint32_t i = 0; i < n; ++i) {
+    if (live.pending[i] != 0) continue;
+    --blocked_;
+    queue_locked(*jobs_.at(flow_id + 1 + i));
+  }
+  post_pending(lock);  // the workflow may complete, and be gone, once this drops the lock
+  return flow_id;
 }
 
 void DurableRuntime::run(JobId id) {
@@ -389,7 +599,10 @@ void DurableRuntime::run(JobId id) {
     journal_->append(RecordType::complete, id, w.view());
     if (!job.key.empty()) keys_[job.key] = KeyEntry{id, retain_until};
     ++completed_;
+    const JobId flow_id = job.flow;
+    const std::uint32_t node = job.node;
     jobs_.erase(id);
+    if (auto flow = flows_.find(flow_id); flow_id != 0 && flow != flows_.end()) node_done_locked(*flow->second, node);
   } else if (attempt >= max_attempts_of(job)) {
     ++failed_attempts_;
     PayloadWriter w;
@@ -411,6 +624,7 @@ void DurableRuntime::run(JobId id) {
     schedule_locked(job, due, true);
   }
   changed_.notify_all();
+  post_pending(lock);  // successors a workflow node released
 }
 
 void DurableRuntime::dropped(JobId id) noexcept {
@@ -498,7 +712,9 @@ void DurableRuntime::shutdown(ShutdownMode mode) noexcept {
   // the scheduler stopped running our tasks; cancel: only what runs now.
   changed_.wait(lock, [&] {
     if (in_flight_ != 0 || running_ != 0) return false;
-    return cancelling_ || !started_ || scheduler_refused_ || jobs_.size() == dead_;
+    // Blocked nodes wait for a live predecessor (still counted here) or
+    // for a dead one (which only retry_dead revives): neither keeps a drain.
+    return cancelling_ || !started_ || scheduler_refused_ || jobs_.size() == dead_ + blocked_;
   });
   stopped_ = true;
   cancelling_ = true;  // the timer thread leaves
@@ -521,6 +737,7 @@ DurableStats DurableRuntime::stats() const {
   s.completed = completed_;
   s.failed_attempts = failed_attempts_;
   s.accepting = started_ && !stopping_;
+  s.workflows = flows_.size();
   for (const auto& [due, id] : timers_) {
     auto it = jobs_.find(id);
     if (it == jobs_.end()) continue;
@@ -549,6 +766,9 @@ void DurableTasks::define(std::string type, JobHandler handler, JobTypeOptions o
 DurableRecovery DurableTasks::start() { return rt_->start(); }
 JobId DurableTasks::enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) {
   return rt_->enqueue(type, args, std::move(options));
+}
+JobId DurableTasks::enqueue_workflow(const DurableWorkflow& workflow, std::string idempotency_key) {
+  return rt_->enqueue_workflow(workflow, std::move(idempotency_key));
 }
 std::vector<DeadJob> DurableTasks::dead() const { return rt_->dead(); }
 bool DurableTasks::retry_dead(JobId id) { return rt_->retry_dead(id); }

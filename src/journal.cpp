@@ -139,7 +139,7 @@ Lsn JournalImpl::append(RecordType type, std::uint64_t task, std::span<const std
   const bool was_idle = pending_.empty();
   pending_.append(record);
   pending_ends_.push_back(static_cast<std::uint32_t>(pending_.size()));
-  if (type == RecordType::enqueue) {
+  if (type == RecordType::enqueue || type == RecordType::workflow) {
     ++live_;
   } else if ((type == RecordType::complete || type == RecordType::cancel) && live_ > 0) {
     --live_;

@@ -99,7 +99,7 @@ void JournalImpl::run_compaction(std::uint64_t first_kept) {
   // Pass 1: which tasks are live, and each one's latest checkpoint.
   std::unordered_map<std::uint64_t, Position> live;
   for_each_record([&](const RecordView& r, std::uint64_t f) {
-    if (r.type == RecordType::enqueue) {
+    if (r.type == RecordType::enqueue || r.type == RecordType::workflow) {  // a task's or a workflow's life starts
       live[r.task] = Position{~0ull, 0};
     } else if (r.type == RecordType::complete || r.type == RecordType::cancel) {
       live.erase(r.task);

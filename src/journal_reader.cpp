@@ -152,7 +152,7 @@ ReadResult read_directory(const std::string& dir, bool tolerant, RecoveryReport&
   std::unordered_set<std::uint64_t> live;
   auto deliver = [&](const RecordView& r) {
     ++report.records;
-    if (r.type == RecordType::enqueue) {
+    if (r.type == RecordType::enqueue || r.type == RecordType::workflow) {
       live.insert(r.task);
     } else if (r.type == RecordType::complete || r.type == RecordType::cancel) {
       live.erase(r.task);

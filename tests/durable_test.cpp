@@ -2,9 +2,13 @@
 // idempotency keys, checkpoints, recovery errors, shutdown modes. The crash
 // harness is durable_crash_test.cpp.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <mutex>
 #include <set>
@@ -306,6 +310,107 @@ TEST(Durable, ACorruptJournalIsRefusedWithAClearErrorAndLeftAsItWas) {
   }
   std::ifstream again(seg, std::ios::binary);
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(again), {}), data);
+}
+
+TEST(DurableWorkflow, NodesRunInDependencyOrderAndTheWorkflowCompletes) {
+  ScratchDir dir;
+  Scheduler s{{.workers = 2}};
+  std::mutex mu;
+  std::vector<std::string> order;
+  DurableTasks d(s, dir.path(), kFast);
+  d.define("step", [&](JobContext&, std::span<const std::byte> args) {
+    std::lock_guard lock(mu);
+    order.push_back(text(args));
+  });
+  d.start();
+  DurableWorkflow wf("etl");
+  wf.node("extract", "step", "extract")
+      .node("clean", "step", "clean", {"extract"})
+      .node("enrich", "step", "enrich", {"extract"})
+      .node("load", "step", "load", {"clean", "enrich"});
+  const JobId id = d.enqueue_workflow(wf, "etl:2026-11-26");
+  EXPECT_EQ(d.enqueue_workflow(wf, "etl:2026-11-26"), id);  // the key deduplicates
+  d.shutdown();
+  ASSERT_EQ(order.size(), 4u);
+  EXPECT_EQ(order.front(), "extract");
+  EXPECT_EQ(order.back(), "load");
+  EXPECT_EQ(d.stats().workflows, 0u);
+  EXPECT_EQ(Journal::read(dir.path(), {}).live_tasks, 0u);
+}
+
+TEST(DurableWorkflow, ACycleOrAnUnknownNameIsRejectedBeforeAnythingIsJournaled) {
+  ScratchDir dir;
+  Scheduler s{{.workers = 1}};
+  DurableTasks d(s, dir.path(), kFast);
+  d.define("step", [](JobContext&, std::span<const std::byte>) {});
+  d.start();
+  DurableWorkflow cyclic("loop");
+  cyclic.node("a", "step", "", {"c"}).node("b", "step", "", {"a"}).node("c", "step", "", {"b"});
+  try {
+    d.enqueue_workflow(cyclic);
+    FAIL() << "expected InvalidGraph";
+  } catch (const InvalidGraph& e) {
+    EXPECT_NE(std::string(e.what()).find("cycle"), std::string::npos) << e.what();
+  }
+  DurableWorkflow unknown("typo");
+  unknown.node("a", "step").node("b", "step", "", {"aa"});
+  EXPECT_THROW(d.enqueue_workflow(unknown), InvalidGraph);
+  DurableWorkflow untyped("untyped");
+  untyped.node("a", "no_such_type");
+  EXPECT_THROW(d.enqueue_workflow(untyped), InvalidArgument);
+  d.shutdown();
+  EXPECT_EQ(Journal::read(dir.path(), {}).records, 0u);
+}
+
+// A child runs a -> b -> c; b compacts the journal and then kills the
+// process on its first attempt. The restart must not run a again, must
+// retry b, and must run c after it.
+TEST(DurableWorkflow, AfterACrashItResumesMidwayWithoutRerunningFinishedNodes) {
+  ScratchDir dir;
+  const std::string journal = dir.file("journal");
+  const std::string effects = dir.file("effects");
+  auto define = [&](DurableTasks& d, bool crash) {
+    d.define("step", [&, crash](JobContext& ctx, std::span<const std::byte> args) {
+      const std::string line = text(args) + " attempt " + std::to_string(ctx.attempt()) + "\n";
+      FILE* f = std::fopen(effects.c_str(), "a");
+      std::fputs(line.c_str(), f);
+      std::fclose(f);
+      if (crash && text(args) == "b") {
+        d.journal().compact();  // a's records are folded away: "done" must survive that
+        ::kill(::getpid(), SIGKILL);
+      }
+    }, {.retry = {.max_attempts = 5}});
+  };
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    Scheduler s{{.workers = 1}};
+    DurableTasks d(s, journal, {.durability = Durability::sync});
+    define(d, true);
+    d.start();
+    DurableWorkflow wf("chain");
+    wf.node("a", "step", "a").node("b", "step", "b", {"a"}).node("c", "step", "c", {"b"});
+    d.enqueue_workflow(wf);
+    d.shutdown();
+    ::_exit(3);  // not reached: b kills the process
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the child was meant to die in b";
+  {
+    Scheduler s{{.workers = 1}};
+    DurableTasks d(s, journal, {.durability = Durability::sync});
+    define(d, false);
+    const DurableRecovery r = d.start();
+    EXPECT_EQ(r.workflows, 1u);
+    EXPECT_EQ(r.interrupted, 1u);
+    d.shutdown();
+    EXPECT_EQ(d.stats().workflows, 0u);
+  }
+  std::ifstream in(effects);
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  EXPECT_EQ(lines, (std::vector<std::string>{"a attempt 1", "b attempt 1", "b attempt 2", "c attempt 1"}));
 }
 
 }  // namespace

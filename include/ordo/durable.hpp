@@ -123,6 +123,35 @@ struct EnqueueOptions {
   std::vector<std::pair<std::string, std::uint64_t>> needs{};
 };
 
+// A DAG of durable task types, declared in one place and journaled as a
+// whole: after a crash it resumes midway — completed nodes are not run
+// again, an interrupted one is retried, the rest wait for their
+// predecessors as before. Validation (unknown and duplicate names, cycles
+// named) happens at enqueue_workflow.
+class DurableWorkflow {
+ public:
+  struct Node {
+    std::string name;
+    std::string type;
+    std::string args;
+    std::vector<std::string> after;
+  };
+  explicit DurableWorkflow(std::string name) : name_(std::move(name)) {}
+  // Adds a node running durable type `type` on `args` once every node named
+  // in `after` has completed.
+  DurableWorkflow& node(std::string name, std::string type, std::string args = {},
+                        std::vector<std::string> after = {}) {
+    nodes_.push_back({std::move(name), std::move(type), std::move(args), std::move(after)});
+    return *this;
+  }
+  const std::string& name() const noexcept { return name_; }
+  const std::vector<Node>& nodes() const noexcept { return nodes_; }
+
+ private:
+  std::string name_;
+  std::vector<Node> nodes_;
+};
+
 struct DurableOptions {
   // Recovery: a journaled task whose type is not defined at start() throws
   // UnknownJobType (false) or goes to the dead set with that reason (true).
@@ -137,6 +166,7 @@ struct DurableRecovery {
   std::uint64_t delayed = 0;      // of those, ones waiting for a time (delay or backoff)
   std::uint64_t dead = 0;         // in the dead set
   std::uint64_t keys = 0;         // idempotency keys remembered
+  std::uint64_t workflows = 0;    // live workflows resumed
   std::string describe() const;
 };
 
@@ -155,6 +185,7 @@ struct DurableStats {
   std::uint64_t dead = 0;
   std::uint64_t completed = 0;  // since this process started
   std::uint64_t failed_attempts = 0;
+  std::uint64_t workflows = 0;  // live durable workflows
   bool accepting = false;  // started, and shutdown() not yet begun
 };
 
@@ -181,6 +212,13 @@ class DurableTasks {
   JobId enqueue(std::string_view type, std::string_view args, EnqueueOptions options = {}) {
     return enqueue(type, std::as_bytes(std::span<const char>(args.data(), args.size())), std::move(options));
   }
+
+  // After start(). Journals the whole workflow (one durable batch) and queues
+  // its roots; returns the workflow's id. With an idempotency key, a
+  // workflow with that key that is live (or completed within key_retention)
+  // is returned instead. Throws InvalidGraph (cycle, unknown or duplicate
+  // node names), InvalidArgument (unknown type, empty workflow).
+  JobId enqueue_workflow(const DurableWorkflow& workflow, std::string idempotency_key = {});
 
   // The dead set: tasks whose attempts ran out (or unknown types).
   std::vector<DeadJob> dead() const;
