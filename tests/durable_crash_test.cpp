@@ -58,7 +58,18 @@ void log_effect(int fd, const std::string& line) {
       }
       log_effect(fd, "done " + k + " " + std::to_string(ctx.id()));
     }, {.retry = {.max_attempts = 1000}});
+    d.define("wnode", [&](JobContext&, std::span<const std::byte> args) {
+      log_effect(fd, "wrun " + test::text_of(args));
+      pause();
+      log_effect(fd, "wdone " + test::text_of(args));
+    }, {.retry = {.max_attempts = 1000}});
     d.start();
+    DurableWorkflow flow("diamond");
+    flow.node("w0", "wnode", "w0")
+        .node("w1", "wnode", "w1", {"w0"})
+        .node("w2", "wnode", "w2", {"w0"})
+        .node("w3", "wnode", "w3", {"w1", "w2"});
+    d.enqueue_workflow(flow, "the-diamond");
     int k = 0;
     for (int i = 0; i < kPlain; ++i, ++k) {
       EnqueueOptions o{.idempotency_key = "task-" + std::to_string(k)};
@@ -106,12 +117,17 @@ void crash_until_done(unsigned seed) {
   std::map<std::string, std::set<std::string>> ids_per_key;  // task key -> job ids that had effects
   std::map<std::string, int> checkpointed;                   // items task -> highest durable checkpoint seen
   std::map<std::string, std::set<int>> items_done;
+  std::map<std::string, std::vector<std::size_t>> wrun, wdone;  // workflow node -> line numbers
+  std::size_t line_no = 0;
   std::set<std::string> done;
   std::string line;
   while (std::getline(in, line)) {
+    ++line_no;
     std::istringstream f(line);
     std::string what, k;
     f >> what >> k;
+    if (what == "wrun") wrun[k].push_back(line_no);
+    if (what == "wdone") wdone[k].push_back(line_no);
     if (what == "done") {
       std::string id;
       f >> id;
@@ -134,6 +150,15 @@ void crash_until_done(unsigned seed) {
     const std::string key = std::to_string(k);
     EXPECT_TRUE(done.count(key)) << "accepted task " << k << " never completed (lost)";
     EXPECT_EQ(ids_per_key[key].size(), 1u) << "key task-" << k << " created more than one task (duplicated)";
+  }
+  // The workflow: every node finished, and no node ran after a successor finished.
+  const std::pair<const char*, const char*> edges[] = {{"w0", "w1"}, {"w0", "w2"}, {"w1", "w3"}, {"w2", "w3"}};
+  for (const char* node : {"w0", "w1", "w2", "w3"}) EXPECT_FALSE(wdone[node].empty()) << "workflow node " << node << " lost";
+  for (auto [pred, succ] : edges) {
+    if (wdone[succ].empty()) continue;
+    for (std::size_t run : wrun[pred]) {
+      EXPECT_LT(run, wdone[succ].front()) << pred << " ran after its successor " << succ << " finished";
+    }
   }
   for (int k = kPlain + kFlaky; k < kPlain + kFlaky + kItems; ++k) {
     EXPECT_EQ(items_done[std::to_string(k)].size(), static_cast<std::size_t>(kItemsPerTask)) << "task " << k;
