@@ -254,19 +254,29 @@ void DurableRuntime::queue_locked(DurableJob& job) {
 
 void DurableRuntime::post_pending(std::unique_lock<std::mutex>& lock) {
   while (!postings_.empty()) {
-    const JobId id = postings_.back();
-    postings_.pop_back();
-    DurableJob& job = *jobs_.at(id);
-    SubmitOptions submit{.priority = Priority{job.level}};
-    for (const auto& [name, amount] : job.needs) {
-      submit.needs.push_back({scheduler_.find_resource_group(name), amount});
+    // What each post needs is read under mu_; the posts run without it, in
+    // one go (a refused post destroys its Runner, which takes mu_).
+    struct Posting {
+      JobId id;
+      SubmitOptions options;
+    };
+    std::vector<Posting> batch;
+    batch.reserve(postings_.size());
+    for (JobId id : postings_) {
+      const DurableJob& job = *jobs_.at(id);
+      Posting p{id, SubmitOptions{.priority = Priority{job.level}}};
+      for (const auto& [name, amount] : job.needs) p.options.needs.push_back({scheduler_.find_resource_group(name), amount});
+      batch.push_back(std::move(p));
     }
+    postings_.clear();
     lock.unlock();
-    try {
-      scheduler_.post(Runner(this, id), std::move(submit));
-    } catch (...) {
-      // Refused (the scheduler is stopping, or a need no longer fits): the
-      // Runner was dropped, which left the job live in the journal.
+    for (Posting& p : batch) {
+      try {
+        scheduler_.post(Runner(this, p.id), std::move(p.options));
+      } catch (...) {
+        // Refused (the scheduler is stopping, or a need no longer fits): the
+        // Runner was dropped, which left the job live in the journal.
+      }
     }
     lock.lock();
   }

@@ -145,37 +145,101 @@ Lsn JournalImpl::append(RecordType type, std::uint64_t task, std::span<const std
     --live_;
   }
   const Lsn lsn = ++appended_;
-  const bool wake = was_idle || gathering_;
+  const bool wake = was_idle;
   lock.unlock();
-  if (wake) writer_cv_.notify_one();  // a busy writer picks it up with its next batch
+  if (wake) writer_cv_.notify_all();  // the writer (or a gathering leader) picks it up
   return lsn;
 }
 
 void JournalImpl::wait_durable(Lsn lsn) {
   std::unique_lock lock(mu_);
-  const bool need_sync = options_.durability == Durability::sync;
-  if (need_sync && synced_ < lsn && sync_wanted_ < lsn) {
-    // In sync mode the writer syncs for waiters only: records nobody waits
-    // for (a task's START or COMPLETE) ride along with the next sync, or the
-    // periodic one, instead of each costing an fdatasync of their own.
-    sync_wanted_ = lsn;
-    writer_cv_.notify_one();
-  }
-  ++waiters_;
-  durable_cv_.wait(lock, [&] { return error_ || (need_sync ? synced_ : written_) >= lsn; });
-  --waiters_;
-  if (error_ && (need_sync ? synced_ : written_) < lsn) std::rethrow_exception(error_);
+  await_locked(lock, lsn, options_.durability == Durability::sync);
 }
 
 void JournalImpl::sync() {
   std::unique_lock lock(mu_);
   if (closed_) return;
-  const Lsn target = appended_;
-  if (synced_ >= target) return;
-  sync_wanted_ = std::max(sync_wanted_, target);
-  writer_cv_.notify_one();
-  durable_cv_.wait(lock, [&] { return error_ || synced_ >= target; });
-  if (error_ && synced_ < target) std::rethrow_exception(error_);
+  await_locked(lock, appended_, true);
+}
+
+// Group commit without a hand-off: a waiting thread whose record is not yet
+// durable and finds nobody writing becomes the leader and writes (and
+// syncs) everything pending itself; the others wait for it, and the next
+// leader takes whatever piled up meanwhile. The writer thread only writes
+// what nobody waits for.
+void JournalImpl::await_locked(std::unique_lock<std::mutex>& lock, Lsn lsn, bool need_sync) {
+  bool arrived = false;
+  for (;;) {
+    if ((need_sync ? synced_ : written_) >= lsn) return;
+    if (error_) std::rethrow_exception(error_);
+    if (!writing_ && !writer_exited_) {
+      flush_locked(lock, need_sync, true);
+      continue;
+    }
+    if (!arrived) {  // one arrival per wait, for the batch after the one in flight
+      arrived = true;
+      ++arrivals_;
+      if (gathering_) writer_cv_.notify_all();  // a leader gathering its group counts arrivals
+    }
+    durable_cv_.wait(lock);
+  }
+}
+
+void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bool leader) {
+  writing_ = true;
+  if (leader && sync && options_.durability == Durability::sync && expected_ > 1) {
+    // The threads the last sync released are appending again: an fdatasync
+    // shared by all of them beats one now and another for the stragglers.
+    // Bounded by a fraction of what a sync costs.
+    const auto patience = std::chrono::nanoseconds(
+        std::min<std::uint64_t>(last_sync_ns_.load(std::memory_order_relaxed) / 4, 100'000));
+    gathering_ = true;
+    writer_cv_.wait_for(lock, patience, [&] { return stop_ || arrivals_ + 1 >= expected_; });
+    gathering_ = false;
+  }
+  spare_.swap(pending_);
+  spare_ends_.swap(pending_ends_);
+  const Lsn last = appended_;
+  const bool rotate_now = std::exchange(rotate_wanted_, false);
+  const std::uint32_t released = arrivals_ + (leader ? 1 : 0);  // the threads this batch will release
+  arrivals_ = 0;
+  lock.unlock();
+  bool synced_now = false;
+  try {
+    if (!spare_.empty()) {
+      write_batch(spare_, spare_ends_);
+      unsynced_ = true;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (options_.durability != Durability::none && unsynced_ && now >= next_periodic_sync_) sync = true;
+    if (sync && unsynced_) {
+      const std::uint64_t t0 = now_ns();
+      wal::sync_data(fd_, segment_path_);
+      last_sync_ns_.store(now_ns() - t0, std::memory_order_relaxed);
+      syncs_.fetch_add(1, std::memory_order_relaxed);
+      unsynced_ = false;
+      synced_now = true;
+      next_periodic_sync_ = std::chrono::steady_clock::now() + options_.async_interval;
+    }
+    if (rotate_now) rotate();
+  } catch (...) {
+    lock.lock();
+    if (!error_) error_ = std::current_exception();
+    writing_ = false;
+    durable_cv_.notify_all();
+    writer_cv_.notify_all();
+    return;
+  }
+  spare_.clear();
+  spare_ends_.clear();
+  lock.lock();
+  written_ = std::max(written_, last);
+  if (!unsynced_) synced_ = std::max(synced_, last);
+  if (synced_now) expected_ = released;
+  if (rotate_now) rotated_to_ = segment_;
+  writing_ = false;
+  durable_cv_.notify_all();
+  writer_cv_.notify_all();  // the writer may be waiting for the token
 }
 
 std::uint64_t JournalImpl::request_rotation() {
@@ -189,12 +253,6 @@ std::uint64_t JournalImpl::request_rotation() {
   if (error_) std::rethrow_exception(error_);
   if (rotated_to_ == before) throw Error("ordo: journal " + dir_ + " is closing: no compaction");
   return rotated_to_;
-}
-
-void JournalImpl::fail(std::exception_ptr e) noexcept {
-  std::lock_guard lock(mu_);
-  if (!error_) error_ = e;
-  durable_cv_.notify_all();
 }
 
 void JournalImpl::write_batch(const std::string& batch, const std::vector<std::uint32_t>& ends) {
@@ -225,81 +283,41 @@ void JournalImpl::write_batch(const std::string& batch, const std::vector<std::u
 }
 
 void JournalImpl::writer_loop() {
-  std::string batch;
-  std::vector<std::uint32_t> ends;
-  bool unsynced = false;  // written bytes not yet fdatasync'd
-  auto next_async_sync = std::chrono::steady_clock::now() + options_.async_interval;
+  // Writes what nobody waits for (waiters lead their own writes), rotates
+  // on request, makes the periodic sync, and the last flush when stopping.
+  // Token-holder fields (unsynced_, next_periodic_sync_) are read only
+  // while nobody holds the token: mu_ orders them after its release.
   std::unique_lock lock(mu_);
+  auto has_work = [&] { return !pending_.empty() || stop_ || rotate_wanted_; };
   for (;;) {
-    auto has_work = [&] {
-      return !pending_.empty() || stop_ || rotate_wanted_ || sync_wanted_ > synced_;
-    };
-    if (!has_work()) {
-      if (options_.durability != Durability::none && unsynced) {  // the periodic sync
-        writer_cv_.wait_until(lock, next_async_sync, has_work);
+    if (writing_) {
+      writer_cv_.wait(lock, [&] { return !writing_; });
+      continue;
+    }
+    if (error_) break;
+    const bool periodic = options_.durability != Durability::none && unsynced_;
+    if (!has_work() && !(periodic && std::chrono::steady_clock::now() >= next_periodic_sync_)) {
+      auto wake = [&] { return has_work() || writing_; };
+      if (periodic) {
+        const auto due = next_periodic_sync_;  // a copy: a leader may move it while we wait
+        writer_cv_.wait_until(lock, due, wake);
       } else {
-        writer_cv_.wait(lock, has_work);
+        writer_cv_.wait(lock, wake);
       }
+      continue;
     }
-    if (options_.durability == Durability::sync && !stop_ && !pending_ends_.empty() &&
-        pending_ends_.size() < expected_) {
-      // The threads the last sync released are appending again; an fdatasync
-      // shared by all of them beats one now and another for the stragglers.
-      // Waiting is bounded by a fraction of what a sync costs.
-      const auto patience = std::chrono::nanoseconds(
-          std::min<std::uint64_t>(last_sync_ns_.load(std::memory_order_relaxed) / 4, 100'000));
-      gathering_ = true;
-      writer_cv_.wait_for(lock, patience, [&] { return stop_ || pending_ends_.size() >= expected_; });
-      gathering_ = false;
-    }
-    batch.swap(pending_);
-    ends.swap(pending_ends_);
-    const Lsn last = appended_;
-    const bool rotate_now = std::exchange(rotate_wanted_, false);
     const bool stopping = stop_;
-    bool sync_now = sync_wanted_ > synced_ || stopping;
-    lock.unlock();
-    try {
-      if (!batch.empty()) {
-        write_batch(batch, ends);
-        unsynced = true;
-      }
-      const auto now = std::chrono::steady_clock::now();
-      if (options_.durability != Durability::none && unsynced && now >= next_async_sync) sync_now = true;
-      if (sync_now && unsynced) {
-        const std::uint64_t t0 = now_ns();
-        wal::sync_data(fd_, segment_path_);
-        last_sync_ns_.store(now_ns() - t0, std::memory_order_relaxed);
-        syncs_.fetch_add(1, std::memory_order_relaxed);
-        unsynced = false;
-        next_async_sync = std::chrono::steady_clock::now() + options_.async_interval;
-      }
-      if (rotate_now) rotate();
-    } catch (...) {
-      fail(std::current_exception());
-      lock.lock();
-      writer_exited_ = true;
-      return;  // appends now throw; waiters are woken with the error
-    }
-    batch.clear();
-    ends.clear();
-    lock.lock();
-    written_ = last;
-    if (!unsynced) synced_ = last;
-    expected_ = waiters_;
-    if (rotate_now) rotated_to_ = segment_;
-    durable_cv_.notify_all();
-    if (stopping && pending_.empty()) {
-      writer_exited_ = true;
-      durable_cv_.notify_all();
-      return;
-    }
+    flush_locked(lock, stopping, false);
+    if (error_) break;
+    if (stopping && pending_.empty() && !unsynced_) break;
     if (!compact_wanted_ && options_.compact_after_bytes != 0 &&
         bytes_since_snapshot_.load(std::memory_order_relaxed) > options_.compact_after_bytes) {
       compact_wanted_ = true;
       compact_cv_.notify_one();
     }
   }
+  writer_exited_ = true;
+  durable_cv_.notify_all();
 }
 
 void JournalImpl::compactor_loop() {

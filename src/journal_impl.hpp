@@ -1,16 +1,19 @@
-// JournalImpl: the state behind ordo::Journal — appenders, the writer thread
-// (group commit and segment rotation) and the compactor.
+// JournalImpl: the state behind ordo::Journal — appenders, leaders of group
+// commits, the background writer and the compactor.
 //
 // Thread-safety: mu_ guards the pending batch and every LSN watermark;
-// appenders hold it only to copy their record in. The writer thread alone
-// touches the open segment (fd, number, size) outside mu_. compact_mu_
-// serialises compactions. Invariants: appended_ >= written_ >= synced_; a
+// appenders hold it only to copy their record in. The write token
+// (writing_, taken and given back under mu_) is held by one thread at a
+// time — a waiting thread leading a group commit, or the writer thread —
+// and only its holder touches the open segment (fd, number, size), spare_
+// and the sync bookkeeping, outside mu_. compact_mu_ serialises compactions. Invariants: appended_ >= written_ >= synced_; a
 // record's LSN is reported durable only once every byte up to its end has
 // been written (and, for synced_, fdatasync'd) — batches are written in LSN
 // order, so a watermark covers every record below it.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -44,13 +47,19 @@ class JournalImpl {
 
  private:
   void writer_loop();
+  // Waits until `lsn` is written (and synced, if need_sync), leading the
+  // write itself when nobody else is writing. mu_ held.
+  void await_locked(std::unique_lock<std::mutex>& lock, Lsn lsn, bool need_sync);
+  // Holder of the write token (writing_): writes everything pending, syncs
+  // if asked (or the periodic sync is due), rotates if asked. mu_ held on
+  // entry and exit, dropped for the I/O.
+  void flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bool leader);
   void write_batch(const std::string& batch, const std::vector<std::uint32_t>& ends);
   void open_segment(std::uint64_t number);  // writer thread (or start())
   void rotate();                            // writer thread
   std::uint64_t request_rotation();         // any thread: returns the new segment's number
   void compactor_loop();
   void run_compaction(std::uint64_t first_kept);
-  void fail(std::exception_ptr e) noexcept;  // writer thread: an I/O error poisons the journal
 
   wal::FileLock lock_;
   mutable std::mutex mu_;
@@ -61,21 +70,25 @@ class JournalImpl {
   Lsn appended_ = 0;
   Lsn written_ = 0;
   Lsn synced_ = 0;
-  Lsn sync_wanted_ = 0;           // sync(): fdatasync up to here whatever the mode
   bool rotate_wanted_ = false;
   std::uint64_t rotated_to_ = 0;  // the segment started by the latest requested rotation
   bool stop_ = false;
   bool closed_ = false;
   bool writer_exited_ = false;
-  // Group commit in sync mode: threads blocked in wait_durable(), and how many
-  // the writer expects back for its next batch (those its last sync released).
-  std::uint32_t waiters_ = 0;
+  // Group commit: threads that began waiting since the last batch was taken,
+  // and how many the next leader expects back (those the last sync released).
+  std::uint32_t arrivals_ = 0;
   std::uint32_t expected_ = 0;
-  bool gathering_ = false;  // the writer waits briefly for them; appends notify it
+  bool gathering_ = false;  // a leader waits briefly for them; arrivals notify it
+  bool writing_ = false;    // the write token: its holder alone touches the segment and spare_
   std::exception_ptr error_;
   std::uint64_t live_ = 0;  // enqueued and not complete/cancelled (mu_)
 
-  // Writer thread only.
+  // The write-token holder only (the writer thread or a leading waiter).
+  std::string spare_;                        // the batch being written
+  std::vector<std::uint32_t> spare_ends_;
+  bool unsynced_ = false;                    // written bytes not yet fdatasync'd
+  std::chrono::steady_clock::time_point next_periodic_sync_ = std::chrono::steady_clock::now();
   int fd_ = -1;
   std::uint64_t segment_ = 0;
   std::uint64_t segment_size_ = 0;

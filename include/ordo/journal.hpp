@@ -1,9 +1,9 @@
 // ordo::Journal — the write-ahead log under durable tasks.
 //
 // A directory of segment files (format: docs/journal-format.md). Many threads
-// append records at once; one writer thread batches whatever is pending into
-// one write() and, in sync mode, one fdatasync() shared by the whole batch
-// (group commit). Appending copies the record into memory and returns; only
+// append records at once; the first thread to wait for durability leads a
+// group commit: one write() of everything pending and, in sync mode, one
+// fdatasync() shared by every record in it. Appending copies the record into memory and returns; only
 // waiting for durability blocks, so a scheduler worker never waits on I/O
 // unless it asks to. Segments rotate at a size, and a background compactor
 // folds old segments into a snapshot of the live tasks.
