@@ -118,6 +118,7 @@ class DurableRuntime {
   std::uint64_t dead_ = 0;       // jobs_ entries in state dead
   std::uint64_t blocked_ = 0;    // jobs_ entries in state blocked
   std::unordered_map<JobId, std::unique_ptr<DurableFlow>> flows_;
+  std::unordered_map<JobId, std::vector<JobId>> unlinked_nodes_;  // replay: workflow -> node jobs seen before it
   JobId next_id_ = 1;
   bool started_ = false;
   bool stopping_ = false;

@@ -80,14 +80,7 @@ void DurableRuntime::replay(const RecordView& r) {
       job->flow = in.u64();
       job->node = in.u32();
       job->args = in.rest();
-      if (job->flow != 0) {
-        auto flow = flows_.find(job->flow);
-        if (flow == flows_.end() || job->node >= flow->second->node_ids.size()) {
-          throw JournalCorruption("ordo: journal ENQUEUE of task " + std::to_string(r.task) +
-                                  " names a workflow node that was not declared");
-        }
-        flow->second->node_ids[job->node] = r.task;
-      }
+      if (job->flow != 0) unlinked_nodes_[job->flow].push_back(r.task);  // its WORKFLOW record follows
       if (job->due_ns != 0) job->state = DurableJob::State::waiting;
       if (!job->key.empty()) keys_[job->key] = KeyEntry{job->id, 0};
       jobs_[r.task] = std::move(job);
@@ -166,6 +159,20 @@ void DurableRuntime::replay(const RecordView& r) {
         if (from >= n || to >= n) throw JournalCorruption("ordo: journal WORKFLOW " + std::to_string(r.task) + " has an edge to no node");
         flow->succ[from].push_back(to);
         flow->pred[to].push_back(from);
+      }
+      // The WORKFLOW record commits the workflow: its nodes' ENQUEUEs came first.
+      if (auto nodes = unlinked_nodes_.find(r.task); nodes != unlinked_nodes_.end()) {
+        for (JobId node_id : nodes->second) {
+          auto job = jobs_.find(node_id);
+          if (job == jobs_.end()) continue;
+          if (job->second->node >= n) {
+            throw JournalCorruption("ordo: journal ENQUEUE of task " + std::to_string(node_id) + " names node " +
+                                    std::to_string(job->second->node) + " of workflow " + std::to_string(r.task) +
+                                    ", which has " + std::to_string(n));
+          }
+          flow->node_ids[job->second->node] = node_id;
+        }
+        unlinked_nodes_.erase(nodes);
       }
       if (!flow->key.empty()) keys_[flow->key] = KeyEntry{r.task, 0};
       flows_[r.task] = std::move(flow);
@@ -315,6 +322,17 @@ DurableRecovery DurableRuntime::start() {
     job.last_error = reason;
   };
   for (auto& [id, reason] : to_bury) bury(*jobs_.at(id), reason);
+  // Nodes of a workflow whose WORKFLOW record never made it: the process
+  // died inside enqueue_workflow, which had not returned. Never accepted,
+  // so dropped (journaled, so that compaction forgets them too).
+  for (const auto& [flow_id, nodes] : unlinked_nodes_) {
+    for (JobId node_id : nodes) {
+      if (!jobs_.count(node_id)) continue;
+      journal_->append(RecordType::cancel, node_id);
+      jobs_.erase(node_id);
+    }
+  }
+  unlinked_nodes_.clear();
   // Workflows: a node without an ENQUEUE was completed and compacted away.
   std::vector<JobId> finished_flows;
   for (auto& [fid, flow] : flows_) {
@@ -547,9 +565,10 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
   flows_.emplace(f.id, std::move(flow));
   lock.unlock();
 
-  journal_->append(RecordType::workflow, flow_id, decl.view());
-  Lsn last = 0;
-  for (std::uint32_t i = 0; i < n; ++i) last = journal_->append(RecordType::enqueue, flow_id + 1 + i, node_records[i].view());
+  // The nodes first, the WORKFLOW record last: it commits the workflow (a
+  // crash before it leaves nodes that recovery drops, never half a graph).
+  for (std::uint32_t i = 0; i < n; ++i) journal_->append(RecordType::enqueue, flow_id + 1 + i, node_records[i].view());
+  const Lsn last = journal_->append(RecordType::workflow, flow_id, decl.view());
   journal_->wait_durable(last);  // one group commit for the whole workflow
 
   lock.lock();

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <set>
@@ -411,6 +412,53 @@ TEST(DurableWorkflow, AfterACrashItResumesMidwayWithoutRerunningFinishedNodes) {
   std::vector<std::string> lines;
   for (std::string l; std::getline(in, l);) lines.push_back(l);
   EXPECT_EQ(lines, (std::vector<std::string>{"a attempt 1", "b attempt 1", "b attempt 2", "c attempt 1"}));
+}
+
+TEST(DurableWorkflow, AWorkflowWhoseCommitRecordWasLostIsDroppedAndItsKeyIsFree) {
+  ScratchDir dir;
+  test::Gate gate;
+  {
+    Scheduler s{{.workers = 1}};
+    DurableTasks d(s, dir.path(), kFast);
+    d.define("block", [&](JobContext&, std::span<const std::byte>) { gate.hold(); });
+    d.define("step", [](JobContext&, std::span<const std::byte>) { FAIL() << "a node ran in the first process"; });
+    d.start();
+    d.enqueue("block", "");
+    gate.wait_entered();  // the only worker is busy: the nodes stay queued
+    DurableWorkflow wf("w");
+    wf.node("a", "step").node("b", "step", "", {"a"});
+    d.enqueue_workflow(wf, "wf-key");
+    std::thread opener([&] {
+      while (d.stats().accepting) std::this_thread::yield();
+      gate.open = true;
+    });
+    d.shutdown(ShutdownMode::cancel);
+    opener.join();
+  }
+  // Cut the journal just before the WORKFLOW record, as a crash inside
+  // enqueue_workflow would have left it.
+  std::uint64_t segment = 0, offset = 0;
+  Journal::read(dir.path(), [&](const RecordView& r) {
+    if (r.type == RecordType::workflow) {
+      segment = r.segment;
+      offset = r.offset;
+    }
+  });
+  ASSERT_NE(segment, 0u);
+  std::filesystem::resize_file(dir.file(test::segment_name(segment)), offset);
+  std::atomic<int> ran{0};
+  Scheduler s{{.workers = 1}};
+  DurableTasks d(s, dir.path(), kFast);
+  d.define("block", [](JobContext&, std::span<const std::byte>) {});
+  d.define("step", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+  const DurableRecovery r = d.start();
+  EXPECT_EQ(r.workflows, 0u);
+  EXPECT_EQ(r.requeued, 1u);  // the blocker (its COMPLETE followed the cut); not the two nodes, never accepted
+  DurableWorkflow wf("w");
+  wf.node("a", "step").node("b", "step", "", {"a"});
+  d.enqueue_workflow(wf, "wf-key");  // not deduplicated against the lost one
+  d.shutdown();
+  EXPECT_EQ(ran.load(), 2);
 }
 
 }  // namespace
