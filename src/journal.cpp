@@ -192,7 +192,7 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
     // shared by all of them beats one now and another for the stragglers.
     // Bounded by a fraction of what a sync costs.
     const auto patience = std::chrono::nanoseconds(
-        std::min<std::uint64_t>(last_sync_ns_.load(std::memory_order_relaxed) / 4, 100'000));
+        std::min<std::uint64_t>(last_sync_ns_.load(std::memory_order_relaxed) / 2, 250'000));
     gathering_ = true;
     writer_cv_.wait_for(lock, patience, [&] { return stop_ || arrivals_ + 1 >= expected_; });
     gathering_ = false;
