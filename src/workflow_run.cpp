@@ -215,6 +215,20 @@ void run_body(RunState* run, std::uint32_t v) {
   }
 }
 
+// Runs node v's body, keeping its status; returns whether it succeeded.
+bool run_node(RunState* run, std::uint32_t v) noexcept {
+  set_status(run, v, NodeStatus::running);
+  try {
+    run_body(run, v);
+    set_status(run, v, NodeStatus::succeeded);
+    return true;
+  } catch (...) {
+    record_failure(run, std::current_exception());
+    set_status(run, v, NodeStatus::failed);
+    return false;
+  }
+}
+
 bool exec_node(Task* t, ExecMode mode) noexcept {
   const NodeJob job = payload_as<NodeJob>(t);
   destroy_payload<NodeJob>(t);
@@ -226,15 +240,7 @@ bool exec_node(Task* t, ExecMode mode) noexcept {
       run->cancelled.store(true, std::memory_order_relaxed);
       set_status(run, v, NodeStatus::cancelled);
     } else {
-      set_status(run, v, NodeStatus::running);
-      try {
-        run_body(run, v);
-        ok = true;
-        set_status(run, v, NodeStatus::succeeded);
-      } catch (...) {
-        record_failure(run, std::current_exception());
-        set_status(run, v, NodeStatus::failed);
-      }
+      ok = run_node(run, v);
     }
     if (run->graph->is_sink(v)) {
       sink_finished(run, v);  // may complete the run: nothing of it is touched after
@@ -258,20 +264,13 @@ bool exec_node_with_needs(Task* t, ExecMode mode) noexcept {
   RunState* run = job.run;
   const std::uint32_t v = job.node;
   if (mode == ExecMode::cancel) {
+    // relaxed: read once the run completed, which this cancellation's sink
+    // count happens-before (as in exec_node).
     run->cancelled.store(true, std::memory_order_relaxed);
     cancel_from(run, v);
     return false;
   }
-  bool ok = false;
-  set_status(run, v, NodeStatus::running);
-  try {
-    run_body(run, v);
-    ok = true;
-    set_status(run, v, NodeStatus::succeeded);
-  } catch (...) {
-    record_failure(run, std::current_exception());
-    set_status(run, v, NodeStatus::failed);
-  }
+  const bool ok = run_node(run, v);
   // Permits go back before the successors are handed out (they may need the
   // same groups) and before the run can complete (its owner may then read
   // the groups' stats and expect them back).
