@@ -99,6 +99,11 @@ class DurableRuntime {
   // workflow (journaling it) when it was the last node.
   void node_done_locked(DurableFlow& flow, std::uint32_t node);
   bool key_taken_locked(const std::string& key, JobId& existing) const;
+  // After a run: journals COMPLETE, DEAD or FAIL and updates the job (mu_
+  // held). Throws what Journal::append throws.
+  void record_outcome_locked(DurableJob& job, unsigned attempt, bool ok, const std::string& error);
+  // An append for `job` failed: it is left as the journal last saw it.
+  void journal_lost_locked(DurableJob& job) noexcept;
   unsigned max_attempts_of(const DurableJob& job) const;
 
   Scheduler& scheduler_;
@@ -125,6 +130,7 @@ class DurableRuntime {
   bool cancelling_ = false;
   bool stopped_ = false;
   bool scheduler_refused_ = false;  // a Runner was dropped unrun: the scheduler is stopping
+  bool journal_failed_ = false;     // an append failed: outcomes can no longer be recorded
   std::uint64_t in_flight_ = 0;
   std::uint64_t running_ = 0;
   std::uint64_t completed_ = 0;

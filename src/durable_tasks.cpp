@@ -603,7 +603,14 @@ void DurableRuntime::run(JobId id) {
 
   PayloadWriter start;
   start.u32(attempt);
-  journal_->append(RecordType::start, id, start.view());  // not waited for: a worker never waits on the disk
+  try {
+    journal_->append(RecordType::start, id, start.view());  // not waited for: a worker never waits on the disk
+  } catch (...) {
+    lock.lock();
+    --running_;
+    journal_lost_locked(job);
+    return;
+  }
   JobContext ctx(*this, job);
   std::string error;
   bool ok = false;
@@ -619,6 +626,27 @@ void DurableRuntime::run(JobId id) {
 
   lock.lock();
   --running_;
+  try {
+    record_outcome_locked(job, attempt, ok, error);
+  } catch (...) {  // the journal can record nothing more (an I/O error, named by the journal)
+    journal_lost_locked(job);
+    return;
+  }
+  changed_.notify_all();
+  post_pending(lock);  // successors a workflow node released
+}
+
+void DurableRuntime::journal_lost_locked(DurableJob& job) noexcept {
+  // Whatever the journal last holds for this job is what the next start
+  // sees; this process stops counting on it, and a drain no longer waits
+  // for it.
+  job.state = DurableJob::State::queued;
+  journal_failed_ = true;
+  changed_.notify_all();
+}
+
+void DurableRuntime::record_outcome_locked(DurableJob& job, unsigned attempt, bool ok, const std::string& error) {
+  const JobId id = job.id;
   if (ok) {
     const std::int64_t retain_until =
         job.key.empty() ? 0 : system_now_ns() + std::chrono::nanoseconds(options_.key_retention).count();
@@ -630,8 +658,14 @@ void DurableRuntime::run(JobId id) {
     ++completed_;
     const JobId flow_id = job.flow;
     const std::uint32_t node = job.node;
-    jobs_.erase(id);
-    if (auto flow = flows_.find(flow_id); flow_id != 0 && flow != flows_.end()) node_done_locked(*flow->second, node);
+    jobs_.erase(id);  // `job` is gone: a failure below must not reach journal_lost_locked(job)
+    if (auto flow = flows_.find(flow_id); flow_id != 0 && flow != flows_.end()) {
+      try {
+        node_done_locked(*flow->second, node);
+      } catch (...) {
+        journal_failed_ = true;  // the workflow's COMPLETE was not recorded; the next start finishes it
+      }
+    }
   } else if (attempt >= max_attempts_of(job)) {
     ++failed_attempts_;
     PayloadWriter w;
@@ -652,8 +686,6 @@ void DurableRuntime::run(JobId id) {
     job.last_error = error;
     schedule_locked(job, due, true);
   }
-  changed_.notify_all();
-  post_pending(lock);  // successors a workflow node released
 }
 
 void DurableRuntime::dropped(JobId id) noexcept {
@@ -743,7 +775,7 @@ void DurableRuntime::shutdown(ShutdownMode mode) noexcept {
     if (in_flight_ != 0 || running_ != 0) return false;
     // Blocked nodes wait for a live predecessor (still counted here) or
     // for a dead one (which only retry_dead revives): neither keeps a drain.
-    return cancelling_ || !started_ || scheduler_refused_ || jobs_.size() == dead_ + blocked_;
+    return cancelling_ || !started_ || scheduler_refused_ || journal_failed_ || jobs_.size() == dead_ + blocked_;
   });
   stopped_ = true;
   cancelling_ = true;  // the timer thread leaves
