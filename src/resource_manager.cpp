@@ -64,6 +64,8 @@ std::int64_t ResourceManager::due_ns_locked(const ResourceGroupCore& g, std::int
   for (const NeedEntry& e : *t->preds->needs)
     if (e.group == &g) amount = e.amount;
   const std::int64_t tat = std::max(g.tat.load(std::memory_order_seq_cst), now);
+  // relaxed: a rate group's limit (its burst) is a number, not a hand-off;
+  // set_limit() re-dispatches under mu_, which orders it before this read.
   return tat + static_cast<std::int64_t>(amount) * g.emission_ns -
          static_cast<std::int64_t>(g.limit.load(std::memory_order_relaxed)) * g.emission_ns;
 }
@@ -136,6 +138,7 @@ bool ResourceManager::try_take_all(NeedList& needs) noexcept {
     if (e.group->is_rate()) {
       const std::int64_t now = now_ns();
       const std::int64_t cost = static_cast<std::int64_t>(e.amount) * e.group->emission_ns;
+      // relaxed: the burst is a number; tokens are accounted by the CAS on tat alone.
       const std::int64_t window = static_cast<std::int64_t>(e.group->limit.load(std::memory_order_relaxed)) *
                                   e.group->emission_ns;
       std::int64_t tat = e.group->tat.load(std::memory_order_seq_cst);
@@ -291,6 +294,8 @@ std::size_t ResourceManager::cancel_parked(Which which) noexcept {
         Task* t = it->task;
         ++it;  // unregister_locked erases t from this list too
         const NeedList& needs = *t->preds->needs;
+        // relaxed: nothing runs (a drain found every worker idle), so the
+        // limit is only compared, never paired with a permit hand-off.
         const bool hopeless = std::any_of(needs.begin(), needs.end(), [](const NeedEntry& e) {
           return e.amount > e.group->limit.load(std::memory_order_relaxed);
         });
