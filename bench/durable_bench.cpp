@@ -173,6 +173,7 @@ void BM_recovery(benchmark::State& state) {
     }
   }
   std::uint64_t records = 0;
+  std::uint64_t earlier_iterations = 0;  // each completed exactly one job
   for (auto _ : state) {
     ordo::Scheduler sched{{.workers = 1}};
     std::uint64_t queued = 0, live = 0;
@@ -186,16 +187,22 @@ void BM_recovery(benchmark::State& state) {
       });
       const ordo::DurableRecovery r = durable.start();
       state.PauseTiming();
-      measured = true;
       queued = r.requeued;
       records = durable.journal().recovery().records;
       live = durable.journal().recovery().live_tasks;  // n / 2, less one job per earlier iteration
-      durable.shutdown(ordo::ShutdownMode::cancel);  // the survivors stay in the journal for the next iteration
+      // Stop taking jobs before the held one returns, so that exactly one job
+      // completes per iteration however fast the worker would run the rest;
+      // the survivors stay in the journal for the next iteration.
+      std::thread stopper([&] { durable.shutdown(ordo::ShutdownMode::cancel); });
+      while (durable.stats().accepting) std::this_thread::yield();
+      measured = true;
+      stopper.join();
     }
-    if (queued != live || live + 10 < n / 2) {
+    if (queued != live || live + earlier_iterations < n / 2) {
       state.SkipWithError(("queued " + std::to_string(queued) + " of " + std::to_string(live) + " survivors").c_str());
       break;
     }
+    ++earlier_iterations;
     state.ResumeTiming();
   }
   state.counters["records_per_second"] =
