@@ -6,7 +6,8 @@
 // outside mu_ (the journal has its own lock). Invariants: a job is in jobs_
 // from its ENQUEUE until COMPLETE or CANCEL; a job in state `waiting` has
 // exactly one entry in timers_; in_flight_ counts tasks posted to the
-// scheduler whose runner has not finished or been dropped.
+// scheduler whose runner has not finished or been dropped; releasing_
+// counts journal callbacks not yet called back.
 #pragma once
 
 #include <condition_variable>
@@ -24,11 +25,14 @@
 
 namespace ordo::detail {
 
+struct JobType;
+
 struct DurableJob {
   // blocked: a workflow node whose predecessors have not all completed.
   enum class State { queued, running, waiting, dead, blocked };
   JobId id = 0;
   std::string type;
+  const JobType* kind = nullptr;  // types_[type], found once (types_ does not change after start())
   std::string args;
   std::uint8_t level = 1;
   unsigned max_attempts = 0;
@@ -94,25 +98,33 @@ class DurableRuntime {
   void post_pending(std::unique_lock<std::mutex>& lock);
   void schedule_locked(DurableJob& job, std::int64_t due_ns, bool retrying);
   void timer_loop();
-  std::int64_t backoff_ns(const DurableJob& job, unsigned attempt);
+  std::int64_t backoff_ns(DurableJob& job, unsigned attempt);
   // A node completed (mu_ held): releases its successors; completes the
   // workflow (journaling it) when it was the last node.
   void node_done_locked(DurableFlow& flow, std::uint32_t node);
+  // A node's COMPLETE became durable (or never will): node_done_locked.
+  void release_successors_locked(JobId flow_id, std::uint32_t node, bool durable) noexcept;
   bool key_taken_locked(const std::string& key, JobId& existing) const;
   // After a run: journals COMPLETE, DEAD or FAIL and updates the job (mu_
   // held). Throws what Journal::append throws.
   void record_outcome_locked(DurableJob& job, unsigned attempt, bool ok, const std::string& error);
   // An append for `job` failed: it is left as the journal last saw it.
   void journal_lost_locked(DurableJob& job) noexcept;
-  unsigned max_attempts_of(const DurableJob& job) const;
+  unsigned max_attempts_of(DurableJob& job) const;
+  const JobType* type_of(DurableJob& job) const;  // null when the type is not defined
+  // Wakes a shutdown() waiting for the jobs to settle; nobody else waits on changed_.
+  void notify_drain_locked() {
+    if (stopping_) changed_.notify_all();
+  }
 
   Scheduler& scheduler_;
   const DurableOptions options_;
   std::unique_ptr<Journal> journal_;
   std::unordered_map<std::string, JobType> types_;
   mutable std::mutex mu_;
-  std::condition_variable changed_;  // jobs finished, timers added, stopping
-  std::unordered_map<JobId, std::unique_ptr<DurableJob>> jobs_;
+  std::condition_variable changed_;   // jobs settled (only shutdown() waits, so only notified once stopping_)
+  std::condition_variable timer_cv_;  // an earlier timer, or stopping: the timer thread
+  std::unordered_map<JobId, DurableJob> jobs_;  // node-based: a DurableJob& stays valid until its erase
   struct KeyEntry {
     JobId id;
     std::int64_t retain_until_ns;  // 0 while the job is live
@@ -133,6 +145,7 @@ class DurableRuntime {
   bool journal_failed_ = false;     // an append failed: outcomes can no longer be recorded
   std::uint64_t in_flight_ = 0;
   std::uint64_t running_ = 0;
+  std::uint64_t releasing_ = 0;  // completed workflow nodes whose COMPLETE is not yet durable
   std::uint64_t completed_ = 0;
   std::uint64_t failed_attempts_ = 0;
   std::uint64_t rng_ = 0x9e3779b97f4a7c15ull;  // jitter (mu_)

@@ -60,12 +60,13 @@ void DurableRuntime::replay(const RecordView& r) {
   PayloadReader in(r);
   auto job_of = [&]() -> DurableJob* {
     auto it = jobs_.find(r.task);
-    return it == jobs_.end() ? nullptr : it->second.get();
+    return it == jobs_.end() ? nullptr : &it->second;
   };
   next_id_ = std::max(next_id_, r.task + 1);
   switch (r.type) {
     case RecordType::enqueue: {
-      auto job = std::make_unique<DurableJob>();
+      DurableJob* job = &jobs_[r.task];
+      *job = DurableJob{};
       job->id = r.task;
       job->type = in.str16();
       job->level = in.u8();
@@ -83,7 +84,6 @@ void DurableRuntime::replay(const RecordView& r) {
       if (job->flow != 0) unlinked_nodes_[job->flow].push_back(r.task);  // its WORKFLOW record follows
       if (job->due_ns != 0) job->state = DurableJob::State::waiting;
       if (!job->key.empty()) keys_[job->key] = KeyEntry{job->id, 0};
-      jobs_[r.task] = std::move(job);
       break;
     }
     case RecordType::start:
@@ -165,12 +165,12 @@ void DurableRuntime::replay(const RecordView& r) {
         for (JobId node_id : nodes->second) {
           auto job = jobs_.find(node_id);
           if (job == jobs_.end()) continue;
-          if (job->second->node >= n) {
+          if (job->second.node >= n) {
             throw JournalCorruption("ordo: journal ENQUEUE of task " + std::to_string(node_id) + " names node " +
-                                    std::to_string(job->second->node) + " of workflow " + std::to_string(r.task) +
+                                    std::to_string(job->second.node) + " of workflow " + std::to_string(r.task) +
                                     ", which has " + std::to_string(n));
           }
-          flow->node_ids[job->second->node] = node_id;
+          flow->node_ids[job->second.node] = node_id;
         }
         unlinked_nodes_.erase(nodes);
       }
@@ -199,9 +199,9 @@ void DurableRuntime::node_done_locked(DurableFlow& flow, std::uint32_t node) {
   for (std::uint32_t s : flow.succ[node]) {
     if (--flow.pending[s] != 0) continue;
     auto it = jobs_.find(flow.node_ids[s]);
-    if (it == jobs_.end() || it->second->state != DurableJob::State::blocked) continue;
+    if (it == jobs_.end() || it->second.state != DurableJob::State::blocked) continue;
     --blocked_;
-    queue_locked(*it->second);
+    queue_locked(it->second);
   }
   if (flow.remaining != 0) return;
   const std::int64_t retain_until =
@@ -212,6 +212,21 @@ void DurableRuntime::node_done_locked(DurableFlow& flow, std::uint32_t node) {
   journal_->append(RecordType::complete, flow.id, w.view());
   if (!flow.key.empty()) keys_[flow.key] = KeyEntry{flow.id, retain_until};
   flows_.erase(flow.id);  // `flow` dies here
+}
+
+void DurableRuntime::release_successors_locked(JobId flow_id, std::uint32_t node, bool durable) noexcept {
+  --releasing_;
+  notify_drain_locked();
+  auto flow = flows_.find(flow_id);
+  if (!durable || flow == flows_.end()) {
+    journal_failed_ = !durable || journal_failed_;  // the next start releases them
+    return;
+  }
+  try {
+    node_done_locked(*flow->second, node);
+  } catch (...) {
+    journal_failed_ = true;  // the workflow's COMPLETE was not recorded; the next start finishes it
+  }
 }
 
 void DurableRuntime::define(std::string type, JobHandler handler, JobTypeOptions options) {
@@ -225,14 +240,22 @@ void DurableRuntime::define(std::string type, JobHandler handler, JobTypeOptions
   }
 }
 
-unsigned DurableRuntime::max_attempts_of(const DurableJob& job) const {
-  if (job.max_attempts != 0) return job.max_attempts;
-  auto it = types_.find(job.type);
-  return it == types_.end() ? 1 : it->second.options.retry.max_attempts;
+const JobType* DurableRuntime::type_of(DurableJob& job) const {
+  if (job.kind == nullptr) {
+    auto it = types_.find(job.type);
+    if (it != types_.end()) job.kind = &it->second;
+  }
+  return job.kind;
 }
 
-std::int64_t DurableRuntime::backoff_ns(const DurableJob& job, unsigned attempt) {
-  const RetryPolicy& p = types_.at(job.type).options.retry;
+unsigned DurableRuntime::max_attempts_of(DurableJob& job) const {
+  if (job.max_attempts != 0) return job.max_attempts;
+  const JobType* type = type_of(job);
+  return type == nullptr ? 1 : type->options.retry.max_attempts;
+}
+
+std::int64_t DurableRuntime::backoff_ns(DurableJob& job, unsigned attempt) {
+  const RetryPolicy& p = type_of(job)->options.retry;  // run() found the type
   double ns = static_cast<double>(std::chrono::nanoseconds(p.initial_backoff).count()) *
               std::pow(p.multiplier, static_cast<double>(attempt - 1));
   ns = std::min(ns, static_cast<double>(std::chrono::nanoseconds(p.max_backoff).count()));
@@ -248,8 +271,9 @@ void DurableRuntime::schedule_locked(DurableJob& job, std::int64_t due_ns, bool 
   job.state = DurableJob::State::waiting;
   job.due_ns = due_ns;
   job.retrying = retrying;
+  const bool earliest = timers_.empty() || due_ns < timers_.begin()->first;
   timers_.emplace(due_ns, job.id);
-  changed_.notify_all();
+  if (earliest) timer_cv_.notify_one();  // else the timer already wakes in time
 }
 
 void DurableRuntime::queue_locked(DurableJob& job) {
@@ -270,7 +294,7 @@ void DurableRuntime::post_pending(std::unique_lock<std::mutex>& lock) {
     std::vector<Posting> batch;
     batch.reserve(postings_.size());
     for (JobId id : postings_) {
-      const DurableJob& job = *jobs_.at(id);
+      const DurableJob& job = jobs_.at(id);
       Posting p{id, SubmitOptions{.priority = Priority{job.level}}};
       for (const auto& [name, amount] : job.needs) p.options.needs.push_back({scheduler_.find_resource_group(name), amount});
       batch.push_back(std::move(p));
@@ -295,12 +319,12 @@ DurableRecovery DurableRuntime::start() {
   DurableRecovery report;
   std::vector<std::pair<JobId, std::string>> to_bury;  // (job, reason)
   for (auto& [id, job] : jobs_) {
-    if (job->state == DurableJob::State::dead) continue;
+    if (job.state == DurableJob::State::dead) continue;
     std::string problem;
-    if (!types_.count(job->type)) {
-      problem = "type '" + job->type + "' is not defined";
+    if (!types_.count(job.type)) {
+      problem = "type '" + job.type + "' is not defined";
     } else {
-      for (const auto& [name, amount] : job->needs) {
+      for (const auto& [name, amount] : job.needs) {
         ResourceGroup g = scheduler_.find_resource_group(name);
         if (!g.valid()) problem = "resource group '" + name + "' does not exist";
         else if (amount > g.limit()) problem = "needs more of '" + name + "' than its limit";
@@ -321,7 +345,7 @@ DurableRecovery DurableRuntime::start() {
     job.state = DurableJob::State::dead;
     job.last_error = reason;
   };
-  for (auto& [id, reason] : to_bury) bury(*jobs_.at(id), reason);
+  for (auto& [id, reason] : to_bury) bury(jobs_.at(id), reason);
   // Nodes of a workflow whose WORKFLOW record never made it: the process
   // died inside enqueue_workflow, which had not returned. Never accepted,
   // so dropped (journaled, so that compaction forgets them too).
@@ -346,7 +370,7 @@ DurableRecovery DurableRuntime::start() {
     for (std::uint32_t i = 0; i < n; ++i) {
       for (std::uint32_t p : flow->pred[i]) flow->pending[i] += flow->done[p] ? 0 : 1;
       if (flow->done[i] || flow->pending[i] == 0) continue;
-      DurableJob& job = *jobs_.at(flow->node_ids[i]);
+      DurableJob& job = jobs_.at(flow->node_ids[i]);
       if (job.state != DurableJob::State::dead) {
         job.state = DurableJob::State::blocked;
         ++blocked_;
@@ -363,7 +387,7 @@ DurableRecovery DurableRuntime::start() {
   }
   report.workflows = flows_.size();
   for (auto& [id, job] : jobs_) {
-    switch (job->state) {
+    switch (job.state) {
       case DurableJob::State::blocked:
         break;
       case DurableJob::State::dead:
@@ -372,8 +396,8 @@ DurableRecovery DurableRuntime::start() {
         break;
       case DurableJob::State::running:  // it had started when the process died
         ++report.interrupted;
-        if (job->attempts >= max_attempts_of(*job)) {
-          bury(*job, "interrupted on its last attempt (the process died while it ran)");
+        if (job.attempts >= max_attempts_of(job)) {
+          bury(job, "interrupted on its last attempt (the process died while it ran)");
           ++report.dead;
           ++dead_;
           break;
@@ -381,12 +405,12 @@ DurableRecovery DurableRuntime::start() {
         [[fallthrough]];
       case DurableJob::State::queued:
         ++report.requeued;
-        queue_locked(*job);
+        queue_locked(job);
         break;
       case DurableJob::State::waiting:
         ++report.requeued;
         ++report.delayed;
-        schedule_locked(*job, job->due_ns, job->retrying);
+        schedule_locked(job, job.due_ns, job.retrying);
         break;
     }
   }
@@ -423,19 +447,19 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
   if (!started_) throw Error("ordo: DurableTasks::enqueue before start()");
   if (stopping_) throw Error("ordo: DurableTasks is shutting down and accepts no new tasks");
   if (JobId existing = 0; key_taken_locked(options.idempotency_key, existing)) return existing;
-  auto job = std::make_unique<DurableJob>();
+  DurableJob* job = &jobs_[next_id_];  // stays in jobs_ until it completes, which needs the post below
   job->id = next_id_++;
   job->type = std::string(type);
+  job->kind = &type_it->second;
   job->args.assign(reinterpret_cast<const char*>(args.data()), args.size());
   job->level = static_cast<std::uint8_t>(priority);
   job->max_attempts = options.max_attempts.value_or(0);
   job->key = options.idempotency_key;
   job->needs = options.needs;
   job->state = DurableJob::State::waiting;  // not runnable until its ENQUEUE is durable
-  DurableJob& j = *job;  // stays in jobs_ until it completes, which needs the post below
+  DurableJob& j = *job;
   const JobId id = j.id;
   if (!j.key.empty()) keys_[j.key] = KeyEntry{j.id, 0};
-  jobs_.emplace(j.id, std::move(job));
   lock.unlock();
 
   PayloadWriter w;
@@ -458,7 +482,7 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
     lock.lock();
     if (!j.key.empty()) keys_.erase(j.key);
     jobs_.erase(j.id);
-    changed_.notify_all();
+    notify_drain_locked();
     throw;
   }
   lock.lock();
@@ -520,7 +544,7 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
   for (std::uint32_t i = 0; i < n; ++i) {
     f.node_names.push_back(nodes[i].name);
     f.node_ids.push_back(f.id + 1 + i);
-    auto job = std::make_unique<DurableJob>();
+    DurableJob* job = &jobs_[f.id + 1 + i];
     job->id = f.id + 1 + i;
     job->type = nodes[i].type;
     job->args = nodes[i].args;
@@ -529,7 +553,6 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
     job->node = i;
     job->state = DurableJob::State::blocked;  // nothing runs before the whole workflow is durable
     ++blocked_;
-    jobs_.emplace(job->id, std::move(job));
   }
   if (!key.empty()) keys_[key] = KeyEntry{f.id, 0};
   // Every record is built under mu_ (jobs_ may change under other threads'
@@ -549,7 +572,7 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
   }
   std::vector<PayloadWriter> node_records(n);
   for (std::uint32_t i = 0; i < n; ++i) {
-    const DurableJob& job = *jobs_.at(f.id + 1 + i);
+    const DurableJob& job = jobs_.at(f.id + 1 + i);
     PayloadWriter& w = node_records[i];
     w.str16(job.type);
     w.u8(job.level);
@@ -576,7 +599,7 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
   for (std::uint32_t i = 0; i < n; ++i) {
     if (live.pending[i] != 0) continue;
     --blocked_;
-    queue_locked(*jobs_.at(flow_id + 1 + i));
+    queue_locked(jobs_.at(flow_id + 1 + i));
   }
   post_pending(lock);  // the workflow may complete, and be gone, once this drops the lock
   return flow_id;
@@ -586,19 +609,19 @@ void DurableRuntime::run(JobId id) {
   std::unique_lock lock(mu_);
   --in_flight_;
   auto it = jobs_.find(id);
-  if (it == jobs_.end() || it->second->state != DurableJob::State::queued) {
-    changed_.notify_all();
+  if (it == jobs_.end() || it->second.state != DurableJob::State::queued) {
+    notify_drain_locked();
     return;
   }
-  DurableJob& job = *it->second;
+  DurableJob& job = it->second;
   if (cancelling_) {  // shutdown(cancel): it stays live in the journal for the next start
-    changed_.notify_all();
+    notify_drain_locked();
     return;
   }
   job.state = DurableJob::State::running;
   ++running_;
   const unsigned attempt = ++job.attempts;
-  const JobType& type = types_.at(job.type);
+  const JobType* type = type_of(job);  // start() and enqueue() made sure it is defined
   lock.unlock();
 
   PayloadWriter start;
@@ -615,7 +638,7 @@ void DurableRuntime::run(JobId id) {
   std::string error;
   bool ok = false;
   try {
-    type.handler(ctx, as_span(job.args));
+    type->handler(ctx, as_span(job.args));
     ok = true;
   } catch (const std::exception& e) {
     error = e.what();
@@ -632,7 +655,7 @@ void DurableRuntime::run(JobId id) {
     journal_lost_locked(job);
     return;
   }
-  changed_.notify_all();
+  notify_drain_locked();
   post_pending(lock);  // successors a workflow node released
 }
 
@@ -642,7 +665,7 @@ void DurableRuntime::journal_lost_locked(DurableJob& job) noexcept {
   // for it.
   job.state = DurableJob::State::queued;
   journal_failed_ = true;
-  changed_.notify_all();
+  notify_drain_locked();
 }
 
 void DurableRuntime::record_outcome_locked(DurableJob& job, unsigned attempt, bool ok, const std::string& error) {
@@ -653,19 +676,29 @@ void DurableRuntime::record_outcome_locked(DurableJob& job, unsigned attempt, bo
     PayloadWriter w;
     w.i64(retain_until);
     w.str16(job.key);
-    journal_->append(RecordType::complete, id, w.view());
+    const Lsn complete = journal_->append(RecordType::complete, id, w.view());
     if (!job.key.empty()) keys_[job.key] = KeyEntry{id, retain_until};
     ++completed_;
     const JobId flow_id = job.flow;
     const std::uint32_t node = job.node;
     jobs_.erase(id);  // `job` is gone: a failure below must not reach journal_lost_locked(job)
-    if (auto flow = flows_.find(flow_id); flow_id != 0 && flow != flows_.end()) {
-      try {
-        node_done_locked(*flow->second, node);
-      } catch (...) {
-        journal_failed_ = true;  // the workflow's COMPLETE was not recorded; the next start finishes it
-      }
+    if (flow_id == 0 || !flows_.count(flow_id)) return;
+    // Successors start only once this COMPLETE is durable: were they to run
+    // before, a crash could lose it and run this node again after them.
+    // The worker does not wait for the disk: the journal calls back.
+    ++releasing_;
+    bool later = false;
+    try {
+      later = journal_->on_durable(complete, [this, flow_id, node](bool durable) {
+        std::unique_lock lock(mu_);
+        release_successors_locked(flow_id, node, durable);
+        post_pending(lock);
+      });
+    } catch (...) {  // the journal failed after the append: the next start releases them
+      release_successors_locked(flow_id, node, false);
+      return;
     }
+    if (!later) release_successors_locked(flow_id, node, true);
   } else if (attempt >= max_attempts_of(job)) {
     ++failed_attempts_;
     PayloadWriter w;
@@ -692,8 +725,8 @@ void DurableRuntime::dropped(JobId id) noexcept {
   std::lock_guard lock(mu_);
   --in_flight_;
   auto it = jobs_.find(id);
-  if (it != jobs_.end() && it->second->state == DurableJob::State::queued) scheduler_refused_ = true;
-  changed_.notify_all();
+  if (it != jobs_.end() && it->second.state == DurableJob::State::queued) scheduler_refused_ = true;
+  notify_drain_locked();
 }
 
 void DurableRuntime::checkpoint(DurableJob& job, std::span<const std::byte> bytes) {
@@ -708,19 +741,19 @@ void DurableRuntime::timer_loop() {
   for (;;) {
     if (cancelling_) return;  // set by shutdown(cancel), and by any shutdown once it is done
     if (timers_.empty()) {
-      changed_.wait(lock);
+      timer_cv_.wait(lock);
       continue;
     }
     const std::int64_t now = system_now_ns();
     if (timers_.begin()->first > now) {
-      changed_.wait_for(lock, std::chrono::nanoseconds(timers_.begin()->first - now));
+      timer_cv_.wait_for(lock, std::chrono::nanoseconds(timers_.begin()->first - now));
       continue;
     }
     while (!timers_.empty() && timers_.begin()->first <= now) {
       const JobId id = timers_.begin()->second;
       timers_.erase(timers_.begin());
       auto it = jobs_.find(id);
-      if (it != jobs_.end() && it->second->state == DurableJob::State::waiting) queue_locked(*it->second);
+      if (it != jobs_.end() && it->second.state == DurableJob::State::waiting) queue_locked(it->second);
     }
     post_pending(lock);
   }
@@ -730,7 +763,7 @@ std::vector<DeadJob> DurableRuntime::dead() const {
   std::lock_guard lock(mu_);
   std::vector<DeadJob> out;
   for (const auto& [id, job] : jobs_) {
-    if (job->state == DurableJob::State::dead) out.push_back({id, job->type, job->attempts, job->last_error});
+    if (job.state == DurableJob::State::dead) out.push_back({id, job.type, job.attempts, job.last_error});
   }
   std::sort(out.begin(), out.end(), [](const DeadJob& a, const DeadJob& b) { return a.id < b.id; });
   return out;
@@ -739,15 +772,15 @@ std::vector<DeadJob> DurableRuntime::dead() const {
 bool DurableRuntime::retry_dead(JobId id) {
   std::unique_lock lock(mu_);
   auto it = jobs_.find(id);
-  if (it == jobs_.end() || it->second->state != DurableJob::State::dead) return false;
-  if (!types_.count(it->second->type)) {
-    throw UnknownJobType("ordo: dead task " + std::to_string(id) + " has type '" + it->second->type +
+  if (it == jobs_.end() || it->second.state != DurableJob::State::dead) return false;
+  if (!types_.count(it->second.type)) {
+    throw UnknownJobType("ordo: dead task " + std::to_string(id) + " has type '" + it->second.type +
                          "', which is not defined");
   }
   journal_->append_durable(RecordType::retry, id);
-  it->second->attempts = 0;
+  it->second.attempts = 0;
   --dead_;
-  queue_locked(*it->second);
+  queue_locked(it->second);
   post_pending(lock);
   return true;
 }
@@ -755,9 +788,9 @@ bool DurableRuntime::retry_dead(JobId id) {
 bool DurableRuntime::discard_dead(JobId id) {
   std::lock_guard lock(mu_);
   auto it = jobs_.find(id);
-  if (it == jobs_.end() || it->second->state != DurableJob::State::dead) return false;
+  if (it == jobs_.end() || it->second.state != DurableJob::State::dead) return false;
   journal_->append_durable(RecordType::cancel, id);
-  if (!it->second->key.empty()) keys_.erase(it->second->key);
+  if (!it->second.key.empty()) keys_.erase(it->second.key);
   jobs_.erase(it);
   --dead_;
   return true;
@@ -768,18 +801,19 @@ void DurableRuntime::shutdown(ShutdownMode mode) noexcept {
   if (stopped_) return;
   stopping_ = true;
   if (mode == ShutdownMode::cancel) cancelling_ = true;
-  changed_.notify_all();
+  timer_cv_.notify_all();
   // drain: every job that is not dead finishes (timers included), unless
   // the scheduler stopped running our tasks; cancel: only what runs now.
   changed_.wait(lock, [&] {
-    if (in_flight_ != 0 || running_ != 0) return false;
+    if (in_flight_ != 0 || running_ != 0 || releasing_ != 0) return false;
     // Blocked nodes wait for a live predecessor (still counted here) or
     // for a dead one (which only retry_dead revives): neither keeps a drain.
     return cancelling_ || !started_ || scheduler_refused_ || journal_failed_ || jobs_.size() == dead_ + blocked_;
   });
   stopped_ = true;
   cancelling_ = true;  // the timer thread leaves
-  changed_.notify_all();
+  changed_.notify_all();  // a concurrent shutdown() call
+  timer_cv_.notify_all();
   lock.unlock();
   if (timer_.joinable()) timer_.join();
   try {
@@ -802,7 +836,7 @@ DurableStats DurableRuntime::stats() const {
   for (const auto& [due, id] : timers_) {
     auto it = jobs_.find(id);
     if (it == jobs_.end()) continue;
-    (it->second->retrying ? s.retrying : s.delayed)++;
+    (it->second.retrying ? s.retrying : s.delayed)++;
   }
   return s;
 }

@@ -145,15 +145,44 @@ Lsn JournalImpl::append(RecordType type, std::uint64_t task, std::span<const std
     --live_;
   }
   const Lsn lsn = ++appended_;
-  const bool wake = was_idle;
+  // Nobody is woken: a record is waited for by its appender, who leads the
+  // write of everything pending, or else the writer thread takes it within
+  // kUnwaitedWriteDelay. A wake-up per append cost more than the append.
+  bool wake = false;
+  if (was_idle) {
+    pending_since_ = std::chrono::steady_clock::now();
+    wake = std::exchange(writer_asleep_, false);
+  }
   lock.unlock();
-  if (wake) writer_cv_.notify_all();  // the writer (or a gathering leader) picks it up
+  if (wake) writer_cv_.notify_all();  // it sets its timer for this record
   return lsn;
 }
 
 void JournalImpl::wait_durable(Lsn lsn) {
   std::unique_lock lock(mu_);
   await_locked(lock, lsn, options_.durability == Durability::sync);
+}
+
+bool JournalImpl::on_durable(Lsn lsn, std::function<void(bool)> fn) {
+  std::unique_lock lock(mu_);
+  if (durable_mark_locked() >= lsn) return false;
+  if (error_) std::rethrow_exception(error_);
+  if (writer_exited_) throw Error("ordo: on_durable on a closed journal (" + dir_ + ")");
+  callbacks_.emplace(lsn, std::move(fn));
+  writer_cv_.notify_all();  // in sync mode the writer syncs for it at once
+  return true;
+}
+
+void JournalImpl::run_callbacks_locked(std::unique_lock<std::mutex>& lock) {
+  const bool never = error_ != nullptr || writer_exited_;
+  const auto end = never ? callbacks_.end() : callbacks_.upper_bound(durable_mark_locked());
+  if (callbacks_.begin() == end) return;
+  std::vector<std::function<void(bool)>> due;
+  for (auto it = callbacks_.begin(); it != end; ++it) due.push_back(std::move(it->second));
+  callbacks_.erase(callbacks_.begin(), end);
+  lock.unlock();
+  for (auto& fn : due) fn(!never);
+  lock.lock();
 }
 
 void JournalImpl::sync() {
@@ -227,7 +256,7 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
     if (!error_) error_ = std::current_exception();
     writing_ = false;
     durable_cv_.notify_all();
-    writer_cv_.notify_all();
+    writer_cv_.notify_all();  // the writer calls the callbacks back, with false
     return;
   }
   spare_.clear();
@@ -239,7 +268,7 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
   if (rotate_now) rotated_to_ = segment_;
   writing_ = false;
   durable_cv_.notify_all();
-  writer_cv_.notify_all();  // the writer may be waiting for the token
+  writer_cv_.notify_all();  // the writer may be waiting for the token, or have callbacks to run
 }
 
 std::uint64_t JournalImpl::request_rotation() {
@@ -288,26 +317,46 @@ void JournalImpl::writer_loop() {
   // Token-holder fields (unsynced_, next_periodic_sync_) are read only
   // while nobody holds the token: mu_ orders them after its release.
   std::unique_lock lock(mu_);
-  auto has_work = [&] { return !pending_.empty() || stop_ || rotate_wanted_; };
+  bool lingered = false;
+  // In sync mode an on_durable callback is a waiter: it gets its sync now.
+  auto callback_waits = [&] { return !callbacks_.empty() && options_.durability == Durability::sync; };
+  auto has_work = [&] {
+    return stop_ || rotate_wanted_ || callback_waits() ||
+           (!pending_.empty() && std::chrono::steady_clock::now() >= pending_since_ + kUnwaitedWriteDelay);
+  };
   for (;;) {
     if (writing_) {
       writer_cv_.wait(lock, [&] { return !writing_; });
       continue;
     }
     if (error_) break;
+    if (!callbacks_.empty() && callbacks_.begin()->first <= durable_mark_locked()) {
+      run_callbacks_locked(lock);
+      continue;
+    }
     const bool periodic = options_.durability != Durability::none && unsynced_;
     if (!has_work() && !(periodic && std::chrono::steady_clock::now() >= next_periodic_sync_)) {
-      auto wake = [&] { return has_work() || writing_; };
-      if (periodic) {
-        const auto due = next_periodic_sync_;  // a copy: a leader may move it while we wait
-        writer_cv_.wait_until(lock, due, wake);
+      // Each wake-up goes round the loop: the deadlines may have moved.
+      auto due = std::chrono::steady_clock::time_point::max();
+      if (periodic) due = next_periodic_sync_;  // a copy: a leader may move it while we wait
+      if (!pending_.empty()) due = std::min(due, pending_since_ + kUnwaitedWriteDelay);
+      if (due != std::chrono::steady_clock::time_point::max()) {
+        lingered = false;
+        writer_cv_.wait_until(lock, due);
+      } else if (!lingered) {
+        // Idle for now: linger one delay before sleeping for good, so that
+        // a busy journal's appends seldom have to wake the writer.
+        lingered = true;
+        writer_cv_.wait_for(lock, kUnwaitedWriteDelay);
       } else {
-        writer_cv_.wait(lock, wake);
+        writer_asleep_ = true;  // the next append that finds nothing pending wakes it
+        writer_cv_.wait(lock);
+        writer_asleep_ = false;
       }
       continue;
     }
     const bool stopping = stop_;
-    flush_locked(lock, stopping, false);
+    flush_locked(lock, stopping || callback_waits(), false);
     if (error_) break;
     if (stopping && pending_.empty() && !unsynced_) break;
     if (!compact_wanted_ && options_.compact_after_bytes != 0 &&
@@ -318,6 +367,7 @@ void JournalImpl::writer_loop() {
   }
   writer_exited_ = true;
   durable_cv_.notify_all();
+  run_callbacks_locked(lock);  // what is left will never be durable
 }
 
 void JournalImpl::compactor_loop() {
@@ -419,6 +469,7 @@ void Journal::wait_durable(Lsn lsn) { impl_->wait_durable(lsn); }
 void Journal::append_durable(RecordType type, std::uint64_t task, std::span<const std::byte> body) {
   impl_->wait_durable(impl_->append(type, task, body));
 }
+bool Journal::on_durable(Lsn lsn, std::function<void(bool)> fn) { return impl_->on_durable(lsn, std::move(fn)); }
 void Journal::sync() { impl_->sync(); }
 void Journal::compact() { impl_->compact(); }
 JournalStats Journal::stats() const { return impl_->stats(); }

@@ -16,6 +16,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -25,6 +27,10 @@
 #include "ordo/journal.hpp"
 
 namespace ordo::detail {
+
+// How long a record nobody waits for may stay in memory before the writer
+// thread writes it (a waiting appender writes it sooner, with its own).
+inline constexpr std::chrono::microseconds kUnwaitedWriteDelay{1000};
 
 class JournalImpl {
  public:
@@ -36,6 +42,7 @@ class JournalImpl {
 
   Lsn append(RecordType type, std::uint64_t task, std::span<const std::byte> body);
   void wait_durable(Lsn lsn);
+  bool on_durable(Lsn lsn, std::function<void(bool)> fn);
   void sync();
   void compact();
   void close() noexcept;
@@ -55,6 +62,11 @@ class JournalImpl {
   // entry and exit, dropped for the I/O.
   void flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bool leader);
   void write_batch(const std::string& batch, const std::vector<std::uint32_t>& ends);
+  Lsn durable_mark_locked() const { return options_.durability == Durability::sync ? synced_ : written_; }
+  // Writer thread: runs the on_durable callbacks that are due (all of
+  // them, with false, once error_ is set or the writer has exited). mu_
+  // held on entry and exit, dropped while they run.
+  void run_callbacks_locked(std::unique_lock<std::mutex>& lock);
   void open_segment(std::uint64_t number);  // writer thread (or start())
   void rotate();                            // writer thread
   std::uint64_t request_rotation();         // any thread: returns the new segment's number
@@ -66,6 +78,8 @@ class JournalImpl {
   std::condition_variable writer_cv_;   // pending work, stop, sync or rotation requests
   std::condition_variable durable_cv_;  // written_ / synced_ / rotated_ advanced
   std::string pending_;                 // encoded records awaiting the writer
+  std::chrono::steady_clock::time_point pending_since_{};  // when pending_ last became non-empty
+  bool writer_asleep_ = false;  // the writer waits with no deadline: an append must wake it
   std::vector<std::uint32_t> pending_ends_;  // end offset of each record in pending_
   Lsn appended_ = 0;
   Lsn written_ = 0;
@@ -83,6 +97,7 @@ class JournalImpl {
   bool writing_ = false;    // the write token: its holder alone touches the segment and spare_
   std::exception_ptr error_;
   std::uint64_t live_ = 0;  // enqueued and not complete/cancelled (mu_)
+  std::multimap<Lsn, std::function<void(bool)>> callbacks_;  // on_durable, by the LSN they wait for (mu_)
 
   // The write-token holder only (the writer thread or a leading waiter).
   std::string spare_;                        // the batch being written

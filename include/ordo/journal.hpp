@@ -160,6 +160,16 @@ class Journal {
   void wait_durable(Lsn lsn);
   // append() then wait_durable().
   void append_durable(RecordType type, std::uint64_t task, std::span<const std::byte> body = {});
+  // Any thread; never blocks. If the record at `lsn` is already durable
+  // under the journal's mode, returns false and drops `fn`. Otherwise keeps
+  // `fn` and calls it once, on the journal's writer thread and holding no
+  // journal lock (so fn may append, and its caller may hold its own locks):
+  // fn(true) once the record is durable — a record nobody waits for is
+  // written within about a millisecond, and in sync mode a pending callback
+  // gets its fdatasync at once — or fn(false) if a write error or close()
+  // means it never will be. fn must not throw. Throws what append() throws
+  // for a failed or closed journal.
+  bool on_durable(Lsn lsn, std::function<void(bool durable)> fn);
   // Any thread. Writes and fdatasync()s everything appended so far, whatever the mode.
   void sync();
   // Any thread. Rotates and compacts now, in the calling thread; returns
