@@ -27,26 +27,43 @@ namespace ordo::detail {
 
 struct JobType;
 
+// What few jobs have, kept apart so that a plain job stays small (recovery
+// holds hundreds of thousands of them).
+struct DurableJobExtras {
+  std::string key;
+  std::vector<std::pair<std::string, std::uint64_t>> needs;
+  std::string checkpoint;
+  std::string last_error;
+};
+
 struct DurableJob {
   // blocked: a workflow node whose predecessors have not all completed.
-  enum class State { queued, running, waiting, dead, blocked };
+  enum class State : std::uint8_t { queued, running, waiting, dead, blocked };
   JobId id = 0;
   std::string type;
   const JobType* kind = nullptr;  // types_[type], found once (types_ does not change after start())
   std::string args;
-  std::uint8_t level = 1;
-  unsigned max_attempts = 0;
-  std::string key;
-  std::vector<std::pair<std::string, std::uint64_t>> needs;
   std::int64_t due_ns = 0;  // system clock; while waiting
-  unsigned attempts = 0;    // STARTs journaled so far
-  bool has_checkpoint = false;
-  std::string checkpoint;
-  std::string last_error;
+  JobId flow = 0;           // the workflow it is a node of, or 0
+  std::uint32_t node = 0;
+  unsigned max_attempts = 0;
+  unsigned attempts = 0;  // STARTs journaled so far
+  std::uint8_t level = 1;
   State state = State::queued;
   bool retrying = false;  // waiting for a backoff (else for run_at)
-  JobId flow = 0;         // the workflow it is a node of, or 0
-  std::uint32_t node = 0;
+  std::unique_ptr<DurableJobExtras> extra;
+
+  DurableJobExtras& more() {
+    if (!extra) extra = std::make_unique<DurableJobExtras>();
+    return *extra;
+  }
+  const std::string& key() const { return extra ? extra->key : kNone.key; }
+  const auto& needs() const { return extra ? extra->needs : kNone.needs; }
+  const std::string& checkpoint() const { return extra ? extra->checkpoint : kNone.checkpoint; }
+  const std::string& last_error() const { return extra ? extra->last_error : kNone.last_error; }
+
+ private:
+  static inline const DurableJobExtras kNone{};
 };
 
 // A live durable workflow: its graph and which nodes are done.

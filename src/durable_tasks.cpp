@@ -72,18 +72,18 @@ void DurableRuntime::replay(const RecordView& r) {
       job->level = in.u8();
       job->max_attempts = in.u32();
       job->due_ns = in.i64();
-      job->key = in.str16();
+      if (std::string key = in.str16(); !key.empty()) job->more().key = std::move(key);
       const unsigned needs = in.u8();
       for (unsigned i = 0; i < needs; ++i) {
         std::string name = in.str16();
-        job->needs.emplace_back(std::move(name), in.u64());
+        job->more().needs.emplace_back(std::move(name), in.u64());
       }
       job->flow = in.u64();
       job->node = in.u32();
       job->args = in.rest();
       if (job->flow != 0) unlinked_nodes_[job->flow].push_back(r.task);  // its WORKFLOW record follows
       if (job->due_ns != 0) job->state = DurableJob::State::waiting;
-      if (!job->key.empty()) keys_[job->key] = KeyEntry{job->id, 0};
+      if (!job->key().empty()) keys_[job->key()] = KeyEntry{job->id, 0};
       break;
     }
     case RecordType::start:
@@ -94,8 +94,7 @@ void DurableRuntime::replay(const RecordView& r) {
       break;
     case RecordType::checkpoint:
       if (DurableJob* job = job_of()) {
-        job->checkpoint = in.rest();
-        job->has_checkpoint = true;
+        job->more().checkpoint = in.rest();
       }
       break;
     case RecordType::complete: {
@@ -106,7 +105,7 @@ void DurableRuntime::replay(const RecordView& r) {
       }
       flows_.erase(r.task);  // when it is a workflow's own COMPLETE
       if (!key.empty() && retain_until > system_now_ns()) keys_[key] = KeyEntry{r.task, retain_until};
-      if (DurableJob* job = job_of(); job != nullptr && key.empty() && !job->key.empty()) keys_.erase(job->key);
+      if (DurableJob* job = job_of(); job != nullptr && key.empty() && !job->key().empty()) keys_.erase(job->key());
       jobs_.erase(r.task);
       break;
     }
@@ -114,7 +113,7 @@ void DurableRuntime::replay(const RecordView& r) {
       if (DurableJob* job = job_of()) {
         job->attempts = in.u32();
         job->due_ns = in.i64();
-        job->last_error = in.str16();
+        job->more().last_error = in.str16();
         job->state = DurableJob::State::waiting;
         job->retrying = true;
       }
@@ -122,7 +121,7 @@ void DurableRuntime::replay(const RecordView& r) {
     case RecordType::dead:
       if (DurableJob* job = job_of()) {
         job->attempts = in.u32();
-        job->last_error = in.str16();
+        job->more().last_error = in.str16();
         job->state = DurableJob::State::dead;
       }
       break;
@@ -134,7 +133,7 @@ void DurableRuntime::replay(const RecordView& r) {
       break;
     case RecordType::cancel:
       if (DurableJob* job = job_of()) {
-        if (!job->key.empty()) keys_.erase(job->key);
+        if (!job->key().empty()) keys_.erase(job->key());
         jobs_.erase(r.task);
       }
       break;
@@ -296,7 +295,7 @@ void DurableRuntime::post_pending(std::unique_lock<std::mutex>& lock) {
     for (JobId id : postings_) {
       const DurableJob& job = jobs_.at(id);
       Posting p{id, SubmitOptions{.priority = Priority{job.level}}};
-      for (const auto& [name, amount] : job.needs) p.options.needs.push_back({scheduler_.find_resource_group(name), amount});
+      for (const auto& [name, amount] : job.needs()) p.options.needs.push_back({scheduler_.find_resource_group(name), amount});
       batch.push_back(std::move(p));
     }
     postings_.clear();
@@ -324,7 +323,7 @@ DurableRecovery DurableRuntime::start() {
     if (!types_.count(job.type)) {
       problem = "type '" + job.type + "' is not defined";
     } else {
-      for (const auto& [name, amount] : job.needs) {
+      for (const auto& [name, amount] : job.needs()) {
         ResourceGroup g = scheduler_.find_resource_group(name);
         if (!g.valid()) problem = "resource group '" + name + "' does not exist";
         else if (amount > g.limit()) problem = "needs more of '" + name + "' than its limit";
@@ -343,7 +342,7 @@ DurableRecovery DurableRuntime::start() {
     w.str16(reason);
     journal_->append(RecordType::dead, job.id, w.view());
     job.state = DurableJob::State::dead;
-    job.last_error = reason;
+    job.more().last_error = reason;
   };
   for (auto& [id, reason] : to_bury) bury(jobs_.at(id), reason);
   // Nodes of a workflow whose WORKFLOW record never made it: the process
@@ -454,12 +453,14 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
   job->args.assign(reinterpret_cast<const char*>(args.data()), args.size());
   job->level = static_cast<std::uint8_t>(priority);
   job->max_attempts = options.max_attempts.value_or(0);
-  job->key = options.idempotency_key;
-  job->needs = options.needs;
+  if (!options.idempotency_key.empty() || !options.needs.empty()) {
+    job->more().key = options.idempotency_key;
+    job->more().needs = options.needs;
+  }
   job->state = DurableJob::State::waiting;  // not runnable until its ENQUEUE is durable
   DurableJob& j = *job;
   const JobId id = j.id;
-  if (!j.key.empty()) keys_[j.key] = KeyEntry{j.id, 0};
+  if (!j.key().empty()) keys_[j.key()] = KeyEntry{j.id, 0};
   lock.unlock();
 
   PayloadWriter w;
@@ -467,9 +468,9 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
   w.u8(j.level);
   w.u32(j.max_attempts);
   w.i64(due);
-  w.str16(j.key);
-  w.u8(static_cast<std::uint8_t>(j.needs.size()));
-  for (const auto& [name, amount] : j.needs) {
+  w.str16(j.key());
+  w.u8(static_cast<std::uint8_t>(j.needs().size()));
+  for (const auto& [name, amount] : j.needs()) {
     w.str16(name);
     w.u64(amount);
   }
@@ -480,7 +481,7 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
     journal_->append_durable(RecordType::enqueue, j.id, w.view());
   } catch (...) {
     lock.lock();
-    if (!j.key.empty()) keys_.erase(j.key);
+    if (!j.key().empty()) keys_.erase(j.key());
     jobs_.erase(j.id);
     notify_drain_locked();
     throw;
@@ -672,12 +673,12 @@ void DurableRuntime::record_outcome_locked(DurableJob& job, unsigned attempt, bo
   const JobId id = job.id;
   if (ok) {
     const std::int64_t retain_until =
-        job.key.empty() ? 0 : system_now_ns() + std::chrono::nanoseconds(options_.key_retention).count();
+        job.key().empty() ? 0 : system_now_ns() + std::chrono::nanoseconds(options_.key_retention).count();
     PayloadWriter w;
     w.i64(retain_until);
-    w.str16(job.key);
+    w.str16(job.key());
     const Lsn complete = journal_->append(RecordType::complete, id, w.view());
-    if (!job.key.empty()) keys_[job.key] = KeyEntry{id, retain_until};
+    if (!job.key().empty()) keys_[job.key()] = KeyEntry{id, retain_until};
     ++completed_;
     const JobId flow_id = job.flow;
     const std::uint32_t node = job.node;
@@ -706,7 +707,7 @@ void DurableRuntime::record_outcome_locked(DurableJob& job, unsigned attempt, bo
     w.str16(error);
     journal_->append(RecordType::dead, id, w.view());
     job.state = DurableJob::State::dead;
-    job.last_error = error;
+    job.more().last_error = error;
     ++dead_;
   } else {
     ++failed_attempts_;
@@ -716,7 +717,7 @@ void DurableRuntime::record_outcome_locked(DurableJob& job, unsigned attempt, bo
     w.i64(due);
     w.str16(error);
     journal_->append(RecordType::fail, id, w.view());
-    job.last_error = error;
+    job.more().last_error = error;
     schedule_locked(job, due, true);
   }
 }
@@ -732,8 +733,7 @@ void DurableRuntime::dropped(JobId id) noexcept {
 void DurableRuntime::checkpoint(DurableJob& job, std::span<const std::byte> bytes) {
   journal_->append_durable(RecordType::checkpoint, job.id, bytes);
   std::lock_guard lock(mu_);
-  job.checkpoint.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-  job.has_checkpoint = true;
+  job.more().checkpoint.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 
 void DurableRuntime::timer_loop() {
@@ -763,7 +763,7 @@ std::vector<DeadJob> DurableRuntime::dead() const {
   std::lock_guard lock(mu_);
   std::vector<DeadJob> out;
   for (const auto& [id, job] : jobs_) {
-    if (job.state == DurableJob::State::dead) out.push_back({id, job.type, job.attempts, job.last_error});
+    if (job.state == DurableJob::State::dead) out.push_back({id, job.type, job.attempts, job.last_error()});
   }
   std::sort(out.begin(), out.end(), [](const DeadJob& a, const DeadJob& b) { return a.id < b.id; });
   return out;
@@ -790,7 +790,7 @@ bool DurableRuntime::discard_dead(JobId id) {
   auto it = jobs_.find(id);
   if (it == jobs_.end() || it->second.state != DurableJob::State::dead) return false;
   journal_->append_durable(RecordType::cancel, id);
-  if (!it->second.key.empty()) keys_.erase(it->second.key);
+  if (!it->second.key().empty()) keys_.erase(it->second.key());
   jobs_.erase(it);
   --dead_;
   return true;
@@ -847,7 +847,7 @@ JobId JobContext::id() const noexcept { return job_.id; }
 const std::string& JobContext::type() const noexcept { return job_.type; }
 unsigned JobContext::attempt() const noexcept { return job_.attempts; }
 std::span<const std::byte> JobContext::last_checkpoint() const noexcept {
-  return {reinterpret_cast<const std::byte*>(job_.checkpoint.data()), job_.checkpoint.size()};
+  return {reinterpret_cast<const std::byte*>(job_.checkpoint().data()), job_.checkpoint().size()};
 }
 void JobContext::checkpoint(std::span<const std::byte> bytes) { rt_.checkpoint(job_, bytes); }
 

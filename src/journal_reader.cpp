@@ -1,9 +1,9 @@
 #include "journal_reader.hpp"
 
 #include <algorithm>
-#include <unordered_set>
 
 #include "journal_io.hpp"
+#include "task_id_set.hpp"
 
 namespace ordo::detail::wal {
 namespace {
@@ -149,7 +149,7 @@ ReadResult read_directory(const std::string& dir, bool tolerant, RecoveryReport&
   ReadResult result;
   result.plan = plan_directory(dir);
   const DirectoryPlan& plan = result.plan;
-  std::unordered_set<std::uint64_t> live;
+  TaskIdSet live;
   auto deliver = [&](const RecordView& r) {
     ++report.records;
     if (r.type == RecordType::enqueue || r.type == RecordType::workflow) {

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <set>
 #include <string>
@@ -225,6 +226,41 @@ TEST(Journal, OversizedRecordIsRejectedAtAppendAndNothingElseIsLost) {
   const auto got = test::read_all(dir.path());
   ASSERT_EQ(got.size(), 2u);
   EXPECT_EQ(got[1].task, 3u);
+}
+
+// on_durable: the callback comes once the record is durable under the mode,
+// never before, and tells the caller when it will never be.
+TEST(Journal, OnDurableCallsBackOnlyOnceTheRecordIsInTheFile) {
+  for (Durability mode : {Durability::sync, Durability::async, Durability::none}) {
+    for (int round = 0; round < 50; ++round) {
+      ScratchDir dir;
+      auto j = Journal::open(dir.path(), {.durability = mode});
+      const Lsn lsn = j->append(RecordType::enqueue, 7, test::bytes(body_of(7)));
+      std::promise<std::pair<bool, std::size_t>> seen;  // (durable, records in the files at that moment)
+      const bool later = j->on_durable(lsn, [&](bool durable) {
+        seen.set_value({durable, test::read_all(dir.path()).size()});
+      });
+      if (!later) {  // already durable when asked: then it must be in the file already
+        ASSERT_EQ(test::read_all(dir.path()).size(), 1u) << to_string(mode);
+        continue;
+      }
+      auto [durable, records] = seen.get_future().get();
+      EXPECT_TRUE(durable) << to_string(mode);
+      EXPECT_EQ(records, 1u) << to_string(mode) << ": called back before the record was written";
+      if (mode == Durability::sync) EXPECT_GE(j->stats().syncs, 1u) << "called back before any fdatasync";
+    }
+  }
+}
+
+TEST(Journal, OnDurableForARecordAlreadyDurableReturnsFalseAndNeverCalls) {
+  ScratchDir dir;
+  auto j = Journal::open(dir.path(), {.durability = Durability::sync});
+  const Lsn lsn = j->append(RecordType::enqueue, 1, test::bytes(body_of(1)));
+  j->wait_durable(lsn);
+  bool called = false;
+  EXPECT_FALSE(j->on_durable(lsn, [&](bool) { called = true; }));
+  j.reset();  // close: a kept callback would run now
+  EXPECT_FALSE(called);
 }
 
 }  // namespace
