@@ -16,11 +16,13 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 
+#include "demo_progress.hpp"
 #include "ordo/ordo.hpp"
 
 namespace demo {
@@ -42,13 +44,15 @@ struct RunResult {
   ordo::DurableRecovery recovery;
   int ran = 0;      // handlers that applied their effect in this run
   int skipped = 0;  // handlers that found their effect already applied (a re-run after a crash)
+  ordo::DurableStats stats;
 };
 
 // One process's life on the journal: recover, enqueue every job under its
 // key (those already accepted are not enqueued twice), run them all. With
 // crash_after > 0 the process kills itself with SIGKILL right after that
 // many effects — after the effect, before the COMPLETE record: the worst spot.
-RunResult run_jobs(const DurableStoryOptions& o, const std::string& effects_path, int crash_after) {
+RunResult run_jobs(const DurableStoryOptions& o, const std::string& effects_path, int crash_after,
+                   ordo::Scheduler* shared) {
   RunResult result;
   std::set<std::string> applied;
   for (const auto& [key, n] : effects_in(effects_path))
@@ -57,7 +61,9 @@ RunResult run_jobs(const DurableStoryOptions& o, const std::string& effects_path
   const int fd = ::open(effects_path.c_str(), O_CREAT | O_WRONLY | O_APPEND | O_CLOEXEC, 0644);
   std::atomic<int> effects{0};
   {
-    ordo::Scheduler sched{{.workers = 2, .name = "durable-demo"}};
+    std::optional<ordo::Scheduler> own;
+    if (shared == nullptr) own.emplace(ordo::SchedulerOptions{.workers = 2, .name = "durable-demo"});
+    ordo::Scheduler& sched = shared != nullptr ? *shared : *own;
     ordo::DurableTasks durable(sched, o.journal_dir, {.durability = ordo::Durability::sync});
     durable.define("invoice", [&](ordo::JobContext& ctx, std::span<const std::byte> args) {
       const std::string key = text(args);
@@ -76,33 +82,48 @@ RunResult run_jobs(const DurableStoryOptions& o, const std::string& effects_path
       if (crash_after > 0 && effects.fetch_add(1) + 1 == crash_after) ::kill(::getpid(), SIGKILL);
     });
     result.recovery = durable.start();
+    std::optional<ProgressLine> progress;
+    if (!o.quiet) {
+      progress.emplace([&] {
+        const ordo::DurableStats st = durable.stats();
+        return "invoices: " + std::to_string(st.completed) + " completed in this run, " + std::to_string(st.live) +
+               " live, journal " + std::to_string(st.journal_bytes / 1024) + " KiB, last fsync " +
+               std::to_string(static_cast<int>(st.last_fsync_us)) + " us";
+      });
+    }
     for (int i = 0; i < o.jobs; ++i) {
       const std::string key = "invoice-" + std::to_string(i);
       durable.enqueue("invoice", key, {.idempotency_key = key});
     }
     durable.shutdown(ordo::ShutdownMode::drain);
+    if (progress) progress->finish();
+    result.stats = durable.stats();
   }
   ::close(fd);
   return result;
 }
 
-void print_summary(const DurableStoryOptions& o, const std::string& effects_path) {
+void summarise(const DurableStoryOptions& o, const std::string& effects_path, DurableStoryResult& out) {
   const auto count = effects_in(effects_path);
-  int lost = 0, duplicated = 0, completed = 0;
+  out.jobs = o.jobs;
   for (int i = 0; i < o.jobs; ++i) {
     auto it = count.find("invoice-" + std::to_string(i));
     const int n = it == count.end() ? 0 : it->second;
-    lost += n == 0 ? 1 : 0;
-    duplicated += n > 1 ? n - 1 : 0;
-    completed += n > 0 ? 1 : 0;
+    out.lost += n == 0 ? 1 : 0;
+    out.duplicated += n > 1 ? n - 1 : 0;
+    out.completed += n > 0 ? 1 : 0;
   }
-  std::printf("  summary: jobs=%d completed=%d lost=%d duplicated=%d\n", o.jobs, completed, lost, duplicated);
+  if (!o.quiet) {
+    std::printf("  summary: jobs=%d completed=%d lost=%d duplicated=%d\n", out.jobs, out.completed, out.lost,
+                out.duplicated);
+  }
 }
 
 }  // namespace
 
-int durable_story(const DurableStoryOptions& options) {
+DurableStoryResult durable_story(const DurableStoryOptions& options, ordo::Scheduler* shared) {
   DurableStoryOptions o = options;
+  DurableStoryResult result;
   std::string scratch;
   if (o.journal_dir.empty()) {
     char pattern[] = "/tmp/ordo-demo-XXXXXX";
@@ -111,41 +132,51 @@ int durable_story(const DurableStoryOptions& options) {
   }
   std::filesystem::create_directories(o.journal_dir);
   const std::string effects_path = o.journal_dir + "/demo-effects.log";
-  std::printf("  journal: %s (sync: each enqueue returns once it is on disk)\n", o.journal_dir.c_str());
+  if (!o.quiet) std::printf("  journal: %s (sync: each enqueue returns once it is on disk)\n", o.journal_dir.c_str());
   if (!scratch.empty()) {
-    // The whole story in one go: a child process crashes, this one resumes.
+    // The whole story in one go: a child process (this program, started
+    // afresh with --journal) crashes, this one resumes. Everything exec
+    // needs is built before fork: between the two only exec is called.
     const int crash_after = o.crash_after > 0 ? o.crash_after : o.jobs * 2 / 5;
+    const std::string crash_arg = std::to_string(crash_after), jobs_arg = std::to_string(o.jobs);
+    const char* argv[] = {"ordo-demo", "--journal", o.journal_dir.c_str(), "--crash-after", crash_arg.c_str(),
+                          "--jobs", jobs_arg.c_str(), "--quiet-child", nullptr};
     std::fflush(stdout);
     const pid_t child = ::fork();
     if (child == 0) {
-      run_jobs(o, effects_path, crash_after);
-      ::_exit(0);
+      ::execv("/proc/self/exe", const_cast<char* const*>(argv));
+      ::_exit(127);
     }
     int status = 0;
     ::waitpid(child, &status, 0);
-    const bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
-    std::printf("  run 1 (process %d): enqueuing and sending %d invoices, %s after %d effects\n", static_cast<int>(child), o.jobs,
-                killed ? "killed itself with SIGKILL" : "finished without crashing", crash_after);
-    const RunResult r = run_jobs(o, effects_path, 0);
+    result.crashed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    std::printf("  run 1 (process %d): enqueuing and sending %d invoices, %s after %d effects\n", static_cast<int>(child),
+                o.jobs, result.crashed ? "killed itself with SIGKILL" : "did NOT crash as planned", crash_after);
+    const RunResult r = run_jobs(o, effects_path, 0, shared);
     std::printf("  run 2 (this process): %s\n", r.recovery.describe().c_str());
     std::printf("    %d invoice(s) sent now; %d re-run(s) found their effect already applied (idempotent by key)\n", r.ran,
                 r.skipped);
-    print_summary(o, effects_path);
+    result.stats = r.stats;
+    summarise(o, effects_path, result);
     std::error_code ec;
     std::filesystem::remove_all(scratch, ec);
-    return 0;
+    result.exit_code = result.crashed && result.lost == 0 && result.duplicated == 0 ? 0 : 1;
+    return result;
   }
   // --journal DIR: this process is one run; run again to resume.
-  if (o.crash_after > 0) {
+  if (o.crash_after > 0 && !o.quiet) {
     std::printf("  this run kills itself with SIGKILL after %d effects; run again with the same --journal to resume\n",
                 o.crash_after);
   }
   std::fflush(stdout);  // SIGKILL would drop what is still buffered
-  const RunResult r = run_jobs(o, effects_path, o.crash_after);
-  std::printf("  %s\n  %d invoice(s) sent in this run, %d re-run(s) skipped by key\n", r.recovery.describe().c_str(),
-              r.ran, r.skipped);
-  print_summary(o, effects_path);
-  return 0;
+  const RunResult r = run_jobs(o, effects_path, o.crash_after, shared);
+  if (!o.quiet) {
+    std::printf("  %s\n  %d invoice(s) sent in this run, %d re-run(s) skipped by key\n", r.recovery.describe().c_str(),
+                r.ran, r.skipped);
+  }
+  result.stats = r.stats;
+  summarise(o, effects_path, result);
+  return result;
 }
 
 }  // namespace demo

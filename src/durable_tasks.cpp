@@ -8,6 +8,8 @@
 
 #include "durable_codec.hpp"
 #include "durable_runtime.hpp"
+#include "scheduler_core.hpp"
+#include "ordo/observability.hpp"
 #include "ordo/resource.hpp"
 #include "ordo/workflow.hpp"
 
@@ -52,9 +54,13 @@ DurableRuntime::DurableRuntime(Scheduler& scheduler, const std::string& director
                                DurableOptions options)
     : scheduler_(scheduler), options_(options) {
   journal_ = Journal::open(directory, std::move(journal), [this](const RecordView& r) { replay(r); });
+  scheduler_.core().add_stats_source(this, [this](SchedulerStats& st) { st.durable.push_back(stats()); });
 }
 
-DurableRuntime::~DurableRuntime() { shutdown(ShutdownMode::drain); }
+DurableRuntime::~DurableRuntime() {
+  scheduler_.core().remove_stats_source(this);
+  shutdown(ShutdownMode::drain);
+}
 
 void DurableRuntime::replay(const RecordView& r) {
   PayloadReader in(r);
@@ -639,6 +645,7 @@ void DurableRuntime::run(JobId id) {
   std::string error;
   bool ok = false;
   try {
+    trace_label(job.type);
     type->handler(ctx, as_span(job.args));
     ok = true;
   } catch (const std::exception& e) {
@@ -824,8 +831,12 @@ void DurableRuntime::shutdown(ShutdownMode mode) noexcept {
 }
 
 DurableStats DurableRuntime::stats() const {
-  std::lock_guard lock(mu_);
   DurableStats s;
+  const JournalStats js = journal_->stats();  // lists the directory: outside mu_
+  s.journal_bytes = js.bytes;
+  s.last_fsync_us = js.last_sync_us;
+  s.directory = journal_->directory();
+  std::lock_guard lock(mu_);
   s.live = jobs_.size() - dead_;
   s.running = running_;
   s.dead = dead_;

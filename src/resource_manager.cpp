@@ -339,7 +339,19 @@ void ResourceManager::set_limit(ResourceGroupCore& g, std::uint64_t limit) {
   dispatch_locked({&g});  // a raise may fit waiters now
 }
 
-ResourceStats ResourceManager::stats(const ResourceGroupCore& g) {
+std::vector<ResourceStats> ResourceManager::all_stats() const {
+  std::vector<const ResourceGroupCore*> groups;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& g : groups_) groups.push_back(g.get());
+  }
+  std::vector<ResourceStats> out;
+  out.reserve(groups.size());
+  for (const ResourceGroupCore* g : groups) out.push_back(stats(*g));
+  return out;
+}
+
+ResourceStats ResourceManager::stats(const ResourceGroupCore& g) const {
   ResourceStats s;
   s.name = g.name;
   s.limit = g.limit.load(std::memory_order_relaxed);

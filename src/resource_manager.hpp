@@ -125,7 +125,8 @@ class ResourceManager {
   // every wait list (keeping its age), then grants what now fits. False if
   // the task is not parked.
   bool reorder_parked(Task* t, unsigned level);
-  ResourceStats stats(const ResourceGroupCore& g);
+  ResourceStats stats(const ResourceGroupCore& g) const;
+  std::vector<ResourceStats> all_stats() const;  // every group, in creation order
 
   std::uint64_t parked() const noexcept { return parked_.load(std::memory_order_seq_cst); }
   // Completes parked tasks as cancelled: all of them (shutdown(cancel)), or
@@ -148,8 +149,8 @@ class ResourceManager {
   void unregister_locked(Task* t, NeedList& needs) noexcept;
 
   SchedulerCore& core_;
-  std::mutex mu_;
-  std::vector<std::unique_ptr<ResourceGroupCore>> groups_;  // mu_
+  mutable std::mutex mu_;
+  std::vector<std::unique_ptr<ResourceGroupCore>> groups_;  // mu_; a group lives as long as the manager
   std::uint64_t next_seq_ = 0;                              // mu_
   std::atomic<std::uint64_t> parked_{0};
   // The rate timer: sleeps until the earliest head waiter of a rate group is

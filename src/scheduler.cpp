@@ -92,4 +92,16 @@ SchedulerStats Scheduler::stats() const {
   return st;
 }
 
+void Scheduler::start_tracing(std::size_t events_per_worker) { core_->tracer().start(events_per_worker); }
+void Scheduler::stop_tracing() noexcept { core_->tracer().stop(); }
+bool Scheduler::tracing() const noexcept { return core_->tracer().enabled(); }
+std::size_t Scheduler::write_trace(std::ostream& out) const {
+  return core_->tracer().write_json(out, core_->name().empty() ? std::string("ordo") : "ordo: " + core_->name());
+}
+std::uint64_t Scheduler::trace_events_dropped() const { return core_->tracer().dropped(); }
+
+void trace_label(std::string_view label) {
+  if (std::string* target = detail::tls_context.trace_label; target != nullptr) target->assign(label);
+}
+
 }  // namespace ordo

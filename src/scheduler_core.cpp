@@ -11,7 +11,7 @@
 
 namespace ordo::detail {
 
-thread_local constinit ThreadContext tls_context{nullptr, nullptr, nullptr, nullptr, 0};
+thread_local constinit ThreadContext tls_context{nullptr, nullptr, nullptr, nullptr, 0, nullptr};
 
 Parker* this_thread_parker() noexcept {
   if (tls_context.parker == nullptr) tls_context.parker = Parker::current();
@@ -52,7 +52,8 @@ SchedulerCore::SchedulerCore(const SchedulerOptions& options)
       name_(options.name),
       policy_(options.policy),
       sleepers_(resolve_workers(options)),
-      reserved_per_level_(levels_, 0) {
+      reserved_per_level_(levels_, 0),
+      tracer_(resolve_workers(options)) {
   const unsigned n = resolve_workers(options);
   if (policy_ == Policy::strict && !options.weights.empty()) {
     throw InvalidArgument("ordo: SchedulerOptions::weights are only used with Policy::weighted");
@@ -183,7 +184,7 @@ void SchedulerCore::start() {
 }
 
 void SchedulerCore::worker_main(Worker& w) {
-  tls_context = ThreadContext{this, &w, nullptr, nullptr, 0};
+  tls_context = ThreadContext{this, &w, nullptr, nullptr, 0, nullptr};
   w.parker = this_thread_parker();
   std::string thread_name = name_.substr(0, 11) + "-" + std::to_string(w.index);
   pthread_setname_np(pthread_self(), thread_name.c_str());
@@ -203,7 +204,7 @@ void SchedulerCore::worker_main(Worker& w) {
     park_worker(w, stopping);
   }
   shutdown_loop(w);
-  tls_context = ThreadContext{nullptr, nullptr, nullptr, nullptr, 0};
+  tls_context = ThreadContext{nullptr, nullptr, nullptr, nullptr, 0, nullptr};
 }
 
 // Termination detection while draining or cancelling. Every worker counts as
@@ -422,7 +423,12 @@ void SchedulerCore::run_task(Worker& w, Task* t) {
       !t->preds->needs->held) {
     // Parked: the task waits on its groups' lists, holding no worker; this
     // entry's reference now belongs to the wait list.
-    if (!resources_.acquire_or_park(t, *t->preds->needs, level)) return;
+    if (!resources_.acquire_or_park(t, *t->preds->needs, level)) {
+      if (tracer_.enabled()) [[unlikely]] {
+        tracer_.record(w.index, {now_ns(), now_ns(), -1, "parked (waits for its resources)", static_cast<std::uint8_t>(level), true});
+      }
+      return;
+    }
   }
   Worker::PerLevel& stats = w.per_level[level];
   if (t->enqueued_ns != 0) stats.waits.record(now_ns() - t->enqueued_ns);
@@ -430,12 +436,28 @@ void SchedulerCore::run_task(Worker& w, Task* t) {
   const int outer_level = w.running_level.load(std::memory_order_relaxed);
   tls_context.current = t;
   w.running_level.store(static_cast<int>(level), std::memory_order_relaxed);
-  const bool ran = t->exec(t, mode);
+  bool ran;
+  if (tracer_.enabled()) [[unlikely]] {  // the only cost of the tracer while it is off
+    ran = run_traced(w, t, mode, level);
+  } else {
+    ran = t->exec(t, mode);
+  }
   tls_context.current = outer;
   w.running_level.store(outer_level, std::memory_order_relaxed);
-  w.executed.store(w.executed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   stats.completed.store(stats.completed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   finish(t, ran);
+}
+
+bool SchedulerCore::run_traced(Worker& w, Task* t, ExecMode mode, unsigned level) {
+  std::string label;
+  std::string* outer_label = std::exchange(tls_context.trace_label, &label);
+  const std::int64_t begin = now_ns();
+  const bool ran = t->exec(t, mode);
+  const std::int64_t end = now_ns();
+  tls_context.trace_label = outer_label;
+  const std::int64_t wait = t->enqueued_ns != 0 ? begin - t->enqueued_ns : -1;
+  tracer_.record(w.index, {begin, end, wait, std::move(label), static_cast<std::uint8_t>(level), false});
+  return ran;
 }
 
 bool SchedulerCore::submit(Task* t) {
@@ -552,34 +574,56 @@ void SchedulerCore::stop(ShutdownMode mode) {
 void SchedulerCore::fill_stats(SchedulerStats& st) const {
   st.workers = worker_count();
   st.levels = levels_;
-  st.tasks_run = executed_total();
-  st.steals = stolen_total();
+  st.steals = 0;
+  st.tasks_run = 0;
   st.workers_parked = parked_count();
   st.promoted = promoted_.load(std::memory_order_relaxed);
   st.per_level.assign(levels_, LevelStats{});
+  st.per_worker.assign(workers_.size(), WorkerStats{});
+  std::vector<WaitHistogram::Merged> merged(levels_);
+  for (unsigned l = 0; l < levels_; ++l) st.per_level[l].queued = injection_[l].announced.load(std::memory_order_relaxed) / 2;
+  // Each counter is read once and every total is summed from those reads, so
+  // the snapshot adds up: tasks_run == sum of per-worker == sum of per-level.
+  for (std::size_t i = 0; i < workers_.size(); ++i) {
+    const Worker& w = *workers_[i];
+    WorkerStats& ws = st.per_worker[i];
+    ws.steals = w.stolen.load(std::memory_order_relaxed);
+    ws.idle_ms = static_cast<double>(w.idle_ns.load(std::memory_order_relaxed)) / 1e6;
+    ws.parked = sleepers_.contains(w.index);
+    const int running = w.running_level.load(std::memory_order_relaxed);
+    for (unsigned l = 0; l < levels_; ++l) {
+      LevelStats& ls = st.per_level[l];
+      const std::uint64_t done = w.per_level[l].completed.load(std::memory_order_relaxed);
+      ws.tasks_run += done;
+      ls.completed += done;
+      ls.queued += static_cast<std::uint64_t>(w.deques[l].size_hint());
+      if (running == static_cast<int>(l)) ++ls.running;
+      w.per_level[l].waits.merge_into(merged[l]);
+    }
+    st.tasks_run += ws.tasks_run;
+    st.steals += ws.steals;
+  }
   for (unsigned l = 0; l < levels_; ++l) {
     LevelStats& ls = st.per_level[l];
-    WaitHistogram::Merged merged;
-    const std::uint64_t announced = injection_[l].announced.load(std::memory_order_relaxed);
-    ls.queued = announced / 2;
-    for (const auto& w : workers_) {
-      ls.queued += static_cast<std::uint64_t>(w->deques[l].size_hint());
-      ls.completed += w->per_level[l].completed.load(std::memory_order_relaxed);
-      if (w->running_level.load(std::memory_order_relaxed) == static_cast<int>(l)) ++ls.running;
-      w->per_level[l].waits.merge_into(merged);
-    }
-    ls.wait_samples = merged.total;
-    ls.wait_p50_us = merged.quantile_ns(0.50) / 1000.0;
-    ls.wait_p90_us = merged.quantile_ns(0.90) / 1000.0;
-    ls.wait_p99_us = merged.quantile_ns(0.99) / 1000.0;
-    ls.wait_max_us = static_cast<double>(merged.max) / 1000.0;
+    ls.wait_samples = merged[l].total;
+    ls.wait_p50_us = merged[l].quantile_ns(0.50) / 1000.0;
+    ls.wait_p90_us = merged[l].quantile_ns(0.90) / 1000.0;
+    ls.wait_p99_us = merged[l].quantile_ns(0.99) / 1000.0;
+    ls.wait_max_us = static_cast<double>(merged[l].max) / 1000.0;
   }
+  st.resources = resources_.all_stats();
+  std::lock_guard lock(stats_sources_mu_);
+  for (const auto& [owner, fill] : stats_sources_) fill(st);
 }
 
-std::uint64_t SchedulerCore::executed_total() const noexcept {
-  std::uint64_t sum = 0;
-  for (const auto& w : workers_) sum += w->executed.load(std::memory_order_relaxed);
-  return sum;
+void SchedulerCore::add_stats_source(const void* owner, std::function<void(SchedulerStats&)> fill) {
+  std::lock_guard lock(stats_sources_mu_);
+  stats_sources_.emplace_back(owner, std::move(fill));
+}
+
+void SchedulerCore::remove_stats_source(const void* owner) noexcept {
+  std::lock_guard lock(stats_sources_mu_);
+  std::erase_if(stats_sources_, [&](const auto& s) { return s.first == owner; });
 }
 
 std::uint64_t SchedulerCore::stolen_total() const noexcept {

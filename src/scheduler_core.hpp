@@ -24,6 +24,7 @@
 #include <atomic>
 #include <concurrentqueue/concurrentqueue.h>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -37,6 +38,7 @@
 #include "ordo/priority.hpp"
 #include "ager.hpp"
 #include "parker.hpp"
+#include "tracer.hpp"
 #include "resource_manager.hpp"
 #include "wait_histogram.hpp"
 #include "ordo/detail/thread_context.hpp"
@@ -66,8 +68,8 @@ struct alignas(64) Worker {
   std::thread thread;
 
   // Written by the owner only (relaxed load + store, no RMW); read by stats.
-  std::atomic<std::uint64_t> executed{0};
   std::atomic<std::uint64_t> stolen{0};
+  std::atomic<std::uint64_t> idle_ns{0};  // time parked for lack of work
   std::atomic<int> running_level{-1};  // level of the innermost task running here
   struct PerLevel {
     std::atomic<std::uint64_t> completed{0};
@@ -123,8 +125,13 @@ class SchedulerCore {
   static void wait_until(Done&& done, PrepareSleep&& prepare_sleep);
 
   // Cumulative counters summed over workers (approximate while running).
-  std::uint64_t executed_total() const noexcept;
   std::uint64_t stolen_total() const noexcept;
+  // Scheduler::stats() also asks these (a DurableTasks adds its own part);
+  // `owner` is the key to remove it by. Any thread.
+  void add_stats_source(const void* owner, std::function<void(SchedulerStats&)> fill);
+  void remove_stats_source(const void* owner) noexcept;
+  Tracer& tracer() noexcept { return tracer_; }
+  const std::string& name() const noexcept { return name_; }
   unsigned parked_count() const noexcept { return sleepers_.count(); }
 
  private:
@@ -147,6 +154,7 @@ class SchedulerCore {
   void inject(Task* t, unsigned level);
   // Runs the task whose entry w just took (or skips a stale entry).
   void run_task(Worker& w, Task* t);
+  bool run_traced(Worker& w, Task* t, ExecMode mode, unsigned level);  // exec, timed and recorded
   // Tries to find work with bounded spinning and yielding; null if none came
   // or stop() became true.
   template <class Stop>
@@ -181,6 +189,9 @@ class SchedulerCore {
   std::atomic<bool> exit_{false};  // drain/cancel complete: workers return
   std::mutex stop_mu_;
   bool stopped_ = false;
+  Tracer tracer_;
+  mutable std::mutex stats_sources_mu_;
+  std::vector<std::pair<const void*, std::function<void(SchedulerStats&)>>> stats_sources_;  // stats_sources_mu_
 };
 
 // Rounds of (look for work, then pause) before yielding, and yields before parking.
@@ -255,7 +266,11 @@ void SchedulerCore::park_worker(Worker& w, ExtraWake&& extra_wake) {
     sleepers_.remove(w.index);
     return;
   }
+  const std::int64_t slept_at = now_ns();
   w.parker->park();
+  // relaxed: a statistic; only this worker writes it.
+  w.idle_ns.store(w.idle_ns.load(std::memory_order_relaxed) + static_cast<std::uint64_t>(now_ns() - slept_at),
+                  std::memory_order_relaxed);
   sleepers_.remove(w.index);
 }
 

@@ -29,6 +29,7 @@
 #include "resource_manager.hpp"
 #include "scheduler_core.hpp"
 #include "workflow_graph.hpp"
+#include "ordo/detail/thread_context.hpp"
 
 namespace ordo {
 namespace detail {
@@ -217,6 +218,14 @@ void run_body(RunState* run, std::uint32_t v) {
 
 // Runs node v's body, keeping its status; returns whether it succeeded.
 bool run_node(RunState* run, std::uint32_t v) noexcept {
+  if (std::string* label = tls_context.trace_label; label != nullptr) [[unlikely]] {  // tracing
+    try {
+      // One task may run a chain of nodes: the trace names the first.
+      if (label->empty()) *label = run->graph->name + "/" + run->graph->display_name(v);
+      else if (label->back() != '+') *label += " +";
+    } catch (...) {  // a lost trace name is not worth failing the node for
+    }
+  }
   set_status(run, v, NodeStatus::running);
   try {
     run_body(run, v);

@@ -35,6 +35,7 @@
 #include "ordo/journal.hpp"
 #include "ordo/options.hpp"
 #include "ordo/priority.hpp"
+#include "ordo/stats.hpp"
 
 namespace ordo {
 
@@ -177,17 +178,6 @@ struct DeadJob {
   std::string last_error;
 };
 
-struct DurableStats {
-  std::uint64_t live = 0;      // enqueued, not complete, cancelled or dead
-  std::uint64_t running = 0;
-  std::uint64_t retrying = 0;  // waiting for a backoff to expire
-  std::uint64_t delayed = 0;   // waiting for run_at
-  std::uint64_t dead = 0;
-  std::uint64_t completed = 0;  // since this process started
-  std::uint64_t failed_attempts = 0;
-  std::uint64_t workflows = 0;  // live durable workflows
-  bool accepting = false;  // started, and shutdown() not yet begun
-};
 
 class DurableTasks {
  public:

@@ -5,6 +5,7 @@
 #include "ordo/handle.hpp"
 #include "ordo/durable.hpp"
 #include "ordo/journal.hpp"
+#include "ordo/observability.hpp"
 #include "ordo/options.hpp"
 #include "ordo/priority.hpp"
 #include "ordo/scheduler.hpp"

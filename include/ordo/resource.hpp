@@ -16,20 +16,14 @@
 #include <cstdint>
 #include <string>
 
+#include "ordo/stats.hpp"
+
 namespace ordo {
 
 namespace detail {
 class ResourceGroupCore;
 }
 
-struct ResourceStats {
-  std::string name;
-  std::uint64_t limit = 0;
-  std::uint64_t in_use = 0;
-  std::uint64_t max_in_use = 0;  // the most ever held at once
-  std::uint64_t waiting = 0;     // tasks parked on this group now
-  double total_wait_ms = 0;      // time tasks spent parked on this group
-};
 
 class ResourceGroup {
  public:

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -21,6 +22,7 @@
 #include "ordo/options.hpp"
 #include "ordo/priority.hpp"
 #include "ordo/resource.hpp"
+#include "ordo/stats.hpp"
 
 namespace ordo {
 
@@ -48,32 +50,6 @@ void discard_unqueued(Task* t) noexcept {
 }
 
 }  // namespace detail
-
-// One priority level in a stats snapshot.
-struct LevelStats {
-  std::uint64_t queued = 0;     // waiting in deques and injection queues now
-  std::uint64_t running = 0;    // being run by a worker now
-  std::uint64_t completed = 0;  // run (or cancelled) since start
-  // Start-wait (queued -> started) of a sample of tasks: every 64th task a
-  // thread queues, and every task of a level with an age bound.
-  std::uint64_t wait_samples = 0;
-  double wait_p50_us = 0;
-  double wait_p90_us = 0;
-  double wait_p99_us = 0;
-  double wait_max_us = 0;
-};
-
-// Cumulative counters of one scheduler. Each is summed over workers without a
-// lock, so a snapshot taken while tasks run is approximate (never torn).
-struct SchedulerStats {
-  unsigned workers = 0;
-  unsigned levels = 0;
-  std::uint64_t tasks_run = 0;  // payloads run or cancelled by workers
-  std::uint64_t steals = 0;     // tasks taken from another worker's deque
-  unsigned workers_parked = 0;  // workers asleep (or about to be) for lack of work
-  std::uint64_t promoted = 0;   // tasks moved up a level by ageing
-  std::vector<LevelStats> per_level;  // index = level
-};
 
 class Scheduler {
  public:
@@ -174,6 +150,20 @@ class Scheduler {
   // Any thread; never blocks the workers. Cost: a pass over every worker's
   // counters and histograms (tens of microseconds), so poll, don't spin on it.
   SchedulerStats stats() const;
+
+  // Tracing (see docs/observability.md). Any thread. start_tracing() clears
+  // an earlier trace and records, per worker, each task's begin and end
+  // (its trace_label(), level and start-wait) and each park on resources,
+  // keeping at most `events_per_worker` per worker (the rest are counted
+  // as dropped). While tracing is off a task pays one predictable branch.
+  // write_trace() writes Chrome trace-event JSON (Perfetto, chrome://tracing)
+  // of what was recorded so far, also while tracing, and returns the number
+  // of task spans written. Shutdown does not stop or clear a trace.
+  void start_tracing(std::size_t events_per_worker = std::size_t{1} << 20);
+  void stop_tracing() noexcept;
+  bool tracing() const noexcept;
+  std::size_t write_trace(std::ostream& out) const;
+  std::uint64_t trace_events_dropped() const;
 
   detail::SchedulerCore& core() noexcept { return *core_; }
 

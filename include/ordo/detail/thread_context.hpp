@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "ordo/detail/task.hpp"
 
@@ -20,6 +21,7 @@ struct ThreadContext {
   Task* current;        // the task this thread is running, if any
   Parker* parker;       // cached Parker::current() of a worker; null elsewhere until first wait
   std::uint32_t sample_tick;  // every 64th task this thread queues is timed for wait statistics
+  std::string* trace_label;   // while a traced task runs: where trace_label() writes its name
 };
 
 // Trivial and constant-initialised: reading it is a plain TLS load.
