@@ -73,6 +73,25 @@ void BM_fib_ordo(benchmark::State& state) {
   check_fib(state, got, n);
 }
 
+// The same with the tracer recording every task (room for all of them, so
+// nothing is dropped): what tracing costs while it is on.
+void BM_fib_ordo_traced(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  auto& s = scheduler();
+  long got = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    s.start_tracing(std::size_t{1} << 22);  // clears the previous iteration's events
+    state.ResumeTiming();
+    got = s.submit([&s, n] { return fib_ordo(s, n); }).get();
+    state.PauseTiming();
+    s.stop_tracing();
+    state.ResumeTiming();
+  }
+  state.counters["dropped"] = static_cast<double>(s.trace_events_dropped());
+  check_fib(state, got, n);
+}
+
 void BM_fib_tbb(benchmark::State& state) {
   const int n = static_cast<int>(state.range(0));
   long got = 0;
@@ -229,6 +248,7 @@ int main(int argc, char** argv) {
   tbb::global_control limit(tbb::global_control::max_allowed_parallelism, pool_threads());
   using benchmark::RegisterBenchmark;
   RegisterBenchmark("fib/ordo", BM_fib_ordo)->Arg(30)->UseRealTime()->Unit(benchmark::kMillisecond);
+  RegisterBenchmark("fib/ordo_traced", BM_fib_ordo_traced)->Arg(30)->UseRealTime()->Unit(benchmark::kMillisecond);
   RegisterBenchmark("fib/tbb", BM_fib_tbb)->Arg(30)->UseRealTime()->Unit(benchmark::kMillisecond);
   RegisterBenchmark("fib/serial", BM_fib_serial)->Arg(30)->UseRealTime()->Unit(benchmark::kMillisecond);
   RegisterBenchmark("spawn_external/ordo", BM_spawn_external_ordo)->Arg(1000000)->UseRealTime()->Unit(benchmark::kMillisecond);

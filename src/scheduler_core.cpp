@@ -425,7 +425,8 @@ void SchedulerCore::run_task(Worker& w, Task* t) {
     // entry's reference now belongs to the wait list.
     if (!resources_.acquire_or_park(t, *t->preds->needs, level)) {
       if (tracer_.enabled()) [[unlikely]] {
-        tracer_.record(w.index, {now_ns(), now_ns(), -1, "parked (waits for its resources)", static_cast<std::uint8_t>(level), true});
+        const std::int64_t at = now_ns();
+        tracer_.record(w.index, at, at, -1, "parked (waits for its resources)", level, true);
       }
       return;
     }
@@ -456,7 +457,7 @@ bool SchedulerCore::run_traced(Worker& w, Task* t, ExecMode mode, unsigned level
   const std::int64_t end = now_ns();
   tls_context.trace_label = outer_label;
   const std::int64_t wait = t->enqueued_ns != 0 ? begin - t->enqueued_ns : -1;
-  tracer_.record(w.index, {begin, end, wait, std::move(label), static_cast<std::uint8_t>(level), false});
+  tracer_.record(w.index, begin, end, wait, label, level, false);
   return ran;
 }
 

@@ -51,9 +51,10 @@ void Tracer::start(std::size_t events_per_worker) {
 #endif
   for (unsigned i = 0; i < workers_; ++i) {
     std::lock_guard lock(buffers_[i].mu);
-    buffers_[i].events.clear();
-    buffers_[i].events.reserve(std::min<std::size_t>(events_per_worker, 1 << 16));
+    buffers_[i].count = 0;
     buffers_[i].dropped = 0;
+    buffers_[i].labels.resize(1);
+    buffers_[i].label_ids.clear();
   }
   cap_.store(events_per_worker, std::memory_order_relaxed);
   enabled_.store(true, std::memory_order_relaxed);
@@ -61,14 +62,24 @@ void Tracer::start(std::size_t events_per_worker) {
 
 void Tracer::stop() noexcept { enabled_.store(false, std::memory_order_relaxed); }
 
-void Tracer::record(unsigned worker, TraceEvent event) {
+void Tracer::record(unsigned worker, std::int64_t begin_ns, std::int64_t end_ns, std::int64_t wait_ns,
+                    std::string_view label, unsigned level, bool instant) {
   Buffer& b = buffers_[worker];
   std::lock_guard lock(b.mu);
-  if (b.events.size() >= cap_.load(std::memory_order_relaxed)) {
+  if (b.count >= cap_.load(std::memory_order_relaxed)) {
     ++b.dropped;
     return;
   }
-  b.events.push_back(std::move(event));
+  std::uint32_t id = 0;
+  if (!label.empty()) {
+    auto [it, added] = b.label_ids.try_emplace(std::string(label), static_cast<std::uint32_t>(b.labels.size()));
+    if (added) b.labels.emplace_back(label);
+    id = it->second;
+  }
+  if (b.count / kChunkEvents == b.chunks.size()) b.chunks.push_back(std::make_unique<TraceEvent[]>(kChunkEvents));
+  b.chunks[b.count / kChunkEvents][b.count % kChunkEvents] =
+      TraceEvent{begin_ns, end_ns, wait_ns, id, static_cast<std::uint8_t>(level), instant};
+  ++b.count;
 }
 
 std::uint64_t Tracer::dropped() const {
@@ -84,9 +95,12 @@ std::size_t Tracer::write_json(std::ostream& out, const std::string& process_nam
   std::size_t spans = 0;
   std::int64_t epoch = INT64_MAX;  // timestamps start near 0: the earliest event
   std::vector<std::vector<TraceEvent>> copies(workers_);
+  std::vector<std::vector<std::string>> labels(workers_);
   for (unsigned i = 0; i < workers_; ++i) {
     std::lock_guard lock(buffers_[i].mu);
-    copies[i] = buffers_[i].events;
+    copies[i].reserve(buffers_[i].count);
+    for (std::size_t k = 0; k < buffers_[i].count; ++k) copies[i].push_back(buffers_[i].at(k));
+    labels[i] = buffers_[i].labels;
     for (const TraceEvent& e : copies[i]) epoch = std::min(epoch, e.begin_ns);
   }
   if (epoch == INT64_MAX) epoch = 0;
@@ -120,7 +134,7 @@ std::size_t Tracer::write_json(std::ostream& out, const std::string& process_nam
       out << ",\n{\"pid\":1,\"tid\":" << i << ",\"ts\":" << num << ",\"ph\":\"";
       if (e.instant) {
         out << "i\",\"s\":\"t\",\"name\":";
-        write_escaped(out, e.label.empty() ? std::string("parked") : e.label);
+        write_escaped(out, e.label == 0 ? std::string("parked") : labels[i][e.label]);
         out << ",\"args\":{\"level\":" << static_cast<unsigned>(e.level) << "}}";
         continue;
       }
@@ -130,7 +144,7 @@ std::size_t Tracer::write_json(std::ostream& out, const std::string& process_nam
       }
       ++spans;
       out << "B\",\"name\":";
-      write_escaped(out, e.label.empty() ? "task (level " + std::to_string(e.level) + ")" : e.label);
+      write_escaped(out, e.label == 0 ? "task (level " + std::to_string(e.level) + ")" : labels[i][e.label]);
       out << ",\"cat\":\"level " << static_cast<unsigned>(e.level) << "\",\"args\":{\"level\":"
           << static_cast<unsigned>(e.level);
       if (e.wait_ns >= 0) {

@@ -17,6 +17,8 @@
 #include <mutex>
 #include <ostream>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace ordo::detail {
@@ -25,10 +27,11 @@ struct TraceEvent {
   std::int64_t begin_ns;  // steady clock
   std::int64_t end_ns;    // == begin_ns for an instant
   std::int64_t wait_ns;   // queued -> started, or -1 when the task was not timed
-  std::string label;      // trace_label() of the task, or empty
+  std::uint32_t label;    // index into its buffer's labels; 0: none
   std::uint8_t level;
   bool instant;           // a moment (a task parked on its resources), not a span
 };
+static_assert(sizeof(TraceEvent) == 32, "a traced task costs 32 bytes of buffer");
 
 class Tracer {
  public:
@@ -43,16 +46,25 @@ class Tracer {
 #endif
   void start(std::size_t events_per_worker);  // clears what an earlier trace left; throws Error when compiled out
   void stop() noexcept;
-  void record(unsigned worker, TraceEvent event);
+  // `label` is copied once per distinct text per worker (events hold an index).
+  void record(unsigned worker, std::int64_t begin_ns, std::int64_t end_ns, std::int64_t wait_ns,
+              std::string_view label, unsigned level, bool instant);
   // Returns the number of task spans written.
   std::size_t write_json(std::ostream& out, const std::string& process_name) const;
   std::uint64_t dropped() const;
 
  private:
+  // Events live in fixed chunks that are never moved, and are kept (not
+  // freed) by start(): a second trace reuses the memory the first touched.
+  static constexpr std::size_t kChunkEvents = 1 << 15;  // 1 MiB
   struct alignas(64) Buffer {
     mutable std::mutex mu;
-    std::vector<TraceEvent> events;
+    std::vector<std::unique_ptr<TraceEvent[]>> chunks;
+    std::size_t count = 0;  // events recorded since start()
     std::uint64_t dropped = 0;
+    std::vector<std::string> labels{std::string()};  // [0]: none
+    std::unordered_map<std::string, std::uint32_t> label_ids;
+    const TraceEvent& at(std::size_t i) const { return chunks[i / kChunkEvents][i % kChunkEvents]; }
   };
   std::atomic<bool> enabled_{false};
   const unsigned workers_;
