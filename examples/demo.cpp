@@ -155,11 +155,11 @@ SummaryRow priority_flood(ordo::Scheduler& sched, int flood) {
 SummaryRow resource_cap(ordo::Scheduler& sched, int queries, int cpu_chunks) {
   ordo::ResourceGroup db = sched.resource_group("db", 4);
   std::atomic<int> in_query{0}, max_seen{0}, queries_done{0}, cpu_done{0};
-  std::printf("  %d queries need 1 of the `db` group's 4 connections (each waits 5 ms on the \"database\");\n"
-              "  %d CPU chunks need nothing; %u workers\n", queries, cpu_chunks, sched.worker_count());
+  std::printf("  %d queries (high priority) need 1 of the `db` group's 4 connections (each waits 5 ms on the\n"
+              "  \"database\"); %d CPU chunks (normal) need nothing; %u workers\n", queries, cpu_chunks, sched.worker_count());
   const auto t0 = Clock::now();
   std::vector<ordo::Handle<void>> all;
-  double cpu_finished_ms = 0;
+  std::atomic<double> cpu_finished_ms{0}, queries_finished_ms{0};
   for (int i = 0; i < queries; ++i) {
     all.push_back(sched.submit([&] {
       ordo::trace_label("query (db)");
@@ -169,8 +169,8 @@ SummaryRow resource_cap(ordo::Scheduler& sched, int queries, int cpu_chunks) {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
       in_query.fetch_sub(1);
-      queries_done.fetch_add(1);
-    }, {.needs = {{db, 1}}}));
+      if (queries_done.fetch_add(1) + 1 == queries) queries_finished_ms = ms_since(t0);
+    }, {.priority = ordo::high, .needs = {{db, 1}}}));  // a granted query goes ahead of queued CPU work
   }
   for (int i = 0; i < cpu_chunks; ++i) {
     all.push_back(sched.submit([&] {
@@ -188,13 +188,14 @@ SummaryRow resource_cap(ordo::Scheduler& sched, int queries, int cpu_chunks) {
     });
     for (auto& h : all) h.wait();
   }
-  const double elapsed = ms_since(t0);
   const ordo::ResourceStats rs = db.stats();
-  std::printf("  at most %d queries ran at once (group's own count: %llu); CPU work finished at %.0f ms, queries at %.0f ms\n",
-              max_seen.load(), static_cast<unsigned long long>(rs.max_in_use), cpu_finished_ms, elapsed);
+  std::printf("  at most %d queries ran at once (group's own count: %llu); queries done at %.0f ms (4 at a time: "
+              "%d ms at best), CPU work done at %.0f ms beside them\n",
+              max_seen.load(), static_cast<unsigned long long>(rs.max_in_use), queries_finished_ms.load(),
+              queries * 5 / 4, cpu_finished_ms.load());
   if (max_seen.load() > 4) throw std::runtime_error("the db group let more than 4 queries run at once");
-  return {"2. a db group of 4", fmt("max %d in flight (limit 4); CPU done at %.0f ms, queries at %.0f ms", max_seen.load(),
-                                    cpu_finished_ms, elapsed)};
+  return {"2. a db group of 4", fmt("max %d in flight (limit 4); queries done at %.0f ms, CPU at %.0f ms",
+                                    max_seen.load(), queries_finished_ms.load(), cpu_finished_ms.load())};
 }
 
 // ---- 3. a workflow: fan-out, fan-in, continuation ------------------------
