@@ -191,7 +191,6 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) 
     needs.held = true;
     return true;
   }
-  std::vector<ResourceGroupCore*> groups;
   {
     std::lock_guard lock(mu_);
     // May we go ahead of the tasks already waiting? Only of those with a
@@ -204,21 +203,77 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) 
       needs.held = true;
       return true;
     }
-    needs.level = level;
-    needs.seq = next_seq_++;
-    needs.parked_at_ns = now_ns();
-    for (const NeedEntry& e : needs) {
-      e.group->wait_list.insert(Waiter{level, needs.seq, t});
-      e.group->waiters.fetch_add(1, std::memory_order_seq_cst);  // the parker's half of the hand-off protocol
-      groups.push_back(e.group);
-    }
-    parked_.fetch_add(1, std::memory_order_seq_cst);
-    // A release that ran before we registered did not see us: look again now.
-    dispatch_locked(groups);
-    for (const NeedEntry& e : needs)
-      if (e.group->is_rate()) timer_cv_.notify_one();  // it may be the earliest due now
+    park_locked(t, needs, level);
   }
   return false;
+}
+
+void ResourceManager::park_locked(Task* t, NeedList& needs, unsigned level) {
+  std::vector<ResourceGroupCore*> groups;
+  needs.level = level;
+  needs.seq = next_seq_++;
+  needs.parked_at_ns = now_ns();
+  for (const NeedEntry& e : needs) {
+    e.group->wait_list.insert(Waiter{level, needs.seq, t});
+    e.group->waiters.fetch_add(1, std::memory_order_seq_cst);  // the parker's half of the hand-off protocol
+    groups.push_back(e.group);
+  }
+  parked_.fetch_add(1, std::memory_order_seq_cst);
+  // A release that ran before we registered did not see us: look again now.
+  dispatch_locked(groups);
+  for (const NeedEntry& e : needs)
+    if (e.group->is_rate()) timer_cv_.notify_one();  // it may be the earliest due now
+}
+
+bool ResourceManager::park_if_busy(Task* t, NeedList& needs, unsigned level) {
+  // seq_cst loads: the same hand-off protocol as acquire_or_park (a
+  // release that misses our registration is caught by park_locked's dispatch).
+  auto all_fit = [&] {
+    for (const NeedEntry& e : needs) {
+      if (e.group->is_rate()) return true;  // rate tokens are judged when it runs
+      if (e.group->in_use.load(std::memory_order_seq_cst) + e.amount > e.group->limit.load(std::memory_order_seq_cst))
+        return false;
+    }
+    return true;
+  };
+  bool contended = false;
+  for (const NeedEntry& e : needs) contended |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
+  if (!contended && all_fit()) return false;
+  std::lock_guard lock(mu_);
+  for (const NeedEntry& e : needs)
+    if (e.group->is_rate()) return false;
+  bool first_in_line = true;
+  for (const NeedEntry& e : needs) {
+    if (!e.group->wait_list.empty() && e.group->wait_list.begin()->level <= level) first_in_line = false;
+  }
+  if (first_in_line && all_fit()) return false;
+  // Claim it, as a worker taking it from a queue would: a cancel() that got
+  // there first wins, and then it is queued as usual (and skipped).
+  std::uint32_t s = t->state.load(std::memory_order_acquire);
+  for (;;) {
+    if ((s & kStateMask) != kQueued) return false;
+    // acquire: pairs with move_task()'s and set_priority's release, like run_task()'s claim.
+    if (t->state.compare_exchange_weak(s, (s & ~kStateMask) | kRunning, std::memory_order_acquire)) break;
+  }
+  park_locked(t, needs, level);
+  return true;
+}
+
+bool ResourceManager::unpark_for_cancel(Task* t) {
+  {
+    std::lock_guard lock(mu_);
+    NeedList& needs = *t->preds->needs;
+    if (needs.count == 0) return false;
+    auto& list = needs[0].group->wait_list;
+    auto it = list.find(Waiter{needs.level, needs.seq, t});
+    if (it == list.end() || it->task != t) return false;  // not parked (yet, or any more)
+    unregister_locked(t, needs);
+    std::vector<ResourceGroupCore*> groups;
+    for (const NeedEntry& e : needs) groups.push_back(e.group);
+    dispatch_locked(std::move(groups));  // whoever waited behind it may fit now
+  }
+  unpark_one();
+  return true;
 }
 
 void ResourceManager::release(NeedList& needs) noexcept {

@@ -119,6 +119,17 @@ class ResourceManager {
   // On a worker, before running t: true when t now holds all its needs;
   // false when t was parked (it is requeued, holding them, when they fit).
   bool acquire_or_park(Task* t, NeedList& needs, unsigned level);
+  // At submit time, for a queued (unclaimed) task: when a counting group it
+  // needs is full or has waiters ahead of it, claims and parks it at once,
+  // so that a release hands its permits over without waiting for a worker
+  // to come across the task in a queue; true then. Otherwise (it fits, or
+  // it needs a rate group, or it was cancelled meanwhile) false: queue it,
+  // and it takes its permits when it runs.
+  bool park_if_busy(Task* t, NeedList& needs, unsigned level);
+  // Handle::cancel() of a parked task: takes it off the wait lists; it
+  // stays claimed (state running), and the caller now holds the reference
+  // its wait-list entry had. False if it is not parked.
+  bool unpark_for_cancel(Task* t);
   void release(NeedList& needs) noexcept;
   void set_limit(ResourceGroupCore& g, std::uint64_t limit);
   // set_priority() of a parked task: moves it to its place for `level` in
@@ -126,6 +137,9 @@ class ResourceManager {
   // the task is not parked.
   bool reorder_parked(Task* t, unsigned level);
   ResourceStats stats(const ResourceGroupCore& g) const;
+ private:
+  void park_locked(Task* t, NeedList& needs, unsigned level);  // mu_ held: onto every wait list
+ public:
   std::vector<ResourceStats> all_stats() const;  // every group, in creation order
 
   std::uint64_t parked() const noexcept { return parked_.load(std::memory_order_seq_cst); }

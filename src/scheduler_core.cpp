@@ -463,6 +463,12 @@ bool SchedulerCore::run_traced(Worker& w, Task* t, ExecMode mode, unsigned level
 
 bool SchedulerCore::submit(Task* t) {
   const unsigned level = t->level.load(std::memory_order_relaxed);
+  if (t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr && !t->preds->needs->held &&
+      (tls_context.core == this || accepting())) {
+    // Its groups are full: wait on their lists now rather than in a queue,
+    // so that the next release hands it the permits at once.
+    if (resources_.park_if_busy(t, *t->preds->needs, level)) return true;
+  }
   const bool track = ager_ != nullptr && ages(level);
   if (tls_context.core == this) {
     if (track) ager_->track(t, level, t->enqueued_ns);  // before the task can run and be freed

@@ -106,8 +106,14 @@ bool cancel_task(Task* t) {
   if (t == nullptr) throw Error("ordo: Handle::cancel() on an empty handle");
   t->refs.fetch_add(1, std::memory_order_relaxed);  // ours, consumed by complete_cancelled()
   if ((t->state.load(std::memory_order_acquire) & kStateMask) != kQueued) {
-    release_task(t);
-    return false;
+    // Claimed: running, finished — or parked on resource groups, where it
+    // still waits and can be taken off the lists and cancelled.
+    const bool parked = t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr &&
+                        t->core->resources().unpark_for_cancel(t);
+    release_task(t);  // ours, or (parked) the wait list's: ours goes to finish()
+    if (!parked) return false;
+    t->core->finish(t, t->exec(t, ExecMode::cancel));
+    return true;
   }
   const bool claimed_by_us = [&] {
     std::uint32_t s = t->state.load(std::memory_order_acquire);

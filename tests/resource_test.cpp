@@ -129,6 +129,50 @@ TEST(Resource, ParkedTasksHoldNoWorker) {
   EXPECT_EQ(db.stats().in_use, 0u);
 }
 
+// A task submitted while its group is full waits on the group's list from
+// the start (no worker has to come across it first), and cancel() takes it
+// off the list: it never runs, and the task behind it gets the permit.
+TEST(Resource, ATaskSubmittedToAFullGroupParksAtOnceAndCanBeCancelledThere) {
+  for (int round = 0; round < 20; ++round) {
+    Scheduler s{{.workers = 1}};
+    auto db = s.resource_group("db", 1);
+    Gate gate;
+    auto holder = s.submit([&] { gate.hold(); }, {.needs = {{db, 1}}});
+    gate.wait_entered();  // the only worker is busy: nothing else is taken from a queue now
+    std::atomic<bool> cancelled_ran{false};
+    auto doomed = s.submit([&] { cancelled_ran = true; }, {.needs = {{db, 1}}});
+    auto next = s.submit([] { return 7; }, {.needs = {{db, 1}}});
+    EXPECT_EQ(db.stats().waiting, 2u) << "not parked at submit";
+    EXPECT_TRUE(doomed.cancel());
+    EXPECT_EQ(db.stats().waiting, 1u);
+    EXPECT_FALSE(doomed.cancel()) << "cancelled twice";
+    EXPECT_THROW(doomed.get(), TaskCancelled);
+    gate.open.store(true);
+    EXPECT_EQ(next.get(), 7);
+    holder.get();
+    EXPECT_FALSE(cancelled_ran.load());
+    EXPECT_EQ(db.stats().in_use, 0u);
+    EXPECT_EQ(db.stats().waiting, 0u);
+  }
+}
+
+TEST(Resource, CancellingTheFirstWaiterLetsThoseBehindItThatFitRun) {
+  Scheduler s{{.workers = 2}};
+  auto pool = s.resource_group("pool", 4);
+  Gate gate;
+  auto holder = s.submit([&] { gate.hold(); }, {.needs = {{pool, 2}}});
+  gate.wait_entered();
+  auto big = s.submit([] {}, {.needs = {{pool, 4}}});  // first in line: needs all 4
+  auto small = s.submit([] { return 1; }, {.needs = {{pool, 2}}});  // fits now, but waits behind `big`
+  while (pool.stats().waiting < 2) std::this_thread::yield();
+  EXPECT_FALSE(small.ready());
+  EXPECT_TRUE(big.cancel());
+  EXPECT_EQ(small.get(), 1) << "the waiter behind a cancelled one was not granted";
+  gate.open.store(true);
+  holder.get();
+  EXPECT_EQ(pool.stats().in_use, 0u);
+}
+
 TEST(Resource, ReleaseGrantsByPriorityThenAge) {
   Scheduler s{{.workers = 2, .levels = 3}};
   auto db = s.resource_group("db", 1);

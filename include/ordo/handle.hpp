@@ -138,10 +138,11 @@ class Handle {
     if constexpr (!std::is_void_v<T>) return std::move(*out.value);
   }
 
-  // Any thread. Cancels the task if it has not started: its get() throws
-  // TaskCancelled, and so does every continuation and join waiting for it
-  // (unless it takes an Outcome). Returns false when it already started or
-  // finished ("too late"); then nothing changes.
+  // Any thread. Cancels the task if it has not started — queued, waiting
+  // for predecessors, or parked on resource groups (it leaves their wait
+  // lists): its get() throws TaskCancelled, and so does every continuation
+  // and join waiting for it (unless it takes an Outcome). Returns false when
+  // it already started or finished ("too late"); then nothing changes.
   bool cancel() { return detail::cancel_task(task_); }
 
   // Any thread. Runs fn with this task's result once it is done, as a new task
