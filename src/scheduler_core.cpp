@@ -357,6 +357,15 @@ Task* SchedulerCore::take_injected(Worker& w, unsigned level) {
   constexpr std::size_t kBulk = 32;
   std::array<Task*, kBulk> buf;
   Injection& inj = injection_[level];
+  if (inj.granted_hint.load(std::memory_order_relaxed) != 0) {
+    Task* t = nullptr;
+    if (inj.granted.try_dequeue(t)) {
+      inj.granted_hint.fetch_sub(1, std::memory_order_relaxed);
+      // acq_rel: as below, for the granted queue's entries.
+      inj.announced.fetch_sub(2, std::memory_order_acq_rel);
+      return t;
+    }
+  }
   std::size_t n = inj.queue.try_dequeue_bulk(w.tokens[level], buf.data(), kBulk);
   if (n == 0) return nullptr;  // announced but not enqueued yet: the producer is mid-submit
   // acq_rel: the count only has to stay >= the queue's size, which the RMW
@@ -538,9 +547,15 @@ void SchedulerCore::resubmit(Task* t) {
   const unsigned level = t->level.load(std::memory_order_relaxed);
   if (tls_context.core == this && level <= tls_context.worker->max_level.load(std::memory_order_relaxed)) {
     push_local(*tls_context.worker, t, level);
-  } else {
-    inject(t, level);
+    return;
   }
+  // Granted elsewhere (a submitting thread that parked it, a rate timer):
+  // ahead of the injection queue, as a worker's own grant runs next.
+  Injection& inj = injection_[level];
+  inj.announced.fetch_add(2, std::memory_order_seq_cst);  // as inject(): announced before it can be taken
+  inj.granted_hint.fetch_add(1, std::memory_order_relaxed);
+  inj.granted.enqueue(t);
+  wake_one(level);
 }
 
 void SchedulerCore::last_parked_task_left() noexcept {

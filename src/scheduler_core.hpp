@@ -9,7 +9,7 @@
 //    injection queue (a bulk take moves tasks from the latter to the former).
 //    A movable (handle) task may also have stale entries, left behind by
 //    set_priority; each holds a reference and is skipped when taken;
-//  - Injection::announced >= 2 * (entries in that queue) at all times: a
+//  - Injection::announced >= 2 * (entries in its two queues) at all times: a
 //    producer announces before it enqueues and a consumer un-announces after
 //    it dequeued, so "announced < 2" means "nothing is or will be there";
 //  - a worker's deque at level l is non-empty only if the worker's bit is set
@@ -140,7 +140,13 @@ class SchedulerCore {
 
   struct alignas(64) Injection {
     moodycamel::ConcurrentQueue<Task*> queue;
-    alignas(64) std::atomic<std::uint64_t> announced{0};  // 2 * count | closed bit
+    // Tasks handed their resource permits on a thread outside the pool:
+    // taken before `queue`, so that a grant does not wait behind everything
+    // submitted meanwhile while its permits sit idle.
+    moodycamel::ConcurrentQueue<Task*> granted;
+    alignas(64) std::atomic<std::uint64_t> announced{0};  // 2 * count (both queues) | closed bit
+    // relaxed: a hint that `granted` may hold something; announced counts it.
+    std::atomic<std::uint32_t> granted_hint{0};
   };
   static constexpr std::uint64_t kClosed = 1;
 
