@@ -30,8 +30,6 @@ using test::ScratchDir;
 
 const JournalOptions kFast{.durability = Durability::none};
 
-std::string text(std::span<const std::byte> b) { return {reinterpret_cast<const char*>(b.data()), b.size()}; }
-
 TEST(Durable, EnqueuedTasksRunOnceAndLeaveNothingLive) {
   ScratchDir dir;
   Scheduler s{{.workers = 2}};
@@ -41,7 +39,7 @@ TEST(Durable, EnqueuedTasksRunOnceAndLeaveNothingLive) {
     DurableTasks d(s, dir.path(), kFast);
     d.define("greet", [&](JobContext&, std::span<const std::byte> args) {
       std::lock_guard lock(mu);
-      seen.insert(text(args));
+      seen.insert(test::text_of(args));
     });
     d.start();
     for (int i = 0; i < 200; ++i) d.enqueue("greet", "hello " + std::to_string(i));
@@ -243,7 +241,7 @@ TEST(Durable, ShutdownCancelLeavesUnstartedTasksForTheNextStart) {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), kFast);
     d.define("t", [&](JobContext&, std::span<const std::byte> args) {
-      if (text(args) == "blocker") gate.hold();
+      if (test::text_of(args) == "blocker") gate.hold();
       ++ran;
     });
     d.start();
@@ -321,7 +319,7 @@ TEST(DurableWorkflow, NodesRunInDependencyOrderAndTheWorkflowCompletes) {
   DurableTasks d(s, dir.path(), kFast);
   d.define("step", [&](JobContext&, std::span<const std::byte> args) {
     std::lock_guard lock(mu);
-    order.push_back(text(args));
+    order.push_back(test::text_of(args));
   });
   d.start();
   DurableWorkflow wf("etl");
@@ -372,11 +370,11 @@ TEST(DurableWorkflow, AfterACrashItResumesMidwayWithoutRerunningFinishedNodes) {
   const std::string effects = dir.file("effects");
   auto define = [&](DurableTasks& d, bool crash) {
     d.define("step", [&, crash](JobContext& ctx, std::span<const std::byte> args) {
-      const std::string line = text(args) + " attempt " + std::to_string(ctx.attempt()) + "\n";
+      const std::string line = test::text_of(args) + " attempt " + std::to_string(ctx.attempt()) + "\n";
       FILE* f = std::fopen(effects.c_str(), "a");
       std::fputs(line.c_str(), f);
       std::fclose(f);
-      if (crash && text(args) == "b") {
+      if (crash && test::text_of(args) == "b") {
         d.journal().compact();  // a's records are folded away: "done" must survive that
         ::kill(::getpid(), SIGKILL);
       }
