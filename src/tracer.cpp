@@ -63,23 +63,30 @@ void Tracer::start(std::size_t events_per_worker) {
 void Tracer::stop() noexcept { enabled_.store(false, std::memory_order_relaxed); }
 
 void Tracer::record(unsigned worker, std::int64_t begin_ns, std::int64_t end_ns, std::int64_t wait_ns,
-                    std::string_view label, unsigned level, bool instant) {
+                    std::string_view label, unsigned level, bool instant) noexcept {
   Buffer& b = buffers_[worker];
   std::lock_guard lock(b.mu);
   if (b.count >= cap_.load(std::memory_order_relaxed)) {
     ++b.dropped;
     return;
   }
-  std::uint32_t id = 0;
-  if (!label.empty()) {
-    auto [it, added] = b.label_ids.try_emplace(std::string(label), static_cast<std::uint32_t>(b.labels.size()));
-    if (added) b.labels.emplace_back(label);
-    id = it->second;
+  try {
+    std::uint32_t id = 0;
+    if (!label.empty()) {
+      auto it = b.label_ids.find(std::string(label));
+      if (it == b.label_ids.end()) {
+        b.labels.emplace_back(label);  // first, so that a failed insert below leaves no dangling id
+        it = b.label_ids.emplace(b.labels.back(), static_cast<std::uint32_t>(b.labels.size() - 1)).first;
+      }
+      id = it->second;
+    }
+    if (b.count / kChunkEvents == b.chunks.size()) b.chunks.push_back(std::make_unique<TraceEvent[]>(kChunkEvents));
+    b.chunks[b.count / kChunkEvents][b.count % kChunkEvents] =
+        TraceEvent{begin_ns, end_ns, wait_ns, id, static_cast<std::uint8_t>(level), instant};
+    ++b.count;
+  } catch (...) {  // out of memory: lose the event, not the task
+    ++b.dropped;
   }
-  if (b.count / kChunkEvents == b.chunks.size()) b.chunks.push_back(std::make_unique<TraceEvent[]>(kChunkEvents));
-  b.chunks[b.count / kChunkEvents][b.count % kChunkEvents] =
-      TraceEvent{begin_ns, end_ns, wait_ns, id, static_cast<std::uint8_t>(level), instant};
-  ++b.count;
 }
 
 std::uint64_t Tracer::dropped() const {

@@ -47,8 +47,10 @@ class Tracer {
   void start(std::size_t events_per_worker);  // clears what an earlier trace left; throws Error when compiled out
   void stop() noexcept;
   // `label` is copied once per distinct text per worker (events hold an index).
+  // Never throws: an event that cannot be stored (buffer full, no memory)
+  // is counted as dropped, so a traced task always reaches finish().
   void record(unsigned worker, std::int64_t begin_ns, std::int64_t end_ns, std::int64_t wait_ns,
-              std::string_view label, unsigned level, bool instant);
+              std::string_view label, unsigned level, bool instant) noexcept;
   // Returns the number of task spans written.
   std::size_t write_json(std::ostream& out, const std::string& process_name) const;
   std::uint64_t dropped() const;
