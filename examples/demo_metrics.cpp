@@ -28,7 +28,10 @@ MetricsServer::MetricsServer(int port, std::function<std::string()> body) : port
     ::close(listen_fd_);
     throw std::runtime_error("metrics: cannot listen on 127.0.0.1:" + std::to_string(port) + ": " + why);
   }
-  if (::pipe2(stop_pipe_, O_CLOEXEC) != 0) throw std::runtime_error("metrics: pipe failed");
+  if (::pipe2(stop_pipe_, O_CLOEXEC) != 0) {
+    ::close(listen_fd_);  // the destructor does not run for a constructor that throws
+    throw std::runtime_error(std::string("metrics: pipe: ") + std::strerror(errno));
+  }
   thread_ = std::thread([this] { serve(); });
 }
 
