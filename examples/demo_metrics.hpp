@@ -21,7 +21,6 @@ class MetricsServer {
   MetricsServer(const MetricsServer&) = delete;
   MetricsServer& operator=(const MetricsServer&) = delete;
   int port() const noexcept { return port_; }
-  unsigned long served() const noexcept { return served_; }
 
  private:
   void serve();
@@ -30,7 +29,6 @@ class MetricsServer {
   int listen_fd_ = -1;
   int stop_pipe_[2] = {-1, -1};
   std::function<std::string()> body_;
-  unsigned long served_ = 0;  // written by the server thread; read after stop
   std::thread thread_;
 };
 
