@@ -151,6 +151,22 @@ void release_dependents(Task* t) noexcept {
   }
 }
 
+bool relevel_if_waiting(Task* t, unsigned level) {
+  if (t->kind != TaskKind::handle || t->preds == nullptr) return false;
+  if ((t->state.load(std::memory_order_acquire) & kStateMask) != kQueued) return false;
+  std::int32_t d = t->deps.load(std::memory_order_acquire);
+  // acq_rel: the hold is one more RMW in the chain of deps decrements that ends in the queuing.
+  while (d > 0 && !t->deps.compare_exchange_weak(d, d + 1, std::memory_order_acq_rel)) {
+  }
+  if (d <= 0) return false;  // queued already (or being queued): the caller moves it
+  const unsigned previous = t->level.exchange(static_cast<std::uint8_t>(level), std::memory_order_relaxed);
+  // Raised: what it waits for inherits the new level, as at creation.
+  if (level < previous)
+    for (std::uint32_t i = 0; i < t->preds->count; ++i) raise_priority(t->preds->items[i], level);
+  release_one(t);  // if its last predecessor finished meanwhile, queue it now, at the new level
+  return true;
+}
+
 void raise_priority(Task* t, unsigned level) {
   std::vector<Task*> todo{t};
   while (!todo.empty()) {

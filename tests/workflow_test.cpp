@@ -96,6 +96,22 @@ TEST(Workflow, SelfLoopUnknownAndDuplicateNamesAreRejected) {
   EXPECT_THROW(dup["missing"], InvalidGraph);
 }
 
+TEST(Workflow, NodeWithAnEmptyBodyIsRefusedNamingTheNode) {
+  Workflow w("etl");
+  try {
+    w.node("extract", std::function<void()>{});
+    FAIL() << "an empty body must be refused";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("'extract'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("empty body"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(w.node(std::function<void()>{}), InvalidArgument);
+  EXPECT_THROW(w["extract"], InvalidGraph);  // nothing of the refused node stays behind
+  w.node("extract", [] {});
+  Scheduler s{{.workers = 1}};
+  w.run(s).get();
+}
+
 TEST(Workflow, FailureCancelsDependentsButNotIndependentNodes) {
   Scheduler s{{.workers = 2}};
   std::atomic<int> downstream_ran{0}, independent_ran{0};

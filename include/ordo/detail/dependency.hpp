@@ -47,6 +47,10 @@ void arm_dependent(Task* t);
 // Raises `t` and, transitively, its unfinished predecessors to `level`
 // (priority inheritance): queued ones are moved, waiting ones re-levelled.
 void raise_priority(Task* t, unsigned level);
+// Moves a dependent that still waits for predecessors to `level` without
+// queuing it (raising its unfinished predecessors when `level` is higher).
+// False, changing nothing, when `t` is not such a task: queued, started or done.
+bool relevel_if_waiting(Task* t, unsigned level);
 // Sets up a dependent handle task whose PredList is filled (each entry owning
 // a reference): counts, links to every predecessor, raises lower-priority
 // predecessors, then releases the setup hold (queuing it if all are done).
