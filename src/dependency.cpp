@@ -112,8 +112,8 @@ Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std:
   return t;
 }
 
-void attach_needs(Task* t, const std::vector<Need>& needs) {
-  if (!needs.empty()) t->preds->needs = t->core->resources().make_needs(needs);
+void attach_needs(Task* t, const std::vector<Need>& needs, bool check_limits) {
+  if (!needs.empty()) t->preds->needs = t->core->resources().make_needs(needs, check_limits);
 }
 
 void throw_if_stopped(SchedulerCore& core) {

@@ -96,7 +96,7 @@ void ResourceManager::timer_loop() {
   }
 }
 
-NeedList* ResourceManager::make_needs(const std::vector<Need>& needs) {
+NeedList* ResourceManager::make_needs(const std::vector<Need>& needs, bool check_limits) {
   NeedList* list = pool_new<NeedList>();
   try {
     if (needs.size() > NeedList::kInline) list->more.reset(new NeedEntry[needs.size()]);
@@ -115,6 +115,7 @@ NeedList* ResourceManager::make_needs(const std::vector<Need>& needs) {
       }
     }
     for (const NeedEntry& e : *list) {
+      if (!check_limits) break;
       const std::uint64_t limit = e.group->limit.load(std::memory_order_relaxed);
       if (e.amount > limit) {
         throw InvalidArgument("ordo: a task needs " + std::to_string(e.amount) + " of resource group '" +

@@ -61,7 +61,8 @@ Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std:
 // Frees a dependent whose payload could not be built (nothing was linked yet).
 void discard_dependent(Task* t) noexcept;
 // Validates `needs` (InvalidArgument) and attaches them to a dependent's extras.
-void attach_needs(Task* t, const std::vector<Need>& needs);
+// `check_limits` false: see ResourceManager::make_needs.
+void attach_needs(Task* t, const std::vector<Need>& needs, bool check_limits = true);
 // Throws SchedulerStopped if `core` no longer accepts external submissions.
 void throw_if_stopped(SchedulerCore& core);
 // Called by finish(): closes t's successor list and releases its dependents.
