@@ -153,12 +153,15 @@ void release_dependents(Task* t) noexcept {
 
 bool relevel_if_waiting(Task* t, unsigned level) {
   if (t->kind != TaskKind::handle || t->preds == nullptr) return false;
+  // acquire: pairs with finish()'s exchange (a task claimed or done is left alone).
   if ((t->state.load(std::memory_order_acquire) & kStateMask) != kQueued) return false;
+  // acquire: pairs with release_one()'s acq_rel decrements.
   std::int32_t d = t->deps.load(std::memory_order_acquire);
   // acq_rel: the hold is one more RMW in the chain of deps decrements that ends in the queuing.
   while (d > 0 && !t->deps.compare_exchange_weak(d, d + 1, std::memory_order_acq_rel)) {
   }
   if (d <= 0) return false;  // queued already (or being queued): the caller moves it
+  // relaxed: published to whoever queues it by release_one()'s acq_rel decrement below.
   const unsigned previous = t->level.exchange(static_cast<std::uint8_t>(level), std::memory_order_relaxed);
   // Raised: what it waits for inherits the new level, as at creation.
   if (level < previous)
