@@ -4,6 +4,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <future>
 #include <mutex>
 #include <random>
 #include <stdexcept>
@@ -18,6 +23,43 @@ namespace ordo {
 namespace {
 
 using test::Gate;
+using namespace std::chrono_literals;
+
+// Waits up to `limit` for `done()`; false if it never became true.
+bool eventually(const std::function<bool()>& done, std::chrono::milliseconds limit = 10s) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+// As eventually(), for a condition whose failure means a wedged scheduler:
+// its destructor would hang as well, so the failure is printed and the
+// process exits instead of hanging.
+void must_happen(const std::function<bool()>& done, const std::string& what, std::chrono::milliseconds limit = 10s) {
+  if (eventually(done, limit)) return;
+  std::fprintf(stderr, "FAILED (a hang): %s (waited %lld ms)\n", what.c_str(), static_cast<long long>(limit.count()));
+  std::fflush(stderr);
+  std::_Exit(1);
+}
+
+// Runs `step` (a shutdown, a destructor) on its own thread and waits up to
+// `limit` for it. A step that hangs holds the scheduler, so the binary cannot
+// go on: the failure is printed and the process exits, instead of hanging.
+void must_finish(const char* what, std::function<void()> step, std::chrono::milliseconds limit = 15s) {
+  std::packaged_task<void()> job(std::move(step));
+  std::future<void> done = job.get_future();
+  std::thread(std::move(job)).detach();
+  if (done.wait_for(limit) != std::future_status::ready) {
+    std::fprintf(stderr, "FAILED: %s did not finish within %lld ms (a hang)\n", what,
+                 static_cast<long long>(limit.count()));
+    std::fflush(stderr);
+    std::_Exit(1);
+  }
+  done.get();
+}
 
 // Tracks what running tasks hold and fails the test if any group's limit is
 // ever exceeded at the moment a task starts.
@@ -390,6 +432,133 @@ TEST(RateGroup, DrainCancelsOnlyWaitersALoweredLimitCanNeverGrant) {
   for (auto& h : paced) h.get();  // waiting for tokens is not hopeless: they ran
   EXPECT_EQ(calls.load(), 3);
   EXPECT_EQ(db.stats().in_use, 0u);
+}
+
+// Issue 11 §1.2: a waiter whose need a lowered limit can never grant must not
+// block those behind it; it stays parked, and raising the limit again runs it.
+TEST(Resource, LoweredLimitBelowAParkedWaitersNeedDoesNotWedgeThoseBehindIt) {
+  for (int round = 0; round < 20; ++round) {
+    Scheduler s{{.workers = 2}};
+    auto pool = s.resource_group("pool", 4);
+    Gate gate;
+    auto holder = s.submit([&] { gate.hold(); }, {.needs = {{pool, 1}}});
+    gate.wait_entered();
+    auto big = s.submit([] { return 4; }, {.needs = {{pool, 4}}});    // parked: one of four is held
+    auto small = s.submit([] { return 1; }, {.needs = {{pool, 1}}});  // fits, but waits behind `big`
+    must_happen([&] { return pool.stats().waiting == 2; }, "two waiters parked");
+    pool.set_limit(2);  // `big` can no longer fit; `small` now can
+    gate.open.store(true);
+    must_happen([&] { return small.ready(); },
+                "round " + std::to_string(round) + ": the waiter behind one that can never fit was never granted");
+    EXPECT_EQ(small.get(), 1);
+    holder.get();
+    EXPECT_FALSE(big.ready()) << "a waiter needing more than the limit ran";
+    EXPECT_EQ(pool.stats().waiting, 1u) << "the hopeless waiter must stay parked";
+    pool.set_limit(4);
+    must_happen([&] { return big.ready(); }, "round " + std::to_string(round) + ": raising the limit again did not run it");
+    EXPECT_EQ(big.get(), 4);
+    EXPECT_EQ(pool.stats().in_use, 0u);
+    EXPECT_EQ(pool.stats().waiting, 0u);
+  }
+}
+
+// Issue 11 §1.2, the reported sequence: the holder finishes after the limit
+// was lowered; a drain cancels the hopeless waiter and runs the others.
+TEST(Resource, DrainCancelsAHopelessWaiterAndRunsThoseBehindIt) {
+  for (int round = 0; round < 20; ++round) {
+    Scheduler s{{.workers = 2}};
+    auto pool = s.resource_group("pool", 4);
+    Gate gate;
+    auto holder = s.submit([&] { gate.hold(); }, {.needs = {{pool, 1}}});
+    gate.wait_entered();
+    auto big = s.submit([] {}, {.needs = {{pool, 4}}});
+    auto small = s.submit([] { return 1; }, {.needs = {{pool, 1}}});
+    auto pair = s.submit([] { return 2; }, {.needs = {{pool, 2}}});  // fits only once the holder is gone
+    must_happen([&] { return pool.stats().waiting == 3; }, "three waiters parked");
+    pool.set_limit(2);
+    gate.open.store(true);
+    must_finish("shutdown(drain) with a waiter a lowered limit can never grant",
+                [&] { s.shutdown(ShutdownMode::drain); });
+    holder.get();
+    EXPECT_THROW(big.get(), TaskCancelled);
+    EXPECT_EQ(small.get(), 1);
+    EXPECT_EQ(pair.get(), 2);
+    EXPECT_EQ(pool.stats().in_use, 0u);
+    EXPECT_EQ(pool.stats().waiting, 0u);
+  }
+}
+
+// The older note: a drain whose workers all went idle (a waiter waits for
+// rate tokens far off) and a limit lowered afterwards, making that waiter
+// hopeless, must still end: the drain looks again and cancels it.
+TEST(RateGroup, DrainEndsWhenALimitIsLoweredAfterEveryWorkerIdled) {
+  for (int round = 0; round < 5; ++round) {
+    Scheduler s{{.workers = 2}};
+    auto api = s.rate_group("api", 1, 60s, 2);
+    auto first = s.submit([] {}, {.needs = {{api, 2}}});  // the burst
+    first.get();
+    auto second = s.submit([] {}, {.needs = {{api, 2}}});  // its tokens are two minutes away
+    must_happen([&] { return api.stats().waiting == 1; }, "one waiter parked");
+    std::promise<void> drained;
+    auto drained_future = drained.get_future();
+    std::thread stopper([&] {
+      s.shutdown(ShutdownMode::drain);
+      drained.set_value();
+    });
+    // Every worker is asleep and the drain waits for the tokens.
+    must_happen([&] { return s.stats().workers_parked == 2; }, "the drain never idled its workers");
+    api.set_limit(1);  // now `second` can never run
+    if (drained_future.wait_for(15s) != std::future_status::ready) {
+      std::fprintf(stderr, "FAILED: the drain hangs after a limit was lowered with every worker idle\n");
+      std::_Exit(1);
+    }
+    stopper.join();
+    EXPECT_THROW(second.get(), TaskCancelled);
+  }
+}
+
+// Issue 11 §1.3: V needs a held counting group and a rate group, W only the
+// rate group and waits behind V. When V is granted (taking the token), W's
+// tokens are due later: the timer must be re-armed for it.
+TEST(RateGroup, AWaiterBehindOneThatAlsoNeedsACountingGroupIsNotForgotten) {
+  for (int round = 0; round < 5; ++round) {
+    Scheduler s{{.workers = 2}};
+    auto db = s.resource_group("db", 1);
+    auto api = s.rate_group("api", 1, 50ms, 1);
+    Gate gate;
+    auto holder = s.submit([&] { gate.hold(); }, {.needs = {{db, 1}}});
+    gate.wait_entered();
+    auto v = s.submit([] { return 1; }, {.needs = {{db, 1}, {api, 1}}});
+    must_happen([&] { return api.stats().waiting == 1; }, "one waiter parked");
+    auto w = s.submit([] { return 2; }, {.needs = {{api, 1}}});
+    must_happen([&] { return api.stats().waiting == 2; }, "two waiters parked");
+    gate.open.store(true);
+    holder.get();
+    must_happen([&] { return v.ready(); }, "round " + std::to_string(round) + ": V never ran");
+    must_happen([&] { return w.ready(); }, "round " + std::to_string(round) + ": the rate waiter behind V was forgotten");
+    EXPECT_EQ(v.get(), 1);
+    EXPECT_EQ(w.get(), 2);
+    must_finish("shutdown(drain)", [&] { s.shutdown(ShutdownMode::drain); });
+  }
+}
+
+// Issue 11 §1.8: a rate group alone, permits per interval not a divisor of
+// the interval, a burst of 2, hundreds of tasks at once: every one runs.
+TEST(RateGroup, HundredsOfTasksOnARateGroupAloneAllRun) {
+  for (int round = 0; round < 10; ++round) {
+    Scheduler s{{.workers = 3}};
+    auto api = s.rate_group("api", 107, 10ms, 2);
+    std::atomic<int> ran{0};
+    std::vector<Handle<void>> hs;
+    for (int i = 0; i < 300; ++i) hs.push_back(s.submit([&] { ran++; }, {.needs = {{api, 1}}}));
+    must_happen([&] { return ran.load() == 300; },
+                "round " + std::to_string(round) + ": not all 300 ran: " + std::to_string(ran.load()) + " ran, " +
+                    std::to_string(api.stats().waiting) + " parked, " + std::to_string(s.stats().workers_parked) +
+                    " workers asleep",
+                20s);
+    for (auto& h : hs) h.get();
+    EXPECT_EQ(api.stats().waiting, 0u);
+  }
 }
 
 TEST(RateGroup, InvalidRatesAreRejected) {
