@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "ordo/ordo.hpp"
+#include "resource_manager.hpp"  // the test-only fault point fail_wait_list_allocations
 #include "test_support.hpp"
 
 namespace ordo {
@@ -559,6 +560,36 @@ TEST(RateGroup, HundredsOfTasksOnARateGroupAloneAllRun) {
     for (auto& h : hs) h.get();
     EXPECT_EQ(api.stats().waiting, 0u);
   }
+}
+
+// Issue 11 §2: no memory for a task's wait-list entries, on either path that
+// parks (at submit, and on a worker): the task is neither lost nor
+// half-registered, no worker dies, and it runs once the permits come back.
+TEST(Resource, NoMemoryForAWaitListEntryLosesNoTaskAndKillsNoWorker) {
+  for (int failures : {1, 2, 5, 40}) {
+    Scheduler s{{.workers = 2}};
+    auto a = s.resource_group("a", 1);
+    auto b = s.resource_group("b", 1);
+    Gate gate;
+    auto holder = s.submit([&] { gate.hold(); }, {.needs = {{a, 1}}});
+    gate.wait_entered();
+    detail::fail_wait_list_allocations.store(failures);
+    auto x = s.submit([] { return 7; }, {.needs = {{a, 1}, {b, 1}}});
+    must_happen([&] { return a.stats().waiting == 1 && detail::fail_wait_list_allocations.load() == 0; },
+                "the task never parked once memory was back (" + std::to_string(failures) + " failures)");
+    EXPECT_EQ(b.stats().waiting, 1u) << "registered on one list only";
+    // Both workers are alive and serve other work: the holder occupies one.
+    for (int i = 0; i < 100; ++i) EXPECT_EQ(s.submit([i] { return i; }).get(), i);
+    gate.open.store(true);
+    holder.get();
+    must_happen([&] { return x.ready(); }, "the task that could not park at first never ran");
+    EXPECT_EQ(x.get(), 7);
+    EXPECT_EQ(a.stats().in_use, 0u);
+    EXPECT_EQ(b.stats().in_use, 0u);
+    EXPECT_EQ(a.stats().waiting, 0u);
+    EXPECT_EQ(b.stats().waiting, 0u);
+  }
+  detail::fail_wait_list_allocations.store(0);
 }
 
 TEST(RateGroup, InvalidRatesAreRejected) {
