@@ -617,6 +617,7 @@ TEST(Resource, RandomProgramsOverCountingAndRateGroupsAllResolveWithinTheirLimit
   const char* env = std::getenv("ORDO_SEED");
   const std::uint64_t seed = env != nullptr ? std::strtoull(env, nullptr, 10) : std::random_device{}();
   std::printf("ORDO_SEED=%llu\n", static_cast<unsigned long long>(seed));
+  std::fflush(stdout);
   const auto budget = std::chrono::milliseconds(test::kScale == 1 ? 3000 : 4000);
   const auto started = std::chrono::steady_clock::now();
   int programs = 0;
