@@ -40,7 +40,12 @@ ResourceGroupCore& ResourceManager::create_rate(std::string name, std::uint64_t 
     throw InvalidArgument("ordo: rate group '" + name + "' needs at least 1 permit per a positive interval");
   }
   if (burst == 0) throw InvalidArgument("ordo: rate group '" + name + "' needs a burst of at least 1");
-  const std::int64_t emission = std::max<std::int64_t>(1, interval_ns / static_cast<std::int64_t>(permits));
+  // Rounded up: 107 per 10 ms gives one token every 93,458 ns, never more
+  // tokens than asked for (rounding down would drift ahead of the rate).
+  // At least 1 ns, however many permits.
+  const auto interval = static_cast<std::uint64_t>(interval_ns);
+  const std::int64_t emission =
+      permits >= interval ? 1 : static_cast<std::int64_t>(interval / permits + (interval % permits != 0 ? 1 : 0));
   std::lock_guard lock(mu_);
   for (const auto& g : groups_) {
     if (g->name == name) throw InvalidArgument("ordo: a resource group named '" + name + "' already exists");
