@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <limits>
+#include <memory>
+#include <new>
 #include <string>
 
 #include "ager.hpp"
@@ -38,7 +40,12 @@ ResourceGroupCore& ResourceManager::create_rate(std::string name, std::uint64_t 
     throw InvalidArgument("ordo: rate group '" + name + "' needs at least 1 permit per a positive interval");
   }
   if (burst == 0) throw InvalidArgument("ordo: rate group '" + name + "' needs a burst of at least 1");
-  const std::int64_t emission = std::max<std::int64_t>(1, interval_ns / static_cast<std::int64_t>(permits));
+  // Rounded up: 107 per 10 ms gives one token every 93,458 ns, never more
+  // tokens than asked for (rounding down would drift ahead of the rate).
+  // At least 1 ns, however many permits.
+  const auto interval = static_cast<std::uint64_t>(interval_ns);
+  const std::int64_t emission =
+      permits >= interval ? 1 : static_cast<std::int64_t>(interval / permits + (interval % permits != 0 ? 1 : 0));
   std::lock_guard lock(mu_);
   for (const auto& g : groups_) {
     if (g->name == name) throw InvalidArgument("ordo: a resource group named '" + name + "' already exists");
@@ -58,14 +65,26 @@ void ResourceManager::stop() noexcept {
   if (timer_.joinable()) timer_.join();
 }
 
-std::int64_t ResourceManager::due_ns_locked(const ResourceGroupCore& g, std::int64_t now) const noexcept {
-  const Task* t = g.wait_list.begin()->task;
+bool ResourceManager::exceeds_a_limit(const NeedList& needs) noexcept {
+  // relaxed: a limit is a number compared under mu_; set_limit() stores it
+  // before it takes mu_ and dispatches, so a change is always looked at again.
+  for (const NeedEntry& e : needs)
+    if (e.amount > e.group->limit.load(std::memory_order_relaxed)) return true;
+  return false;
+}
+
+const Waiter* ResourceManager::first_eligible_locked(const ResourceGroupCore& g) const noexcept {
+  for (const Waiter& w : g.wait_list)
+    if (!exceeds_a_limit(*w.task->preds->needs)) return &w;
+  return nullptr;
+}
+
+std::int64_t ResourceManager::due_ns_locked(const ResourceGroupCore& g, const Waiter& w, std::int64_t now) noexcept {
   std::uint64_t amount = 0;
-  for (const NeedEntry& e : *t->preds->needs)
+  for (const NeedEntry& e : *w.task->preds->needs)
     if (e.group == &g) amount = e.amount;
   const std::int64_t tat = std::max(g.tat.load(std::memory_order_seq_cst), now);
-  // relaxed: a rate group's limit (its burst) is a number, not a hand-off;
-  // set_limit() re-dispatches under mu_, which orders it before this read.
+  // relaxed: as in exceeds_a_limit().
   return tat + static_cast<std::int64_t>(amount) * g.emission_ns -
          static_cast<std::int64_t>(g.limit.load(std::memory_order_relaxed)) * g.emission_ns;
 }
@@ -73,25 +92,32 @@ std::int64_t ResourceManager::due_ns_locked(const ResourceGroupCore& g, std::int
 void ResourceManager::timer_loop() {
   std::unique_lock lock(mu_);
   while (!timer_stop_) {
-    std::vector<ResourceGroupCore*> due;
-    std::int64_t now = now_ns();
-    for (const auto& g : groups_)
-      if (g->is_rate() && !g->wait_list.empty() && due_ns_locked(*g, now) <= now) due.push_back(g.get());
-    if (!due.empty()) dispatch_locked(std::move(due));
-    // Sleep until the earliest head whose tokens are still to come. A head
-    // that is due but still waiting is blocked by a counting group, whose
-    // release grants it: the timer does not spin on it.
-    now = now_ns();
+    // One clock reading for the decision and for the next deadline. A head
+    // due at `now` that is still waiting after the dispatch failed for want
+    // of another group (a counting group, whose release dispatches it, or a
+    // rate group, whose own head is timed): the timer does not spin on it.
+    // Any head not due at `now` is timed, even if it is due by the time we
+    // get here: judging it by a later clock would call it blocked and sleep
+    // for ever (issue 11 §1.8).
+    const std::int64_t now = now_ns();
+    for (const auto& g : groups_) {
+      if (!g->is_rate()) continue;
+      const Waiter* head = first_eligible_locked(*g);
+      if (head != nullptr && due_ns_locked(*g, *head, now) <= now) mark_locked(*g);
+    }
+    dispatch_locked();
     std::int64_t next = std::numeric_limits<std::int64_t>::max();
     for (const auto& g : groups_) {
-      if (!g->is_rate() || g->wait_list.empty()) continue;
-      const std::int64_t at = due_ns_locked(*g, now);
+      if (!g->is_rate()) continue;
+      const Waiter* head = first_eligible_locked(*g);
+      if (head == nullptr) continue;
+      const std::int64_t at = due_ns_locked(*g, *head, now);
       if (at > now) next = std::min(next, at);
     }
     if (next == std::numeric_limits<std::int64_t>::max()) {
       timer_cv_.wait(lock);
     } else {
-      timer_cv_.wait_for(lock, std::chrono::nanoseconds(next - now));
+      timer_cv_.wait_until(lock, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(next)));
     }
   }
 }
@@ -184,6 +210,26 @@ bool ResourceManager::try_take_all(NeedList& needs) noexcept {
   return false;
 }
 
+bool ResourceManager::prepare_wait_nodes(NeedList& needs) noexcept {
+  if (needs.wait_nodes) return true;
+  try {
+    if (fail_wait_list_allocations.load(std::memory_order_relaxed) > 0 &&
+        fail_wait_list_allocations.fetch_sub(1, std::memory_order_relaxed) > 0) {
+      throw std::bad_alloc();
+    }
+    auto nodes = std::make_unique<WaitNode[]>(needs.count);
+    for (std::uint32_t i = 0; i < needs.count; ++i) {
+      WaitList scratch;  // allocates the node; extracting it keeps the allocation
+      scratch.insert(Waiter{0, 0, nullptr});
+      nodes[i] = scratch.extract(scratch.begin());
+    }
+    needs.wait_nodes = std::move(nodes);
+    return true;
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+}
+
 bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) {
   // Fast path: nobody waits on any group we need, and everything fits.
   bool contended = false;
@@ -192,40 +238,48 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) 
     needs.held = true;
     return true;
   }
-  {
-    std::lock_guard lock(mu_);
-    // May we go ahead of the tasks already waiting? Only of those with a
-    // lower priority, in every group we need (priority, then age).
-    bool first_in_line = true;
-    for (const NeedEntry& e : needs) {
-      if (!e.group->wait_list.empty() && e.group->wait_list.begin()->level <= level) first_in_line = false;
-    }
-    if (first_in_line && try_take_all(needs)) {
-      needs.held = true;
-      return true;
-    }
-    park_locked(t, needs, level);
+  if (!prepare_wait_nodes(needs)) {
+    // It cannot wait without its nodes, and nothing is changed yet: it goes
+    // back to the queues as it came (claimed -> queued, with this entry's
+    // reference) and tries again when a worker next takes it.
+    // release: pairs with the claim's acquire in run_task().
+    t->state.fetch_and(~kStateMask, std::memory_order_release);  // kQueued is 0
+    core_.resubmit(t);
+    return false;
   }
+  std::lock_guard lock(mu_);
+  // May we go ahead of the tasks already waiting? Only of those with a
+  // lower priority, in every group we need (priority, then age).
+  bool first_in_line = true;
+  for (const NeedEntry& e : needs) {
+    if (!e.group->wait_list.empty() && e.group->wait_list.begin()->level <= level) first_in_line = false;
+  }
+  if (first_in_line && try_take_all(needs)) {
+    needs.held = true;
+    return true;
+  }
+  park_locked(t, needs, level);
   return false;
 }
 
-void ResourceManager::park_locked(Task* t, NeedList& needs, unsigned level) {
-  std::vector<ResourceGroupCore*> groups;
+void ResourceManager::park_locked(Task* t, NeedList& needs, unsigned level) noexcept {
   needs.level = level;
   needs.seq = next_seq_++;
   needs.parked_at_ns = now_ns();
-  for (const NeedEntry& e : needs) {
-    e.group->wait_list.insert(Waiter{level, needs.seq, t});
-    e.group->waiters.fetch_add(1, std::memory_order_seq_cst);  // the parker's half of the hand-off protocol
-    groups.push_back(e.group);
+  for (std::uint32_t i = 0; i < needs.count; ++i) {
+    ResourceGroupCore& g = *needs[i].group;
+    WaitNode& node = needs.wait_nodes[i];
+    node.value() = Waiter{level, needs.seq, t};
+    g.wait_list.insert(std::move(node));  // a prepared node: no allocation
+    g.waiters.fetch_add(1, std::memory_order_seq_cst);  // the parker's half of the hand-off protocol
+    mark_locked(g);
   }
   parked_.fetch_add(1, std::memory_order_seq_cst);
   // A release that ran before we registered did not see us: look again now.
-  // That may grant t, which another worker may then run and free with its
-  // needs: from here on only the local copy of the groups is read.
-  dispatch_locked(groups);
-  for (const ResourceGroupCore* g : groups)
-    if (g->is_rate()) timer_cv_.notify_one();  // it may be the earliest due now
+  // (It also wakes the rate timer: we may be the earliest due now.) That may
+  // grant t, which another worker may then run and free with its needs:
+  // nothing of them is read after this.
+  dispatch_locked();
 }
 
 bool ResourceManager::park_if_busy(Task* t, NeedList& needs, unsigned level) {
@@ -242,9 +296,11 @@ bool ResourceManager::park_if_busy(Task* t, NeedList& needs, unsigned level) {
   bool contended = false;
   for (const NeedEntry& e : needs) contended |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
   if (!contended && all_fit()) return false;
-  std::lock_guard lock(mu_);
   for (const NeedEntry& e : needs)
     if (e.group->is_rate()) return false;
+  // Before claiming: without memory for its nodes it is queued as usual.
+  if (!prepare_wait_nodes(needs)) return false;
+  std::lock_guard lock(mu_);
   bool first_in_line = true;
   for (const NeedEntry& e : needs) {
     if (!e.group->wait_list.empty() && e.group->wait_list.begin()->level <= level) first_in_line = false;
@@ -271,9 +327,8 @@ bool ResourceManager::unpark_for_cancel(Task* t) {
     auto it = list.find(Waiter{needs.level, needs.seq, t});
     if (it == list.end() || it->task != t) return false;  // not parked (yet, or any more)
     unregister_locked(t, needs);
-    std::vector<ResourceGroupCore*> groups;
-    for (const NeedEntry& e : needs) groups.push_back(e.group);
-    dispatch_locked(std::move(groups));  // whoever waited behind it may fit now
+    for (const NeedEntry& e : needs) mark_locked(*e.group);
+    dispatch_locked();  // whoever waited behind it may fit now
   }
   unpark_one();
   return true;
@@ -287,10 +342,9 @@ void ResourceManager::release(NeedList& needs) noexcept {
   for (const NeedEntry& e : needs)
     if (!e.group->is_rate()) someone_waits |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
   if (!someone_waits) return;
-  std::vector<ResourceGroupCore*> groups;
-  for (const NeedEntry& e : needs) groups.push_back(e.group);
   std::lock_guard lock(mu_);
-  dispatch_locked(std::move(groups));
+  for (const NeedEntry& e : needs) mark_locked(*e.group);
+  dispatch_locked();
 }
 
 void ResourceManager::unpark_one() noexcept {
@@ -302,73 +356,97 @@ void ResourceManager::unpark_one() noexcept {
 
 void ResourceManager::unregister_locked(Task* t, NeedList& needs) noexcept {
   const std::int64_t waited = now_ns() - needs.parked_at_ns;
-  for (const NeedEntry& e : needs) {
-    e.group->wait_list.erase(Waiter{needs.level, needs.seq, t});
-    e.group->waiters.fetch_sub(1, std::memory_order_seq_cst);
-    e.group->total_wait_ns += waited;
+  for (std::uint32_t i = 0; i < needs.count; ++i) {
+    ResourceGroupCore& g = *needs[i].group;
+    needs.wait_nodes[i] = g.wait_list.extract(Waiter{needs.level, needs.seq, t});  // kept for the next park
+    g.waiters.fetch_sub(1, std::memory_order_seq_cst);
+    g.total_wait_ns += waited;
   }
   // parked_ is decremented by the caller once the task is back in a queue (or
   // completed): a draining scheduler must never see it in neither place.
 }
 
-// Grants waiters in order, per group, while the best one fits: the best
-// waiter of a group keeps its place (nobody behind it takes that group's
+void ResourceManager::mark_locked(ResourceGroupCore& g) noexcept {
+  if (g.to_dispatch) return;
+  g.to_dispatch = true;
+  g.next_to_dispatch = to_dispatch_;
+  to_dispatch_ = &g;
+}
+
+// Grants waiters in order, per marked group, while the best one fits: the
+// best waiter of a group keeps its place (nobody behind it takes that group's
 // permits), so a task needing several groups is not starved by tasks needing
-// one. A grant can only consume capacity, but it removes its task from other
-// groups' lists, whose next waiter may now be first: those are looked at too.
-void ResourceManager::dispatch_locked(std::vector<ResourceGroupCore*> work) noexcept {
-  std::vector<Task*> granted;
-  while (!work.empty()) {
-    ResourceGroupCore* g = work.back();
-    work.pop_back();
-    while (!g->wait_list.empty()) {
-      Task* t = g->wait_list.begin()->task;
+// one. A hopeless waiter (a need above a lowered limit) has no place to keep:
+// it is passed over, or it would block everyone behind it for ever. A grant
+// can only consume capacity, but it removes its task from other groups'
+// lists, whose next waiter may now be first: those are marked too. Whatever
+// changed in a rate group may move its next deadline: the timer is told.
+void ResourceManager::dispatch_locked() noexcept {
+  bool rate_group_seen = false;
+  while (ResourceGroupCore* g = to_dispatch_) {
+    to_dispatch_ = g->next_to_dispatch;
+    g->next_to_dispatch = nullptr;
+    g->to_dispatch = false;
+    rate_group_seen |= g->is_rate();
+    for (auto it = g->wait_list.begin(); it != g->wait_list.end();) {
+      Task* t = it->task;
       NeedList& needs = *t->preds->needs;
+      if (exceeds_a_limit(needs)) {
+        ++it;
+        continue;
+      }
       if (!try_take_all(needs)) break;
+      ++it;  // unregister_locked takes t out of this list too
       needs.held = true;
       unregister_locked(t, needs);
       for (const NeedEntry& e : needs)
-        if (e.group != g) work.push_back(e.group);
-      granted.push_back(t);
+        if (e.group != g) mark_locked(*e.group);
+      // The parked task was claimed (state running) when it was parked; give
+      // it back to the queues, holding its permits, with the reference its
+      // wait-list entry had. It is in no list now: we do not touch it again.
+      // release: pairs with the claim's acquire in run_task().
+      t->state.fetch_and(~kStateMask, std::memory_order_release);  // kQueued is 0
+      core_.resubmit(t);
+      unpark_one();
     }
   }
-  // The parked task was claimed (state running) when its worker took it;
-  // give it back to the queues, holding its permits, with the reference its
-  // queue entry had.
-  for (Task* t : granted) {
-    // release: pairs with the claim's acquire in run_task().
-    t->state.fetch_and(~kStateMask, std::memory_order_release);  // kQueued is 0
-    core_.resubmit(t);
-    unpark_one();
-  }
+  if (rate_group_seen) timer_cv_.notify_one();
 }
 
 std::size_t ResourceManager::cancel_parked(Which which) noexcept {
-  std::vector<Task*> doomed;
-  {
-    std::lock_guard lock(mu_);
-    for (const auto& g : groups_) {
-      for (auto it = g->wait_list.begin(); it != g->wait_list.end();) {
-        Task* t = it->task;
-        ++it;  // unregister_locked erases t from this list too
-        const NeedList& needs = *t->preds->needs;
-        // relaxed: nothing runs (a drain found every worker idle), so the
-        // limit is only compared, never paired with a permit hand-off.
-        const bool hopeless = std::any_of(needs.begin(), needs.end(), [](const NeedEntry& e) {
-          return e.amount > e.group->limit.load(std::memory_order_relaxed);
-        });
-        if (which == Which::unsatisfiable && !hopeless) continue;
-        unregister_locked(t, *t->preds->needs);
-        doomed.push_back(t);
+  // One task at a time, so that nothing is allocated here: the completion
+  // runs without mu_, and the next is looked for afresh.
+  std::size_t cancelled = 0;
+  for (;;) {
+    Task* doomed = nullptr;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& g : groups_) {
+        for (const Waiter& w : g->wait_list) {
+          if (which == Which::all || exceeds_a_limit(*w.task->preds->needs)) {
+            doomed = w.task;
+            break;
+          }
+        }
+        if (doomed != nullptr) break;
+      }
+      if (doomed == nullptr) break;
+      NeedList& needs = *doomed->preds->needs;
+      unregister_locked(doomed, needs);
+      if (which == Which::unsatisfiable) {
+        // Dispatching passes over hopeless waiters already; this is for the
+        // timer, whose head may have been this one.
+        for (const NeedEntry& e : needs) mark_locked(*e.group);
+        dispatch_locked();
       }
     }
-  }
-  for (Task* t : doomed) {
-    t->state.fetch_and(~kStateMask, std::memory_order_release);  // back to queued, so that it can be claimed
-    core_.complete_cancelled(t);
+    // back to queued, so that it can be claimed by complete_cancelled.
+    doomed->state.fetch_and(~kStateMask, std::memory_order_release);  // release: pairs with its acquire claim
+    core_.complete_cancelled(doomed);
     unpark_one();
+    ++cancelled;
   }
-  return doomed.size();
+  return cancelled;
 }
 
 bool ResourceManager::reorder_parked(Task* t, unsigned level) {
@@ -378,23 +456,34 @@ bool ResourceManager::reorder_parked(Task* t, unsigned level) {
   auto& list = needs[0].group->wait_list;
   auto it = list.find(Waiter{needs.level, needs.seq, t});
   if (it == list.end() || it->task != t) return false;  // not parked (yet, or any more)
-  std::vector<ResourceGroupCore*> groups;
-  for (const NeedEntry& e : needs) {
-    e.group->wait_list.erase(Waiter{needs.level, needs.seq, t});
-    e.group->wait_list.insert(Waiter{level, needs.seq, t});  // the same age: only the priority changes
-    groups.push_back(e.group);
+  for (std::uint32_t i = 0; i < needs.count; ++i) {
+    ResourceGroupCore& g = *needs[i].group;
+    // The same node, moved: no allocation, so no half-moved task.
+    WaitNode node = g.wait_list.extract(Waiter{needs.level, needs.seq, t});
+    node.value().level = level;  // the same age: only the priority changes
+    g.wait_list.insert(std::move(node));
+    mark_locked(g);
   }
   needs.level = level;
   t->level.store(static_cast<std::uint8_t>(level), std::memory_order_relaxed);  // read when it is queued again (mu_)
-  dispatch_locked(std::move(groups));  // it may be first in line now
+  dispatch_locked();  // it may be first in line now
   return true;
 }
 
 void ResourceManager::set_limit(ResourceGroupCore& g, std::uint64_t limit) {
   if (limit == 0) throw InvalidArgument("ordo: resource group '" + g.name + "' needs a limit of at least 1");
   g.limit.store(limit, std::memory_order_seq_cst);
-  std::lock_guard lock(mu_);
-  dispatch_locked({&g});  // a raise may fit waiters now
+  limit_changes_.fetch_add(1, std::memory_order_seq_cst);  // after the store: see limit_changes()
+  {
+    std::lock_guard lock(mu_);
+    // A raise may fit waiters now; a cut may make the head hopeless, and
+    // those behind it must not wait for it.
+    mark_locked(g);
+    dispatch_locked();
+  }
+  // A draining scheduler whose workers sleep waiting for parked tasks must
+  // look again: a waiter may be hopeless now, to be cancelled.
+  core_.last_parked_task_left();
 }
 
 std::vector<ResourceStats> ResourceManager::all_stats() const {

@@ -220,8 +220,11 @@ void SchedulerCore::shutdown_loop(Worker& w) {
   // idle_parked: idle, and the drain waits for a parked task to come back
   // (its rate tokens are due later); last_parked_task_left() wakes us.
   enum class Next { exit, idle, idle_parked, busy };
+  // resources_.limit_changes() when the hopeless waiters were last looked
+  // for: a later set_limit() may have made another one hopeless.
+  std::uint64_t limits_judged = 0;
   // Called holding our busy count; gives it up unless the answer is `busy`.
-  auto try_finish = [this]() -> Next {
+  auto try_finish = [this, &limits_judged]() -> Next {
     if (busy_.fetch_sub(1, std::memory_order_seq_cst) != 1 || !injection_empty()) return Next::idle;
     if (resources_.parked() != 0) {
       // Nothing runs, so no permit is held: a waiter that needs no more
@@ -231,6 +234,7 @@ void SchedulerCore::shutdown_loop(Worker& w) {
       // holding a busy count again while its completion, and whatever that
       // releases, runs on this worker.
       busy_.fetch_add(1, std::memory_order_seq_cst);
+      limits_judged = resources_.limit_changes();
       if (resources_.cancel_parked(ResourceManager::Which::unsatisfiable) != 0) return Next::busy;
       busy_.fetch_sub(1, std::memory_order_seq_cst);
       return Next::idle_parked;
@@ -245,9 +249,11 @@ void SchedulerCore::shutdown_loop(Worker& w) {
     while (next == Next::idle || next == Next::idle_parked) {  // our count is not in busy_
       if (exit_.load(std::memory_order_seq_cst)) return;
       if (next == Next::idle_parked) {
-        // seq_cst: pairs with unpark_one()'s decrement, read after joining
-        // the sleepers that last_parked_task_left() wakes.
-        park_worker(w, [this] { return resources_.parked() == 0; });
+        // seq_cst: pairs with unpark_one()'s decrement and set_limit()'s
+        // count, read after joining the sleepers that both then wake.
+        park_worker(w, [this, &limits_judged] {
+          return resources_.parked() == 0 || resources_.limit_changes() != limits_judged;
+        });
       } else {
         park_worker(w, [] { return false; });
       }

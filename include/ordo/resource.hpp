@@ -33,7 +33,10 @@ class ResourceGroup {
   std::uint64_t limit() const;
   // Raising the limit hands the new room to waiters at once; lowering it lets
   // current holders finish (nothing is revoked) and admits no one until the
-  // use is below the new limit. Throws InvalidArgument for 0.
+  // use is below the new limit. A parked waiter needing more than the new
+  // limit stays parked but blocks nobody behind it; raising the limit again
+  // lets it run, and a draining shutdown cancels it (TaskCancelled).
+  // Throws InvalidArgument for 0.
   void set_limit(std::uint64_t limit);
   ResourceStats stats() const;
 
