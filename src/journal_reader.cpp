@@ -44,9 +44,10 @@ Check check_record(const unsigned char* base, std::uint64_t off, std::uint64_t s
 
 }  // namespace
 
-ScanResult scan_file(const std::string& path, const std::string& display, const ScanOptions& options,
+ScanResult scan_file(FileSystem& fs, const std::string& path, const std::string& display, const ScanOptions& options,
                      RecoveryReport& report, const std::function<void(const RecordView&)>& on_record) {
-  MappedFile file(path);
+  const std::unique_ptr<FileBytes> mapped = fs.read(path);
+  const FileBytes& file = *mapped;
   ScanResult result;
   result.size = file.size();
   const unsigned char* base = file.data();
@@ -115,10 +116,10 @@ ScanResult scan_file(const std::string& path, const std::string& display, const 
   return result;
 }
 
-DirectoryPlan plan_directory(const std::string& dir) {
+DirectoryPlan plan_directory(FileSystem& fs, const std::string& dir) {
   DirectoryPlan plan;
   std::vector<std::uint64_t> segments, snapshots;
-  for (const std::string& name : list_directory(dir)) {
+  for (const std::string& name : fs.list(dir)) {
     if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
       plan.obsolete.push_back(name);
       continue;
@@ -144,10 +145,10 @@ DirectoryPlan plan_directory(const std::string& dir) {
   return plan;
 }
 
-ReadResult read_directory(const std::string& dir, bool tolerant, RecoveryReport& report,
+ReadResult read_directory(FileSystem& fs, const std::string& dir, bool tolerant, RecoveryReport& report,
                           const std::function<void(const RecordView&)>& on_record) {
   ReadResult result;
-  result.plan = plan_directory(dir);
+  result.plan = plan_directory(fs, dir);
   const DirectoryPlan& plan = result.plan;
   TaskIdSet live;
   auto deliver = [&](const RecordView& r) {
@@ -161,7 +162,7 @@ ReadResult read_directory(const std::string& dir, bool tolerant, RecoveryReport&
   };
   if (plan.snapshot != 0) {
     const std::string name = file_name(FileKind::snapshot, plan.snapshot);
-    scan_file(join(dir, name), name, {false, tolerant}, report, deliver);
+    scan_file(fs, join(dir, name), name, {false, tolerant}, report, deliver);
     report.snapshot = plan.snapshot;
   }
   std::uint64_t expected = plan.snapshot != 0 ? plan.snapshot : (plan.segments.empty() ? 0 : plan.segments.front());
@@ -175,7 +176,7 @@ ReadResult read_directory(const std::string& dir, bool tolerant, RecoveryReport&
     }
     expected = number + 1;
     const bool last = i + 1 == plan.segments.size();
-    ScanResult r = scan_file(join(dir, name), name, {last, tolerant}, report, deliver);
+    ScanResult r = scan_file(fs, join(dir, name), name, {last, tolerant}, report, deliver);
     if (r.header.kind != FileKind::segment || (r.size >= kFileHeaderBytes && r.header.number != number)) {
       throw JournalCorruption("ordo: journal file " + name + ": its header names another file");
     }

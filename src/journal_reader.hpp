@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "journal_file_system.hpp"
 #include "journal_format.hpp"
 #include "ordo/journal.hpp"
 
@@ -31,7 +32,7 @@ struct ScanResult {
 // Scans one file, calling `on_record` for each good record (except the
 // snapshot terminator, which it checks). Records damage in `report`; throws
 // JournalCorruption naming `display` (the file name) and the offset.
-ScanResult scan_file(const std::string& path, const std::string& display, const ScanOptions& options,
+ScanResult scan_file(FileSystem& fs, const std::string& path, const std::string& display, const ScanOptions& options,
                      RecoveryReport& report, const std::function<void(const RecordView&)>& on_record);
 
 // The files of a journal directory, in replay order.
@@ -41,7 +42,7 @@ struct DirectoryPlan {
   std::vector<std::string> obsolete;      // older snapshots, covered segments, *.tmp
   std::uint64_t next_segment = 1;         // the number a writer starts with
 };
-DirectoryPlan plan_directory(const std::string& dir);
+DirectoryPlan plan_directory(FileSystem& fs, const std::string& dir);
 
 struct ReadResult {
   DirectoryPlan plan;
@@ -49,7 +50,7 @@ struct ReadResult {
 };
 
 // Replays snapshot then segments. Checks that segment numbers are contiguous.
-ReadResult read_directory(const std::string& dir, bool tolerant, RecoveryReport& report,
+ReadResult read_directory(FileSystem& fs, const std::string& dir, bool tolerant, RecoveryReport& report,
                           const std::function<void(const RecordView&)>& on_record);
 
 }  // namespace ordo::detail::wal
