@@ -8,7 +8,7 @@
 namespace ordo::detail::wal {
 namespace {
 
-enum class Verdict { ok, torn, bad };
+enum class Verdict { ok, bad };
 
 struct Check {
   Verdict verdict;
@@ -21,25 +21,35 @@ bool all_zero(const unsigned char* p, std::size_t n) {
 }
 
 // Judges the record at `off` of a file of `size` bytes.
-Check check_record(const unsigned char* base, std::uint64_t off, std::uint64_t size, bool last) {
+Check check_record(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
   const std::uint64_t remaining = size - off;
   const unsigned char* p = base + off;
-  if (remaining < kRecordHeaderBytes) {
-    return {last ? Verdict::torn : Verdict::bad, 0, "record header cut short"};
-  }
+  if (remaining < kRecordHeaderBytes) return {Verdict::bad, 0, "record header cut short"};
   const std::uint32_t length = get32(p + 4);
   if (length > kMaxPayload) return {Verdict::bad, length, "impossible record length"};
-  if (kRecordHeaderBytes + length > remaining) {
-    return {last ? Verdict::torn : Verdict::bad, length, "record runs past the end of the file"};
-  }
+  if (kRecordHeaderBytes + length > remaining) return {Verdict::bad, length, "record runs past the end of the file"};
   const std::uint32_t crc = crc32c::extend(0, p + 8, 1 + static_cast<std::size_t>(length));
-  if (crc32c::unmask(get32(p)) != crc) {
-    const bool final_record = off + kRecordHeaderBytes + length == size;
-    return {last && final_record ? Verdict::torn : Verdict::bad, length, "record checksum mismatch"};
-  }
+  if (crc32c::unmask(get32(p)) != crc) return {Verdict::bad, length, "record checksum mismatch"};
   if (p[8] == 0 || p[8] > kMaxRecordType) return {Verdict::bad, length, "unknown record type"};
   if (length < 8) return {Verdict::bad, length, "payload shorter than its task id"};
   return {Verdict::ok, length, ""};
+}
+
+// Whether a whole valid record begins at `off`: the cheap tests first, since
+// this is tried at every byte of a damaged range.
+bool valid_record_at(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
+  if (size - off < kRecordHeaderBytes + 8) return false;
+  const unsigned char* p = base + off;
+  const std::uint32_t length = get32(p + 4);
+  if (length < 8 || length > size - off - kRecordHeaderBytes || p[8] == 0 || p[8] > kMaxRecordType) return false;
+  return crc32c::unmask(get32(p)) == crc32c::extend(0, p + 8, 1 + static_cast<std::size_t>(length));
+}
+
+// The first offset after `off` at which a whole valid record begins, or `size`.
+std::uint64_t next_valid_record(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
+  std::uint64_t next = off + 1;
+  while (next < size && !valid_record_at(base, next, size)) ++next;
+  return std::min(next, size);
 }
 
 }  // namespace
@@ -64,24 +74,25 @@ ScanResult scan_file(FileSystem& fs, const std::string& path, const std::string&
   const bool snapshot = header->kind == FileKind::snapshot;
   std::uint64_t off = kFileHeaderBytes;
   while (off < file.size()) {
-    Check c = check_record(base, off, file.size(), options.last_segment);
-    if (c.verdict == Verdict::bad && options.last_segment && all_zero(base + off, file.size() - off)) {
-      c = {Verdict::torn, 0, "zero-filled tail"};
-    }
-    if (c.verdict == Verdict::torn) {
-      report.torn_tail = true;
-      report.tail = {display, off, file.size() - off, c.reason};
-      break;
-    }
+    const Check c = check_record(base, off, file.size());
     if (c.verdict == Verdict::bad) {
+      // A tail is torn only if nothing valid follows it: what an append cut
+      // by a crash leaves. Damage with a whole valid record after it is
+      // corruption (a flipped length would otherwise hide every record
+      // behind it), and is never cut off without an explicit repair.
+      const std::uint64_t next = next_valid_record(base, off, file.size());
+      if (options.last_segment && next == file.size()) {
+        const bool zeros = all_zero(base + off, file.size() - off);
+        report.torn_tail = true;
+        report.tail = {display, off, file.size() - off, zeros ? "zero-filled tail" : c.reason};
+        break;
+      }
       std::string reason = c.reason;
       if (reason == "unknown record type") reason.append(" ").append(std::to_string(base[off + 8]));
       if (!options.tolerant) {
         throw JournalCorruption("ordo: journal file " + display + " at offset " + std::to_string(off) + ": " +
                                 reason);
       }
-      std::uint64_t next = off + 1;
-      while (next < file.size() && check_record(base, next, file.size(), false).verdict != Verdict::ok) ++next;
       report.skipped.push_back({display, off, next - off, reason});
       off = next;
       continue;
