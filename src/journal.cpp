@@ -277,6 +277,13 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
   if (!unsynced_) synced_ = std::max(synced_, last);
   if (synced_now) expected_ = released;
   if (rotate_now) rotated_to_ = segment_;
+  // Checked by whoever wrote: in sync mode the writer thread may never write
+  // at all, every record being led by its waiting appender.
+  if (!compact_wanted_ && options_.compact_after_bytes != 0 &&
+      bytes_since_snapshot_.load(std::memory_order_relaxed) > options_.compact_after_bytes) {
+    compact_wanted_ = true;
+    compact_cv_.notify_one();
+  }
   writing_ = false;
   durable_cv_.notify_all();
   writer_cv_.notify_all();  // the writer may be waiting for the token, or have callbacks to run
@@ -370,11 +377,6 @@ void JournalImpl::writer_loop() {
     flush_locked(lock, stopping || callback_waits(), false);
     if (error_) break;
     if (stopping && pending_.empty() && !unsynced_) break;
-    if (!compact_wanted_ && options_.compact_after_bytes != 0 &&
-        bytes_since_snapshot_.load(std::memory_order_relaxed) > options_.compact_after_bytes) {
-      compact_wanted_ = true;
-      compact_cv_.notify_one();
-    }
   }
   writer_exited_ = true;
   durable_cv_.notify_all();
