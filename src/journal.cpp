@@ -65,7 +65,17 @@ void validate(const JournalOptions& o) {
 
 JournalImpl::JournalImpl(std::string dir, JournalOptions options, std::shared_ptr<FileSystem> fs)
     : dir_(std::move(dir)), options_(std::move(options)), fs_(std::move(fs)) {
-  fs_->make_directory(dir_);
+  const bool created = fs_->make_directory(dir_);
+  // A new directory's name lives in its parent: unsynced, a power cut may
+  // take the whole journal with it, synced segments and all. One that
+  // exists may have been made by a process that died before this sync, so
+  // it is synced again; but then a parent we may not open (no read
+  // permission) is no reason to refuse a journal that opened before.
+  try {
+    fs_->sync_directory(parent_directory(dir_));
+  } catch (const JournalIoError&) {
+    if (created) throw;
+  }
   lock_ = fs_->lock_directory(dir_);
 }
 
@@ -146,7 +156,7 @@ Lsn JournalImpl::append(RecordType type, std::uint64_t task, std::span<const std
   wal::encode_record_header(p, type, p + wal::kRecordHeaderBytes, length);
   std::unique_lock lock(mu_);
   if (closed_) throw Error("ordo: append to a closed journal (" + dir_ + ")");
-  if (error_) std::rethrow_exception(error_);
+  if (error_) rethrow_error_locked();
   const bool was_idle = pending_.empty();
   pending_.append(record);
   pending_ends_.push_back(static_cast<std::uint32_t>(pending_.size()));
@@ -169,6 +179,11 @@ Lsn JournalImpl::append(RecordType type, std::uint64_t task, std::span<const std
   return lsn;
 }
 
+void JournalImpl::rethrow_error_locked() {
+  error_delivered_ = true;
+  std::rethrow_exception(error_);
+}
+
 void JournalImpl::wait_durable(Lsn lsn) {
   std::unique_lock lock(mu_);
   await_locked(lock, lsn, options_.durability == Durability::sync);
@@ -177,7 +192,7 @@ void JournalImpl::wait_durable(Lsn lsn) {
 bool JournalImpl::on_durable(Lsn lsn, std::function<void(bool)> fn) {
   std::unique_lock lock(mu_);
   if (durable_mark_locked() >= lsn) return false;
-  if (error_) std::rethrow_exception(error_);
+  if (error_) rethrow_error_locked();
   if (writer_exited_) throw Error("ordo: on_durable on a closed journal (" + dir_ + ")");
   callbacks_.emplace(lsn, std::move(fn));
   writer_cv_.notify_all();  // in sync mode the writer syncs for it at once
@@ -211,7 +226,7 @@ void JournalImpl::await_locked(std::unique_lock<std::mutex>& lock, Lsn lsn, bool
   bool arrived = false;
   for (;;) {
     if ((need_sync ? synced_ : written_) >= lsn) return;
-    if (error_) std::rethrow_exception(error_);
+    if (error_) rethrow_error_locked();
     if (!writing_ && !writer_exited_) {
       flush_locked(lock, need_sync, true);
       continue;
@@ -291,13 +306,13 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
 
 std::uint64_t JournalImpl::request_rotation() {
   std::unique_lock lock(mu_);
-  if (error_) std::rethrow_exception(error_);
+  if (error_) rethrow_error_locked();
   if (stop_) throw Error("ordo: journal " + dir_ + " is closing: no compaction");
   const std::uint64_t before = rotated_to_;
   rotate_wanted_ = true;
   writer_cv_.notify_one();
   durable_cv_.wait(lock, [&] { return error_ || writer_exited_ || rotated_to_ != before; });
-  if (error_) std::rethrow_exception(error_);
+  if (error_) rethrow_error_locked();
   if (rotated_to_ == before) throw Error("ordo: journal " + dir_ + " is closing: no compaction");
   return rotated_to_;
 }
@@ -423,7 +438,7 @@ void JournalImpl::close() noexcept {
   if (writer_.joinable()) writer_.join();
   if (compactor_.joinable()) compactor_.join();
   segment_file_.reset();
-  if (error_) {
+  if (error_ && !error_delivered_) {  // nobody was told: the appends it concerns were not waited for
     try {
       std::rethrow_exception(error_);
     } catch (const std::exception& e) {

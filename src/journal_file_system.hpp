@@ -53,9 +53,10 @@ class FileSystem {
   enum class Create { exclusive, replace };  // refuse an existing file / truncate it
 
   virtual ~FileSystem() = default;
-  // Creates `dir` if absent (one level) and makes its name durable in the
-  // parent directory; throws if it exists and is not a directory.
-  virtual void make_directory(const std::string& dir) = 0;
+  // Creates `dir` if absent (one level): true if it did. Throws if it exists
+  // and is not a directory. Like any name, the new one survives a power cut
+  // only once its parent directory is synced.
+  virtual bool make_directory(const std::string& dir) = 0;
   // Throws JournalLocked if another holder (this process or another) has it.
   virtual std::unique_ptr<DirectoryLock> lock_directory(const std::string& dir) = 0;
   virtual std::vector<std::string> list(const std::string& dir) = 0;  // names, sorted
@@ -74,5 +75,6 @@ class FileSystem {
 std::shared_ptr<FileSystem> posix_file_system();
 
 std::string join_path(const std::string& dir, const std::string& name);
+std::string parent_directory(std::string path);  // "." for a bare name, "/" for a top-level one
 
 }  // namespace ordo::detail

@@ -54,6 +54,7 @@ class JournalImpl {
   RecoveryReport report_;
 
  private:
+  [[noreturn]] void rethrow_error_locked();  // mu_ held
   void writer_loop();
   // Waits until `lsn` is written (and synced, if need_sync), leading the
   // write itself when nobody else is writing. mu_ held.
@@ -99,6 +100,7 @@ class JournalImpl {
   bool gathering_ = false;  // a leader waits briefly for them; arrivals notify it
   bool writing_ = false;    // the write token: its holder alone touches the segment and spare_
   std::exception_ptr error_;
+  bool error_delivered_ = false;  // a caller got error_ (close() need not print it)
   std::uint64_t live_ = 0;  // enqueued and not complete/cancelled (mu_)
   std::multimap<Lsn, std::function<void(bool)>> callbacks_;  // on_durable, by the LSN they wait for (mu_)
 

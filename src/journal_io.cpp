@@ -20,6 +20,14 @@ std::string join_path(const std::string& dir, const std::string& name) {
   return dir + "/" + name;
 }
 
+std::string parent_directory(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  const std::size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
 namespace wal {
 
 void throw_io(const char* call, const std::string& path) {
@@ -32,15 +40,6 @@ void throw_io(const char* call, const std::string& path) {
 namespace {
 
 using wal::throw_io;
-
-// The directory holding `path` ("." for a bare name, "/" for a top-level one).
-std::string parent_of(std::string path) {
-  while (path.size() > 1 && path.back() == '/') path.pop_back();
-  const std::size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
 
 void fsync_directory(const std::string& dir) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -137,7 +136,7 @@ class MappedBytes final : public FileBytes {
 
 class PosixFileSystem final : public FileSystem {
  public:
-  void make_directory(const std::string& dir) override {
+  bool make_directory(const std::string& dir) override {
     const bool created = ::mkdir(dir.c_str(), 0755) == 0;
     if (!created && errno != EEXIST) throw_io("mkdir", dir);
     struct stat st{};
@@ -146,16 +145,7 @@ class PosixFileSystem final : public FileSystem {
       errno = ENOTDIR;
       throw_io("open journal directory", dir);
     }
-    // A new directory's name lives in its parent: without this, a power cut
-    // may take the whole journal with it, synced segments and all. An
-    // existing one may have been created by a process that died before this
-    // sync, so it is synced again, but then a parent we may not open (no
-    // read permission) is no reason to refuse a journal that worked before.
-    try {
-      fsync_directory(parent_of(dir));
-    } catch (const JournalIoError&) {
-      if (created) throw;
-    }
+    return created;
   }
 
   std::unique_ptr<DirectoryLock> lock_directory(const std::string& dir) override {

@@ -52,6 +52,19 @@ std::uint64_t next_valid_record(const unsigned char* base, std::uint64_t off, st
   return std::min(next, size);
 }
 
+// What a crash while creating segment `number` leaves: fewer than 32 bytes,
+// or the header the writer writes with its end read back as zeros (a file
+// system that extended the file before the data reached the disk) and
+// nothing but zeros after it. Any other bad header is corruption.
+bool header_cut_short(const unsigned char* base, std::size_t size, std::uint64_t number) {
+  if (size < kFileHeaderBytes) return true;
+  unsigned char expected[kFileHeaderBytes];
+  encode_file_header(expected, FileKind::segment, number);
+  std::size_t same = 0;
+  while (same < kFileHeaderBytes && base[same] == expected[same]) ++same;
+  return same < kFileHeaderBytes && all_zero(base + same, size - same);
+}
+
 }  // namespace
 
 ScanResult scan_file(FileSystem& fs, const std::string& path, const std::string& display, const ScanOptions& options,
@@ -62,10 +75,11 @@ ScanResult scan_file(FileSystem& fs, const std::string& path, const std::string&
   result.size = file.size();
   const unsigned char* base = file.data();
   std::string why;
-  if (file.size() < kFileHeaderBytes && options.last_segment) {
-    // Created, and the writer died before its header was whole.
+  if (options.last_segment && header_cut_short(base, file.size(), options.number)) {
+    // Created, and the power went before its header was whole (or synced).
     report.torn_tail = true;
     report.tail = {display, 0, file.size(), "segment header cut short"};
+    result.header_cut_short = true;
     return result;
   }
   auto header = decode_file_header(base, file.size(), why);
@@ -187,8 +201,8 @@ ReadResult read_directory(FileSystem& fs, const std::string& dir, bool tolerant,
     }
     expected = number + 1;
     const bool last = i + 1 == plan.segments.size();
-    ScanResult r = scan_file(fs, join(dir, name), name, {last, tolerant}, report, deliver);
-    if (r.header.kind != FileKind::segment || (r.size >= kFileHeaderBytes && r.header.number != number)) {
+    ScanResult r = scan_file(fs, join(dir, name), name, {last, tolerant, number}, report, deliver);
+    if (!r.header_cut_short && (r.header.kind != FileKind::segment || r.header.number != number)) {
       throw JournalCorruption("ordo: journal file " + name + ": its header names another file");
     }
     ++report.segments;

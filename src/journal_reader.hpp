@@ -19,10 +19,12 @@ namespace ordo::detail::wal {
 struct ScanOptions {
   bool last_segment = false;  // a torn tail is allowed (and reported)
   bool tolerant = false;      // skip corrupt ranges instead of throwing
+  std::uint64_t number = 0;   // last_segment: its number, to recognise a header cut short
 };
 
 struct ScanResult {
   FileHeader header{};
+  bool header_cut_short = false;  // last segment: no header, a torn tail from offset 0
   std::uint64_t valid_end = 0;  // offset just past the last good record
   std::uint64_t size = 0;
   std::uint64_t records = 0;    // delivered (SNAPSHOT_END excluded)

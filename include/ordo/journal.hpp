@@ -147,7 +147,8 @@ class Journal {
 
   // Flushes and syncs what was appended (whatever the mode), stops the
   // threads, releases the lock. Never throws: an I/O error here is reported
-  // on stderr, since the appends it concerns were not waited for.
+  // on stderr, since the appends it concerns were not waited for (unless an
+  // earlier call already threw it to a caller).
   ~Journal();
 
   // Any thread, never blocks on I/O. Appends one record for `task`; the
