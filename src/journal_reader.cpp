@@ -67,23 +67,50 @@ bool header_cut_short(const unsigned char* base, std::size_t size, std::uint64_t
 
 }  // namespace
 
+std::string ScanFailure::message(const std::string& display) const {
+  if (offset == kWholeFile) return "ordo: journal file " + display + ": " + reason;
+  return "ordo: journal file " + display + " at offset " + std::to_string(offset) + ": " + reason;
+}
+
+namespace {
+
+void set_tail(RecoveryReport& report, const std::string& display, std::uint64_t offset, std::uint64_t bytes,
+              const char* reason) {
+  report.torn_tail = true;
+  report.tail.file.assign(display);  // assigned in place: a reused report keeps its buffers
+  report.tail.offset = offset;
+  report.tail.bytes = bytes;
+  report.tail.reason.assign(reason);
+}
+
+}  // namespace
+
 ScanResult scan_file(FileSystem& fs, const std::string& path, const std::string& display, const ScanOptions& options,
                      RecoveryReport& report, const std::function<void(const RecordView&)>& on_record) {
+  ScanResult result;
+  if (auto failure = try_scan_file(fs, path, display, options, report, on_record, result)) {
+    throw JournalCorruption(failure->message(display));
+  }
+  return result;
+}
+
+std::optional<ScanFailure> try_scan_file(FileSystem& fs, const std::string& path, const std::string& display,
+                                         const ScanOptions& options, RecoveryReport& report,
+                                         const std::function<void(const RecordView&)>& on_record, ScanResult& result) {
   const std::unique_ptr<FileBytes> mapped = fs.read(path);
   const FileBytes& file = *mapped;
-  ScanResult result;
+  result = ScanResult{};
   result.size = file.size();
   const unsigned char* base = file.data();
   std::string why;
   if (options.last_segment && header_cut_short(base, file.size(), options.number)) {
     // Created, and the power went before its header was whole (or synced).
-    report.torn_tail = true;
-    report.tail = {display, 0, file.size(), "segment header cut short"};
+    set_tail(report, display, 0, file.size(), "segment header cut short");
     result.header_cut_short = true;
-    return result;
+    return std::nullopt;
   }
   auto header = decode_file_header(base, file.size(), why);
-  if (!header) throw JournalCorruption("ordo: journal file " + display + ": " + why);
+  if (!header) return ScanFailure{ScanFailure::kWholeFile, std::move(why)};
   result.header = *header;
   const bool snapshot = header->kind == FileKind::snapshot;
   std::uint64_t off = kFileHeaderBytes;
@@ -97,16 +124,12 @@ ScanResult scan_file(FileSystem& fs, const std::string& path, const std::string&
       const std::uint64_t next = next_valid_record(base, off, file.size());
       if (options.last_segment && next == file.size()) {
         const bool zeros = all_zero(base + off, file.size() - off);
-        report.torn_tail = true;
-        report.tail = {display, off, file.size() - off, zeros ? "zero-filled tail" : c.reason};
+        set_tail(report, display, off, file.size() - off, zeros ? "zero-filled tail" : c.reason);
         break;
       }
       std::string reason = c.reason;
       if (reason == "unknown record type") reason.append(" ").append(std::to_string(base[off + 8]));
-      if (!options.tolerant) {
-        throw JournalCorruption("ordo: journal file " + display + " at offset " + std::to_string(off) + ": " +
-                                reason);
-      }
+      if (!options.tolerant) return ScanFailure{off, std::move(reason)};
       report.skipped.push_back({display, off, next - off, reason});
       off = next;
       continue;
@@ -115,14 +138,12 @@ ScanResult scan_file(FileSystem& fs, const std::string& path, const std::string&
     const auto type = static_cast<RecordType>(p[8]);
     if (type == RecordType::snapshot_end) {
       if (!snapshot || c.length < 16 || get64(p + kRecordHeaderBytes + 8) != result.records) {
-        throw JournalCorruption("ordo: journal file " + display + " at offset " + std::to_string(off) +
-                                ": misplaced or inconsistent SNAPSHOT_END");
+        return ScanFailure{off, "misplaced or inconsistent SNAPSHOT_END"};
       }
       result.snapshot_complete = true;
     } else {
       if (result.snapshot_complete) {
-        throw JournalCorruption("ordo: journal file " + display + " at offset " + std::to_string(off) +
-                                ": record after SNAPSHOT_END");
+        return ScanFailure{off, "record after SNAPSHOT_END"};
       }
       RecordView view{type, get64(p + kRecordHeaderBytes),
                       std::span<const std::byte>(reinterpret_cast<const std::byte*>(p + kRecordHeaderBytes), c.length),
@@ -135,10 +156,10 @@ ScanResult scan_file(FileSystem& fs, const std::string& path, const std::string&
   }
   if (result.valid_end == 0) result.valid_end = std::min<std::uint64_t>(off, kFileHeaderBytes);
   if (snapshot && !result.snapshot_complete) {
-    throw JournalCorruption("ordo: journal file " + display + ": snapshot has no SNAPSHOT_END (incomplete)");
+    return ScanFailure{ScanFailure::kWholeFile, "snapshot has no SNAPSHOT_END (incomplete)"};
   }
   report.bytes += file.size();
-  return result;
+  return std::nullopt;
 }
 
 DirectoryPlan plan_directory(FileSystem& fs, const std::string& dir) {

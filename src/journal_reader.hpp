@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,20 @@ struct ScanResult {
 // JournalCorruption naming `display` (the file name) and the offset.
 ScanResult scan_file(FileSystem& fs, const std::string& path, const std::string& display, const ScanOptions& options,
                      RecoveryReport& report, const std::function<void(const RecordView&)>& on_record);
+
+// Why a file is corrupt: where, and the reason.
+struct ScanFailure {
+  static constexpr std::uint64_t kWholeFile = ~0ull;  // its header, or its end
+  std::uint64_t offset;
+  std::string reason;
+  std::string message(const std::string& display) const;  // JournalCorruption's text
+};
+// scan_file without the exception: the failure is returned (the fuzz
+// target's way in, where a throw per input would cost more than the scan).
+// I/O errors and what on_record throws still propagate.
+std::optional<ScanFailure> try_scan_file(FileSystem& fs, const std::string& path, const std::string& display,
+                                         const ScanOptions& options, RecoveryReport& report,
+                                         const std::function<void(const RecordView&)>& on_record, ScanResult& result);
 
 // The files of a journal directory, in replay order.
 struct DirectoryPlan {
