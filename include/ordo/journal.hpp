@@ -36,7 +36,7 @@ class JournalImpl;
 enum class Durability : std::uint8_t {
   sync,   // on disk: the batch's fdatasync() returned (survives a power cut)
   async,  // written to the OS; fdatasync() every async_interval (survives a process crash)
-  none,   // written to the OS, never synced (tests and benchmarks)
+  none,   // written to the OS; synced only when a segment closes (tests and benchmarks)
 };
 const char* to_string(Durability d) noexcept;
 
