@@ -31,6 +31,7 @@ class View final : public ordo::detail::FileBytes {
 // Read-only: one file, a view of the input (never copied). The reader's
 // per-file work is what the bytes reach; naming and ordering the files of a
 // directory (plan_directory) does not depend on their content.
+// Thread-safety: none needed (libFuzzer calls the target from one thread).
 class InputFileSystem final : public ordo::detail::FileSystem {
  public:
   void set_input(const std::uint8_t* data, std::size_t size) {

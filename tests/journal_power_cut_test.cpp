@@ -99,6 +99,10 @@ struct SuiteCounters {
   std::uint64_t images = 0, rounds = 0, torn = 0, during_compaction = 0, acked = 0;
 };
 
+// A chain of boots of one journal on a PowerCutFileSystem, each ended by a
+// cut. Thread-safety: driven by the test's thread; round() starts and joins
+// the appenders, which touch only their own vectors and atomics, and the
+// capture callback, which runs under the file system's lock.
 class PowerCutRun {
  public:
   PowerCutRun(Durability mode, std::uint64_t seed) : mode_(mode), rng_(seed), capture_rng_(seed ^ 0x9e3779b97f4a7c15ull) {
