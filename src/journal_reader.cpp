@@ -35,6 +35,13 @@ Check check_record(const unsigned char* base, std::uint64_t off, std::uint64_t s
   return {Verdict::ok, length, ""};
 }
 
+// The reason for an error message ("unknown record type 77").
+std::string describe(const Check& c, const unsigned char* record) {
+  std::string reason = c.reason;
+  if (reason == "unknown record type") reason.append(" ").append(std::to_string(record[8]));
+  return reason;
+}
+
 // Whether a whole valid record begins at `off`: the cheap tests first, since
 // this is tried at every byte of a damaged range.
 bool valid_record_at(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
@@ -121,16 +128,15 @@ std::optional<ScanFailure> try_scan_file(FileSystem& fs, const std::string& path
       // by a crash leaves. Damage with a whole valid record after it is
       // corruption (a flipped length would otherwise hide every record
       // behind it), and is never cut off without an explicit repair.
+      if (!options.last_segment && !options.tolerant) return ScanFailure{off, describe(c, base + off)};
       const std::uint64_t next = next_valid_record(base, off, file.size());
       if (options.last_segment && next == file.size()) {
         const bool zeros = all_zero(base + off, file.size() - off);
         set_tail(report, display, off, file.size() - off, zeros ? "zero-filled tail" : c.reason);
         break;
       }
-      std::string reason = c.reason;
-      if (reason == "unknown record type") reason.append(" ").append(std::to_string(base[off + 8]));
-      if (!options.tolerant) return ScanFailure{off, std::move(reason)};
-      report.skipped.push_back({display, off, next - off, reason});
+      if (!options.tolerant) return ScanFailure{off, describe(c, base + off)};
+      report.skipped.push_back({display, off, next - off, describe(c, base + off)});
       off = next;
       continue;
     }
