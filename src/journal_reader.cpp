@@ -47,8 +47,9 @@ std::string describe(const Check& c, const unsigned char* record) {
 bool valid_record_at(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
   if (size - off < kRecordHeaderBytes + 8) return false;
   const unsigned char* p = base + off;
+  if (p[8] == 0 || p[8] > kMaxRecordType) return false;  // rejects most offsets with one byte
   const std::uint32_t length = get32(p + 4);
-  if (length < 8 || length > size - off - kRecordHeaderBytes || p[8] == 0 || p[8] > kMaxRecordType) return false;
+  if (length < 8 || length > size - off - kRecordHeaderBytes) return false;
   return crc32c::unmask(get32(p)) == crc32c::extend(0, p + 8, 1 + static_cast<std::size_t>(length));
 }
 
