@@ -88,7 +88,15 @@ class PowerCutFileSystem final : public detail::FileSystem {
   }
   DiskImage crash_image_locked(std::mt19937_64& rng) const {
     DiskImage image;
-    image_of(0, "/", rng, image);
+    image_of(0, "/", rng, image, false);
+    return image;
+  }
+  // The worst a power cut now could leave: only what was synced.
+  DiskImage synced_only() const {
+    std::lock_guard lock(mu_);
+    DiskImage image;
+    std::mt19937_64 unused;
+    image_of(0, "/", unused, image, true);
     return image;
   }
   // Everything as the running system sees it (as if all were synced).
@@ -341,11 +349,12 @@ class PowerCutFileSystem final : public detail::FileSystem {
     }
   }
 
-  void image_of(std::size_t dir, const std::string& path, std::mt19937_64& rng, DiskImage& image) const {
+  void image_of(std::size_t dir, const std::string& path, std::mt19937_64& rng, DiskImage& image,
+                bool worst) const {
     image.directories.insert(path);
     const Node& d = nodes_[dir];
     std::map<std::string, std::size_t> entries = d.durable_entries;
-    const std::size_t kept = std::uniform_int_distribution<std::size_t>(0, d.unsynced.size())(rng);
+    const std::size_t kept = worst ? 0 : std::uniform_int_distribution<std::size_t>(0, d.unsynced.size())(rng);
     for (std::size_t i = 0; i < kept; ++i) {
       const Change& c = d.unsynced[i];
       if (c.kind == Change::link) {
@@ -360,9 +369,9 @@ class PowerCutFileSystem final : public detail::FileSystem {
     for (const auto& [name, node] : entries) {
       const std::string child = path == "/" ? "/" + name : path + "/" + name;
       if (nodes_[node].directory) {
-        image_of(node, child, rng, image);
+        image_of(node, child, rng, image, worst);
       } else {
-        image.files[child] = surviving_bytes(nodes_[node], rng);
+        image.files[child] = worst ? nodes_[node].durable : surviving_bytes(nodes_[node], rng);
       }
     }
   }
