@@ -1,10 +1,6 @@
 // The journal's writer side: appends, group commit, rotation, durability
 // waits, and opening (recovery) — see journal_impl.hpp for the contract and
 // docs/journal-format.md for the bytes.
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -14,6 +10,7 @@
 
 #include "journal_format.hpp"
 #include "journal_impl.hpp"
+#include "journal_io.hpp"
 #include "journal_reader.hpp"
 
 namespace ordo {
@@ -66,29 +63,42 @@ void validate(const JournalOptions& o) {
 
 }  // namespace
 
-JournalImpl::JournalImpl(std::string dir, JournalOptions options)
-    : dir_(std::move(dir)), options_(std::move(options)), lock_((wal::make_directory(dir_), dir_)) {}
+JournalImpl::JournalImpl(std::string dir, JournalOptions options, std::shared_ptr<FileSystem> fs)
+    : dir_(std::move(dir)), options_(std::move(options)), fs_(std::move(fs)) {
+  const bool created = fs_->make_directory(dir_);
+  // A new directory's name lives in its parent: unsynced, a power cut may
+  // take the whole journal with it, synced segments and all. One that
+  // exists may have been made by a process that died before this sync, so
+  // it is synced again; but then a parent we may not open (no read
+  // permission) is no reason to refuse a journal that opened before.
+  try {
+    fs_->sync_directory(parent_directory(dir_));
+  } catch (const JournalIoError&) {
+    if (created) throw;
+  }
+  lock_ = fs_->lock_directory(dir_);
+}
 
 JournalImpl::~JournalImpl() { close(); }
 
 void JournalImpl::recover(const Journal::Replay& replay) {
-  wal::ReadResult read = wal::read_directory(dir_, options_.tolerate_corruption, report_, replay);
+  wal::ReadResult read = wal::read_directory(*fs_, dir_, options_.tolerate_corruption, report_, replay);
   live_ = report_.live_tasks;
   // Clean up what the format says is obsolete, and cut a torn tail off so
   // that the segment reads clean once it is no longer the last one.
-  for (const std::string& name : read.plan.obsolete) wal::remove_file(wal::join(dir_, name));
+  for (const std::string& name : read.plan.obsolete) fs_->remove(wal::join(dir_, name));
   std::uint64_t next = read.plan.next_segment;
   if (report_.torn_tail && !read.plan.segments.empty()) {
     const std::uint64_t number = read.plan.segments.back();
     const std::string last = wal::join(dir_, wal::file_name(wal::FileKind::segment, number));
     if (read.last_valid_end < wal::kFileHeaderBytes) {
-      wal::remove_file(last);  // not even its header was whole: the new segment takes its number
+      fs_->remove(last);  // not even its header was whole: the new segment takes its number
       next = number;
     } else {
-      wal::truncate_file(last, read.last_valid_end);
+      fs_->truncate(last, read.last_valid_end);
     }
   }
-  wal::fsync_directory(dir_);
+  fs_->sync_directory(dir_);
   segment_ = next - 1;
 }
 
@@ -100,23 +110,34 @@ void JournalImpl::start() {
 
 void JournalImpl::open_segment(std::uint64_t number) {
   segment_path_ = wal::join(dir_, wal::file_name(wal::FileKind::segment, number));
-  fd_ = ::open(segment_path_.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_APPEND | O_CLOEXEC, 0644);
-  if (fd_ < 0) wal::throw_io("open", segment_path_);
+  segment_file_ = fs_->create(segment_path_, FileSystem::Create::exclusive);
   unsigned char header[wal::kFileHeaderBytes];
   wal::encode_file_header(header, wal::FileKind::segment, number);
-  wal::write_all(fd_, header, sizeof header, segment_path_);
+  segment_file_->append(header, sizeof header);
   if (options_.durability != Durability::none) {
-    wal::sync_data(fd_, segment_path_);
-    wal::fsync_directory(dir_);  // the new name must survive too
+    segment_file_->sync();
+    fs_->sync_directory(dir_);  // the new name must survive too
+  } else {
+    segment_name_unsynced_ = true;  // until a sync() or the segment's end
   }
   segment_ = number;
   segment_size_ = wal::kFileHeaderBytes;
 }
 
+void JournalImpl::sync_segment() {
+  segment_file_->sync();
+  if (segment_name_unsynced_) {
+    fs_->sync_directory(dir_);
+    segment_name_unsynced_ = false;
+  }
+}
+
 void JournalImpl::rotate() {
-  if (options_.durability != Durability::none) wal::sync_data(fd_, segment_path_);
-  ::close(fd_);
-  fd_ = -1;
+  // Every mode, `none` included, leaves a closed segment synced, name and
+  // all: a power cut can then only cut the tail of the last segment, never
+  // leave a hole in the middle that would make the journal unreadable.
+  sync_segment();
+  segment_file_.reset();
   open_segment(segment_ + 1);
 }
 
@@ -135,7 +156,7 @@ Lsn JournalImpl::append(RecordType type, std::uint64_t task, std::span<const std
   wal::encode_record_header(p, type, p + wal::kRecordHeaderBytes, length);
   std::unique_lock lock(mu_);
   if (closed_) throw Error("ordo: append to a closed journal (" + dir_ + ")");
-  if (error_) std::rethrow_exception(error_);
+  if (error_) rethrow_error_locked();
   const bool was_idle = pending_.empty();
   pending_.append(record);
   pending_ends_.push_back(static_cast<std::uint32_t>(pending_.size()));
@@ -158,6 +179,11 @@ Lsn JournalImpl::append(RecordType type, std::uint64_t task, std::span<const std
   return lsn;
 }
 
+void JournalImpl::rethrow_error_locked() {
+  error_delivered_ = true;
+  std::rethrow_exception(error_);
+}
+
 void JournalImpl::wait_durable(Lsn lsn) {
   std::unique_lock lock(mu_);
   await_locked(lock, lsn, options_.durability == Durability::sync);
@@ -166,7 +192,7 @@ void JournalImpl::wait_durable(Lsn lsn) {
 bool JournalImpl::on_durable(Lsn lsn, std::function<void(bool)> fn) {
   std::unique_lock lock(mu_);
   if (durable_mark_locked() >= lsn) return false;
-  if (error_) std::rethrow_exception(error_);
+  if (error_) rethrow_error_locked();
   if (writer_exited_) throw Error("ordo: on_durable on a closed journal (" + dir_ + ")");
   callbacks_.emplace(lsn, std::move(fn));
   writer_cv_.notify_all();  // in sync mode the writer syncs for it at once
@@ -200,7 +226,7 @@ void JournalImpl::await_locked(std::unique_lock<std::mutex>& lock, Lsn lsn, bool
   bool arrived = false;
   for (;;) {
     if ((need_sync ? synced_ : written_) >= lsn) return;
-    if (error_) std::rethrow_exception(error_);
+    if (error_) rethrow_error_locked();
     if (!writing_ && !writer_exited_) {
       flush_locked(lock, need_sync, true);
       continue;
@@ -243,7 +269,7 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
     if (options_.durability != Durability::none && unsynced_ && now >= next_periodic_sync_) sync = true;
     if (sync && unsynced_) {
       const std::uint64_t t0 = now_ns();
-      wal::sync_data(fd_, segment_path_);
+      sync_segment();
       last_sync_ns_.store(now_ns() - t0, std::memory_order_relaxed);
       syncs_.fetch_add(1, std::memory_order_relaxed);
       unsynced_ = false;
@@ -266,6 +292,13 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
   if (!unsynced_) synced_ = std::max(synced_, last);
   if (synced_now) expected_ = released;
   if (rotate_now) rotated_to_ = segment_;
+  // Checked by whoever wrote: in sync mode the writer thread may never write
+  // at all, every record being led by its waiting appender.
+  if (!compact_wanted_ && options_.compact_after_bytes != 0 &&
+      bytes_since_snapshot_.load(std::memory_order_relaxed) > options_.compact_after_bytes) {
+    compact_wanted_ = true;
+    compact_cv_.notify_one();
+  }
   writing_ = false;
   durable_cv_.notify_all();
   writer_cv_.notify_all();  // the writer may be waiting for the token, or have callbacks to run
@@ -273,13 +306,13 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
 
 std::uint64_t JournalImpl::request_rotation() {
   std::unique_lock lock(mu_);
-  if (error_) std::rethrow_exception(error_);
+  if (error_) rethrow_error_locked();
   if (stop_) throw Error("ordo: journal " + dir_ + " is closing: no compaction");
   const std::uint64_t before = rotated_to_;
   rotate_wanted_ = true;
   writer_cv_.notify_one();
   durable_cv_.wait(lock, [&] { return error_ || writer_exited_ || rotated_to_ != before; });
-  if (error_) std::rethrow_exception(error_);
+  if (error_) rethrow_error_locked();
   if (rotated_to_ == before) throw Error("ordo: journal " + dir_ + " is closing: no compaction");
   return rotated_to_;
 }
@@ -302,7 +335,7 @@ void JournalImpl::write_batch(const std::string& batch, const std::vector<std::u
       rotate();
       continue;
     }
-    wal::write_all(fd_, batch.data() + from, to - from, segment_path_);
+    segment_file_->append(batch.data() + from, to - from);
     segment_size_ += to - from;
     from = to;
     if (from < batch.size()) rotate();
@@ -359,11 +392,6 @@ void JournalImpl::writer_loop() {
     flush_locked(lock, stopping || callback_waits(), false);
     if (error_) break;
     if (stopping && pending_.empty() && !unsynced_) break;
-    if (!compact_wanted_ && options_.compact_after_bytes != 0 &&
-        bytes_since_snapshot_.load(std::memory_order_relaxed) > options_.compact_after_bytes) {
-      compact_wanted_ = true;
-      compact_cv_.notify_one();
-    }
   }
   writer_exited_ = true;
   durable_cv_.notify_all();
@@ -409,9 +437,8 @@ void JournalImpl::close() noexcept {
   compact_cv_.notify_all();
   if (writer_.joinable()) writer_.join();
   if (compactor_.joinable()) compactor_.join();
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
-  if (error_) {
+  segment_file_.reset();
+  if (error_ && !error_delivered_) {  // nobody was told: the appends it concerns were not waited for
     try {
       std::rethrow_exception(error_);
     } catch (const std::exception& e) {
@@ -422,14 +449,14 @@ void JournalImpl::close() noexcept {
 
 JournalStats JournalImpl::stats() const {
   JournalStats s;
-  for (const std::string& name : wal::list_directory(dir_)) {
+  for (const std::string& name : fs_->list(dir_)) {
     auto parsed = wal::parse_file_name(name);
     if (!parsed) continue;
-    struct stat st{};
     // A background compaction may delete a file between the listing and here.
-    if (::stat(wal::join(dir_, name).c_str(), &st) != 0) continue;
+    const std::optional<std::uint64_t> size = fs_->size_of(wal::join(dir_, name));
+    if (!size) continue;
     if (parsed->first == wal::FileKind::segment) ++s.segments;
-    s.bytes += static_cast<std::uint64_t>(st.st_size);
+    s.bytes += *size;
   }
   {
     std::lock_guard lock(mu_);
@@ -458,7 +485,7 @@ std::unique_ptr<Journal> Journal::open(const std::string& directory, JournalOpti
 
 RecoveryReport Journal::read(const std::string& directory, const Replay& replay, bool tolerate_corruption) {
   RecoveryReport report;
-  detail::wal::read_directory(directory, tolerate_corruption, report, replay);
+  detail::wal::read_directory(*detail::posix_file_system(), directory, tolerate_corruption, report, replay);
   return report;
 }
 

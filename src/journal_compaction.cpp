@@ -2,14 +2,12 @@
 // into a new snapshot of the live tasks, then deletes what it replaces. Each
 // step is crash-safe; docs/journal-format.md ("Compaction and snapshots")
 // lists them, and the hook numbers below are those steps.
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <unordered_map>
 
 #include "journal_format.hpp"
 #include "journal_impl.hpp"
+#include "journal_io.hpp"
 #include "journal_reader.hpp"
 
 namespace ordo::detail {
@@ -28,15 +26,11 @@ struct Position {
 
 class SnapshotWriter {
  public:
-  SnapshotWriter(std::string path, std::uint64_t number) : path_(std::move(path)) {
-    fd_ = ::open(path_.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
-    if (fd_ < 0) wal::throw_io("open", path_);
+  SnapshotWriter(FileSystem& fs, const std::string& path, std::uint64_t number)
+      : file_(fs.create(path, FileSystem::Create::replace)) {
     unsigned char header[wal::kFileHeaderBytes];
     wal::encode_file_header(header, wal::FileKind::snapshot, number);
     buffer_.append(reinterpret_cast<const char*>(header), sizeof header);
-  }
-  ~SnapshotWriter() {
-    if (fd_ >= 0) ::close(fd_);
   }
   // Copies a record verbatim: its CRC still holds.
   void copy(const RecordView& r) {
@@ -57,18 +51,16 @@ class SnapshotWriter {
     buffer_.append(reinterpret_cast<const char*>(h), sizeof h);
     buffer_.append(reinterpret_cast<const char*>(payload), sizeof payload);
     flush();
-    wal::sync_data(fd_, path_);
-    ::close(fd_);
-    fd_ = -1;
+    file_->sync();
+    file_.reset();
   }
 
  private:
   void flush() {
-    wal::write_all(fd_, buffer_.data(), buffer_.size(), path_);
+    file_->append(buffer_.data(), buffer_.size());
     buffer_.clear();
   }
-  std::string path_;
-  int fd_ = -1;
+  std::unique_ptr<AppendFile> file_;
   std::string buffer_;
   std::uint64_t records_ = 0;
 };
@@ -76,7 +68,7 @@ class SnapshotWriter {
 }  // namespace
 
 void JournalImpl::run_compaction(std::uint64_t first_kept) {
-  const wal::DirectoryPlan plan = wal::plan_directory(dir_);
+  const wal::DirectoryPlan plan = wal::plan_directory(*fs_, dir_);
   // The files to fold, in replay order; 0 stands for the current snapshot.
   std::vector<std::uint64_t> files, covered;
   if (plan.snapshot != 0) files.push_back(0);
@@ -92,7 +84,7 @@ void JournalImpl::run_compaction(std::uint64_t first_kept) {
                                       : wal::file_name(wal::FileKind::segment, f);
       // These files were complete when the writer left them: a tail that
       // looks torn here is real damage, so none is allowed.
-      wal::scan_file(wal::join(dir_, name), name, {false, options_.tolerate_corruption}, scratch,
+      wal::scan_file(*fs_, wal::join(dir_, name), name, {false, options_.tolerate_corruption}, scratch,
                      [&](const RecordView& r) { fn(r, f); });
     }
   };
@@ -112,7 +104,7 @@ void JournalImpl::run_compaction(std::uint64_t first_kept) {
   const std::string final_name = wal::file_name(wal::FileKind::snapshot, first_kept);
   const std::string tmp_path = wal::join(dir_, final_name + ".tmp");
   {
-    SnapshotWriter out(tmp_path, first_kept);
+    SnapshotWriter out(*fs_, tmp_path, first_kept);
     const std::int64_t now = system_now_ns();
     for_each_record([&](const RecordView& r, std::uint64_t f) {
       auto it = live.find(r.task);
@@ -131,12 +123,12 @@ void JournalImpl::run_compaction(std::uint64_t first_kept) {
     out.finish();
   }
   if (options_.compaction_hook) options_.compaction_hook(2);
-  wal::rename_file(tmp_path, wal::join(dir_, final_name));
-  wal::fsync_directory(dir_);  // the commit point
+  fs_->rename(tmp_path, wal::join(dir_, final_name));
+  fs_->sync_directory(dir_);  // the commit point
   if (options_.compaction_hook) options_.compaction_hook(3);
-  if (plan.snapshot != 0) wal::remove_file(wal::join(dir_, wal::file_name(wal::FileKind::snapshot, plan.snapshot)));
-  for (std::uint64_t s : covered) wal::remove_file(wal::join(dir_, wal::file_name(wal::FileKind::segment, s)));
-  wal::fsync_directory(dir_);
+  if (plan.snapshot != 0) fs_->remove(wal::join(dir_, wal::file_name(wal::FileKind::snapshot, plan.snapshot)));
+  for (std::uint64_t s : covered) fs_->remove(wal::join(dir_, wal::file_name(wal::FileKind::segment, s)));
+  fs_->sync_directory(dir_);
   if (options_.compaction_hook) options_.compaction_hook(4);
 }
 

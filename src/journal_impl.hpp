@@ -23,7 +23,7 @@
 #include <thread>
 #include <vector>
 
-#include "journal_io.hpp"
+#include "journal_file_system.hpp"
 #include "ordo/journal.hpp"
 
 namespace ordo::detail {
@@ -34,7 +34,8 @@ inline constexpr std::chrono::microseconds kUnwaitedWriteDelay{1000};
 
 class JournalImpl {
  public:
-  JournalImpl(std::string dir, JournalOptions options);
+  // `fs` carries every file operation; tests pass one that models power cuts.
+  JournalImpl(std::string dir, JournalOptions options, std::shared_ptr<FileSystem> fs = posix_file_system());
   ~JournalImpl();
 
   void recover(const Journal::Replay& replay);  // before start(): reads, cleans up, truncates a torn tail
@@ -53,6 +54,7 @@ class JournalImpl {
   RecoveryReport report_;
 
  private:
+  [[noreturn]] void rethrow_error_locked();  // mu_ held
   void writer_loop();
   // Waits until `lsn` is written (and synced, if need_sync), leading the
   // write itself when nobody else is writing. mu_ held.
@@ -69,11 +71,13 @@ class JournalImpl {
   void run_callbacks_locked(std::unique_lock<std::mutex>& lock);
   void open_segment(std::uint64_t number);  // writer thread (or start())
   void rotate();                            // writer thread
+  void sync_segment();                      // write-token holder: fdatasync, and its name if not yet synced
   std::uint64_t request_rotation();         // any thread: returns the new segment's number
   void compactor_loop();
   void run_compaction(std::uint64_t first_kept);
 
-  wal::FileLock lock_;
+  const std::shared_ptr<FileSystem> fs_;
+  std::unique_ptr<DirectoryLock> lock_;
   mutable std::mutex mu_;
   std::condition_variable writer_cv_;   // pending work, stop, sync or rotation requests
   std::condition_variable durable_cv_;  // written_ / synced_ / rotated_ advanced
@@ -96,6 +100,7 @@ class JournalImpl {
   bool gathering_ = false;  // a leader waits briefly for them; arrivals notify it
   bool writing_ = false;    // the write token: its holder alone touches the segment and spare_
   std::exception_ptr error_;
+  bool error_delivered_ = false;  // a caller got error_ (close() need not print it)
   std::uint64_t live_ = 0;  // enqueued and not complete/cancelled (mu_)
   std::multimap<Lsn, std::function<void(bool)>> callbacks_;  // on_durable, by the LSN they wait for (mu_)
 
@@ -104,7 +109,8 @@ class JournalImpl {
   std::vector<std::uint32_t> spare_ends_;
   bool unsynced_ = false;                    // written bytes not yet fdatasync'd
   std::chrono::steady_clock::time_point next_periodic_sync_ = std::chrono::steady_clock::now();
-  int fd_ = -1;
+  std::unique_ptr<AppendFile> segment_file_;
+  bool segment_name_unsynced_ = false;  // none mode: the directory was not synced since the segment was created
   std::uint64_t segment_ = 0;
   std::uint64_t segment_size_ = 0;
   std::string segment_path_;

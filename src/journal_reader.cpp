@@ -8,7 +8,7 @@
 namespace ordo::detail::wal {
 namespace {
 
-enum class Verdict { ok, torn, bad };
+enum class Verdict { ok, bad };
 
 struct Check {
   Verdict verdict;
@@ -21,67 +21,123 @@ bool all_zero(const unsigned char* p, std::size_t n) {
 }
 
 // Judges the record at `off` of a file of `size` bytes.
-Check check_record(const unsigned char* base, std::uint64_t off, std::uint64_t size, bool last) {
+Check check_record(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
   const std::uint64_t remaining = size - off;
   const unsigned char* p = base + off;
-  if (remaining < kRecordHeaderBytes) {
-    return {last ? Verdict::torn : Verdict::bad, 0, "record header cut short"};
-  }
+  if (remaining < kRecordHeaderBytes) return {Verdict::bad, 0, "record header cut short"};
   const std::uint32_t length = get32(p + 4);
   if (length > kMaxPayload) return {Verdict::bad, length, "impossible record length"};
-  if (kRecordHeaderBytes + length > remaining) {
-    return {last ? Verdict::torn : Verdict::bad, length, "record runs past the end of the file"};
-  }
+  if (kRecordHeaderBytes + length > remaining) return {Verdict::bad, length, "record runs past the end of the file"};
   const std::uint32_t crc = crc32c::extend(0, p + 8, 1 + static_cast<std::size_t>(length));
-  if (crc32c::unmask(get32(p)) != crc) {
-    const bool final_record = off + kRecordHeaderBytes + length == size;
-    return {last && final_record ? Verdict::torn : Verdict::bad, length, "record checksum mismatch"};
-  }
+  if (crc32c::unmask(get32(p)) != crc) return {Verdict::bad, length, "record checksum mismatch"};
   if (p[8] == 0 || p[8] > kMaxRecordType) return {Verdict::bad, length, "unknown record type"};
   if (length < 8) return {Verdict::bad, length, "payload shorter than its task id"};
   return {Verdict::ok, length, ""};
 }
 
+// The reason for an error message ("unknown record type 77").
+std::string describe(const Check& c, const unsigned char* record) {
+  std::string reason = c.reason;
+  if (reason == "unknown record type") reason.append(" ").append(std::to_string(record[8]));
+  return reason;
+}
+
+// Whether a whole valid record begins at `off`: the cheap tests first, since
+// this is tried at every byte of a damaged range.
+bool valid_record_at(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
+  if (size - off < kRecordHeaderBytes + 8) return false;
+  const unsigned char* p = base + off;
+  if (p[8] == 0 || p[8] > kMaxRecordType) return false;  // rejects most offsets with one byte
+  const std::uint32_t length = get32(p + 4);
+  if (length < 8 || length > size - off - kRecordHeaderBytes) return false;
+  return crc32c::unmask(get32(p)) == crc32c::extend(0, p + 8, 1 + static_cast<std::size_t>(length));
+}
+
+// The first offset after `off` at which a whole valid record begins, or `size`.
+std::uint64_t next_valid_record(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
+  std::uint64_t next = off + 1;
+  while (next < size && !valid_record_at(base, next, size)) ++next;
+  return std::min(next, size);
+}
+
+// What a crash while creating segment `number` leaves: fewer than 32 bytes,
+// or the header the writer writes with its end read back as zeros (a file
+// system that extended the file before the data reached the disk) and
+// nothing but zeros after it. Any other bad header is corruption.
+bool header_cut_short(const unsigned char* base, std::size_t size, std::uint64_t number) {
+  if (size < kFileHeaderBytes) return true;
+  unsigned char expected[kFileHeaderBytes];
+  encode_file_header(expected, FileKind::segment, number);
+  std::size_t same = 0;
+  while (same < kFileHeaderBytes && base[same] == expected[same]) ++same;
+  return same < kFileHeaderBytes && all_zero(base + same, size - same);
+}
+
 }  // namespace
 
-ScanResult scan_file(const std::string& path, const std::string& display, const ScanOptions& options,
+std::string ScanFailure::message(const std::string& display) const {
+  if (offset == kWholeFile) return "ordo: journal file " + display + ": " + reason;
+  return "ordo: journal file " + display + " at offset " + std::to_string(offset) + ": " + reason;
+}
+
+namespace {
+
+void set_tail(RecoveryReport& report, const std::string& display, std::uint64_t offset, std::uint64_t bytes,
+              const char* reason) {
+  report.torn_tail = true;
+  report.tail.file.assign(display);  // assigned in place: a reused report keeps its buffers
+  report.tail.offset = offset;
+  report.tail.bytes = bytes;
+  report.tail.reason.assign(reason);
+}
+
+}  // namespace
+
+ScanResult scan_file(FileSystem& fs, const std::string& path, const std::string& display, const ScanOptions& options,
                      RecoveryReport& report, const std::function<void(const RecordView&)>& on_record) {
-  MappedFile file(path);
   ScanResult result;
+  if (auto failure = try_scan_file(fs, path, display, options, report, on_record, result)) {
+    throw JournalCorruption(failure->message(display));
+  }
+  return result;
+}
+
+std::optional<ScanFailure> try_scan_file(FileSystem& fs, const std::string& path, const std::string& display,
+                                         const ScanOptions& options, RecoveryReport& report,
+                                         const std::function<void(const RecordView&)>& on_record, ScanResult& result) {
+  const std::unique_ptr<FileBytes> mapped = fs.read(path);
+  const FileBytes& file = *mapped;
+  result = ScanResult{};
   result.size = file.size();
   const unsigned char* base = file.data();
   std::string why;
-  if (file.size() < kFileHeaderBytes && options.last_segment) {
-    // Created, and the writer died before its header was whole.
-    report.torn_tail = true;
-    report.tail = {display, 0, file.size(), "segment header cut short"};
-    return result;
+  if (options.last_segment && header_cut_short(base, file.size(), options.number)) {
+    // Created, and the power went before its header was whole (or synced).
+    set_tail(report, display, 0, file.size(), "segment header cut short");
+    result.header_cut_short = true;
+    return std::nullopt;
   }
   auto header = decode_file_header(base, file.size(), why);
-  if (!header) throw JournalCorruption("ordo: journal file " + display + ": " + why);
+  if (!header) return ScanFailure{ScanFailure::kWholeFile, std::move(why)};
   result.header = *header;
   const bool snapshot = header->kind == FileKind::snapshot;
   std::uint64_t off = kFileHeaderBytes;
   while (off < file.size()) {
-    Check c = check_record(base, off, file.size(), options.last_segment);
-    if (c.verdict == Verdict::bad && options.last_segment && all_zero(base + off, file.size() - off)) {
-      c = {Verdict::torn, 0, "zero-filled tail"};
-    }
-    if (c.verdict == Verdict::torn) {
-      report.torn_tail = true;
-      report.tail = {display, off, file.size() - off, c.reason};
-      break;
-    }
+    const Check c = check_record(base, off, file.size());
     if (c.verdict == Verdict::bad) {
-      std::string reason = c.reason;
-      if (reason == "unknown record type") reason.append(" ").append(std::to_string(base[off + 8]));
-      if (!options.tolerant) {
-        throw JournalCorruption("ordo: journal file " + display + " at offset " + std::to_string(off) + ": " +
-                                reason);
+      // A tail is torn only if nothing valid follows it: what an append cut
+      // by a crash leaves. Damage with a whole valid record after it is
+      // corruption (a flipped length would otherwise hide every record
+      // behind it), and is never cut off without an explicit repair.
+      if (!options.last_segment && !options.tolerant) return ScanFailure{off, describe(c, base + off)};
+      const std::uint64_t next = next_valid_record(base, off, file.size());
+      if (options.last_segment && next == file.size()) {
+        const bool zeros = all_zero(base + off, file.size() - off);
+        set_tail(report, display, off, file.size() - off, zeros ? "zero-filled tail" : c.reason);
+        break;
       }
-      std::uint64_t next = off + 1;
-      while (next < file.size() && check_record(base, next, file.size(), false).verdict != Verdict::ok) ++next;
-      report.skipped.push_back({display, off, next - off, reason});
+      if (!options.tolerant) return ScanFailure{off, describe(c, base + off)};
+      report.skipped.push_back({display, off, next - off, describe(c, base + off)});
       off = next;
       continue;
     }
@@ -89,14 +145,12 @@ ScanResult scan_file(const std::string& path, const std::string& display, const 
     const auto type = static_cast<RecordType>(p[8]);
     if (type == RecordType::snapshot_end) {
       if (!snapshot || c.length < 16 || get64(p + kRecordHeaderBytes + 8) != result.records) {
-        throw JournalCorruption("ordo: journal file " + display + " at offset " + std::to_string(off) +
-                                ": misplaced or inconsistent SNAPSHOT_END");
+        return ScanFailure{off, "misplaced or inconsistent SNAPSHOT_END"};
       }
       result.snapshot_complete = true;
     } else {
       if (result.snapshot_complete) {
-        throw JournalCorruption("ordo: journal file " + display + " at offset " + std::to_string(off) +
-                                ": record after SNAPSHOT_END");
+        return ScanFailure{off, "record after SNAPSHOT_END"};
       }
       RecordView view{type, get64(p + kRecordHeaderBytes),
                       std::span<const std::byte>(reinterpret_cast<const std::byte*>(p + kRecordHeaderBytes), c.length),
@@ -109,16 +163,16 @@ ScanResult scan_file(const std::string& path, const std::string& display, const 
   }
   if (result.valid_end == 0) result.valid_end = std::min<std::uint64_t>(off, kFileHeaderBytes);
   if (snapshot && !result.snapshot_complete) {
-    throw JournalCorruption("ordo: journal file " + display + ": snapshot has no SNAPSHOT_END (incomplete)");
+    return ScanFailure{ScanFailure::kWholeFile, "snapshot has no SNAPSHOT_END (incomplete)"};
   }
   report.bytes += file.size();
-  return result;
+  return std::nullopt;
 }
 
-DirectoryPlan plan_directory(const std::string& dir) {
+DirectoryPlan plan_directory(FileSystem& fs, const std::string& dir) {
   DirectoryPlan plan;
   std::vector<std::uint64_t> segments, snapshots;
-  for (const std::string& name : list_directory(dir)) {
+  for (const std::string& name : fs.list(dir)) {
     if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
       plan.obsolete.push_back(name);
       continue;
@@ -144,10 +198,10 @@ DirectoryPlan plan_directory(const std::string& dir) {
   return plan;
 }
 
-ReadResult read_directory(const std::string& dir, bool tolerant, RecoveryReport& report,
+ReadResult read_directory(FileSystem& fs, const std::string& dir, bool tolerant, RecoveryReport& report,
                           const std::function<void(const RecordView&)>& on_record) {
   ReadResult result;
-  result.plan = plan_directory(dir);
+  result.plan = plan_directory(fs, dir);
   const DirectoryPlan& plan = result.plan;
   TaskIdSet live;
   auto deliver = [&](const RecordView& r) {
@@ -161,7 +215,7 @@ ReadResult read_directory(const std::string& dir, bool tolerant, RecoveryReport&
   };
   if (plan.snapshot != 0) {
     const std::string name = file_name(FileKind::snapshot, plan.snapshot);
-    scan_file(join(dir, name), name, {false, tolerant}, report, deliver);
+    scan_file(fs, join(dir, name), name, {false, tolerant}, report, deliver);
     report.snapshot = plan.snapshot;
   }
   std::uint64_t expected = plan.snapshot != 0 ? plan.snapshot : (plan.segments.empty() ? 0 : plan.segments.front());
@@ -175,8 +229,8 @@ ReadResult read_directory(const std::string& dir, bool tolerant, RecoveryReport&
     }
     expected = number + 1;
     const bool last = i + 1 == plan.segments.size();
-    ScanResult r = scan_file(join(dir, name), name, {last, tolerant}, report, deliver);
-    if (r.header.kind != FileKind::segment || (r.size >= kFileHeaderBytes && r.header.number != number)) {
+    ScanResult r = scan_file(fs, join(dir, name), name, {last, tolerant, number}, report, deliver);
+    if (!r.header_cut_short && (r.header.kind != FileKind::segment || r.header.number != number)) {
       throw JournalCorruption("ordo: journal file " + name + ": its header names another file");
     }
     ++report.segments;

@@ -156,6 +156,45 @@ TEST(JournalReader, FlipInTheLastRecordOfTheLastSegmentIsReportedAsATornTail) {
   EXPECT_EQ(report.tail.reason, "record checksum mismatch");
 }
 
+// A flipped bit in a record's length in the last segment, with acknowledged
+// records after it: that is corruption, not a torn tail. Cutting it off would
+// destroy every record behind it.
+TEST(JournalReader, LengthFlipInTheLastSegmentWithValidRecordsAfterItIsCorruptionNotATornTail) {
+  for (int bit : {0, 3, 9, 20, 30}) {  // shorter, longer, past the end of the file, impossible
+    ScratchDir dir;
+    const auto written = write_journal(dir.path(), 8);
+    const std::string seg = dir.file(test::segment_name(1));
+    // The third record: offsets of the first two, then its length field.
+    std::size_t third = detail::wal::kFileHeaderBytes;
+    for (int i = 0; i < 2; ++i) third += detail::wal::kRecordHeaderBytes + 8 + written[static_cast<std::size_t>(i)].body.size();
+    std::string data = slurp(seg);
+    data[third + 4 + static_cast<std::size_t>(bit / 8)] ^= static_cast<char>(1 << (bit % 8));
+    spit(seg, data);
+    SCOPED_TRACE("bit " + std::to_string(bit) + " of the length");
+    try {
+      RecoveryReport report;
+      test::read_all(dir.path(), &report);
+      ADD_FAILURE() << "read as " << (report.torn_tail ? "a torn tail: " + report.describe() : "clean");
+    } catch (const JournalCorruption& e) {
+      EXPECT_NE(std::string(e.what()).find("wal-0000000000000001.log at offset " + std::to_string(third)),
+                std::string::npos)
+          << e.what();
+    }
+    // Opening refuses and leaves the records behind it on disk.
+    EXPECT_THROW(Journal::open(dir.path(), {.durability = Durability::none}), JournalCorruption);
+    EXPECT_EQ(slurp(seg), data);
+    // The explicit repair: tolerant mode skips the damaged record and keeps the rest.
+    RecoveryReport report;
+    auto got = test::read_all(dir.path(), &report, /*tolerant=*/true);
+    auto expected = written;
+    expected.erase(expected.begin() + 2);
+    EXPECT_EQ(got, expected);
+    EXPECT_FALSE(report.torn_tail);
+    EXPECT_EQ(report.skipped.size(), 1u);
+    if (!report.skipped.empty()) EXPECT_EQ(report.skipped[0].offset, third);
+  }
+}
+
 TEST(JournalReader, CorruptionElsewhereNamesTheSegmentAndOffset) {
   ScratchDir dir;
   write_journal(dir.path(), 5);

@@ -214,6 +214,24 @@ TEST(Journal, BackgroundCompactionKeepsTheSizeNearTheLiveState) {
   EXPECT_EQ(j->stats().live_tasks, 0u);
 }
 
+// In sync mode every waited-for record is written by its waiting thread, not
+// the writer thread: the size trigger must fire whoever writes.
+TEST(Journal, BackgroundCompactionStartsWhenEveryRecordIsWrittenByAWaitingAppender) {
+  ScratchDir dir;
+  auto j = Journal::open(dir.path(), {.durability = Durability::sync, .segment_bytes = 4096,
+                                      .compact_after_bytes = 8 << 10});
+  const std::string args(200, 'a');
+  for (std::uint64_t t = 1; t <= 100; ++t) {
+    j->append_durable(RecordType::enqueue, t, test::bytes(args));
+    j->append_durable(RecordType::complete, t);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (j->stats().compactions == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_GE(j->stats().compactions, 1u) << "40 KiB written past an 8 KiB trigger, and no compaction in 20 s";
+}
+
 TEST(Journal, OversizedRecordIsRejectedAtAppendAndNothingElseIsLost) {
   ScratchDir dir;
   {

@@ -36,7 +36,7 @@ class JournalImpl;
 enum class Durability : std::uint8_t {
   sync,   // on disk: the batch's fdatasync() returned (survives a power cut)
   async,  // written to the OS; fdatasync() every async_interval (survives a process crash)
-  none,   // written to the OS, never synced (tests and benchmarks)
+  none,   // written to the OS; synced only when a segment closes (tests and benchmarks)
 };
 const char* to_string(Durability d) noexcept;
 
@@ -147,7 +147,8 @@ class Journal {
 
   // Flushes and syncs what was appended (whatever the mode), stops the
   // threads, releases the lock. Never throws: an I/O error here is reported
-  // on stderr, since the appends it concerns were not waited for.
+  // on stderr, since the appends it concerns were not waited for (unless an
+  // earlier call already threw it to a caller).
   ~Journal();
 
   // Any thread, never blocks on I/O. Appends one record for `task`; the
