@@ -380,7 +380,8 @@ void ResourceManager::mark_locked(ResourceGroupCore& g) noexcept {
 // it is passed over, or it would block everyone behind it for ever. A grant
 // can only consume capacity, but it removes its task from other groups'
 // lists, whose next waiter may now be first: those are marked too. Whatever
-// changed in a rate group may move its next deadline: the timer is told.
+// changed in a rate group may move its next deadline, and so may a waiter
+// found blocked on a rate group's tokens: the timer is told.
 void ResourceManager::dispatch_locked() noexcept {
   bool rate_group_seen = false;
   while (ResourceGroupCore* g = to_dispatch_) {
@@ -395,7 +396,14 @@ void ResourceManager::dispatch_locked() noexcept {
         ++it;
         continue;
       }
-      if (!try_take_all(needs)) break;
+      if (!try_take_all(needs)) {
+        // A waiter that fits this group but waits for a rate group's tokens
+        // must be timed: the timer may have passed over it while it was
+        // hopeless (a raised limit makes it eligible here) and be asleep
+        // with no deadline.
+        for (const NeedEntry& e : needs) rate_group_seen |= e.group->is_rate();
+        break;
+      }
       ++it;  // unregister_locked takes t out of this list too
       needs.held = true;
       unregister_locked(t, needs);

@@ -554,6 +554,30 @@ TEST(RateGroup, AWaiterBehindOneThatAlsoNeedsACountingGroupIsNotForgotten) {
   }
 }
 
+// Found by the model checker: V needs a counting group and a rate group.
+// While a lowered limit makes V hopeless, the timer passes over it, grants W
+// (behind V) the rate group's token, and, V being hopeless, sleeps with no
+// deadline. Raising the limit makes V eligible, but its token is not due:
+// the dispatch that finds that must re-arm the timer, or V waits for ever.
+TEST(RateGroup, AWaiterMadeEligibleAgainByARaisedLimitIsTimed) {
+  for (int round = 0; round < 3; ++round) {
+    Scheduler s{{.workers = 2}};
+    auto db = s.resource_group("db", 2);
+    auto api = s.rate_group("api", 1, 100ms, 1);
+    s.submit([] {}, {.needs = {{api, 1}}}).get();  // the bucket is empty now
+    auto v = s.submit([] { return 1; }, {.needs = {{db, 2}, {api, 1}}});
+    must_happen([&] { return api.stats().waiting == 1; }, "V parked");
+    db.set_limit(1);  // V is hopeless
+    auto w = s.submit([] { return 2; }, {.needs = {{api, 1}}});
+    must_happen([&] { return w.ready(); }, "W, behind a hopeless V, never ran");
+    db.set_limit(2);  // V fits again, but the token W took is not back yet
+    must_happen([&] { return v.ready(); }, "round " + std::to_string(round) + ": V, eligible again, was never timed");
+    EXPECT_EQ(v.get(), 1);
+    EXPECT_EQ(w.get(), 2);
+    must_finish("shutdown(drain)", [&] { s.shutdown(ShutdownMode::drain); });
+  }
+}
+
 // Issue 11 §1.8: a rate group alone, permits per interval not a divisor of
 // the interval, a burst of 2, hundreds of tasks at once: every one runs.
 TEST(RateGroup, HundredsOfTasksOnARateGroupAloneAllRun) {
