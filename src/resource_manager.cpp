@@ -235,7 +235,7 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) 
   bool contended = false;
   for (const NeedEntry& e : needs) contended |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
   if (!contended && try_take_all(needs)) {
-    needs.held = true;
+    needs.held.store(true, std::memory_order_relaxed);
     return true;
   }
   if (!prepare_wait_nodes(needs)) {
@@ -255,7 +255,7 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) 
     if (!e.group->wait_list.empty() && e.group->wait_list.begin()->level <= level) first_in_line = false;
   }
   if (first_in_line && try_take_all(needs)) {
-    needs.held = true;
+    needs.held.store(true, std::memory_order_relaxed);
     return true;
   }
   park_locked(t, needs, level);
@@ -298,8 +298,6 @@ bool ResourceManager::park_if_busy(Task* t, NeedList& needs, unsigned level) {
   if (!contended && all_fit()) return false;
   for (const NeedEntry& e : needs)
     if (e.group->is_rate()) return false;
-  // Before claiming: without memory for its nodes it is queued as usual.
-  if (!prepare_wait_nodes(needs)) return false;
   std::lock_guard lock(mu_);
   bool first_in_line = true;
   for (const NeedEntry& e : needs) {
@@ -313,6 +311,14 @@ bool ResourceManager::park_if_busy(Task* t, NeedList& needs, unsigned level) {
     if ((s & kStateMask) != kQueued) return false;
     // acquire: pairs with move_task()'s and set_priority's release, like run_task()'s claim.
     if (t->state.compare_exchange_weak(s, (s & ~kStateMask) | kRunning, std::memory_order_acquire)) break;
+  }
+  // Only once claimed are its needs ours: a worker that took a moved entry
+  // of the same task may be preparing them too until its claim fails.
+  if (!prepare_wait_nodes(needs)) {
+    // Without memory for its nodes it is queued as usual, unclaimed again.
+    // release: pairs with the claim's acquire in run_task().
+    t->state.fetch_and(~kStateMask, std::memory_order_release);  // kQueued is 0
+    return false;
   }
   park_locked(t, needs, level);
   return true;
@@ -335,7 +341,7 @@ bool ResourceManager::unpark_for_cancel(Task* t) {
 }
 
 void ResourceManager::release(NeedList& needs) noexcept {
-  needs.held = false;
+  needs.held.store(false, std::memory_order_relaxed);
   bool someone_waits = false;
   for (const NeedEntry& e : needs)
     if (!e.group->is_rate()) e.group->in_use.fetch_sub(e.amount, std::memory_order_seq_cst);  // tokens are consumed
@@ -405,7 +411,7 @@ void ResourceManager::dispatch_locked() noexcept {
         break;
       }
       ++it;  // unregister_locked takes t out of this list too
-      needs.held = true;
+      needs.held.store(true, std::memory_order_relaxed);
       unregister_locked(t, needs);
       for (const NeedEntry& e : needs)
         if (e.group != g) mark_locked(*e.group);

@@ -78,7 +78,12 @@ struct NeedList {
   NeedEntry inline_entries[kInline];
   std::unique_ptr<NeedEntry[]> more;  // when a task needs more than kInline groups
   std::uint32_t count = 0;            // sorted by group id, one entry per group
-  bool held = false;                  // the task holds every entry's permits
+  // The task holds every entry's permits. Written and read by whoever
+  // claimed the task (its claim orders them); submit() also reads it
+  // unclaimed, racing a worker that took a moved entry of the same task, as
+  // a hint that the claim in park_if_busy() re-checks: hence an atomic, and
+  // relaxed everywhere.
+  std::atomic<bool> held{false};
 
   NeedEntry* begin() noexcept { return more ? more.get() : inline_entries; }
   NeedEntry* end() noexcept { return begin() + count; }

@@ -30,7 +30,7 @@ void SchedulerCore::finish(Task* t, bool ran) noexcept {
       return;
     }
     case TaskKind::handle: {
-      if (t->preds != nullptr && t->preds->needs != nullptr && t->preds->needs->held) {
+      if (t->preds != nullptr && t->preds->needs != nullptr && t->preds->needs->held.load(std::memory_order_relaxed)) {
         resources_.release(*t->preds->needs);  // every exit path comes here: return, exception, cancel
       }
       // acq_rel: release publishes the outcome to the Handle's acquire loads;
