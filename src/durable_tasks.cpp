@@ -44,6 +44,10 @@ struct Runner {
   void operator()() { std::exchange(rt, nullptr)->run(id); }
 };
 
+// The runtime whose handler this thread is running, if any: shutdown()
+// called from there must not wait for that very handler.
+thread_local const DurableRuntime* t_in_handler_of = nullptr;
+
 std::span<const std::byte> as_span(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
@@ -101,17 +105,40 @@ void DurableRuntime::replay(const RecordView& r) {
     case RecordType::checkpoint:
       if (DurableJob* job = job_of()) {
         job->more().checkpoint = in.rest();
+      } else if (auto flow = flows_.find(r.task); flow != flows_.end()) {
+        // A workflow's checkpoint: the nodes discarded so far (all of them,
+        // so that compaction may keep only the latest).
+        DurableFlow& f = *flow->second;
+        const std::uint32_t n = in.u32();
+        for (std::uint32_t i = 0; i < n; ++i) {
+          const std::uint32_t node = in.u32();
+          if (node >= f.discarded.size()) {
+            throw JournalCorruption("ordo: journal CHECKPOINT of workflow " + std::to_string(r.task) +
+                                    " discards node " + std::to_string(node) + ", which it does not have");
+          }
+          f.discarded[node] = true;
+        }
       }
       break;
     case RecordType::complete: {
       const std::int64_t retain_until = in.i64();
       const std::string key = in.str16();
-      if (DurableJob* job = job_of(); job != nullptr && job->flow != 0) {
+      DurableJob* job = job_of();
+      auto own_flow = flows_.find(r.task);  // when it is a workflow's own COMPLETE
+      if (job != nullptr && job->flow != 0) {
         if (auto flow = flows_.find(job->flow); flow != flows_.end()) flow->second->done[job->node] = true;
       }
-      flows_.erase(r.task);  // when it is a workflow's own COMPLETE
-      if (!key.empty() && retain_until > system_now_ns()) keys_[key] = KeyEntry{r.task, retain_until};
-      if (DurableJob* job = job_of(); job != nullptr && key.empty() && !job->key().empty()) keys_.erase(job->key());
+      // The key the task (or workflow) was enqueued with stays bound only
+      // while its retention lasts: one that ran out before this start is
+      // free, as it would have been in the process that wrote the record.
+      std::string bound = job != nullptr ? job->key() : own_flow != flows_.end() ? own_flow->second->key : std::string();
+      if (bound.empty()) bound = key;
+      if (!key.empty() && retain_until > system_now_ns()) {
+        keys_[key] = KeyEntry{r.task, retain_until};
+      } else if (auto it = keys_.find(bound); !bound.empty() && it != keys_.end() && it->second.id == r.task) {
+        keys_.erase(it);
+      }
+      if (own_flow != flows_.end()) flows_.erase(own_flow);
       jobs_.erase(r.task);
       break;
     }
@@ -140,6 +167,11 @@ void DurableRuntime::replay(const RecordView& r) {
     case RecordType::cancel:
       if (DurableJob* job = job_of()) {
         if (!job->key().empty()) keys_.erase(job->key());
+        // A dead workflow node discarded while no process ran (ordo-wal dead
+        // discard): the workflow failed, as if discard_dead had been called.
+        if (job->flow != 0 && job->state == DurableJob::State::dead) {
+          if (auto flow = flows_.find(job->flow); flow != flows_.end()) flow->second->discarded[job->node] = true;
+        }
         jobs_.erase(r.task);
       }
       break;
@@ -155,6 +187,7 @@ void DurableRuntime::replay(const RecordView& r) {
       }
       flow->node_ids.assign(n, 0);
       flow->done.assign(n, false);
+      flow->discarded.assign(n, false);
       flow->succ.resize(n);
       flow->pred.resize(n);
       const std::uint32_t m = in.u32();
@@ -208,15 +241,97 @@ void DurableRuntime::node_done_locked(DurableFlow& flow, std::uint32_t node) {
     --blocked_;
     queue_locked(it->second);
   }
-  if (flow.remaining != 0) return;
+  if (flow.remaining == 0) finish_flow_locked(flow);
+}
+
+void DurableRuntime::finish_flow_locked(DurableFlow& flow) {
+  // A failed workflow frees its key at once, as a discarded task does: the
+  // caller discarded it and may enqueue it again.
+  const bool retain = !flow.key.empty() && !flow.failed;
   const std::int64_t retain_until =
-      flow.key.empty() ? 0 : system_now_ns() + std::chrono::nanoseconds(options_.key_retention).count();
+      retain ? system_now_ns() + std::chrono::nanoseconds(options_.key_retention).count() : 0;
   PayloadWriter w;
   w.i64(retain_until);
-  w.str16(flow.key);
+  w.str16(retain ? flow.key : std::string());
   journal_->append(RecordType::complete, flow.id, w.view());
-  if (!flow.key.empty()) keys_[flow.key] = KeyEntry{flow.id, retain_until};
+  if (retain) {
+    keys_[flow.key] = KeyEntry{flow.id, retain_until};
+  } else if (auto it = keys_.find(flow.key); !flow.key.empty() && it != keys_.end() && it->second.id == flow.id) {
+    keys_.erase(it);
+  }
   flows_.erase(flow.id);  // `flow` dies here
+}
+
+std::vector<std::uint32_t> DurableFlow::doomed_with(std::uint32_t from) const {
+  std::vector<std::uint32_t> out{from};
+  std::vector<bool> seen(succ.size(), false);
+  seen[from] = true;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    for (std::uint32_t s : succ[out[i]]) {
+      if (seen[s] || done[s]) continue;
+      seen[s] = true;
+      out.push_back(s);
+    }
+  }
+  return out;
+}
+
+void DurableRuntime::discard_node_locked(DurableJob& job, DurableFlow& flow) {
+  const std::uint32_t node = job.node;
+  const JobId node_id = job.id;
+  // The workflow's CHECKPOINT (every node discarded so far) commits the
+  // discard: it lives as long as the workflow does, so that a restart —
+  // also after compaction folded the nodes' records away — knows that the
+  // node never succeeded and cancels what depends on it.
+  std::vector<std::uint32_t> discarded;
+  for (std::uint32_t i = 0; i < flow.discarded.size(); ++i) {
+    if (flow.discarded[i] || i == node) discarded.push_back(i);
+  }
+  PayloadWriter w;
+  w.u32(static_cast<std::uint32_t>(discarded.size()));
+  for (std::uint32_t i : discarded) w.u32(i);
+  journal_->append(RecordType::checkpoint, flow.id, w.view());
+  const std::vector<std::uint32_t> doomed = flow.doomed_with(node);
+  for (std::uint32_t i : doomed) {
+    if (i != node && jobs_.count(flow.node_ids[i])) journal_->append(RecordType::cancel, flow.node_ids[i]);
+  }
+  journal_->append_durable(RecordType::cancel, node_id);
+  flow.discarded[node] = true;
+  flow.failed = true;
+  for (std::uint32_t i : doomed) {
+    // Successors of an unfinished node are blocked; the node itself is dead.
+    if (auto it = jobs_.find(flow.node_ids[i]); it != jobs_.end()) {
+      if (it->second.state == DurableJob::State::dead) --dead_;
+      if (it->second.state == DurableJob::State::blocked) --blocked_;
+      jobs_.erase(it);
+    }
+    flow.done[i] = true;
+    --flow.remaining;
+  }
+  if (flow.remaining == 0) finish_flow_locked(flow);
+  notify_drain_locked();
+}
+
+void DurableRuntime::forget_workflow_locked(JobId flow_id, std::uint32_t nodes, std::uint32_t appended) noexcept {
+  for (std::uint32_t i = 0; i < nodes; ++i) {
+    auto it = jobs_.find(flow_id + 1 + i);
+    if (it == jobs_.end()) continue;
+    if (it->second.state == DurableJob::State::blocked) --blocked_;
+    jobs_.erase(it);
+  }
+  if (auto flow = flows_.find(flow_id); flow != flows_.end()) {
+    const std::string& key = flow->second->key;
+    if (auto k = keys_.find(key); !key.empty() && k != keys_.end() && k->second.id == flow_id) keys_.erase(k);
+    flows_.erase(flow);
+  }
+  // Without their WORKFLOW record the next start would drop these nodes
+  // anyway; cancelling them now keeps the journal's live count true. Best
+  // effort: a journal that failed takes nothing more.
+  try {
+    for (std::uint32_t i = 0; i < appended; ++i) journal_->append(RecordType::cancel, flow_id + 1 + i);
+  } catch (...) {
+  }
+  notify_drain_locked();
 }
 
 void DurableRuntime::release_successors_locked(JobId flow_id, std::uint32_t node, bool durable) noexcept {
@@ -368,8 +483,29 @@ DurableRecovery DurableRuntime::start() {
     const auto n = static_cast<std::uint32_t>(flow->node_ids.size());
     flow->pending.assign(n, 0);
     flow->remaining = 0;
+    // A discarded node and what depends on it never run (their records may
+    // be gone: compaction, or a crash between the discard's records). What
+    // the journal still holds of them is cancelled now.
+    std::vector<bool> doomed(n, false);
+    std::vector<std::uint32_t> discarded;
     for (std::uint32_t i = 0; i < n; ++i) {
-      if (flow->node_ids[i] == 0 || !jobs_.count(flow->node_ids[i])) flow->done[i] = true;
+      if (!flow->discarded[i]) continue;
+      discarded.push_back(i);
+      for (std::uint32_t j : flow->doomed_with(i)) doomed[j] = true;
+    }
+    if (!discarded.empty()) {
+      flow->failed = true;
+      PayloadWriter w;  // again, for a discard made by ordo-wal (a node's CANCEL only)
+      w.u32(static_cast<std::uint32_t>(discarded.size()));
+      for (std::uint32_t i : discarded) w.u32(i);
+      journal_->append(RecordType::checkpoint, fid, w.view());
+    }
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (doomed[i] && flow->node_ids[i] != 0 && jobs_.count(flow->node_ids[i])) {
+        journal_->append(RecordType::cancel, flow->node_ids[i]);
+        jobs_.erase(flow->node_ids[i]);
+      }
+      if (doomed[i] || flow->node_ids[i] == 0 || !jobs_.count(flow->node_ids[i])) flow->done[i] = true;
       if (!flow->done[i]) ++flow->remaining;
     }
     for (std::uint32_t i = 0; i < n; ++i) {
@@ -383,13 +519,7 @@ DurableRecovery DurableRuntime::start() {
     }
     if (flow->remaining == 0) finished_flows.push_back(fid);  // died between its last node and its COMPLETE
   }
-  for (JobId fid : finished_flows) {
-    PayloadWriter w;
-    w.i64(0);
-    w.str16("");
-    journal_->append(RecordType::complete, fid, w.view());
-    flows_.erase(fid);
-  }
+  for (JobId fid : finished_flows) finish_flow_locked(*flows_.at(fid));
   report.workflows = flows_.size();
   for (auto& [id, job] : jobs_) {
     switch (job.state) {
@@ -431,6 +561,7 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
   if (type_it == types_.end()) throw InvalidArgument("ordo: no durable task type named '" + std::string(type) + "'");
   if (options.needs.size() > 255) throw InvalidArgument("ordo: a durable task may need at most 255 groups");
   for (const auto& [name, amount] : options.needs) {
+    check_str16(name, "a resource group name a durable task needs");
     ResourceGroup g = scheduler_.find_resource_group(name);
     if (!g.valid()) throw InvalidArgument("ordo: durable task needs unknown resource group '" + name + "'");
     if (amount == 0 || amount > g.limit()) {
@@ -438,7 +569,7 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
                             "', whose limit is " + std::to_string(g.limit()));
     }
   }
-  if (options.idempotency_key.size() > 0xffff) throw InvalidArgument("ordo: an idempotency key is limited to 65535 bytes");
+  check_str16(options.idempotency_key, "the idempotency key of a durable task");
   const auto priority = options.priority.value_or(type_it->second.options.priority.value_or(Priority::normal));
   if (static_cast<unsigned>(priority) >= scheduler_.level_count()) {
     throw InvalidArgument("ordo: priority level " + std::to_string(static_cast<unsigned>(priority)) +
@@ -506,6 +637,11 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
   const auto& nodes = workflow.nodes();
   if (nodes.empty()) throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' has no nodes");
   if (nodes.size() > 0xffffff) throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' is too large");
+  // Every string the WORKFLOW record holds has a 16-bit length (the node
+  // types were checked by define()).
+  check_str16(workflow.name(), "the durable workflow name");
+  check_str16(key, "the idempotency key of durable workflow '" + workflow.name() + "'");
+  for (const auto& node : nodes) check_str16(node.name, "a node name of durable workflow '" + workflow.name() + "'");
   // The checks of an in-memory Workflow: duplicate and unknown names, cycles (named).
   Workflow check(workflow.name());
   std::unordered_map<std::string, std::uint32_t> index;
@@ -539,6 +675,7 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
   f.name = workflow.name();
   f.key = key;
   f.done.assign(n, false);
+  f.discarded.assign(n, false);
   f.pending.assign(n, 0);
   f.succ.resize(n);
   f.pred.resize(n);
@@ -597,9 +734,19 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
 
   // The nodes first, the WORKFLOW record last: it commits the workflow (a
   // crash before it leaves nodes that recovery drops, never half a graph).
-  for (std::uint32_t i = 0; i < n; ++i) journal_->append(RecordType::enqueue, flow_id + 1 + i, node_records[i].view());
-  const Lsn last = journal_->append(RecordType::workflow, flow_id, decl.view());
-  journal_->wait_durable(last);  // one group commit for the whole workflow
+  std::uint32_t appended = 0;
+  try {
+    for (; appended < n; ++appended) {
+      journal_->append(RecordType::enqueue, flow_id + 1 + appended, node_records[appended].view());
+    }
+    const Lsn last = journal_->append(RecordType::workflow, flow_id, decl.view());
+    journal_->wait_durable(last);  // one group commit for the whole workflow
+  } catch (...) {
+    // Not accepted: no key, node or workflow may stay behind in memory.
+    lock.lock();
+    forget_workflow_locked(flow_id, n, appended);
+    throw;
+  }
 
   lock.lock();
   DurableFlow& live = *flows_.at(flow_id);  // no node ran yet: it cannot have completed
@@ -634,7 +781,11 @@ void DurableRuntime::run(JobId id) {
   PayloadWriter start;
   start.u32(attempt);
   try {
-    journal_->append(RecordType::start, id, start.view());  // not waited for: a worker never waits on the disk
+    // In the OS before the handler runs (not synced: a worker never waits
+    // for the disk): a handler that kills the process at once has still
+    // used an attempt, so a poison pill ends in the dead set instead of a
+    // crash loop. Concurrent workers' STARTs share one write.
+    journal_->wait_written(journal_->append(RecordType::start, id, start.view()));
   } catch (...) {
     lock.lock();
     --running_;
@@ -644,6 +795,7 @@ void DurableRuntime::run(JobId id) {
   JobContext ctx(*this, job);
   std::string error;
   bool ok = false;
+  const DurableRuntime* outer = std::exchange(t_in_handler_of, this);  // a helping wait may nest runs
   try {
     trace_label(job.type);
     type->handler(ctx, as_span(job.args));
@@ -653,6 +805,7 @@ void DurableRuntime::run(JobId id) {
   } catch (...) {
     error = "a non-standard exception";
   }
+  t_in_handler_of = outer;
   if (error.empty() && !ok) error = "failed";
 
   lock.lock();
@@ -796,6 +949,12 @@ bool DurableRuntime::discard_dead(JobId id) {
   std::lock_guard lock(mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end() || it->second.state != DurableJob::State::dead) return false;
+  if (it->second.flow != 0) {
+    if (auto flow = flows_.find(it->second.flow); flow != flows_.end()) {
+      discard_node_locked(it->second, *flow->second);
+      return true;
+    }
+  }
   journal_->append_durable(RecordType::cancel, id);
   if (!it->second.key().empty()) keys_.erase(it->second.key());
   jobs_.erase(it);
@@ -809,6 +968,10 @@ void DurableRuntime::shutdown(ShutdownMode mode) noexcept {
   stopping_ = true;
   if (mode == ShutdownMode::cancel) cancelling_ = true;
   timer_cv_.notify_all();
+  // From inside a handler: waiting would wait for this very handler. The
+  // shutdown has begun (nothing new is accepted; cancel: nothing queued
+  // starts); a shutdown() outside any handler, or the destructor, waits.
+  if (t_in_handler_of == this) return;
   // drain: every job that is not dead finishes (timers included), unless
   // the scheduler stopped running our tasks; cancel: only what runs now.
   changed_.wait(lock, [&] {

@@ -163,6 +163,11 @@ void JournalImpl::wait_durable(Lsn lsn) {
   await_locked(lock, lsn, options_.durability == Durability::sync);
 }
 
+void JournalImpl::wait_written(Lsn lsn) {
+  std::unique_lock lock(mu_);
+  await_locked(lock, lsn, false);
+}
+
 bool JournalImpl::on_durable(Lsn lsn, std::function<void(bool)> fn) {
   std::unique_lock lock(mu_);
   if (durable_mark_locked() >= lsn) return false;
@@ -241,6 +246,14 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
     }
     const auto now = std::chrono::steady_clock::now();
     if (options_.durability != Durability::none && unsynced_ && now >= next_periodic_sync_) sync = true;
+    if (sync && unsynced_ && !spare_.empty()) {
+      // Written: those who wait only for that (wait_written) need not wait
+      // for the fdatasync too.
+      lock.lock();
+      written_ = std::max(written_, last);
+      durable_cv_.notify_all();
+      lock.unlock();
+    }
     if (sync && unsynced_) {
       const std::uint64_t t0 = now_ns();
       wal::sync_data(fd_, segment_path_);
@@ -466,6 +479,7 @@ Lsn Journal::append(RecordType type, std::uint64_t task, std::span<const std::by
   return impl_->append(type, task, body);
 }
 void Journal::wait_durable(Lsn lsn) { impl_->wait_durable(lsn); }
+void Journal::wait_written(Lsn lsn) { impl_->wait_written(lsn); }
 void Journal::append_durable(RecordType type, std::uint64_t task, std::span<const std::byte> body) {
   impl_->wait_durable(impl_->append(type, task, body));
 }

@@ -42,6 +42,7 @@ class JournalImpl {
 
   Lsn append(RecordType type, std::uint64_t task, std::span<const std::byte> body);
   void wait_durable(Lsn lsn);
+  void wait_written(Lsn lsn);
   bool on_durable(Lsn lsn, std::function<void(bool)> fn);
   void sync();
   void compact();
