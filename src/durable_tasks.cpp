@@ -58,6 +58,8 @@ DurableRuntime::DurableRuntime(Scheduler& scheduler, const std::string& director
                                DurableOptions options)
     : scheduler_(scheduler), options_(options) {
   journal_ = Journal::open(directory, std::move(journal), [this](const RecordView& r) { replay(r); });
+  // Ids are never reused, also those of tasks whose records compaction dropped.
+  next_id_ = std::max(next_id_, journal_->recovery().highest_task + 1);
   scheduler_.core().add_stats_source(this, [this](SchedulerStats& st) { st.durable.push_back(stats()); });
 }
 

@@ -92,6 +92,8 @@ ScanResult scan_file(const std::string& path, const std::string& display, const 
         throw JournalCorruption("ordo: journal file " + display + " at offset " + std::to_string(off) +
                                 ": misplaced or inconsistent SNAPSHOT_END");
       }
+      // Optional third field: the highest task id of the records it folded.
+      if (c.length >= 24) report.highest_task = std::max(report.highest_task, get64(p + kRecordHeaderBytes + 16));
       result.snapshot_complete = true;
     } else {
       if (result.snapshot_complete) {
@@ -102,6 +104,7 @@ ScanResult scan_file(const std::string& path, const std::string& display, const 
                       std::span<const std::byte>(reinterpret_cast<const std::byte*>(p + kRecordHeaderBytes), c.length),
                       header->number, off, snapshot};
       if (on_record) on_record(view);
+      report.highest_task = std::max(report.highest_task, view.task);
       ++result.records;
     }
     off += kRecordHeaderBytes + c.length;

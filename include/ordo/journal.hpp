@@ -108,6 +108,9 @@ struct RecoveryReport {
   std::uint64_t records = 0;   // records replayed (snapshot included)
   std::uint64_t bytes = 0;     // bytes read
   std::uint64_t live_tasks = 0;
+  // The highest task id any record has named, those compaction folded away
+  // included (a snapshot records it): ids above it were never used.
+  std::uint64_t highest_task = 0;
   struct Damage {
     std::string file;
     std::uint64_t offset = 0;
