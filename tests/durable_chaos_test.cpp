@@ -1,9 +1,9 @@
 // The durable-task model checker: seeded random programs of enqueues (plain
 // tasks and workflows, under idempotency keys, some delayed), handlers that
 // fail their first attempts or always, dead-set retries and discards,
-// compactions — run by a child process that the parent kills with SIGKILL at
-// random points and starts again on the same journal until the program has
-// run to its end. Every effect is logged by the child with single O_APPEND
+// compactions, graceful restarts (shutdown(cancel)) — run by a child process
+// that the parent kills with SIGKILL at random points and starts again on the
+// same journal until the program has run to its end. Every effect is logged by the child with single O_APPEND
 // writes (a killed process cannot tear them); the parent then checks:
 //
 // - nothing accepted is lost: every task or node whose enqueue returned ends
@@ -12,6 +12,7 @@
 // - nothing completed runs again, except once its process was killed (the
 //   COMPLETE of an attempt cut by the crash may be lost: at least once);
 // - a workflow node runs only after each of its predecessors completed;
+// - a delayed task never runs before its time;
 // - the dead set holds exactly the tasks whose attempts ran out: each with
 //   max_attempts attempts, none completed since its last retry; a task that
 //   failed max_attempts times is dead or discarded;
@@ -50,6 +51,7 @@ using namespace std::chrono_literals;
 
 constexpr unsigned kNodeMaxAttempts = 3;  // the "node" type's
 constexpr unsigned kAlwaysFails = 1000;   // fail_first of a task that can only die
+constexpr int kRestarted = 10;            // the child's exit code after a graceful restart op
 
 struct TaskSpec {
   std::string label;
@@ -66,7 +68,7 @@ struct FlowSpec {
 };
 
 struct Op {
-  enum Kind { task, flow, dead_op, compact, pause } kind;
+  enum Kind { task, flow, dead_op, compact, pause, restart } kind;
   TaskSpec task_spec;
   FlowSpec flow_spec;
   std::uint32_t pick = 0;  // dead_op: which dead task; even: retry, odd: discard
@@ -112,8 +114,10 @@ Program generate(std::uint64_t seed) {
       op.pick = static_cast<std::uint32_t>(rng());
     } else if (r < 93) {
       op.kind = Op::compact;
-    } else {
+    } else if (r < 97) {
       op.kind = Op::pause;
+    } else {
+      op.kind = Op::restart;
     }
     p.ops.push_back(std::move(op));
   }
@@ -125,7 +129,15 @@ void log_line(int fd, const std::string& line) {
   if (::write(fd, l.data(), l.size()) != static_cast<ssize_t>(l.size())) ::_exit(9);
 }
 
-std::string args_of(const TaskSpec& t) { return t.label + " " + std::to_string(t.fail_first); }
+std::int64_t system_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// What a handler needs to know of its task: its label, how many attempts
+// fail, and the time it must not run before (0: none).
+std::string args_of(const TaskSpec& t, std::int64_t not_before_ns = 0) {
+  return t.label + " " + std::to_string(t.fail_first) + " " + std::to_string(not_before_ns);
+}
 
 // The child: recovers, runs the ops not yet logged as done, drains, then
 // discards every dead workflow node (their dependents are cancelled), and
@@ -148,7 +160,9 @@ std::string args_of(const TaskSpec& t) { return t.label + " " + std::to_string(t
       std::istringstream in(test::text_of(args));
       std::string label;
       unsigned fail_first = 0;
-      in >> label >> fail_first;
+      std::int64_t not_before_ns = 0;
+      in >> label >> fail_first >> not_before_ns;
+      if (system_now_ns() < not_before_ns) log_line(fd, "early " + label);
       log_line(fd, "run " + label + " " + std::to_string(ctx.id()) + " " + std::to_string(ctx.attempt()));
       std::this_thread::sleep_for(std::chrono::microseconds(300 * ((label.size() + ctx.attempt()) % 4)));  // overlap: kills land mid-run
       if (ctx.attempt() <= fail_first) {
@@ -167,8 +181,12 @@ std::string args_of(const TaskSpec& t) { return t.label + " " + std::to_string(t
         case Op::task: {
           const TaskSpec& t = op.task_spec;
           EnqueueOptions o{.priority = t.priority, .max_attempts = t.max_attempts, .idempotency_key = t.label};
-          if (t.delay_ms > 0) o.delay = std::chrono::milliseconds(t.delay_ms);
-          log_line(fd, "acc " + t.label + " " + std::to_string(d.enqueue("task", args_of(t), o)));
+          std::int64_t not_before = 0;
+          if (t.delay_ms > 0) {
+            o.run_at = std::chrono::system_clock::now() + std::chrono::milliseconds(t.delay_ms);
+            not_before = std::chrono::duration_cast<std::chrono::nanoseconds>(o.run_at->time_since_epoch()).count();
+          }
+          log_line(fd, "acc " + t.label + " " + std::to_string(d.enqueue("task", args_of(t, not_before), o)));
           break;
         }
         case Op::flow: {
@@ -196,6 +214,11 @@ std::string args_of(const TaskSpec& t) { return t.label + " " + std::to_string(t
         case Op::pause:
           std::this_thread::sleep_for(std::chrono::milliseconds(pause_rng() % 10));
           break;
+        case Op::restart:  // a graceful stop mid-program: running handlers finish, the rest waits in the journal
+          log_line(fd, "op " + std::to_string(i));
+          d.shutdown(ShutdownMode::cancel);
+          log_line(fd, "restart");
+          ::_exit(kRestarted);
       }
       log_line(fd, "op " + std::to_string(i));
     }
@@ -213,7 +236,7 @@ std::string args_of(const TaskSpec& t) { return t.label + " " + std::to_string(t
 }
 
 struct Totals {
-  std::uint64_t programs = 0, operations = 0, kills = 0, runs = 0, tasks = 0;
+  std::uint64_t programs = 0, operations = 0, kills = 0, restarts = 0, runs = 0, tasks = 0;
 };
 
 // Reads the child's log and checks every invariant of the header.
@@ -321,6 +344,8 @@ void check_log(const Program& program, const std::string& log, const std::set<in
       unsigned attempts = 0;
       f >> id >> attempts;
       final_dead[id] = attempts;
+    } else if (what == "early") {
+      ADD_FAILURE() << line << ": ran before its time (line " << line_no << ")";
     } else if (what == "unfinished-workflows") {
       ADD_FAILURE() << line;
     } else if (what == "end") {
@@ -392,7 +417,12 @@ void run_program(std::uint64_t seed, Totals& totals) {
       ++totals.kills;
       continue;
     }
-    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child failed in boot " << boot << " (status " << status << ")";
+    ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status) << " in boot " << boot;
+    if (WEXITSTATUS(status) == kRestarted) {
+      ++totals.restarts;
+      continue;
+    }
+    ASSERT_EQ(WEXITSTATUS(status), 0) << "the child failed in boot " << boot;
     finished = true;
   }
   check_log(program, log, killed_boots, totals);
@@ -422,10 +452,11 @@ TEST(DurableChaos, RandomProgramsKilledAtRandomPointsKeepEveryGuarantee) {
     run_program(program_seed, totals);
     if (HasFailure()) break;
   }
-  std::printf("durable chaos: %llu programs, %llu operations, %llu accepted tasks and nodes, %llu handler runs, %llu kills in %.1f s\n",
+  std::printf("durable chaos: %llu programs, %llu operations, %llu accepted tasks and nodes, %llu handler runs, "
+              "%llu kills, %llu graceful restarts in %.1f s\n",
               static_cast<unsigned long long>(totals.programs), static_cast<unsigned long long>(totals.operations),
               static_cast<unsigned long long>(totals.tasks), static_cast<unsigned long long>(totals.runs),
-              static_cast<unsigned long long>(totals.kills),
+              static_cast<unsigned long long>(totals.kills), static_cast<unsigned long long>(totals.restarts),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   EXPECT_GT(totals.programs, 0u);
 }
