@@ -62,6 +62,10 @@ class JournalImpl {
   // if asked (or the periodic sync is due), rotates if asked. mu_ held on
   // entry and exit, dropped for the I/O.
   void flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bool leader);
+  // A waiter that needs its record only written, while the token holder is
+  // in fdatasync (sync_phase_): writes everything pending to the segment
+  // itself. mu_ held on entry and exit, dropped for the write.
+  void side_write_locked(std::unique_lock<std::mutex>& lock);
   void write_batch(const std::string& batch, const std::vector<std::uint32_t>& ends);
   Lsn durable_mark_locked() const { return options_.durability == Durability::sync ? synced_ : written_; }
   // Writer thread: runs the on_durable callbacks that are due (all of
@@ -95,7 +99,15 @@ class JournalImpl {
   std::uint32_t arrivals_ = 0;
   std::uint32_t expected_ = 0;
   bool gathering_ = false;  // a leader waits briefly for them; arrivals notify it
-  bool writing_ = false;    // the write token: its holder alone touches the segment and spare_
+  bool writing_ = false;    // the write token: its holder alone touches the segment and spare_ ...
+  // ... except while it is in fdatasync (sync_phase_): then one side writer
+  // at a time (side_writing_) may append pending records to the segment.
+  // The holder ends its sync phase only once no side write is running, and
+  // takes side_wrote_ as "written, not covered by my sync".
+  bool sync_phase_ = false;
+  bool side_writing_ = false;
+  bool side_wrote_ = false;
+  std::string side_;  // the side writer's batch
   std::exception_ptr error_;
   std::uint64_t live_ = 0;  // enqueued and not complete/cancelled (mu_)
   std::multimap<Lsn, std::function<void(bool)>> callbacks_;  // on_durable, by the LSN they wait for (mu_)
