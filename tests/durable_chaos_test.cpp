@@ -440,6 +440,7 @@ TEST(DurableChaos, RandomProgramsKilledAtRandomPointsKeepEveryGuarantee) {
   double budget_s = 15;
   if (const char* s = std::getenv("ORDO_CHAOS_SECONDS")) budget_s = std::stod(s);
   std::printf("durable chaos: ORDO_SEED=%llu, budget %.0f s\n", static_cast<unsigned long long>(seed), budget_s);
+  std::fflush(stdout);  // before any fork: a child must not inherit (and repeat) buffered output
   std::mt19937_64 seeds(seed);
   Totals totals;
   const auto start = std::chrono::steady_clock::now();
