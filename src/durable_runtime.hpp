@@ -10,6 +10,7 @@
 // counts journal callbacks not yet called back.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -24,6 +25,12 @@
 #include "ordo/scheduler.hpp"
 
 namespace ordo::detail {
+
+// Times in durable records are system-clock nanoseconds: they mean the same after a restart.
+inline std::int64_t system_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 struct JobType;
 
