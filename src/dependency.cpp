@@ -112,8 +112,8 @@ Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std:
   return t;
 }
 
-void attach_needs(Task* t, const std::vector<Need>& needs) {
-  if (!needs.empty()) t->preds->needs = t->core->resources().make_needs(needs);
+void attach_needs(Task* t, const std::vector<Need>& needs, bool check_limits) {
+  if (!needs.empty()) t->preds->needs = t->core->resources().make_needs(needs, check_limits);
 }
 
 void throw_if_stopped(SchedulerCore& core) {
@@ -149,6 +149,25 @@ void release_dependents(Task* t) noexcept {
     notify(node);
     node = next;
   }
+}
+
+bool relevel_if_waiting(Task* t, unsigned level) {
+  if (t->kind != TaskKind::handle || t->preds == nullptr) return false;
+  // acquire: pairs with finish()'s exchange (a task claimed or done is left alone).
+  if ((t->state.load(std::memory_order_acquire) & kStateMask) != kQueued) return false;
+  // acquire: pairs with release_one()'s acq_rel decrements.
+  std::int32_t d = t->deps.load(std::memory_order_acquire);
+  // acq_rel: the hold is one more RMW in the chain of deps decrements that ends in the queuing.
+  while (d > 0 && !t->deps.compare_exchange_weak(d, d + 1, std::memory_order_acq_rel)) {
+  }
+  if (d <= 0) return false;  // queued already (or being queued): the caller moves it
+  // relaxed: published to whoever queues it by release_one()'s acq_rel decrement below.
+  const unsigned previous = t->level.exchange(static_cast<std::uint8_t>(level), std::memory_order_relaxed);
+  // Raised: what it waits for inherits the new level, as at creation.
+  if (level < previous)
+    for (std::uint32_t i = 0; i < t->preds->count; ++i) raise_priority(t->preds->items[i], level);
+  release_one(t);  // if its last predecessor finished meanwhile, queue it now, at the new level
+  return true;
 }
 
 void raise_priority(Task* t, unsigned level) {

@@ -149,7 +149,7 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
       throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' node '" + nodes[i].name +
                             "' names undefined type '" + nodes[i].type + "'");
     }
-    check.node(nodes[i].name, std::function<void()>{});
+    check.node(nodes[i].name, [] {});  // only the shape is checked
     index[nodes[i].name] = i;
   }
   std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;

@@ -96,7 +96,7 @@ void ResourceManager::timer_loop() {
   }
 }
 
-NeedList* ResourceManager::make_needs(const std::vector<Need>& needs) {
+NeedList* ResourceManager::make_needs(const std::vector<Need>& needs, bool check_limits) {
   NeedList* list = pool_new<NeedList>();
   try {
     if (needs.size() > NeedList::kInline) list->more.reset(new NeedEntry[needs.size()]);
@@ -115,6 +115,7 @@ NeedList* ResourceManager::make_needs(const std::vector<Need>& needs) {
       }
     }
     for (const NeedEntry& e : *list) {
+      if (!check_limits) break;
       const std::uint64_t limit = e.group->limit.load(std::memory_order_relaxed);
       if (e.amount > limit) {
         throw InvalidArgument("ordo: a task needs " + std::to_string(e.amount) + " of resource group '" +
@@ -220,9 +221,11 @@ void ResourceManager::park_locked(Task* t, NeedList& needs, unsigned level) {
   }
   parked_.fetch_add(1, std::memory_order_seq_cst);
   // A release that ran before we registered did not see us: look again now.
+  // That may grant t, which another worker may then run and free with its
+  // needs: from here on only the local copy of the groups is read.
   dispatch_locked(groups);
-  for (const NeedEntry& e : needs)
-    if (e.group->is_rate()) timer_cv_.notify_one();  // it may be the earliest due now
+  for (const ResourceGroupCore* g : groups)
+    if (g->is_rate()) timer_cv_.notify_one();  // it may be the earliest due now
 }
 
 bool ResourceManager::park_if_busy(Task* t, NeedList& needs, unsigned level) {

@@ -114,7 +114,10 @@ class ResourceManager {
   // Stops the rate timer; the workers have exited.
   void stop() noexcept;
   // Validates and normalises a submission's needs; throws InvalidArgument.
-  NeedList* make_needs(const std::vector<Need>& needs);
+  // Without `check_limits`, a need above a group's current limit is accepted
+  // (a workflow node checked when its run started: it waits like a parked
+  // task for a lowered limit to come back up).
+  NeedList* make_needs(const std::vector<Need>& needs, bool check_limits = true);
 
   // On a worker, before running t: true when t now holds all its needs;
   // false when t was parked (it is requeued, holding them, when they fit).

@@ -567,6 +567,17 @@ void SchedulerCore::wake_one(unsigned level) noexcept {
   if (idx >= 0) workers_[static_cast<unsigned>(idx)]->parker->unpark();
 }
 
+void SchedulerCore::pass_wake_on() noexcept {
+  for (unsigned l = 0; l < levels_; ++l) {
+    bool work = injection_[l].announced.load(std::memory_order_seq_cst) >= 2;
+    for (std::size_t i = 0; !work && i < workers_.size(); ++i) work = !workers_[i]->deques[l].empty_seq_cst();
+    if (work) {
+      wake_one(l);
+      return;
+    }
+  }
+}
+
 void SchedulerCore::wake_all() noexcept {
   while (true) {
     int idx = sleepers_.take_one();

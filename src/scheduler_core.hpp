@@ -165,9 +165,14 @@ class SchedulerCore {
   // or stop() became true.
   template <class Stop>
   Task* spin_for_task(Worker& w, Stop&& stop);
-  // Parks w unless work or `extra_wake()` is visible after joining the sleep set.
+  // Parks w unless work or `extra_wake()` is visible after joining the sleep
+  // set. True when a producer took w out of the set (a wake-up meant for new
+  // work), false when w left it itself.
   template <class ExtraWake>
-  void park_worker(Worker& w, ExtraWake&& extra_wake);
+  bool park_worker(Worker& w, ExtraWake&& extra_wake);
+  // Wakes a sleeper for the highest level with visible work: hands on a
+  // wake-up that the worker it reached will not use.
+  void pass_wake_on() noexcept;
   bool work_visible(const Worker& w) const noexcept;
   bool injection_empty() const noexcept;
   void wake_one(unsigned level) noexcept;
@@ -246,8 +251,15 @@ void SchedulerCore::wait_until(Done&& done, PrepareSleep&& prepare_sleep) {
       prepared = true;
       if (prepare_sleep()) return;
     }
-    core.park_worker(*w, done);
-    if (done()) return;
+    const bool chosen_for_new_work = core.park_worker(*w, done);
+    if (done()) {
+      // A producer may have picked this worker from the sleep set after the
+      // awaited task woke it; it now goes back to its own task, so the
+      // wake-up must reach another sleeper or the new work could wait
+      // behind a long-running task while the rest of the pool sleeps.
+      if (chosen_for_new_work) core.pass_wake_on();
+      return;
+    }
   }
 }
 
@@ -266,18 +278,17 @@ Task* SchedulerCore::spin_for_task(Worker& w, Stop&& stop) {
 }
 
 template <class ExtraWake>
-void SchedulerCore::park_worker(Worker& w, ExtraWake&& extra_wake) {
+bool SchedulerCore::park_worker(Worker& w, ExtraWake&& extra_wake) {
   sleepers_.add(w.index);
   if (work_visible(w) || exit_.load(std::memory_order_seq_cst) || extra_wake()) {
-    sleepers_.remove(w.index);
-    return;
+    return !sleepers_.remove(w.index);
   }
   const std::int64_t slept_at = now_ns();
   w.parker->park();
   // relaxed: a statistic; only this worker writes it.
   w.idle_ns.store(w.idle_ns.load(std::memory_order_relaxed) + static_cast<std::uint64_t>(now_ns() - slept_at),
                   std::memory_order_relaxed);
-  sleepers_.remove(w.index);
+  return !sleepers_.remove(w.index);
 }
 
 }  // namespace ordo::detail

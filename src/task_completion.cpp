@@ -102,8 +102,25 @@ void release_task(Task* t) noexcept {
   }
 }
 
+namespace {
+
+// A finished task is never touched beyond its node: its Handle may outlive
+// the scheduler (whose destruction finishes every task it accepted).
+bool finished(const Task* t) noexcept {
+  // acquire: pairs with finish()'s exchange.
+  return (t->state.load(std::memory_order_acquire) & kStateMask) >= kDone;
+}
+
+}  // namespace
+
+void throw_empty_handle(const char* call) {
+  throw InvalidArgument(std::string("ordo: Handle::") + call +
+                        " on an empty handle (default-constructed, moved from, or get() already called)");
+}
+
 bool cancel_task(Task* t) {
-  if (t == nullptr) throw Error("ordo: Handle::cancel() on an empty handle");
+  if (t == nullptr) throw_empty_handle("cancel()");
+  if (finished(t)) return false;
   t->refs.fetch_add(1, std::memory_order_relaxed);  // ours, consumed by complete_cancelled()
   if ((t->state.load(std::memory_order_acquire) & kStateMask) != kQueued) {
     // Claimed: running, finished — or parked on resource groups, where it
@@ -133,12 +150,15 @@ bool cancel_task(Task* t) {
 }
 
 bool reprioritise(Task* t, unsigned level) {
-  if (t == nullptr) throw Error("ordo: Handle::set_priority() on an empty handle");
+  if (t == nullptr) throw_empty_handle("set_priority()");
+  if (finished(t)) return false;
   SchedulerCore& core = *t->core;
   if (level >= core.level_count()) {
     throw InvalidArgument("ordo: priority level " + std::to_string(level) + " is beyond this scheduler's " +
                           std::to_string(core.level_count()) + " levels");
   }
+  // Still waiting for predecessors: re-levelled in place, never queued early.
+  if (relevel_if_waiting(t, level)) return true;
   if (core.move_task(t, -1, level)) return true;
   // Not queued: perhaps parked on resource groups, where it still waits.
   return t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr &&
@@ -146,6 +166,7 @@ bool reprioritise(Task* t, unsigned level) {
 }
 
 void wait_for_task(Task* t) {
+  if (t == nullptr) throw_empty_handle("wait()");
   // Priority inheritance: a running task that waits for a lower-priority
   // queued one raises it (and what it waits for) to its own level.
   if (Task* waiting = tls_context.current; waiting != nullptr && t->kind == TaskKind::handle) {

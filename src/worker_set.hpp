@@ -35,7 +35,11 @@ class alignas(64) WorkerSet {
   }
 
   void add(unsigned worker) noexcept { bits_[worker / 64].fetch_or(bit(worker), std::memory_order_seq_cst); }
-  void remove(unsigned worker) noexcept { bits_[worker / 64].fetch_and(~bit(worker), std::memory_order_seq_cst); }
+  // False when the worker was no longer a member: a producer's take_one()
+  // removed it, and the unpark that came with it is meant for new work.
+  bool remove(unsigned worker) noexcept {
+    return (bits_[worker / 64].fetch_and(~bit(worker), std::memory_order_seq_cst) & bit(worker)) != 0;
+  }
   bool contains(unsigned worker) const noexcept {
     return (bits_[worker / 64].load(std::memory_order_relaxed) & bit(worker)) != 0;
   }

@@ -51,35 +51,54 @@ std::uint8_t level_of_options(const NodeOptions& o) {
   return o.priority ? static_cast<std::uint8_t>(*o.priority) : detail::kNoLevel;
 }
 
+// Appends a node (a nested workflow's node has no body of its own) and
+// returns its index; `name` empty for an anonymous node.
+std::size_t append_node(detail::WorkflowGraph& g, std::string name, std::function<void()> body, NodeOptions options) {
+  if (g.bodies.size() >= detail::kNoNode) throw InvalidGraph("ordo: workflow '" + g.name + "' has too many nodes");
+  if (!name.empty() && g.by_name.count(name)) {
+    throw InvalidGraph("ordo: workflow '" + g.name + "' already has a node named '" + name + "'");
+  }
+  const auto i = static_cast<std::uint32_t>(g.bodies.size());
+  g.bodies.push_back(std::move(body));
+  g.levels.push_back(level_of_options(options));
+  if (options.priority) g.has_levels = true;
+  if (!options.needs.empty()) g.needs.emplace(i, std::move(options.needs));
+  if (!name.empty()) {
+    g.by_name.emplace(name, i);
+    g.names.emplace(i, std::move(name));
+  }
+  g.invalidate();
+  return i;
+}
+
+// A node whose body is an empty std::function would "succeed" without doing
+// anything; submit() and define() refuse empty callables, and so does node().
+void require_body(const detail::WorkflowGraph& g, const std::function<void()>& body, const std::string& node) {
+  if (!body) throw InvalidArgument("ordo: workflow '" + g.name + "': node '" + node + "' has an empty body");
+}
+
 }  // namespace
 
 NodeRef Workflow::node(std::function<void()> body, NodeOptions options) {
   auto& g = *graph_;
-  if (g.bodies.size() >= detail::kNoNode) throw InvalidGraph("ordo: workflow '" + g.name + "' has too many nodes");
-  g.bodies.push_back(std::move(body));
-  g.levels.push_back(level_of_options(options));
-  if (options.priority) g.has_levels = true;
-  if (!options.needs.empty()) g.needs.emplace(static_cast<std::uint32_t>(g.bodies.size() - 1), std::move(options.needs));
-  g.invalidate();
-  return NodeRef(this, g.bodies.size() - 1);
+  require_body(g, body, "#" + std::to_string(g.bodies.size()));
+  return NodeRef(this, append_node(g, {}, std::move(body), std::move(options)));
 }
 
 NodeRef Workflow::node(std::string name, std::function<void()> body, NodeOptions options) {
   auto& g = *graph_;
   if (name.empty()) throw InvalidGraph("ordo: workflow '" + g.name + "': a named node needs a non-empty name");
-  if (g.by_name.count(name)) throw InvalidGraph("ordo: workflow '" + g.name + "' already has a node named '" + name + "'");
-  NodeRef ref = node(std::move(body), std::move(options));
-  const auto i = static_cast<std::uint32_t>(ref.index());
-  g.by_name.emplace(name, i);
-  g.names.emplace(i, std::move(name));
-  return ref;
+  require_body(g, body, name);
+  return NodeRef(this, append_node(g, std::move(name), std::move(body), std::move(options)));
 }
 
 NodeRef Workflow::node(std::string name, const Workflow& nested, NodeOptions options) {
-  if (&nested == this) throw InvalidGraph("ordo: workflow '" + graph_->name + "' cannot contain itself");
-  NodeRef ref = node(std::move(name), std::function<void()>{}, std::move(options));
-  graph_->nested.emplace(static_cast<std::uint32_t>(ref.index()), &nested);
-  return ref;
+  auto& g = *graph_;
+  if (&nested == this) throw InvalidGraph("ordo: workflow '" + g.name + "' cannot contain itself");
+  if (name.empty()) throw InvalidGraph("ordo: workflow '" + g.name + "': a named node needs a non-empty name");
+  const std::size_t i = append_node(g, std::move(name), {}, std::move(options));
+  g.nested.emplace(static_cast<std::uint32_t>(i), &nested);
+  return NodeRef(this, i);
 }
 
 NodeRef Workflow::operator[](std::string_view name) {

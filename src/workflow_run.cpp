@@ -151,7 +151,9 @@ void queue_node_with_needs(RunState* run, std::uint32_t node, const std::vector<
     t = make_dependent(*run->core, Priority{run->level_of(node)}, 0);
     t->exec = &exec_node_with_needs;
     t->refs.store(1, std::memory_order_relaxed);  // the queue entry's alone
-    attach_needs(t, needs);  // validated when the run started; a limit lowered since may refuse
+    // Validated when the run started; a limit lowered since makes the node
+    // wait (parked, holding no worker) as it would a task, not fail.
+    attach_needs(t, needs, /*check_limits=*/false);
   } catch (...) {
     if (t != nullptr) discard_dependent(t);
     record_failure(run, std::current_exception());

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <mutex>
 #include <random>
 #include <stdexcept>
@@ -250,6 +251,151 @@ TEST(Continuation, EmptyInputsAreClearErrors) {
   EXPECT_THROW(when_all(std::vector<Handle<int>>{}), InvalidArgument);
   Handle<int> empty;
   EXPECT_THROW(std::move(empty).then([](int x) { return x; }), Error);
+}
+
+
+// A dependent still waiting for its predecessors must change level without
+// being queued: queued early, it would run and read a predecessor's payload
+// that is still a callable, not an outcome.
+TEST(Continuation, SetPriorityOnAWaitingDependentNeverRunsItEarly) {
+  Scheduler s{{.workers = 2, .levels = 3}};
+  for (int round = 0; round < 50 * static_cast<int>(test::kScale); ++round) {
+    Gate gate;
+    auto a = s.submit([&] { gate.hold(); return round; }, {.priority = low});
+    auto b = s.submit([&] { gate.hold(); return 1; }, {.priority = low});
+    auto c = s.submit([&] { gate.hold(); return std::string(100, 'x'); }, {.priority = low});
+    TaskRef c_ref = c;
+    auto after = s.submit([] { return 7; }, {.priority = low, .after = {c_ref}});
+    auto then = std::move(a).then([](int x) { return x + 1; }, {.priority = low});
+    std::vector<Handle<int>> any_inputs;
+    any_inputs.push_back(std::move(b));
+    auto any = when_any(std::move(any_inputs));
+    gate.wait_entered();
+    EXPECT_TRUE(then.set_priority(high));
+    EXPECT_TRUE(any.set_priority(high));
+    EXPECT_TRUE(after.set_priority(high));
+    EXPECT_TRUE(then.set_priority(low));  // lowering a waiting task is allowed too
+    EXPECT_EQ(then.status(), TaskStatus::queued);
+    EXPECT_EQ(any.status(), TaskStatus::queued);
+    EXPECT_EQ(after.status(), TaskStatus::queued);
+    gate.open.store(true);
+    EXPECT_EQ(then.get(), round + 1);
+    EXPECT_EQ(any.get(), (std::pair<std::size_t, int>(0, 1)));
+    EXPECT_EQ(after.get(), 7);
+    EXPECT_EQ(c.get().size(), 100u);
+  }
+}
+
+// Raising a waiting dependent raises what it waits for (inheritance): the
+// low predecessor then runs before normal work queued ahead of it.
+TEST(Continuation, RaisingAWaitingDependentRaisesItsQueuedPredecessor) {
+  Scheduler s{{.workers = 1, .levels = 3}};
+  Gate gate;
+  s.post([&] { gate.hold(); }, {.priority = high});
+  gate.wait_entered();
+  std::mutex mu;
+  std::vector<std::string> order;
+  auto log = [&](const char* what) { std::lock_guard lock(mu); order.emplace_back(what); };
+  auto normal_work = s.submit([&] { log("normal"); });
+  auto pred = s.submit([&] { log("pred"); return 1; }, {.priority = low});
+  auto dependent = std::move(pred).then([&](int x) { log("dependent"); return x; }, {.priority = low});
+  EXPECT_TRUE(dependent.set_priority(high));
+  gate.open.store(true);
+  EXPECT_EQ(dependent.get(), 1);
+  normal_work.get();
+  EXPECT_EQ(order, (std::vector<std::string>{"pred", "dependent", "normal"}));
+}
+
+TEST(Continuation, AfterDependentOfAFailedPredecessorIsCancelled) {
+  Scheduler s{{.workers = 2}};
+  std::atomic<int> ran{0};
+  auto failing = s.submit([]() -> int { throw std::runtime_error("boom"); });
+  auto fine = s.submit([] { return 1; });
+  auto dependent = s.submit([&] { ran++; return 2; }, {.after = {fine, failing}});
+  EXPECT_THROW(dependent.get(), TaskCancelled);
+  EXPECT_EQ(ran.load(), 0);
+  EXPECT_THROW(failing.get(), std::runtime_error);  // the predecessor's own handle keeps its error
+  EXPECT_EQ(fine.get(), 1);
+  auto failing_void = s.submit([] { throw std::logic_error("void boom"); });
+  auto dependent_void = s.submit([&] { ran++; }, {.after = {failing_void}});
+  EXPECT_THROW(dependent_void.get(), TaskCancelled);
+  EXPECT_EQ(ran.load(), 0);
+}
+
+TEST(Continuation, UsedUpOrEmptyHandlesThrowInvalidArgument) {
+  Scheduler s{{.workers = 1}};
+  auto h = s.submit([] { return 1; });
+  EXPECT_EQ(h.get(), 1);
+  EXPECT_FALSE(h.valid());
+  EXPECT_THROW((void)h.ready(), InvalidArgument);
+  EXPECT_THROW((void)h.status(), InvalidArgument);
+  EXPECT_THROW(h.wait(), InvalidArgument);
+  EXPECT_THROW(h.get(), InvalidArgument);
+  EXPECT_THROW(h.cancel(), InvalidArgument);
+  EXPECT_THROW(h.set_priority(high), InvalidArgument);
+  EXPECT_THROW(std::move(h).then([](int x) { return x; }), InvalidArgument);
+  Handle<int> empty;
+  EXPECT_THROW(when_all(s.submit([] { return 1; }), std::move(empty)), InvalidArgument);
+  Handle<int> empty_first;
+  auto kept = s.submit([] { return 2; });
+  EXPECT_THROW(when_all(std::move(empty_first), std::move(kept)), InvalidArgument);
+  EXPECT_TRUE(kept.valid());  // a refused join consumes nothing
+  EXPECT_EQ(kept.get(), 2);
+  std::vector<Handle<int>> with_hole;
+  with_hole.push_back(s.submit([] { return 3; }));
+  with_hole.emplace_back();
+  EXPECT_THROW(when_all(std::move(with_hole)), InvalidArgument);
+  std::vector<Handle<int>> any_hole;
+  any_hole.emplace_back();
+  EXPECT_THROW(when_any(std::move(any_hole)), InvalidArgument);
+  EXPECT_THROW(s.submit([] { return 4; }, {.after = {TaskRef{}}}), InvalidArgument);
+  EXPECT_THROW(s.post([] {}, {.after = {TaskRef{}}}), InvalidArgument);
+}
+
+// The documentation promises that a Handle may outlive its scheduler.
+// (AddressSanitizer in CI turns a touch of the freed scheduler into a failure.)
+TEST(Continuation, CancelAndSetPriorityOnAFinishedTaskAfterItsSchedulerIsGone) {
+  Handle<int> plain;
+  Handle<int> with_needs;
+  Handle<int> dependent;
+  {
+    Scheduler s{{.workers = 1}};
+    auto db = s.resource_group("db", 1);
+    plain = s.submit([] { return 1; });
+    with_needs = s.submit([] { return 2; }, {.needs = {{db, 1}}});
+    TaskRef p = plain;
+    dependent = s.submit([] { return 3; }, {.after = {p}});
+    dependent.wait();
+    with_needs.wait();
+  }
+  EXPECT_FALSE(plain.cancel());
+  EXPECT_FALSE(with_needs.cancel());
+  EXPECT_FALSE(dependent.cancel());
+  EXPECT_FALSE(plain.set_priority(high));
+  EXPECT_FALSE(with_needs.set_priority(high));
+  EXPECT_FALSE(dependent.set_priority(high));
+  EXPECT_EQ(with_needs.status(), TaskStatus::succeeded);
+  EXPECT_EQ(dependent.get(), 3);
+}
+
+// then() honours `needs` like submit(): a continuation waits for its permits.
+TEST(Continuation, ThenHonoursNeeds) {
+  Scheduler s{{.workers = 2}};
+  auto db = s.resource_group("db", 1);
+  Gate gate;
+  auto holder = s.submit([&] { gate.hold(); }, {.needs = {{db, 1}}});
+  gate.wait_entered();
+  std::atomic<bool> ran{false};
+  auto next = s.submit([] { return 1; }).then([&](int x) { ran = true; return x; }, {.needs = {{db, 1}}});
+  // The continuation can only be parked or queued while the holder has the permit.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (db.stats().waiting == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  EXPECT_EQ(db.stats().waiting, 1u) << "the continuation must wait for db, parked";
+  EXPECT_FALSE(ran.load());
+  gate.open.store(true);
+  EXPECT_EQ(next.get(), 1);
+  holder.get();
+  EXPECT_EQ(db.stats().in_use, 0u);
 }
 
 }  // namespace

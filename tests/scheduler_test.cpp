@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -170,6 +171,48 @@ TEST(Scheduler, DroppedHandlesAndPostedTasksStillRun) {
     }
   }
   EXPECT_EQ(ran.load(), 2000);
+}
+
+
+// A worker parked in a helping wait is woken by the task it waits for (here
+// cancelled from outside, so no worker is freed by it); a submission racing
+// that wake-up may pick the waking worker from the sleep set. It returns to
+// its own task, which here blocks without helping until the new task ran:
+// unless the wake-up is passed on, the new task waits for ever while the
+// idle worker sleeps. Each round reports a stall after 5 s.
+TEST(Scheduler, AWakeUpThatReachesAWorkerLeavingAHelpingWaitIsPassedOn) {
+  Scheduler s{{.workers = 3}};
+  const int rounds = 40 * static_cast<int>(test::kScale);
+  for (int round = 0; round < rounds; ++round) {
+    test::Gate busy;  // keeps one worker out of the game for the round
+    auto blocker = s.submit([&] { busy.hold(); });
+    busy.wait_entered();
+    TaskRef blocker_ref = blocker;
+    auto awaited = s.submit([] {}, {.after = {blocker_ref}});  // in no queue: waits for the blocker
+    std::atomic<bool> waiting{false};
+    std::atomic<bool> follow_up_ran{false};
+    std::atomic<bool> stalled{false};
+    auto waiter = s.submit([&] {
+      waiting = true;
+      awaited.wait();  // helping: nothing else to run, so this worker parks
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (!follow_up_ran.load()) {  // not helping: only the idle worker can run it
+        if (std::chrono::steady_clock::now() > deadline) {
+          stalled = true;
+          return;
+        }
+        std::this_thread::yield();
+      }
+    });
+    while (!waiting.load()) std::this_thread::yield();
+    while (s.stats().workers_parked < 2) std::this_thread::yield();  // the waiter and the idle worker sleep
+    ASSERT_TRUE(awaited.cancel());  // wakes the waiter
+    s.post([&] { follow_up_ran = true; });
+    waiter.get();
+    busy.open.store(true);
+    blocker.get();
+    ASSERT_FALSE(stalled.load()) << "round " << round << ": the follow-up task never ran";
+  }
 }
 
 }  // namespace

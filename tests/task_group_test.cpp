@@ -130,5 +130,19 @@ TEST(TaskGroup, ExternalOwnerIsWokenByTheLastChild) {
   }
 }
 
+
+TEST(TaskGroup, SpawnWithAfterOrNeedsIsRefusedRatherThanIgnored) {
+  Scheduler s{{.workers = 2}};
+  auto db = s.resource_group("db", 1);
+  auto first = s.submit([] { return 1; });
+  TaskGroup g(s);
+  std::atomic<int> ran{0};
+  EXPECT_THROW(g.spawn([&] { ran++; }, {.needs = {{db, 1}}}), InvalidArgument);
+  EXPECT_THROW(g.spawn([&] { ran++; }, {.after = {first}}), InvalidArgument);
+  g.spawn([&] { ran++; }, {.priority = high});
+  g.wait();
+  EXPECT_EQ(ran.load(), 1);
+  EXPECT_EQ(first.get(), 1);
+}
 }  // namespace
 }  // namespace ordo

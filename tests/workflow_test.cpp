@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <mutex>
 #include <random>
 #include <stdexcept>
@@ -94,6 +95,22 @@ TEST(Workflow, SelfLoopUnknownAndDuplicateNamesAreRejected) {
   dup.node("a", [] {});
   EXPECT_THROW(dup.node("a", [] {}), InvalidGraph);
   EXPECT_THROW(dup["missing"], InvalidGraph);
+}
+
+TEST(Workflow, NodeWithAnEmptyBodyIsRefusedNamingTheNode) {
+  Workflow w("etl");
+  try {
+    w.node("extract", std::function<void()>{});
+    FAIL() << "an empty body must be refused";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("'extract'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("empty body"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(w.node(std::function<void()>{}), InvalidArgument);
+  EXPECT_THROW(w["extract"], InvalidGraph);  // nothing of the refused node stays behind
+  w.node("extract", [] {});
+  Scheduler s{{.workers = 1}};
+  w.run(s).get();
 }
 
 TEST(Workflow, FailureCancelsDependentsButNotIndependentNodes) {
@@ -315,6 +332,32 @@ TEST(Workflow, NodeFailureWithNeedsReturnsPermitsAndCancelsDownstream) {
   auto run = wf.run(s);
   EXPECT_THROW(run.get(), std::runtime_error);
   EXPECT_EQ(run.status("use"), NodeStatus::cancelled);
+  EXPECT_EQ(db.stats().in_use, 0u);
+}
+
+// Found by the model checker: a node queued after its group's limit was
+// lowered below its need failed its run with InvalidArgument (shown as
+// cancelled); a task in the same place waits for the limit to come back.
+TEST(Workflow, NodeWhoseLimitWasLoweredAfterTheRunStartedWaitsForItToComeBack) {
+  Scheduler s{{.workers = 2}};
+  auto db = s.resource_group("db", 2);
+  test::Gate gate;
+  std::atomic<bool> bulk_ran{false};
+  Workflow wf("lowered");
+  wf.node("first", [&] { gate.hold(); });
+  wf.node("bulk_load", [&] { bulk_ran = true; }, {.needs = {{db, 2}}}).after("first");
+  auto run = wf.run(s);
+  gate.wait_entered();
+  db.set_limit(1);
+  gate.open.store(true);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (db.stats().waiting == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  ASSERT_EQ(db.stats().waiting, 1u) << "the node must wait, parked, for the limit to come back";
+  EXPECT_FALSE(bulk_ran.load());
+  EXPECT_EQ(run.status("bulk_load"), NodeStatus::pending);
+  db.set_limit(2);
+  run.get();
+  EXPECT_TRUE(bulk_ran.load());
   EXPECT_EQ(db.stats().in_use, 0u);
 }
 

@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <functional>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -65,7 +66,7 @@ Outcome<T> take_outcome(Task* pred) {
 
 template <class U>
 bool finish_exec(Task* t, Outcome<U>&& out, bool ran) noexcept {
-  emplace_payload<Outcome<U>>(t, std::move(out));
+  store_outcome<U>(t, std::move(out));
   return ran;
 }
 
@@ -128,8 +129,8 @@ bool exec_after(Task* t, ExecMode mode) noexcept {
   if (mode == ExecMode::run) {
     for (std::uint32_t i = 0; i < t->preds->count; ++i) {
       Task* p = t->preds->items[i];
-      // acquire: pairs with finish()'s exchange; the predecessor's outcome is complete.
-      if ((p->state.load(std::memory_order_acquire) & kStateMask) == kDone) continue;
+      // acquire: pairs with finish()'s exchange; the predecessor's outcome (and `failed`) is complete.
+      if ((p->state.load(std::memory_order_acquire) & kStateMask) == kDone && !p->failed) continue;
       destroy_payload<F>(t);  // a predecessor was cancelled or failed: so is this one
       Outcome<R> out;
       out.error = std::make_exception_ptr(TaskCancelled("ordo: task cancelled because a task it runs after did not succeed"));
@@ -231,10 +232,10 @@ bool exec_when_any(Task* t, ExecMode mode) noexcept {
   return finish_exec<U>(t, std::move(out), true);
 }
 
+// Joins check every handle before consuming any: a refused join takes nothing.
 template <class T>
-Task* consume(Handle<T>& h) {
-  if (!h.valid()) throw Error("ordo: a continuation or join was given an empty handle");
-  return h.release_node();
+void require_valid(const Handle<T>& h, const char* join) {
+  if (!h.valid()) throw InvalidArgument(std::string("ordo: ") + join + " was given an empty handle");
 }
 
 }  // namespace detail
@@ -244,11 +245,12 @@ template <class F>
 auto Handle<T>::then(F&& fn, SubmitOptions options) && -> Handle<detail::then_result_t<std::decay_t<F>, T>> {
   using Fn = std::decay_t<F>;
   using U = detail::then_result_t<Fn, T>;
-  if (!task_) throw Error("ordo: then() on an empty handle");
+  if (!task_) detail::throw_empty_handle("then()");
   if (!options.after.empty()) throw InvalidArgument("ordo: then() takes no `after`; join first with when_all()");
   detail::Task* t = detail::make_dependent(*task_->core, options.priority, 1);
   t->exec = &detail::exec_then<Fn, T, U>;
   try {
+    detail::attach_needs(t, options.needs);
     detail::emplace_payload<Fn>(t, std::forward<F>(fn));
   } catch (...) {
     detail::discard_dependent(t);
@@ -264,11 +266,12 @@ auto Handle<T>::then(F&& fn, SubmitOptions options) && -> Handle<detail::then_re
 template <class... Ts>
 auto when_all(Handle<Ts>&&... handles) -> Handle<std::tuple<detail::stored_t<Ts>...>> {
   static_assert(sizeof...(Ts) > 0, "when_all needs at least one handle");
+  (detail::require_valid(handles, "when_all()"), ...);
   detail::Task* first = (handles.node(), ...);
   detail::Task* t = detail::make_dependent(*first->core, std::nullopt, sizeof...(Ts));
   t->exec = &detail::exec_when_all<Ts...>;
   std::uint32_t i = 0;
-  ((t->preds->items[i++] = detail::consume(handles)), ...);
+  ((t->preds->items[i++] = handles.release_node()), ...);
   detail::link_and_arm(t, detail::SuccMode::all);
   return Handle<std::tuple<detail::stored_t<Ts>...>>{t};
 }
@@ -279,10 +282,11 @@ auto when_all(std::vector<Handle<T>> handles)
     -> Handle<std::conditional_t<std::is_void_v<T>, void, std::vector<detail::stored_t<T>>>> {
   using U = std::conditional_t<std::is_void_v<T>, void, std::vector<detail::stored_t<T>>>;
   if (handles.empty()) throw InvalidArgument("ordo: when_all() of no handles");
+  for (const auto& h : handles) detail::require_valid(h, "when_all()");
   detail::Task* t = detail::make_dependent(*handles.front().node()->core, std::nullopt,
                                            static_cast<std::uint32_t>(handles.size()));
   t->exec = &detail::exec_when_all_range<T>;
-  for (std::size_t i = 0; i < handles.size(); ++i) t->preds->items[i] = detail::consume(handles[i]);
+  for (std::size_t i = 0; i < handles.size(); ++i) t->preds->items[i] = handles[i].release_node();
   detail::link_and_arm(t, detail::SuccMode::all);
   return Handle<U>{t};
 }
@@ -294,10 +298,11 @@ auto when_any(std::vector<Handle<T>> handles)
     -> Handle<std::conditional_t<std::is_void_v<T>, std::size_t, std::pair<std::size_t, detail::stored_t<T>>>> {
   using U = std::conditional_t<std::is_void_v<T>, std::size_t, std::pair<std::size_t, detail::stored_t<T>>>;
   if (handles.empty()) throw InvalidArgument("ordo: when_any() of no handles would never complete");
+  for (const auto& h : handles) detail::require_valid(h, "when_any()");
   detail::Task* t = detail::make_dependent(*handles.front().node()->core, std::nullopt,
                                            static_cast<std::uint32_t>(handles.size()));
   t->exec = &detail::exec_when_any<T>;
-  for (std::size_t i = 0; i < handles.size(); ++i) t->preds->items[i] = detail::consume(handles[i]);
+  for (std::size_t i = 0; i < handles.size(); ++i) t->preds->items[i] = handles[i].release_node();
   detail::link_and_arm(t, detail::SuccMode::any);
   return Handle<U>{t};
 }

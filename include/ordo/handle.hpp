@@ -30,6 +30,8 @@ namespace detail {
 void wait_for_task(Task* t);
 // Drops one reference; the last one destroys the outcome and frees the node.
 void release_task(Task* t) noexcept;
+// Throws InvalidArgument naming `call` (a Handle member) on an empty handle.
+[[noreturn]] void throw_empty_handle(const char* call);
 // Moves a queued task to another level (see Handle::set_priority).
 bool reprioritise(Task* t, unsigned level);
 // See Handle::cancel().
@@ -39,6 +41,13 @@ template <class F, class T, bool TakesOutcome, bool Void>
 struct then_result;
 template <class F, class T>
 using then_result_t = typename then_result<F, T, std::is_invocable_v<F&, Outcome<T>&&>, std::is_void_v<T>>::type;
+
+// Stores a handle task's outcome in its payload, noting whether it failed.
+template <class R>
+void store_outcome(Task* t, Outcome<R>&& out) noexcept {
+  t->failed = static_cast<bool>(out.error);
+  emplace_payload<Outcome<R>>(t, std::move(out));
+}
 
 template <class F, class R>
 bool exec_handle_task(Task* t, ExecMode mode) noexcept {
@@ -61,7 +70,7 @@ bool exec_handle_task(Task* t, ExecMode mode) noexcept {
     out.error = std::make_exception_ptr(TaskCancelled{});
   }
   destroy_payload<F>(t);
-  emplace_payload<Outcome<R>>(t, std::move(out));
+  store_outcome<R>(t, std::move(out));
   return mode == ExecMode::run;
 }
 
@@ -90,13 +99,16 @@ class Handle {
   // True until get() consumed the result or the handle was moved from.
   bool valid() const noexcept { return task_ != nullptr; }
 
-  // Any thread. Never blocks.
-  bool ready() const noexcept {
+  // Any thread. Never blocks. Throws InvalidArgument on an empty handle, as
+  // every other member but valid() does.
+  bool ready() const {
+    if (!task_) detail::throw_empty_handle("ready()");
     return (task_->state.load(std::memory_order_acquire) & detail::kStateMask) >= detail::kDone;
   }
 
   // Any thread. Never blocks.
-  TaskStatus status() const noexcept {
+  TaskStatus status() const {
+    if (!task_) detail::throw_empty_handle("status()");
     // acquire pairs with the completion's exchange in the scheduler, so the
     // outcome is visible once a final state is read.
     auto s = task_->state.load(std::memory_order_acquire) & detail::kStateMask;
@@ -112,9 +124,12 @@ class Handle {
   // queued, in O(1): it is queued again at `p` and its old queue entry is
   // skipped when reached. A task parked on resource groups (see
   // docs/resources.md) keeps its place by age among the waiters of its new
-  // priority, and runs at it. Returns false, changing nothing, when the task
-  // has already started or finished ("too late"). Throws InvalidArgument for a
-  // level beyond the scheduler's levels.
+  // priority, and runs at it. A dependent still waiting for its predecessors
+  // is re-levelled in place (raising them too when it goes up) and queued at
+  // `p` once they are done. Returns false, changing nothing, when the task
+  // has already started or finished ("too late"; a finished task's scheduler
+  // is never touched, as it may be gone). Throws InvalidArgument for a level
+  // beyond the scheduler's levels on a task not yet finished.
   bool set_priority(Priority p) { return detail::reprioritise(task_, static_cast<unsigned>(p)); }
 
   // Blocks until the task finished. On a worker of any ordo scheduler the wait
@@ -124,7 +139,7 @@ class Handle {
   // Waits, then returns the value or rethrows the task's exception
   // (TaskCancelled if it never ran). Consumes the handle: valid() is false after.
   T get() {
-    if (!task_) throw Error("ordo: Handle::get() on an empty handle (moved from, or get() already called)");
+    if (!task_) detail::throw_empty_handle("get()");
     wait();
     detail::Task* t = std::exchange(task_, nullptr);
     struct Release {

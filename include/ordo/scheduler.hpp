@@ -173,6 +173,8 @@ class Scheduler {
   template <class Fn, class R, class F>
   Handle<R> submit_dependent(F&& fn, SubmitOptions options) {
     detail::throw_if_stopped(*core_);
+    for (const TaskRef& pred : options.after)
+      if (pred.node() == nullptr) throw InvalidArgument("ordo: SubmitOptions::after names an empty TaskRef");
     detail::Task* t = detail::make_dependent(*core_, options.priority, static_cast<std::uint32_t>(options.after.size()));
     t->exec = &detail::exec_after<Fn, R>;
     try {

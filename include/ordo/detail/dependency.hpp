@@ -47,6 +47,10 @@ void arm_dependent(Task* t);
 // Raises `t` and, transitively, its unfinished predecessors to `level`
 // (priority inheritance): queued ones are moved, waiting ones re-levelled.
 void raise_priority(Task* t, unsigned level);
+// Moves a dependent that still waits for predecessors to `level` without
+// queuing it (raising its unfinished predecessors when `level` is higher).
+// False, changing nothing, when `t` is not such a task: queued, started or done.
+bool relevel_if_waiting(Task* t, unsigned level);
 // Sets up a dependent handle task whose PredList is filled (each entry owning
 // a reference): counts, links to every predecessor, raises lower-priority
 // predecessors, then releases the setup hold (queuing it if all are done).
@@ -57,7 +61,8 @@ Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std:
 // Frees a dependent whose payload could not be built (nothing was linked yet).
 void discard_dependent(Task* t) noexcept;
 // Validates `needs` (InvalidArgument) and attaches them to a dependent's extras.
-void attach_needs(Task* t, const std::vector<Need>& needs);
+// `check_limits` false: see ResourceManager::make_needs.
+void attach_needs(Task* t, const std::vector<Need>& needs, bool check_limits = true);
 // Throws SchedulerStopped if `core` no longer accepts external submissions.
 void throw_if_stopped(SchedulerCore& core);
 // Called by finish(): closes t's successor list and releases its dependents.

@@ -86,6 +86,10 @@ struct alignas(64) Task {
   // Movable tasks may have several queue entries; whoever takes one must win
   // the CAS kQueued -> kRunning (see SchedulerCore::run_task).
   bool movable;
+  // Handle tasks: the stored outcome holds an error. Written with the outcome
+  // (before finish() publishes the state), read only after a final state is
+  // seen with acquire: lets `after` tell a failed predecessor of any type.
+  bool failed;
   // Handle tasks: predecessors not yet finished, plus one while the task is
   // being set up; the decrement that reaches zero queues the task.
   std::atomic<std::int32_t> deps;
