@@ -249,6 +249,8 @@ void check_log(const Program& program, const std::string& log, const std::set<in
     bool accepted = false;
     std::size_t last_ok_line = 0;
     std::size_t last_run_line = 0;
+    int last_run_boot = -1;
+    bool last_run_ended = false;  // its attempt logged ok or fail (else a kill cut it)
     int last_ok_boot = -1;
     bool ever_ok = false;
     bool ok_since_retry = false;
@@ -307,6 +309,8 @@ void check_log(const Program& program, const std::string& log, const std::set<in
       Label& l = labels[a];
       l.ids.insert(id);
       l.last_run_line = line_no;
+      l.last_run_boot = boot;
+      l.last_run_ended = false;
       if (l.ever_ok && l.last_ok_boot == boot) {
         ADD_FAILURE() << a << " ran again after it completed, in the same process (line " << line_no << ")";
       } else if (l.ever_ok && !killed_boots.count(l.last_ok_boot)) {
@@ -322,10 +326,12 @@ void check_log(const Program& program, const std::string& log, const std::set<in
     } else if (what == "fail") {
       f >> a;
       ++labels[a].fails_since_retry;
+      labels[a].last_run_ended = true;
     } else if (what == "ok") {
       f >> a;
       Label& l = labels[a];
       l.ever_ok = l.ok_since_retry = true;
+      l.last_run_ended = true;
       l.last_ok_line = line_no;
       l.last_ok_boot = boot;
     } else if (what == "retrying" || what == "discarding") {
@@ -373,11 +379,11 @@ void check_log(const Program& program, const std::string& log, const std::set<in
     const bool dead = final_dead.count(id) != 0;
     if (dead) {
       EXPECT_EQ(final_dead[id], l.spec->max_attempts) << name << " is dead after a number of attempts other than its maximum";
-      // Completed since its last retry, yet dead: only when the COMPLETE of
-      // that last attempt died with its process, which then counts it as
-      // an attempt cut short.
-      EXPECT_TRUE(!l.ok_since_retry || (killed_boots.count(l.last_ok_boot) && l.last_run_line < l.last_ok_line))
-          << name << " is dead but completed since its last retry";
+      // Completed since its last retry, yet dead: only when its last
+      // attempt died with its process — cut while it ran, or completed but
+      // its COMPLETE lost — which counts it as an attempt cut short.
+      const bool last_attempt_cut = killed_boots.count(l.last_run_boot) && (!l.last_run_ended || l.last_run_line < l.last_ok_line);
+      EXPECT_TRUE(!l.ok_since_retry || last_attempt_cut) << name << " is dead but completed since its last retry";
       EXPECT_LE(l.fails_since_retry, l.spec->max_attempts) << name;
     } else if (!l.ever_ok) {
       EXPECT_TRUE(behind_discarded(name)) << "accepted " << name << " (id " << id << ") never completed and is not dead: lost";
