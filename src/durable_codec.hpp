@@ -15,6 +15,16 @@
 
 namespace ordo::detail {
 
+inline constexpr std::size_t kMaxStr16 = 0xffff;
+
+// Throws InvalidArgument naming `field` when `value` does not fit a str16.
+inline void check_str16(std::string_view value, const std::string& field) {
+  if (value.size() > kMaxStr16) {
+    throw InvalidArgument("ordo: " + field + " is " + std::to_string(value.size()) +
+                          " bytes; the journal stores at most 65535");
+  }
+}
+
 class PayloadWriter {
  public:
   void u8(std::uint8_t v) { out_.push_back(static_cast<char>(v)); }
@@ -22,9 +32,14 @@ class PayloadWriter {
   void u32(std::uint32_t v) { raw(&v, 4); }
   void u64(std::uint64_t v) { raw(&v, 8); }
   void i64(std::int64_t v) { u64(static_cast<std::uint64_t>(v)); }
+  // At most 65535 bytes: a longer string is cut, and the length written is
+  // the length kept (a length that disagreed with the bytes would corrupt
+  // every field after it). Names and keys are refused before they get here
+  // (check_str16); only free text such as an error message is ever cut.
   void str16(std::string_view s) {
+    s = s.substr(0, kMaxStr16);
     u16(static_cast<std::uint16_t>(s.size()));
-    out_.append(s.substr(0, 0xffff));
+    out_.append(s);
   }
   void bytes32(std::string_view s) {
     u32(static_cast<std::uint32_t>(s.size()));

@@ -10,6 +10,7 @@
 // counts journal callbacks not yet called back.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -24,6 +25,12 @@
 #include "ordo/scheduler.hpp"
 
 namespace ordo::detail {
+
+// Times in durable records are system-clock nanoseconds: they mean the same after a restart.
+inline std::int64_t system_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 struct JobType;
 
@@ -75,9 +82,14 @@ struct DurableFlow {
   std::vector<JobId> node_ids;  // 0: no ENQUEUE seen (completed and compacted away)
   std::vector<std::vector<std::uint32_t>> succ;
   std::vector<std::vector<std::uint32_t>> pred;
-  std::vector<bool> done;
+  std::vector<bool> done;       // completed, or cancelled with a discarded node
+  std::vector<bool> discarded;  // dead nodes discarded: the workflow failed (journaled as its CHECKPOINT)
   std::vector<std::uint32_t> pending;  // predecessors not done
   std::uint32_t remaining = 0;         // nodes not done
+  bool failed = false;                 // a node was discarded: it ends without retaining its key
+
+  // `from` and every node that depends on it, directly or not, not yet done.
+  std::vector<std::uint32_t> doomed_with(std::uint32_t from) const;
 };
 
 struct JobType {
@@ -119,6 +131,15 @@ class DurableRuntime {
   // A node completed (mu_ held): releases its successors; completes the
   // workflow (journaling it) when it was the last node.
   void node_done_locked(DurableFlow& flow, std::uint32_t node);
+  // Journals the workflow's COMPLETE (retaining its key unless it failed)
+  // and forgets it (mu_ held; `flow` dies). Throws what Journal::append throws.
+  void finish_flow_locked(DurableFlow& flow);
+  // discard_dead of a workflow node (mu_ held): journals the discard, cancels
+  // the nodes that depend on it, and ends the workflow if nothing else is left.
+  void discard_node_locked(DurableJob& job, DurableFlow& flow);
+  // enqueue_workflow could not journal the whole workflow: every trace of it
+  // leaves memory, and the node records already appended are cancelled.
+  void forget_workflow_locked(JobId flow_id, std::uint32_t nodes, std::uint32_t appended) noexcept;
   // A node's COMPLETE became durable (or never will): node_done_locked.
   void release_successors_locked(JobId flow_id, std::uint32_t node, bool durable) noexcept;
   bool key_taken_locked(const std::string& key, JobId& existing) const;

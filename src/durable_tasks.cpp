@@ -1,6 +1,7 @@
-// Durable tasks: replay of the journal into jobs, running them on the
-// scheduler, retries, the dead set, delays, idempotency keys, checkpoints.
-// The records' payloads are specified in docs/journal-format.md.
+// Durable tasks: running jobs on the scheduler, retries, the dead set,
+// delays, idempotency keys, checkpoints, recovery at start(), shutdown.
+// Replay of the journal is durable_replay.cpp, workflows durable_workflows.cpp;
+// the records' payloads are specified in docs/journal-format.md.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -11,7 +12,6 @@
 #include "scheduler_core.hpp"
 #include "ordo/observability.hpp"
 #include "ordo/resource.hpp"
-#include "ordo/workflow.hpp"
 
 namespace ordo {
 
@@ -24,11 +24,6 @@ std::string DurableRecovery::describe() const {
 
 namespace detail {
 namespace {
-
-std::int64_t system_now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // The task object the scheduler runs: runs the job, or, destroyed unrun
 // (the scheduler cancelled it or refused it), tells the runtime so.
@@ -44,6 +39,10 @@ struct Runner {
   void operator()() { std::exchange(rt, nullptr)->run(id); }
 };
 
+// The runtime whose handler this thread is running, if any: shutdown()
+// called from there must not wait for that very handler.
+thread_local const DurableRuntime* t_in_handler_of = nullptr;
+
 std::span<const std::byte> as_span(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
@@ -54,138 +53,14 @@ DurableRuntime::DurableRuntime(Scheduler& scheduler, const std::string& director
                                DurableOptions options)
     : scheduler_(scheduler), options_(options) {
   journal_ = Journal::open(directory, std::move(journal), [this](const RecordView& r) { replay(r); });
+  // Ids are never reused, also those of tasks whose records compaction dropped.
+  next_id_ = std::max(next_id_, journal_->recovery().highest_task + 1);
   scheduler_.core().add_stats_source(this, [this](SchedulerStats& st) { st.durable.push_back(stats()); });
 }
 
 DurableRuntime::~DurableRuntime() {
   scheduler_.core().remove_stats_source(this);
   shutdown(ShutdownMode::drain);
-}
-
-void DurableRuntime::replay(const RecordView& r) {
-  PayloadReader in(r);
-  auto job_of = [&]() -> DurableJob* {
-    auto it = jobs_.find(r.task);
-    return it == jobs_.end() ? nullptr : &it->second;
-  };
-  next_id_ = std::max(next_id_, r.task + 1);
-  switch (r.type) {
-    case RecordType::enqueue: {
-      DurableJob* job = &jobs_[r.task];
-      *job = DurableJob{};
-      job->id = r.task;
-      job->type = in.str16();
-      job->level = in.u8();
-      job->max_attempts = in.u32();
-      job->due_ns = in.i64();
-      if (std::string key = in.str16(); !key.empty()) job->more().key = std::move(key);
-      const unsigned needs = in.u8();
-      for (unsigned i = 0; i < needs; ++i) {
-        std::string name = in.str16();
-        job->more().needs.emplace_back(std::move(name), in.u64());
-      }
-      job->flow = in.u64();
-      job->node = in.u32();
-      job->args = in.rest();
-      if (job->flow != 0) unlinked_nodes_[job->flow].push_back(r.task);  // its WORKFLOW record follows
-      if (job->due_ns != 0) job->state = DurableJob::State::waiting;
-      if (!job->key().empty()) keys_[job->key()] = KeyEntry{job->id, 0};
-      break;
-    }
-    case RecordType::start:
-      if (DurableJob* job = job_of()) {
-        job->attempts = in.u32();
-        job->state = DurableJob::State::running;  // until a later record says otherwise
-      }
-      break;
-    case RecordType::checkpoint:
-      if (DurableJob* job = job_of()) {
-        job->more().checkpoint = in.rest();
-      }
-      break;
-    case RecordType::complete: {
-      const std::int64_t retain_until = in.i64();
-      const std::string key = in.str16();
-      if (DurableJob* job = job_of(); job != nullptr && job->flow != 0) {
-        if (auto flow = flows_.find(job->flow); flow != flows_.end()) flow->second->done[job->node] = true;
-      }
-      flows_.erase(r.task);  // when it is a workflow's own COMPLETE
-      if (!key.empty() && retain_until > system_now_ns()) keys_[key] = KeyEntry{r.task, retain_until};
-      if (DurableJob* job = job_of(); job != nullptr && key.empty() && !job->key().empty()) keys_.erase(job->key());
-      jobs_.erase(r.task);
-      break;
-    }
-    case RecordType::fail:
-      if (DurableJob* job = job_of()) {
-        job->attempts = in.u32();
-        job->due_ns = in.i64();
-        job->more().last_error = in.str16();
-        job->state = DurableJob::State::waiting;
-        job->retrying = true;
-      }
-      break;
-    case RecordType::dead:
-      if (DurableJob* job = job_of()) {
-        job->attempts = in.u32();
-        job->more().last_error = in.str16();
-        job->state = DurableJob::State::dead;
-      }
-      break;
-    case RecordType::retry:
-      if (DurableJob* job = job_of()) {
-        job->attempts = 0;
-        job->state = DurableJob::State::queued;
-      }
-      break;
-    case RecordType::cancel:
-      if (DurableJob* job = job_of()) {
-        if (!job->key().empty()) keys_.erase(job->key());
-        jobs_.erase(r.task);
-      }
-      break;
-    case RecordType::workflow: {
-      auto flow = std::make_unique<DurableFlow>();
-      flow->id = r.task;
-      flow->name = in.str16();
-      flow->key = in.str16();
-      const std::uint32_t n = in.u32();
-      for (std::uint32_t i = 0; i < n; ++i) {
-        flow->node_names.push_back(in.str16());
-        in.str16();  // the type; each node's ENQUEUE carries it too
-      }
-      flow->node_ids.assign(n, 0);
-      flow->done.assign(n, false);
-      flow->succ.resize(n);
-      flow->pred.resize(n);
-      const std::uint32_t m = in.u32();
-      for (std::uint32_t e = 0; e < m; ++e) {
-        const std::uint32_t from = in.u32();
-        const std::uint32_t to = in.u32();
-        if (from >= n || to >= n) throw JournalCorruption("ordo: journal WORKFLOW " + std::to_string(r.task) + " has an edge to no node");
-        flow->succ[from].push_back(to);
-        flow->pred[to].push_back(from);
-      }
-      // The WORKFLOW record commits the workflow: its nodes' ENQUEUEs came first.
-      if (auto nodes = unlinked_nodes_.find(r.task); nodes != unlinked_nodes_.end()) {
-        for (JobId node_id : nodes->second) {
-          auto job = jobs_.find(node_id);
-          if (job == jobs_.end()) continue;
-          if (job->second.node >= n) {
-            throw JournalCorruption("ordo: journal ENQUEUE of task " + std::to_string(node_id) + " names node " +
-                                    std::to_string(job->second.node) + " of workflow " + std::to_string(r.task) +
-                                    ", which has " + std::to_string(n));
-          }
-          flow->node_ids[job->second.node] = node_id;
-        }
-        unlinked_nodes_.erase(nodes);
-      }
-      if (!flow->key.empty()) keys_[flow->key] = KeyEntry{r.task, 0};
-      flows_[r.task] = std::move(flow);
-      break;
-    }
-    default:
-      break;
-  }
 }
 
 bool DurableRuntime::key_taken_locked(const std::string& key, JobId& existing) const {
@@ -195,43 +70,6 @@ bool DurableRuntime::key_taken_locked(const std::string& key, JobId& existing) c
   if (it->second.retain_until_ns != 0 && it->second.retain_until_ns <= system_now_ns()) return false;
   existing = it->second.id;
   return true;
-}
-
-void DurableRuntime::node_done_locked(DurableFlow& flow, std::uint32_t node) {
-  if (flow.done[node]) return;
-  flow.done[node] = true;
-  --flow.remaining;
-  for (std::uint32_t s : flow.succ[node]) {
-    if (--flow.pending[s] != 0) continue;
-    auto it = jobs_.find(flow.node_ids[s]);
-    if (it == jobs_.end() || it->second.state != DurableJob::State::blocked) continue;
-    --blocked_;
-    queue_locked(it->second);
-  }
-  if (flow.remaining != 0) return;
-  const std::int64_t retain_until =
-      flow.key.empty() ? 0 : system_now_ns() + std::chrono::nanoseconds(options_.key_retention).count();
-  PayloadWriter w;
-  w.i64(retain_until);
-  w.str16(flow.key);
-  journal_->append(RecordType::complete, flow.id, w.view());
-  if (!flow.key.empty()) keys_[flow.key] = KeyEntry{flow.id, retain_until};
-  flows_.erase(flow.id);  // `flow` dies here
-}
-
-void DurableRuntime::release_successors_locked(JobId flow_id, std::uint32_t node, bool durable) noexcept {
-  --releasing_;
-  notify_drain_locked();
-  auto flow = flows_.find(flow_id);
-  if (!durable || flow == flows_.end()) {
-    journal_failed_ = !durable || journal_failed_;  // the next start releases them
-    return;
-  }
-  try {
-    node_done_locked(*flow->second, node);
-  } catch (...) {
-    journal_failed_ = true;  // the workflow's COMPLETE was not recorded; the next start finishes it
-  }
 }
 
 void DurableRuntime::define(std::string type, JobHandler handler, JobTypeOptions options) {
@@ -368,8 +206,29 @@ DurableRecovery DurableRuntime::start() {
     const auto n = static_cast<std::uint32_t>(flow->node_ids.size());
     flow->pending.assign(n, 0);
     flow->remaining = 0;
+    // A discarded node and what depends on it never run (their records may
+    // be gone: compaction, or a crash between the discard's records). What
+    // the journal still holds of them is cancelled now.
+    std::vector<bool> doomed(n, false);
+    std::vector<std::uint32_t> discarded;
     for (std::uint32_t i = 0; i < n; ++i) {
-      if (flow->node_ids[i] == 0 || !jobs_.count(flow->node_ids[i])) flow->done[i] = true;
+      if (!flow->discarded[i]) continue;
+      discarded.push_back(i);
+      for (std::uint32_t j : flow->doomed_with(i)) doomed[j] = true;
+    }
+    if (!discarded.empty()) {
+      flow->failed = true;
+      PayloadWriter w;  // again, for a discard made by ordo-wal (a node's CANCEL only)
+      w.u32(static_cast<std::uint32_t>(discarded.size()));
+      for (std::uint32_t i : discarded) w.u32(i);
+      journal_->append(RecordType::checkpoint, fid, w.view());
+    }
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (doomed[i] && flow->node_ids[i] != 0 && jobs_.count(flow->node_ids[i])) {
+        journal_->append(RecordType::cancel, flow->node_ids[i]);
+        jobs_.erase(flow->node_ids[i]);
+      }
+      if (doomed[i] || flow->node_ids[i] == 0 || !jobs_.count(flow->node_ids[i])) flow->done[i] = true;
       if (!flow->done[i]) ++flow->remaining;
     }
     for (std::uint32_t i = 0; i < n; ++i) {
@@ -383,13 +242,7 @@ DurableRecovery DurableRuntime::start() {
     }
     if (flow->remaining == 0) finished_flows.push_back(fid);  // died between its last node and its COMPLETE
   }
-  for (JobId fid : finished_flows) {
-    PayloadWriter w;
-    w.i64(0);
-    w.str16("");
-    journal_->append(RecordType::complete, fid, w.view());
-    flows_.erase(fid);
-  }
+  for (JobId fid : finished_flows) finish_flow_locked(*flows_.at(fid));
   report.workflows = flows_.size();
   for (auto& [id, job] : jobs_) {
     switch (job.state) {
@@ -431,6 +284,7 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
   if (type_it == types_.end()) throw InvalidArgument("ordo: no durable task type named '" + std::string(type) + "'");
   if (options.needs.size() > 255) throw InvalidArgument("ordo: a durable task may need at most 255 groups");
   for (const auto& [name, amount] : options.needs) {
+    check_str16(name, "a resource group name a durable task needs");
     ResourceGroup g = scheduler_.find_resource_group(name);
     if (!g.valid()) throw InvalidArgument("ordo: durable task needs unknown resource group '" + name + "'");
     if (amount == 0 || amount > g.limit()) {
@@ -438,7 +292,7 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
                             "', whose limit is " + std::to_string(g.limit()));
     }
   }
-  if (options.idempotency_key.size() > 0xffff) throw InvalidArgument("ordo: an idempotency key is limited to 65535 bytes");
+  check_str16(options.idempotency_key, "the idempotency key of a durable task");
   const auto priority = options.priority.value_or(type_it->second.options.priority.value_or(Priority::normal));
   if (static_cast<unsigned>(priority) >= scheduler_.level_count()) {
     throw InvalidArgument("ordo: priority level " + std::to_string(static_cast<unsigned>(priority)) +
@@ -502,116 +356,6 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
   return id;
 }
 
-JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::string key) {
-  const auto& nodes = workflow.nodes();
-  if (nodes.empty()) throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' has no nodes");
-  if (nodes.size() > 0xffffff) throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' is too large");
-  // The checks of an in-memory Workflow: duplicate and unknown names, cycles (named).
-  Workflow check(workflow.name());
-  std::unordered_map<std::string, std::uint32_t> index;
-  for (std::uint32_t i = 0; i < nodes.size(); ++i) {
-    if (!types_.count(nodes[i].type)) {
-      throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' node '" + nodes[i].name +
-                            "' names undefined type '" + nodes[i].type + "'");
-    }
-    check.node(nodes[i].name, [] {});  // only the shape is checked
-    index[nodes[i].name] = i;
-  }
-  std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;
-  for (std::uint32_t i = 0; i < nodes.size(); ++i) {
-    for (const std::string& before : nodes[i].after) {
-      check[nodes[i].name].after(before);
-      auto it = index.find(before);
-      if (it != index.end()) edges.emplace_back(it->second, i);
-    }
-  }
-  check.validate();  // throws InvalidGraph naming the problem
-  const auto n = static_cast<std::uint32_t>(nodes.size());
-
-  std::unique_lock lock(mu_);
-  if (!started_) throw Error("ordo: DurableTasks::enqueue_workflow before start()");
-  if (stopping_) throw Error("ordo: DurableTasks is shutting down and accepts no new workflows");
-  if (JobId existing = 0; key_taken_locked(key, existing)) return existing;
-  auto flow = std::make_unique<DurableFlow>();
-  DurableFlow& f = *flow;
-  f.id = next_id_;
-  next_id_ += n + 1;
-  f.name = workflow.name();
-  f.key = key;
-  f.done.assign(n, false);
-  f.pending.assign(n, 0);
-  f.succ.resize(n);
-  f.pred.resize(n);
-  f.remaining = n;
-  for (auto [from, to] : edges) {
-    f.succ[from].push_back(to);
-    f.pred[to].push_back(from);
-    ++f.pending[to];
-  }
-  for (std::uint32_t i = 0; i < n; ++i) {
-    f.node_names.push_back(nodes[i].name);
-    f.node_ids.push_back(f.id + 1 + i);
-    DurableJob* job = &jobs_[f.id + 1 + i];
-    job->id = f.id + 1 + i;
-    job->type = nodes[i].type;
-    job->args = nodes[i].args;
-    job->level = static_cast<std::uint8_t>(types_.at(job->type).options.priority.value_or(Priority::normal));
-    job->flow = f.id;
-    job->node = i;
-    job->state = DurableJob::State::blocked;  // nothing runs before the whole workflow is durable
-    ++blocked_;
-  }
-  if (!key.empty()) keys_[key] = KeyEntry{f.id, 0};
-  // Every record is built under mu_ (jobs_ may change under other threads'
-  // feet once it is dropped), then appended without it.
-  PayloadWriter decl;
-  decl.str16(f.name);
-  decl.str16(f.key);
-  decl.u32(n);
-  for (const auto& node : nodes) {
-    decl.str16(node.name);
-    decl.str16(node.type);
-  }
-  decl.u32(static_cast<std::uint32_t>(edges.size()));
-  for (auto [from, to] : edges) {
-    decl.u32(from);
-    decl.u32(to);
-  }
-  std::vector<PayloadWriter> node_records(n);
-  for (std::uint32_t i = 0; i < n; ++i) {
-    const DurableJob& job = jobs_.at(f.id + 1 + i);
-    PayloadWriter& w = node_records[i];
-    w.str16(job.type);
-    w.u8(job.level);
-    w.u32(0);
-    w.i64(0);
-    w.str16("");
-    w.u8(0);
-    w.u64(f.id);
-    w.u32(i);
-    w.tail(job.args);
-  }
-  const JobId flow_id = f.id;
-  flows_.emplace(f.id, std::move(flow));
-  lock.unlock();
-
-  // The nodes first, the WORKFLOW record last: it commits the workflow (a
-  // crash before it leaves nodes that recovery drops, never half a graph).
-  for (std::uint32_t i = 0; i < n; ++i) journal_->append(RecordType::enqueue, flow_id + 1 + i, node_records[i].view());
-  const Lsn last = journal_->append(RecordType::workflow, flow_id, decl.view());
-  journal_->wait_durable(last);  // one group commit for the whole workflow
-
-  lock.lock();
-  DurableFlow& live = *flows_.at(flow_id);  // no node ran yet: it cannot have completed
-  for (std::uint32_t i = 0; i < n; ++i) {
-    if (live.pending[i] != 0) continue;
-    --blocked_;
-    queue_locked(jobs_.at(flow_id + 1 + i));
-  }
-  post_pending(lock);  // the workflow may complete, and be gone, once this drops the lock
-  return flow_id;
-}
-
 void DurableRuntime::run(JobId id) {
   std::unique_lock lock(mu_);
   --in_flight_;
@@ -634,7 +378,11 @@ void DurableRuntime::run(JobId id) {
   PayloadWriter start;
   start.u32(attempt);
   try {
-    journal_->append(RecordType::start, id, start.view());  // not waited for: a worker never waits on the disk
+    // In the OS before the handler runs (not synced: a worker never waits
+    // for the disk): a handler that kills the process at once has still
+    // used an attempt, so a poison pill ends in the dead set instead of a
+    // crash loop. Concurrent workers' STARTs share one write.
+    journal_->wait_written(journal_->append(RecordType::start, id, start.view()));
   } catch (...) {
     lock.lock();
     --running_;
@@ -644,6 +392,7 @@ void DurableRuntime::run(JobId id) {
   JobContext ctx(*this, job);
   std::string error;
   bool ok = false;
+  const DurableRuntime* outer = std::exchange(t_in_handler_of, this);  // a helping wait may nest runs
   try {
     trace_label(job.type);
     type->handler(ctx, as_span(job.args));
@@ -653,6 +402,7 @@ void DurableRuntime::run(JobId id) {
   } catch (...) {
     error = "a non-standard exception";
   }
+  t_in_handler_of = outer;
   if (error.empty() && !ok) error = "failed";
 
   lock.lock();
@@ -796,6 +546,12 @@ bool DurableRuntime::discard_dead(JobId id) {
   std::lock_guard lock(mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end() || it->second.state != DurableJob::State::dead) return false;
+  if (it->second.flow != 0) {
+    if (auto flow = flows_.find(it->second.flow); flow != flows_.end()) {
+      discard_node_locked(it->second, *flow->second);
+      return true;
+    }
+  }
   journal_->append_durable(RecordType::cancel, id);
   if (!it->second.key().empty()) keys_.erase(it->second.key());
   jobs_.erase(it);
@@ -809,6 +565,10 @@ void DurableRuntime::shutdown(ShutdownMode mode) noexcept {
   stopping_ = true;
   if (mode == ShutdownMode::cancel) cancelling_ = true;
   timer_cv_.notify_all();
+  // From inside a handler: waiting would wait for this very handler. The
+  // shutdown has begun (nothing new is accepted; cancel: nothing queued
+  // starts); a shutdown() outside any handler, or the destructor, waits.
+  if (t_in_handler_of == this) return;
   // drain: every job that is not dead finishes (timers included), unless
   // the scheduler stopped running our tasks; cancel: only what runs now.
   changed_.wait(lock, [&] {

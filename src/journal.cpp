@@ -189,6 +189,11 @@ void JournalImpl::wait_durable(Lsn lsn) {
   await_locked(lock, lsn, options_.durability == Durability::sync);
 }
 
+void JournalImpl::wait_written(Lsn lsn) {
+  std::unique_lock lock(mu_);
+  await_locked(lock, lsn, false);
+}
+
 bool JournalImpl::on_durable(Lsn lsn, std::function<void(bool)> fn) {
   std::unique_lock lock(mu_);
   if (durable_mark_locked() >= lsn) return false;
@@ -231,7 +236,15 @@ void JournalImpl::await_locked(std::unique_lock<std::mutex>& lock, Lsn lsn, bool
       flush_locked(lock, need_sync, true);
       continue;
     }
-    if (!arrived) {  // one arrival per wait, for the batch after the one in flight
+    // The token holder is in fdatasync: one who only needs its record
+    // written (a task's START) writes what is pending beside it, instead of
+    // waiting for a sync it does not need.
+    if (!need_sync && sync_phase_ && !side_writing_ && !pending_.empty() &&
+        segment_size_ + pending_.size() <= options_.segment_bytes) {
+      side_write_locked(lock);
+      continue;
+    }
+    if (!arrived && need_sync) {  // one arrival per wait, for the batch after the one in flight
       arrived = true;
       ++arrivals_;
       if (gathering_) writer_cv_.notify_all();  // a leader gathering its group counts arrivals
@@ -256,7 +269,7 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
   spare_ends_.swap(pending_ends_);
   const Lsn last = appended_;
   const bool rotate_now = std::exchange(rotate_wanted_, false);
-  const std::uint32_t released = arrivals_ + (leader ? 1 : 0);  // the threads this batch will release
+  const std::uint32_t released = arrivals_ + (leader && sync ? 1 : 0);  // the sync waiters this batch will release
   arrivals_ = 0;
   lock.unlock();
   bool synced_now = false;
@@ -268,17 +281,32 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
     const auto now = std::chrono::steady_clock::now();
     if (options_.durability != Durability::none && unsynced_ && now >= next_periodic_sync_) sync = true;
     if (sync && unsynced_) {
+      // Written: those who wait only for that need not wait for the
+      // fdatasync too, and may write beside it (side_write_locked).
+      lock.lock();
+      written_ = std::max(written_, last);
+      sync_phase_ = true;
+      durable_cv_.notify_all();
+      lock.unlock();
       const std::uint64_t t0 = now_ns();
       sync_segment();
       last_sync_ns_.store(now_ns() - t0, std::memory_order_relaxed);
       syncs_.fetch_add(1, std::memory_order_relaxed);
-      unsynced_ = false;
+      lock.lock();
+      durable_cv_.wait(lock, [&] { return !side_writing_; });
+      sync_phase_ = false;
+      unsynced_ = std::exchange(side_wrote_, false);  // what was written beside the sync is not covered by it
+      lock.unlock();
       synced_now = true;
       next_periodic_sync_ = std::chrono::steady_clock::now() + options_.async_interval;
     }
     if (rotate_now) rotate();
   } catch (...) {
     lock.lock();
+    if (sync_phase_) {
+      durable_cv_.wait(lock, [&] { return !side_writing_; });
+      sync_phase_ = false;
+    }
     if (!error_) error_ = std::current_exception();
     writing_ = false;
     durable_cv_.notify_all();
@@ -289,7 +317,7 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
   spare_ends_.clear();
   lock.lock();
   written_ = std::max(written_, last);
-  if (!unsynced_) synced_ = std::max(synced_, last);
+  if (synced_now || !unsynced_) synced_ = std::max(synced_, last);
   if (synced_now) expected_ = released;
   if (rotate_now) rotated_to_ = segment_;
   // Checked by whoever wrote: in sync mode the writer thread may never write
@@ -302,6 +330,38 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
   writing_ = false;
   durable_cv_.notify_all();
   writer_cv_.notify_all();  // the writer may be waiting for the token, or have callbacks to run
+}
+
+void JournalImpl::side_write_locked(std::unique_lock<std::mutex>& lock) {
+  side_writing_ = true;
+  side_.swap(pending_);
+  pending_ends_.clear();
+  const Lsn last = appended_;
+  // Stable until side_writing_ is false again: the token holder, in its
+  // sync phase, neither writes nor rotates before it has seen that.
+  const int fd = fd_;
+  const std::string& path = segment_path_;
+  lock.unlock();
+  std::exception_ptr failed;
+  try {
+    wal::write_all(fd, side_.data(), side_.size(), path);
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  lock.lock();
+  side_writing_ = false;
+  if (failed) {
+    if (!error_) error_ = failed;
+  } else {
+    segment_size_ += side_.size();
+    written_ = std::max(written_, last);
+    side_wrote_ = true;
+    batches_.fetch_add(1, std::memory_order_relaxed);
+    bytes_since_snapshot_.fetch_add(side_.size(), std::memory_order_relaxed);
+  }
+  side_.clear();
+  durable_cv_.notify_all();  // the waiters it wrote for, and the token holder waiting to end its sync phase
+  writer_cv_.notify_all();   // callbacks that became due
 }
 
 std::uint64_t JournalImpl::request_rotation() {
@@ -493,6 +553,7 @@ Lsn Journal::append(RecordType type, std::uint64_t task, std::span<const std::by
   return impl_->append(type, task, body);
 }
 void Journal::wait_durable(Lsn lsn) { impl_->wait_durable(lsn); }
+void Journal::wait_written(Lsn lsn) { impl_->wait_written(lsn); }
 void Journal::append_durable(RecordType type, std::uint64_t task, std::span<const std::byte> body) {
   impl_->wait_durable(impl_->append(type, task, body));
 }

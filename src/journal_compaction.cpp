@@ -42,10 +42,13 @@ class SnapshotWriter {
     ++records_;
     if (buffer_.size() >= (1u << 20)) flush();
   }
-  void finish() {
-    unsigned char payload[16];
+  // `highest_task`: the highest task id of every record folded (kept or
+  // not), so that ids are never handed out again once their records are gone.
+  void finish(std::uint64_t highest_task) {
+    unsigned char payload[24];
     wal::put64(payload, 0);
     wal::put64(payload + 8, records_);
+    wal::put64(payload + 16, highest_task);
     unsigned char h[wal::kRecordHeaderBytes];
     wal::encode_record_header(h, RecordType::snapshot_end, payload, sizeof payload);
     buffer_.append(reinterpret_cast<const char*>(h), sizeof h);
@@ -77,8 +80,8 @@ void JournalImpl::run_compaction(std::uint64_t first_kept) {
     files.push_back(s);
     covered.push_back(s);
   }
+  RecoveryReport scratch;  // collects highest_task, also from the old snapshot's SNAPSHOT_END
   auto for_each_record = [&](const std::function<void(const RecordView&, std::uint64_t file)>& fn) {
-    RecoveryReport scratch;
     for (std::uint64_t f : files) {
       const std::string name = f == 0 ? wal::file_name(wal::FileKind::snapshot, plan.snapshot)
                                       : wal::file_name(wal::FileKind::segment, f);
@@ -120,7 +123,7 @@ void JournalImpl::run_compaction(std::uint64_t first_kept) {
       if (r.type == RecordType::checkpoint && (it->second.file != f || it->second.offset != r.offset)) return;
       out.copy(r);
     });
-    out.finish();
+    out.finish(scratch.highest_task);
   }
   if (options_.compaction_hook) options_.compaction_hook(2);
   fs_->rename(tmp_path, wal::join(dir_, final_name));

@@ -43,6 +43,7 @@ class JournalImpl {
 
   Lsn append(RecordType type, std::uint64_t task, std::span<const std::byte> body);
   void wait_durable(Lsn lsn);
+  void wait_written(Lsn lsn);
   bool on_durable(Lsn lsn, std::function<void(bool)> fn);
   void sync();
   void compact();
@@ -63,6 +64,10 @@ class JournalImpl {
   // if asked (or the periodic sync is due), rotates if asked. mu_ held on
   // entry and exit, dropped for the I/O.
   void flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bool leader);
+  // A waiter that needs its record only written, while the token holder is
+  // in fdatasync (sync_phase_): writes everything pending to the segment
+  // itself. mu_ held on entry and exit, dropped for the write.
+  void side_write_locked(std::unique_lock<std::mutex>& lock);
   void write_batch(const std::string& batch, const std::vector<std::uint32_t>& ends);
   Lsn durable_mark_locked() const { return options_.durability == Durability::sync ? synced_ : written_; }
   // Writer thread: runs the on_durable callbacks that are due (all of
@@ -98,7 +103,15 @@ class JournalImpl {
   std::uint32_t arrivals_ = 0;
   std::uint32_t expected_ = 0;
   bool gathering_ = false;  // a leader waits briefly for them; arrivals notify it
-  bool writing_ = false;    // the write token: its holder alone touches the segment and spare_
+  bool writing_ = false;    // the write token: its holder alone touches the segment and spare_ ...
+  // ... except while it is in fdatasync (sync_phase_): then one side writer
+  // at a time (side_writing_) may append pending records to the segment.
+  // The holder ends its sync phase only once no side write is running, and
+  // takes side_wrote_ as "written, not covered by my sync".
+  bool sync_phase_ = false;
+  bool side_writing_ = false;
+  bool side_wrote_ = false;
+  std::string side_;  // the side writer's batch
   std::exception_ptr error_;
   bool error_delivered_ = false;  // a caller got error_ (close() need not print it)
   std::uint64_t live_ = 0;  // enqueued and not complete/cancelled (mu_)

@@ -147,6 +147,8 @@ std::optional<ScanFailure> try_scan_file(FileSystem& fs, const std::string& path
       if (!snapshot || c.length < 16 || get64(p + kRecordHeaderBytes + 8) != result.records) {
         return ScanFailure{off, "misplaced or inconsistent SNAPSHOT_END"};
       }
+      // Optional third field: the highest task id of the records it folded.
+      if (c.length >= 24) report.highest_task = std::max(report.highest_task, get64(p + kRecordHeaderBytes + 16));
       result.snapshot_complete = true;
     } else {
       if (result.snapshot_complete) {
@@ -156,6 +158,7 @@ std::optional<ScanFailure> try_scan_file(FileSystem& fs, const std::string& path
                       std::span<const std::byte>(reinterpret_cast<const std::byte*>(p + kRecordHeaderBytes), c.length),
                       header->number, off, snapshot};
       if (on_record) on_record(view);
+      report.highest_task = std::max(report.highest_task, view.task);
       ++result.records;
     }
     off += kRecordHeaderBytes + c.length;

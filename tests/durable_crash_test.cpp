@@ -169,5 +169,46 @@ TEST(DurableCrash, KilledAtRandomPointsNothingIsLostOrDuplicated) {
   for (unsigned seed = 1; seed <= 6; ++seed) crash_until_done(seed);
 }
 
+// A poison pill: a handler that kills the process the moment it starts.
+// Each start's attempt must be on record before the handler runs, so that
+// after max_attempts crashed starts the task is dead instead of running (and
+// crashing) for ever.
+TEST(DurableCrash, AHandlerThatKillsTheProcessAtOnceEndsInTheDeadSetAfterMaxAttempts) {
+  constexpr unsigned kMaxAttempts = 3;
+  constexpr int kCrashed = 7, kDeadAsExpected = 0, kNotDead = 3;
+  for (Durability mode : {Durability::sync, Durability::async, Durability::none}) {
+    SCOPED_TRACE(std::string("mode ") + to_string(mode));
+    test::ScratchDir dir;
+    int crashes = 0;
+    bool dead = false;
+    for (int round = 0; round < 3 * static_cast<int>(kMaxAttempts) && !dead; ++round) {
+      const pid_t child = ::fork();
+      ASSERT_GE(child, 0);
+      if (child == 0) {
+        Scheduler s{{.workers = 2}};
+        DurableTasks d(s, dir.path(), {.durability = mode});
+        d.define("poison", [](JobContext&, std::span<const std::byte>) { ::_exit(kCrashed); },
+                 {.retry = {.max_attempts = kMaxAttempts}});
+        d.start();
+        d.enqueue("poison", "", {.idempotency_key = "the-pill"});  // the same task every round
+        d.shutdown();  // drains unless the pill runs (and exits)
+        const auto dead_set = d.dead();
+        ::_exit(dead_set.size() == 1 && dead_set[0].attempts == kMaxAttempts ? kDeadAsExpected : kNotDead);
+      }
+      int status = 0;
+      ::waitpid(child, &status, 0);
+      ASSERT_TRUE(WIFEXITED(status)) << "round " << round;
+      if (WEXITSTATUS(status) == kCrashed) {
+        ++crashes;
+      } else {
+        ASSERT_EQ(WEXITSTATUS(status), kDeadAsExpected) << "round " << round << ": the pill was not in the dead set";
+        dead = true;
+      }
+    }
+    EXPECT_TRUE(dead) << "still crash-looping after " << crashes << " crashed starts";
+    EXPECT_EQ(crashes, static_cast<int>(kMaxAttempts)) << "the pill ran more often than max_attempts";
+  }
+}
+
 }  // namespace
 }  // namespace ordo

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -29,6 +30,26 @@ using namespace std::chrono_literals;
 using test::ScratchDir;
 
 const JournalOptions kFast{.durability = Durability::none};
+
+// Runs `body` in a forked child and returns its result, or -1 when it did
+// not finish within `limit` (the child is killed): a test of something that
+// used to deadlock fails instead of hanging the test binary.
+int result_in_child_within(std::chrono::seconds limit, const std::function<int()>& body) {
+  const pid_t child = ::fork();
+  if (child < 0) throw std::runtime_error("fork failed");
+  if (child == 0) ::_exit(body());
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  while (::waitpid(child, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(child, SIGKILL);
+      ::waitpid(child, &status, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
 
 TEST(Durable, EnqueuedTasksRunOnceAndLeaveNothingLive) {
   ScratchDir dir;
@@ -311,152 +332,156 @@ TEST(Durable, ACorruptJournalIsRefusedWithAClearErrorAndLeftAsItWas) {
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(again), {}), data);
 }
 
-TEST(DurableWorkflow, NodesRunInDependencyOrderAndTheWorkflowCompletes) {
+// key_retention 0: the key's retention has run out by the time the process
+// restarts, the same condition as a 1 s retention and a restart 2.5 s later,
+// without a sleep.
+TEST(Durable, AKeyWhoseRetentionRanOutBeforeARestartIsFreeAfterIt) {
   ScratchDir dir;
+  std::atomic<int> ran{0};
+  const DurableOptions expires_at_once{.key_retention = std::chrono::seconds(0)};
+  JobId first = 0;
+  {
+    Scheduler s{{.workers = 2}};
+    DurableTasks d(s, dir.path(), kFast, expires_at_once);
+    d.define("charge", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+    d.start();
+    first = d.enqueue("charge", "", {.idempotency_key = "order:7"});
+    d.shutdown();
+    ASSERT_EQ(ran.load(), 1);
+  }
   Scheduler s{{.workers = 2}};
-  std::mutex mu;
-  std::vector<std::string> order;
-  DurableTasks d(s, dir.path(), kFast);
-  d.define("step", [&](JobContext&, std::span<const std::byte> args) {
-    std::lock_guard lock(mu);
-    order.push_back(test::text_of(args));
-  });
-  d.start();
-  DurableWorkflow wf("etl");
-  wf.node("extract", "step", "extract")
-      .node("clean", "step", "clean", {"extract"})
-      .node("enrich", "step", "enrich", {"extract"})
-      .node("load", "step", "load", {"clean", "enrich"});
-  const JobId id = d.enqueue_workflow(wf, "etl:2026-11-26");
-  EXPECT_EQ(d.enqueue_workflow(wf, "etl:2026-11-26"), id);  // the key deduplicates
+  DurableTasks d(s, dir.path(), kFast, expires_at_once);
+  d.define("charge", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+  EXPECT_EQ(d.start().keys, 0u) << "a key past its retention was remembered";
+  const JobId second = d.enqueue("charge", "", {.idempotency_key = "order:7"});
+  EXPECT_NE(second, first) << "the finished task's id came back for an expired key";
   d.shutdown();
-  ASSERT_EQ(order.size(), 4u);
-  EXPECT_EQ(order.front(), "extract");
-  EXPECT_EQ(order.back(), "load");
-  EXPECT_EQ(d.stats().workflows, 0u);
-  EXPECT_EQ(Journal::read(dir.path(), {}).live_tasks, 0u);
+  EXPECT_EQ(ran.load(), 2);
 }
 
-TEST(DurableWorkflow, ACycleOrAnUnknownNameIsRejectedBeforeAnythingIsJournaled) {
+// A handler's error message is journaled in a 16-bit length field: a longer
+// one is cut to 65535 bytes, and the record's length says so.
+TEST(Durable, AnErrorMessageOf64KiBOrMoreIsCutToItsFirst65535Bytes) {
+  ScratchDir dir;
+  const std::string huge(70'000, 'e');
+  auto define = [&](DurableTasks& d) {
+    d.define("fails", [&](JobContext&, std::span<const std::byte>) { throw std::runtime_error(huge); },
+             {.retry = {.max_attempts = 1}});
+  };
+  {
+    Scheduler s{{.workers = 1}};
+    DurableTasks d(s, dir.path(), kFast);
+    define(d);
+    d.start();
+    d.enqueue("fails", "");
+    d.shutdown();
+  }
+  Scheduler s{{.workers = 1}};
+  DurableTasks d(s, dir.path(), kFast);
+  define(d);
+  EXPECT_EQ(d.start().dead, 1u);
+  ASSERT_EQ(d.dead().size(), 1u);
+  EXPECT_EQ(d.dead()[0].last_error.size(), 0xffffu);
+  EXPECT_TRUE(d.dead()[0].last_error == huge.substr(0, 0xffff)) << "not the message's first 65535 bytes";
+}
+
+TEST(Durable, AnIdempotencyKeyOf64KiBOrMoreIsRefusedNamingTheField) {
   ScratchDir dir;
   Scheduler s{{.workers = 1}};
   DurableTasks d(s, dir.path(), kFast);
-  d.define("step", [](JobContext&, std::span<const std::byte>) {});
+  d.define("t", [](JobContext&, std::span<const std::byte>) {});
   d.start();
-  DurableWorkflow cyclic("loop");
-  cyclic.node("a", "step", "", {"c"}).node("b", "step", "", {"a"}).node("c", "step", "", {"b"});
   try {
-    d.enqueue_workflow(cyclic);
-    FAIL() << "expected InvalidGraph";
-  } catch (const InvalidGraph& e) {
-    EXPECT_NE(std::string(e.what()).find("cycle"), std::string::npos) << e.what();
+    d.enqueue("t", "", {.idempotency_key = std::string(70'000, 'k')});
+    FAIL() << "expected InvalidArgument";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("idempotency key"), std::string::npos) << e.what();
   }
-  DurableWorkflow unknown("typo");
-  unknown.node("a", "step").node("b", "step", "", {"aa"});
-  EXPECT_THROW(d.enqueue_workflow(unknown), InvalidGraph);
-  DurableWorkflow untyped("untyped");
-  untyped.node("a", "no_such_type");
-  EXPECT_THROW(d.enqueue_workflow(untyped), InvalidArgument);
   d.shutdown();
   EXPECT_EQ(Journal::read(dir.path(), {}).records, 0u);
 }
 
-// A child runs a -> b -> c; b compacts the journal and then kills the
-// process on its first attempt. The restart must not run a again, must
-// retry b, and must run c after it.
-TEST(DurableWorkflow, AfterACrashItResumesMidwayWithoutRerunningFinishedNodes) {
+// An append that fails inside enqueue (here: a payload over the journal's
+// 64 MiB limit) leaves no task and no key behind.
+TEST(Durable, AFailedEnqueueLeavesNoTaskAndNoKeyBehind) {
   ScratchDir dir;
-  const std::string journal = dir.file("journal");
-  const std::string effects = dir.file("effects");
-  auto define = [&](DurableTasks& d, bool crash) {
-    d.define("step", [&, crash](JobContext& ctx, std::span<const std::byte> args) {
-      const std::string line = test::text_of(args) + " attempt " + std::to_string(ctx.attempt()) + "\n";
-      FILE* f = std::fopen(effects.c_str(), "a");
-      std::fputs(line.c_str(), f);
-      std::fclose(f);
-      if (crash && test::text_of(args) == "b") {
-        d.journal().compact();  // a's records are folded away: "done" must survive that
-        ::kill(::getpid(), SIGKILL);
-      }
-    }, {.retry = {.max_attempts = 5}});
-  };
-  const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    Scheduler s{{.workers = 1}};
-    DurableTasks d(s, journal, {.durability = Durability::sync});
-    define(d, true);
-    d.start();
-    DurableWorkflow wf("chain");
-    wf.node("a", "step", "a").node("b", "step", "b", {"a"}).node("c", "step", "c", {"b"});
-    d.enqueue_workflow(wf);
-    d.shutdown();
-    ::_exit(3);  // not reached: b kills the process
-  }
-  int status = 0;
-  ::waitpid(child, &status, 0);
-  ASSERT_TRUE(WIFSIGNALED(status)) << "the child was meant to die in b";
-  {
-    Scheduler s{{.workers = 1}};
-    DurableTasks d(s, journal, {.durability = Durability::sync});
-    define(d, false);
-    const DurableRecovery r = d.start();
-    EXPECT_EQ(r.workflows, 1u);
-    EXPECT_EQ(r.interrupted, 1u);
-    d.shutdown();
-    EXPECT_EQ(d.stats().workflows, 0u);
-  }
-  std::ifstream in(effects);
-  std::vector<std::string> lines;
-  for (std::string l; std::getline(in, l);) lines.push_back(l);
-  EXPECT_EQ(lines, (std::vector<std::string>{"a attempt 1", "b attempt 1", "b attempt 2", "c attempt 1"}));
-}
-
-TEST(DurableWorkflow, AWorkflowWhoseCommitRecordWasLostIsDroppedAndItsKeyIsFree) {
-  ScratchDir dir;
-  test::Gate gate;
-  {
-    Scheduler s{{.workers = 1}};
-    DurableTasks d(s, dir.path(), kFast);
-    d.define("block", [&](JobContext&, std::span<const std::byte>) { gate.hold(); });
-    d.define("step", [](JobContext&, std::span<const std::byte>) { FAIL() << "a node ran in the first process"; });
-    d.start();
-    d.enqueue("block", "");
-    gate.wait_entered();  // the only worker is busy: the nodes stay queued
-    DurableWorkflow wf("w");
-    wf.node("a", "step").node("b", "step", "", {"a"});
-    d.enqueue_workflow(wf, "wf-key");
-    std::thread opener([&] {
-      while (d.stats().accepting) std::this_thread::yield();
-      gate.open = true;
-    });
-    d.shutdown(ShutdownMode::cancel);
-    opener.join();
-  }
-  // Cut the journal just before the WORKFLOW record, as a crash inside
-  // enqueue_workflow would have left it.
-  std::uint64_t segment = 0, offset = 0;
-  Journal::read(dir.path(), [&](const RecordView& r) {
-    if (r.type == RecordType::workflow) {
-      segment = r.segment;
-      offset = r.offset;
-    }
-  });
-  ASSERT_NE(segment, 0u);
-  std::filesystem::resize_file(dir.file(test::segment_name(segment)), offset);
   std::atomic<int> ran{0};
   Scheduler s{{.workers = 1}};
   DurableTasks d(s, dir.path(), kFast);
-  d.define("block", [](JobContext&, std::span<const std::byte>) {});
-  d.define("step", [&](JobContext&, std::span<const std::byte>) { ++ran; });
-  const DurableRecovery r = d.start();
-  EXPECT_EQ(r.workflows, 0u);
-  EXPECT_EQ(r.requeued, 1u);  // the blocker (its COMPLETE followed the cut); not the two nodes, never accepted
-  DurableWorkflow wf("w");
-  wf.node("a", "step").node("b", "step", "", {"a"});
-  d.enqueue_workflow(wf, "wf-key");  // not deduplicated against the lost one
+  d.define("t", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+  d.start();
+  const std::string too_big((64u << 20) + 1, 'x');
+  EXPECT_THROW(d.enqueue("t", too_big, {.idempotency_key = "k"}), InvalidArgument);
+  EXPECT_EQ(d.stats().live, 0u);
+  d.enqueue("t", "small", {.idempotency_key = "k"});  // a fresh task, not the failed one
   d.shutdown();
-  EXPECT_EQ(ran.load(), 2);
+  EXPECT_EQ(ran.load(), 1);
+}
+
+// shutdown() from inside a handler begins the shutdown and returns at once;
+// the drain is finished by a shutdown() outside any handler (or the
+// destructor). Run in a child: the old behaviour deadlocked.
+TEST(Durable, ShutdownFromInsideAHandlerReturnsAndTheDrainFinishesOutsideIt) {
+  for (ShutdownMode mode : {ShutdownMode::drain, ShutdownMode::cancel}) {
+    ScratchDir dir;
+    const int result = result_in_child_within(std::chrono::seconds(20), [&] {
+      Scheduler s{{.workers = 2}};
+      std::atomic<bool> returned{false};
+      std::atomic<bool> refused_after{false};
+      std::atomic<int> ran{0};
+      DurableTasks d(s, dir.path(), kFast);
+      d.define("stopper", [&](JobContext&, std::span<const std::byte>) {
+        d.shutdown(mode);
+        try {
+          d.enqueue("plain", "");
+        } catch (const Error&) {
+          refused_after = true;
+        }
+        returned = true;
+      });
+      d.define("plain", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+      d.start();
+      d.enqueue("stopper", "");
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (!returned && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+      if (!returned) return 2;       // the handler never came back from shutdown()
+      if (!refused_after) return 3;  // shutdown began: new tasks are refused
+      if (d.stats().accepting) return 4;
+      d.shutdown(mode);  // waits for the rest, outside any handler
+      if (d.stats().live != 0) return 5;
+      return 0;
+    });
+    EXPECT_EQ(result, 0) << "mode " << (mode == ShutdownMode::drain ? "drain" : "cancel")
+                         << (result == -1 ? ": deadlocked (the child was killed after 20 s)" : "");
+  }
+}
+
+// Found by the durable chaos test: once compaction folded finished tasks
+// away, a restart handed their ids out again (an idempotency key retained
+// for an old id then named a new, unrelated task).
+TEST(Durable, TaskIdsAreNeverReusedAlsoAfterCompactionFoldedTheFinishedOnesAway) {
+  ScratchDir dir;
+  JobId highest = 0;
+  {
+    Scheduler s{{.workers = 1}};
+    DurableTasks d(s, dir.path(), kFast);
+    d.define("t", [](JobContext&, std::span<const std::byte>) {});
+    d.start();
+    for (int i = 0; i < 5; ++i) highest = std::max(highest, d.enqueue("t", ""));
+    d.shutdown();
+    d.journal().compact();  // nothing live: the snapshot holds no record
+  }
+  for (int restart = 0; restart < 2; ++restart) {
+    Scheduler s{{.workers = 1}};
+    DurableTasks d(s, dir.path(), kFast);
+    d.define("t", [](JobContext&, std::span<const std::byte>) {});
+    d.start();
+    const JobId next = d.enqueue("t", "");
+    EXPECT_GT(next, highest) << "restart " << restart << " reused a task id";
+    highest = std::max(highest, next);
+    d.shutdown();
+    d.journal().compact();  // and again: the snapshot must carry the mark on
+  }
 }
 
 }  // namespace

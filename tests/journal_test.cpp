@@ -281,5 +281,60 @@ TEST(Journal, OnDurableForARecordAlreadyDurableReturnsFalseAndNeverCalls) {
   EXPECT_FALSE(called);
 }
 
+// wait_written (a durable task's START) beside sync-mode appenders that wait
+// for fdatasync: a thread that needs only "written" may write while the
+// leader syncs. Every record stays in order per thread, nothing reported
+// written is lost to a SIGKILL, and the syncing threads still share syncs.
+TEST(Journal, WaitWrittenBesideSyncingAppendersKeepsOrderAndLosesNothingToAKill) {
+  constexpr int kThreads = 6;  // even: syncing, odd: written only
+  ScratchDir dir;
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(fds[0]);
+    auto j = Journal::open(dir.path(), {.durability = Durability::sync, .segment_bytes = 16 << 10});
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        for (std::uint64_t i = 0;; ++i) {
+          const std::uint64_t id = static_cast<std::uint64_t>(t) << 32 | i;
+          const Lsn lsn = j->append(RecordType::start, id, test::bytes(body_of(id)));
+          if (t % 2 == 0) {
+            j->wait_durable(lsn);
+          } else {
+            j->wait_written(lsn);
+          }
+          if (::write(fds[1], &id, sizeof id) != sizeof id) ::_exit(3);
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::map<int, std::uint64_t> acked;  // thread -> records 0..n-1 reported
+  std::uint64_t id = 0, total = 0;
+  while (total < 3000 && ::read(fds[0], &id, sizeof id) == sizeof id) {
+    acked[static_cast<int>(id >> 32)] = (id & 0xffffffff) + 1;
+    ++total;
+  }
+  ::kill(child, SIGKILL);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  while (::read(fds[0], &id, sizeof id) == sizeof id) acked[static_cast<int>(id >> 32)] = (id & 0xffffffff) + 1;
+  ::close(fds[0]);
+  ASSERT_TRUE(WIFSIGNALED(status));
+  std::map<int, std::uint64_t> next;
+  for (const auto& r : test::read_all(dir.path())) {
+    const int t = static_cast<int>(r.task >> 32);
+    ASSERT_EQ(r.task & 0xffffffff, next[t]) << "thread " << t << " out of order";
+    ASSERT_EQ(r.body, body_of(r.task));
+    ++next[t];
+  }
+  for (const auto& [t, n] : acked) EXPECT_GE(next[t], n) << "thread " << t << ": a record reported written was lost";
+}
+
 }  // namespace
 }  // namespace ordo

@@ -168,5 +168,43 @@ TEST(OrdoWal, DeadListRetryAndDiscardWorkOnADurableJournal) {
   EXPECT_EQ(ran.load(), 1);
 }
 
+// A dead workflow node discarded from the shell, then the journal compacted
+// before any process starts: the node's records are folded away, yet the
+// next start must know it never succeeded — its dependents never run.
+TEST(OrdoWal, DeadDiscardOfAWorkflowNodeSurvivesACompactionBeforeTheNextStart) {
+  test::ScratchDir dir;
+  std::atomic<int> dependents_ran{0};
+  auto define = [&](DurableTasks& d) {
+    d.define("fails", [](JobContext&, std::span<const std::byte>) { throw std::runtime_error("broken"); },
+             {.retry = {.max_attempts = 1}});
+    d.define("step", [&](JobContext&, std::span<const std::byte>) { ++dependents_ran; });
+  };
+  JobId dead_node = 0;
+  {
+    Scheduler s{{.workers = 1}};
+    DurableTasks d(s, dir.path(), {.durability = Durability::none});
+    define(d);
+    d.start();
+    DurableWorkflow wf("w");
+    wf.node("a", "fails").node("b", "step", "", {"a"}).node("c", "step", "", {"b"});
+    d.enqueue_workflow(wf, "w-key");
+    d.shutdown();
+    ASSERT_EQ(d.dead().size(), 1u);
+    dead_node = d.dead()[0].id;
+  }
+  const ToolRun discard = ordo_wal("dead discard " + dir.path() + " " + std::to_string(dead_node));
+  ASSERT_EQ(discard.exit_code, 0) << discard.out;
+  const ToolRun compact = ordo_wal("compact " + dir.path());
+  ASSERT_EQ(compact.exit_code, 0) << compact.out;
+  Scheduler s{{.workers = 1}};
+  DurableTasks d(s, dir.path(), {.durability = Durability::none});
+  define(d);
+  d.start();
+  d.shutdown();
+  EXPECT_EQ(dependents_ran.load(), 0) << "nodes depending on a discarded node ran";
+  EXPECT_EQ(d.stats().workflows, 0u);
+  EXPECT_EQ(d.stats().live, 0u);
+}
+
 }  // namespace
 }  // namespace ordo

@@ -19,7 +19,9 @@
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "ordo/journal.hpp"
 
@@ -134,7 +136,12 @@ struct DeadTask {
   std::uint32_t attempts = 0;
   std::string reason;
   bool dead = false;
+  std::uint64_t flow = 0;  // the workflow it is a node of, or 0
+  std::uint32_t node = 0;
 };
+
+// Per live workflow: the nodes its latest CHECKPOINT lists as discarded.
+using DiscardedNodes = std::map<std::uint64_t, std::vector<std::uint32_t>>;
 
 std::string str16_at(std::span<const std::byte> p, std::size_t& at) {
   if (at + 2 > p.size()) return {};
@@ -146,13 +153,50 @@ std::string str16_at(std::span<const std::byte> p, std::size_t& at) {
   return s;
 }
 
-void fold_dead(const ordo::RecordView& r, std::map<std::uint64_t, DeadTask>& tasks) {
+std::uint64_t uint_at(std::span<const std::byte> p, std::size_t& at, int bytes) {
+  std::uint64_t v = 0;
+  if (at + static_cast<std::size_t>(bytes) > p.size()) {
+    at = p.size() + 1;  // past the end: every later read fails too
+    return 0;
+  }
+  for (int i = bytes - 1; i >= 0; --i) v = v << 8 | std::to_integer<std::uint64_t>(p[at + static_cast<std::size_t>(i)]);
+  at += static_cast<std::size_t>(bytes);
+  return v;
+}
+
+void fold_dead(const ordo::RecordView& r, std::map<std::uint64_t, DeadTask>& tasks, DiscardedNodes* flows = nullptr) {
   switch (r.type) {
     case ordo::RecordType::enqueue: {
       std::size_t at = 8;
-      tasks[r.task].type = str16_at(r.payload, at);
+      DeadTask& t = tasks[r.task];
+      t.type = str16_at(r.payload, at);
+      uint_at(r.payload, at, 1 + 4 + 8);  // level, max attempts, run at
+      str16_at(r.payload, at);             // key
+      const auto needs = uint_at(r.payload, at, 1);
+      for (std::uint64_t i = 0; i < needs; ++i) {
+        str16_at(r.payload, at);
+        uint_at(r.payload, at, 8);
+      }
+      t.flow = uint_at(r.payload, at, 8);
+      t.node = static_cast<std::uint32_t>(uint_at(r.payload, at, 4));
+      if (at > r.payload.size()) t.flow = 0;
       break;
     }
+    case ordo::RecordType::workflow:
+      if (flows != nullptr) (*flows)[r.task];
+      break;
+    case ordo::RecordType::checkpoint:
+      if (flows != nullptr) {
+        if (auto it = flows->find(r.task); it != flows->end()) {
+          std::size_t at = 8;
+          it->second.clear();
+          const auto n = uint_at(r.payload, at, 4);
+          for (std::uint64_t i = 0; i < n && at <= r.payload.size(); ++i) {
+            it->second.push_back(static_cast<std::uint32_t>(uint_at(r.payload, at, 4)));
+          }
+        }
+      }
+      break;
     case ordo::RecordType::dead: {
       DeadTask& t = tasks[r.task];
       t.dead = true;
@@ -171,6 +215,7 @@ void fold_dead(const ordo::RecordView& r, std::map<std::uint64_t, DeadTask>& tas
     case ordo::RecordType::complete:
     case ordo::RecordType::cancel:
       tasks.erase(r.task);
+      if (flows != nullptr) flows->erase(r.task);
       break;
     default:
       break;
@@ -194,13 +239,30 @@ int cmd_dead_list(const std::string& dir) {
 // running process from racing us.
 int cmd_dead_change(const std::string& dir, std::uint64_t id, ordo::RecordType what) {
   std::map<std::uint64_t, DeadTask> tasks;
+  DiscardedNodes flows;
   ordo::JournalOptions options;
   options.compact_after_bytes = 0;
-  auto journal = ordo::Journal::open(dir, options, [&](const ordo::RecordView& r) { fold_dead(r, tasks); });
+  auto journal = ordo::Journal::open(dir, options, [&](const ordo::RecordView& r) { fold_dead(r, tasks, &flows); });
   auto it = tasks.find(id);
   if (it == tasks.end() || !it->second.dead) {
     std::cerr << "error: task " << id << " is not in the dead set of " << dir << "\n";
     return 1;
+  }
+  if (auto flow = flows.find(it->second.flow); what == ordo::RecordType::cancel && flow != flows.end()) {
+    // A workflow node: the workflow's CHECKPOINT records the discard first
+    // (docs/journal-format.md), so that a compaction before the next start
+    // cannot make the node look completed. The next start cancels the
+    // nodes that depend on it.
+    std::vector<std::uint32_t> discarded = flow->second;
+    discarded.push_back(it->second.node);
+    std::string body;
+    auto put32 = [&](std::uint32_t v) {
+      for (int i = 0; i < 4; ++i) body.push_back(static_cast<char>(v >> (8 * i)));
+    };
+    put32(static_cast<std::uint32_t>(discarded.size()));
+    for (std::uint32_t n : discarded) put32(n);
+    journal->append(ordo::RecordType::checkpoint, flow->first,
+                    std::as_bytes(std::span<const char>(body.data(), body.size())));
   }
   journal->append_durable(what, id);
   std::cout << (what == ordo::RecordType::retry ? "retrying " : "discarded ") << id << " (" << it->second.type

@@ -197,7 +197,8 @@ class DurableTasks {
 
   // After start(). Returns once the ENQUEUE record is durable under the
   // journal's mode. Throws InvalidArgument (unknown type, unknown resource
-  // group), Error after shutdown.
+  // group, a key or group name of 64 KiB or more), Error after shutdown;
+  // a call that throws leaves no task and no key behind.
   JobId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options = {});
   JobId enqueue(std::string_view type, std::string_view args, EnqueueOptions options = {}) {
     return enqueue(type, std::as_bytes(std::span<const char>(args.data(), args.size())), std::move(options));
@@ -215,12 +216,18 @@ class DurableTasks {
   // Sends a dead task back for a fresh round of attempts. False if it is not dead.
   bool retry_dead(JobId id);
   // Drops a dead task for good (journaled as CANCEL). False if it is not dead.
+  // A workflow node: the workflow fails — every node depending on it is
+  // cancelled, the others still run, and the workflow then ends without
+  // retaining its key (docs/durability.md).
   bool discard_dead(JobId id);
 
   // drain: waits until no task is live except dead ones (delayed and retrying
   // tasks included: their times are waited for). cancel: queued tasks that
   // have not started stay in the journal for the next start; running ones
-  // finish. Either way the journal is synced. Idempotent.
+  // finish. Either way the journal is synced. Idempotent. From inside a
+  // handler it only begins the shutdown (nothing new is accepted; cancel:
+  // nothing queued starts) and returns: a later call outside any handler,
+  // or the destructor, does the waiting.
   void shutdown(ShutdownMode mode = ShutdownMode::drain);
 
   DurableStats stats() const;

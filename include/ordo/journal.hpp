@@ -108,6 +108,9 @@ struct RecoveryReport {
   std::uint64_t records = 0;   // records replayed (snapshot included)
   std::uint64_t bytes = 0;     // bytes read
   std::uint64_t live_tasks = 0;
+  // The highest task id any record has named, those compaction folded away
+  // included (a snapshot records it): ids above it were never used.
+  std::uint64_t highest_task = 0;
   struct Damage {
     std::string file;
     std::uint64_t offset = 0;
@@ -159,6 +162,12 @@ class Journal {
   // Any thread. Blocks until the record at `lsn` is durable under the
   // journal's mode (see Durability). Throws JournalIoError if a write failed.
   void wait_durable(Lsn lsn);
+  // Any thread. Blocks until the record at `lsn` has been written to the OS
+  // (write(2) returned), whatever the mode: it then survives a crash of this
+  // process, not necessarily a power cut. Cheaper than wait_durable() in
+  // sync mode: it never waits for an fdatasync(). Throws JournalIoError if a
+  // write failed.
+  void wait_written(Lsn lsn);
   // append() then wait_durable().
   void append_durable(RecordType type, std::uint64_t task, std::span<const std::byte> body = {});
   // Any thread; never blocks. If the record at `lsn` is already durable
