@@ -339,12 +339,11 @@ void JournalImpl::side_write_locked(std::unique_lock<std::mutex>& lock) {
   const Lsn last = appended_;
   // Stable until side_writing_ is false again: the token holder, in its
   // sync phase, neither writes nor rotates before it has seen that.
-  const int fd = fd_;
-  const std::string& path = segment_path_;
+  AppendFile* const file = segment_file_.get();
   lock.unlock();
   std::exception_ptr failed;
   try {
-    wal::write_all(fd, side_.data(), side_.size(), path);
+    file->append(side_.data(), side_.size());
   } catch (...) {
     failed = std::current_exception();
   }

@@ -7,7 +7,8 @@
 //
 // Thread-safety: a FileSystem may be called from several threads at once (the
 // writer, the compactor, a reader); an AppendFile or a FileBytes is used by one
-// thread at a time. Every failure throws JournalIoError naming the call, the
+// thread at a time, except that one append may run beside a sync() of the
+// same file (the journal writes a START while another thread syncs). Every failure throws JournalIoError naming the call, the
 // path and the cause.
 #pragma once
 
