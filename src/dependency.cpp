@@ -151,22 +151,44 @@ void release_dependents(Task* t) noexcept {
   }
 }
 
+namespace {
+
+// A dependent still waiting for predecessors: held back (deps + 1) so that it
+// cannot be queued at its old level meanwhile, re-levelled, and released
+// again (queued now, at the new level, if its last predecessor finished
+// meanwhile). When raised, its predecessors are appended to `inherit`, which
+// must then be raised too. False, changing nothing, when it is not waiting.
+bool relevel_waiting(Task* x, unsigned level, std::vector<Task*>& inherit) {
+  // acquire: pairs with release_one()'s acq_rel decrements.
+  std::int32_t d = x->deps.load(std::memory_order_acquire);
+  // acq_rel: the hold is one more RMW in the chain of deps decrements that ends in the queuing.
+  while (d > 0 && !x->deps.compare_exchange_weak(d, d + 1, std::memory_order_acq_rel)) {
+  }
+  if (d <= 0) return false;  // queued already (or being queued)
+  // relaxed: published to whoever queues it by release_one()'s acq_rel decrement below.
+  const unsigned previous = x->level.exchange(static_cast<std::uint8_t>(level), std::memory_order_relaxed);
+  try {
+    if (level < previous && x->preds != nullptr)
+      inherit.insert(inherit.end(), x->preds->items, x->preds->items + x->preds->count);
+  } catch (...) {  // no memory: the task must not stay held for ever
+    release_one(x);
+    throw;
+  }
+  release_one(x);
+  return true;
+}
+
+}  // namespace
+
 bool relevel_if_waiting(Task* t, unsigned level) {
   if (t->kind != TaskKind::handle || t->preds == nullptr) return false;
   // acquire: pairs with finish()'s exchange (a task claimed or done is left alone).
   if ((t->state.load(std::memory_order_acquire) & kStateMask) != kQueued) return false;
-  // acquire: pairs with release_one()'s acq_rel decrements.
-  std::int32_t d = t->deps.load(std::memory_order_acquire);
-  // acq_rel: the hold is one more RMW in the chain of deps decrements that ends in the queuing.
-  while (d > 0 && !t->deps.compare_exchange_weak(d, d + 1, std::memory_order_acq_rel)) {
-  }
-  if (d <= 0) return false;  // queued already (or being queued): the caller moves it
-  // relaxed: published to whoever queues it by release_one()'s acq_rel decrement below.
-  const unsigned previous = t->level.exchange(static_cast<std::uint8_t>(level), std::memory_order_relaxed);
+  std::vector<Task*> inherit;
+  inherit.reserve(t->preds->count);  // before the hold: nothing to undo if it throws
+  if (!relevel_waiting(t, level, inherit)) return false;  // the caller moves it
   // Raised: what it waits for inherits the new level, as at creation.
-  if (level < previous)
-    for (std::uint32_t i = 0; i < t->preds->count; ++i) raise_priority(t->preds->items[i], level);
-  release_one(t);  // if its last predecessor finished meanwhile, queue it now, at the new level
+  for (Task* pred : inherit) raise_priority(pred, level);
   return true;
 }
 
@@ -176,22 +198,9 @@ void raise_priority(Task* t, unsigned level) {
     Task* x = todo.back();
     todo.pop_back();
     if (x->kind != TaskKind::handle || x->level.load(std::memory_order_relaxed) <= level) continue;
+    // acquire: pairs with finish()'s exchange.
     if ((x->state.load(std::memory_order_acquire) & kStateMask) != kQueued) continue;  // started or finished
-    // Still waiting for predecessors? Hold it back (deps + 1) while re-levelling,
-    // so that it cannot be queued at the old level meanwhile.
-    std::int32_t d = x->deps.load(std::memory_order_acquire);
-    bool held = false;
-    // acq_rel: the hold is one more RMW in the chain of deps decrements that ends in the queuing.
-    while (d > 0 && !(held = x->deps.compare_exchange_weak(d, d + 1, std::memory_order_acq_rel))) {
-    }
-    if (held) {
-      x->level.store(static_cast<std::uint8_t>(level), std::memory_order_relaxed);
-      if (x->preds != nullptr)
-        for (std::uint32_t i = 0; i < x->preds->count; ++i) todo.push_back(x->preds->items[i]);
-      release_one(x);  // if its last predecessor finished meanwhile, queue it now, at the new level
-    } else {
-      x->core->move_task(x, -1, level);  // queued (or being queued): move it
-    }
+    if (!relevel_waiting(x, level, todo)) x->core->move_task(x, -1, level);  // queued (or being queued): move it
   }
 }
 

@@ -233,7 +233,7 @@ void JournalImpl::await_locked(std::unique_lock<std::mutex>& lock, Lsn lsn, bool
     if ((need_sync ? synced_ : written_) >= lsn) return;
     if (error_) rethrow_error_locked();
     if (!writing_ && !writer_exited_) {
-      flush_locked(lock, need_sync, true);
+      flush_locked(lock, need_sync, true, /*written_only=*/!need_sync);
       continue;
     }
     // The token holder is in fdatasync: one who only needs its record
@@ -253,7 +253,7 @@ void JournalImpl::await_locked(std::unique_lock<std::mutex>& lock, Lsn lsn, bool
   }
 }
 
-void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bool leader) {
+void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bool leader, bool written_only) {
   writing_ = true;
   if (leader && sync && options_.durability == Durability::sync && expected_ > 1) {
     // The threads the last sync released are appending again: an fdatasync
@@ -268,7 +268,10 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
   spare_.swap(pending_);
   spare_ends_.swap(pending_ends_);
   const Lsn last = appended_;
-  const bool rotate_now = std::exchange(rotate_wanted_, false);
+  // One who needs its records only written (a worker writing a task's
+  // START) never takes on the periodic sync or a requested rotation: they
+  // are the writer thread's (woken below), so no worker waits on the disk.
+  const bool rotate_now = !written_only && std::exchange(rotate_wanted_, false);
   const std::uint32_t released = arrivals_ + (leader && sync ? 1 : 0);  // the sync waiters this batch will release
   arrivals_ = 0;
   lock.unlock();
@@ -279,7 +282,7 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
       unsynced_ = true;
     }
     const auto now = std::chrono::steady_clock::now();
-    if (options_.durability != Durability::none && unsynced_ && now >= next_periodic_sync_) sync = true;
+    if (!written_only && options_.durability != Durability::none && unsynced_ && now >= next_periodic_sync_) sync = true;
     if (sync && unsynced_) {
       // Written: those who wait only for that need not wait for the
       // fdatasync too, and may write beside it (side_write_locked).

@@ -61,9 +61,11 @@ class JournalImpl {
   // write itself when nobody else is writing. mu_ held.
   void await_locked(std::unique_lock<std::mutex>& lock, Lsn lsn, bool need_sync);
   // Holder of the write token (writing_): writes everything pending, syncs
-  // if asked (or the periodic sync is due), rotates if asked. mu_ held on
-  // entry and exit, dropped for the I/O.
-  void flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bool leader);
+  // if asked (or the periodic sync is due), rotates if asked. With
+  // `written_only` (a waiter that needs no sync) it only writes: the
+  // periodic sync and requested rotations are left to the writer thread.
+  // mu_ held on entry and exit, dropped for the I/O.
+  void flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bool leader, bool written_only = false);
   // A waiter that needs its record only written, while the token holder is
   // in fdatasync (sync_phase_): writes everything pending to the segment
   // itself. mu_ held on entry and exit, dropped for the write.

@@ -235,7 +235,7 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) 
   bool contended = false;
   for (const NeedEntry& e : needs) contended |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
   if (!contended && try_take_all(needs)) {
-    needs.held.store(true, std::memory_order_relaxed);
+    needs.held.store(true, std::memory_order_relaxed);  // relaxed: see NeedList::held
     return true;
   }
   if (!prepare_wait_nodes(needs)) {
@@ -255,7 +255,7 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) 
     if (!e.group->wait_list.empty() && e.group->wait_list.begin()->level <= level) first_in_line = false;
   }
   if (first_in_line && try_take_all(needs)) {
-    needs.held.store(true, std::memory_order_relaxed);
+    needs.held.store(true, std::memory_order_relaxed);  // relaxed: see NeedList::held
     return true;
   }
   park_locked(t, needs, level);
@@ -341,7 +341,7 @@ bool ResourceManager::unpark_for_cancel(Task* t) {
 }
 
 void ResourceManager::release(NeedList& needs) noexcept {
-  needs.held.store(false, std::memory_order_relaxed);
+  needs.held.store(false, std::memory_order_relaxed);  // relaxed: the finisher alone owns it now
   bool someone_waits = false;
   for (const NeedEntry& e : needs)
     if (!e.group->is_rate()) e.group->in_use.fetch_sub(e.amount, std::memory_order_seq_cst);  // tokens are consumed
@@ -411,7 +411,7 @@ void ResourceManager::dispatch_locked() noexcept {
         break;
       }
       ++it;  // unregister_locked takes t out of this list too
-      needs.held.store(true, std::memory_order_relaxed);
+      needs.held.store(true, std::memory_order_relaxed);  // relaxed: see NeedList::held
       unregister_locked(t, needs);
       for (const NeedEntry& e : needs)
         if (e.group != g) mark_locked(*e.group);

@@ -435,7 +435,7 @@ void SchedulerCore::run_task(Worker& w, Task* t) {
   const ExecMode mode = phase_.load(std::memory_order_relaxed) == kCancelling ? ExecMode::cancel : ExecMode::run;
   const unsigned level = w.taken_level;
   if (mode == ExecMode::run && t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr &&
-      !t->preds->needs->held.load(std::memory_order_relaxed)) {
+      !t->preds->needs->held.load(std::memory_order_relaxed)) {  // relaxed: our claim ordered it
     // Parked: the task waits on its groups' lists, holding no worker; this
     // entry's reference now belongs to the wait list.
     if (!resources_.acquire_or_park(t, *t->preds->needs, level)) {
@@ -478,7 +478,9 @@ bool SchedulerCore::run_traced(Worker& w, Task* t, ExecMode mode, unsigned level
 
 bool SchedulerCore::submit(Task* t) {
   const unsigned level = t->level.load(std::memory_order_relaxed);
-  if (t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr && !t->preds->needs->held.load(std::memory_order_relaxed) &&
+  // relaxed `held`: a hint, unclaimed; park_if_busy's claim re-checks (NeedList::held).
+  if (t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr &&
+      !t->preds->needs->held.load(std::memory_order_relaxed) &&
       (tls_context.core == this || accepting())) {
     // Its groups are full: wait on their lists now rather than in a queue,
     // so that the next release hands it the permits at once.

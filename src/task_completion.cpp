@@ -30,8 +30,10 @@ void SchedulerCore::finish(Task* t, bool ran) noexcept {
       return;
     }
     case TaskKind::handle: {
-      if (t->preds != nullptr && t->preds->needs != nullptr && t->preds->needs->held.load(std::memory_order_relaxed)) {
-        resources_.release(*t->preds->needs);  // every exit path comes here: return, exception, cancel
+      // relaxed: this thread ran the task, after the claim that ordered `held`.
+      NeedList* needs = t->preds != nullptr ? t->preds->needs : nullptr;
+      if (needs != nullptr && needs->held.load(std::memory_order_relaxed)) {
+        resources_.release(*needs);  // every exit path comes here: return, exception, cancel
       }
       // acq_rel: release publishes the outcome to the Handle's acquire loads;
       // acquire pairs with the waiter's fetch_or so its Parker* is visible.

@@ -484,7 +484,14 @@ class Program {
       for (auto [g, amount] : n.counting)
         if (amount > limit_at_shutdown_[static_cast<std::size_t>(g)]) return true;
     }
-    if (n.mode == Node::Mode::all || n.mode == Node::Mode::any) {
+    if (n.mode == Node::Mode::all) {
+      for (const Node* p : n.preds)
+        if (!p->succeeded.load()) return true;
+    }
+    // when_any completes with whichever input finished first: it may be one
+    // that failed or was cancelled even if another succeeded later. Unless
+    // every input succeeded, which one won is not known here.
+    if (n.mode == Node::Mode::any) {
       for (const Node* p : n.preds)
         if (!p->succeeded.load()) return true;
     }

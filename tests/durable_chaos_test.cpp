@@ -404,6 +404,7 @@ void run_program(std::uint64_t seed, Totals& totals) {
   std::set<int> killed_boots;
   bool finished = false;
   for (int boot = 0; !finished; ++boot) {
+    ASSERT_LT(boot, 500) << "the program never finished: 500 boots (a restart loop)";
     const pid_t child = ::fork();
     ASSERT_GE(child, 0);
     if (child == 0) run_child(program, journal, log, boot);

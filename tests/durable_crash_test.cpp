@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "journal_support.hpp"
+#include "test_support.hpp"
 #include "ordo/ordo.hpp"
 
 namespace ordo {
@@ -102,7 +103,7 @@ void crash_until_done(unsigned seed) {
       ::kill(child, SIGKILL);
     }
     int status = 0;
-    ::waitpid(child, &status, 0);
+    ASSERT_TRUE(test::wait_child_within(child, std::chrono::seconds(60), status)) << "the child hung";
     if (WIFEXITED(status)) {
       ASSERT_EQ(WEXITSTATUS(status), 0) << "the workload failed in round " << round;
       finished = true;
@@ -196,7 +197,7 @@ TEST(DurableCrash, AHandlerThatKillsTheProcessAtOnceEndsInTheDeadSetAfterMaxAtte
         ::_exit(dead_set.size() == 1 && dead_set[0].attempts == kMaxAttempts ? kDeadAsExpected : kNotDead);
       }
       int status = 0;
-      ::waitpid(child, &status, 0);
+      ASSERT_TRUE(test::wait_child_within(child, std::chrono::seconds(60), status)) << "round " << round << ": the child hung";
       ASSERT_TRUE(WIFEXITED(status)) << "round " << round;
       if (WEXITSTATUS(status) == kCrashed) {
         ++crashes;

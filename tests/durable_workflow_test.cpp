@@ -125,7 +125,7 @@ TEST(DurableWorkflow, AfterACrashItResumesMidwayWithoutRerunningFinishedNodes) {
     ::_exit(3);  // not reached: b kills the process
   }
   int status = 0;
-  ::waitpid(child, &status, 0);
+  ASSERT_TRUE(test::wait_child_within(child, std::chrono::seconds(60), status)) << "the child hung";
   ASSERT_TRUE(WIFSIGNALED(status)) << "the child was meant to die in b";
   {
     Scheduler s{{.workers = 1}};

@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <random>
 #include <string>
@@ -275,9 +276,14 @@ SuiteCounters run_until(Durability mode, std::uint64_t images, std::uint64_t sal
   std::printf("power cuts in %s mode: ORDO_POWER_CUT_SEED=%llu\n", to_string(mode),
               static_cast<unsigned long long>(suite_seed()));
   PowerCutRun run(mode, seed);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
   while (run.counters().images < images) {
     run.round();
     if (::testing::Test::HasFatalFailure()) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      ADD_FAILURE() << "only " << run.counters().images << " of " << images << " disk states in 5 minutes";
+      break;
+    }
   }
   const SuiteCounters& c = run.counters();
   std::printf("  %llu rounds, %llu power-cut states checked (%llu torn tails, %llu during a compaction, %llu "
@@ -360,9 +366,11 @@ std::vector<std::size_t> record_starts(const std::string& bytes) {
 TEST(JournalPowerCut, EveryFlippedBitIsCorruptionNamingFileAndOffsetSaveInTheLastRecordWhichIsATornTail) {
   PowerCutRun run(Durability::sync, suite_seed() ^ 4);
   std::printf("bit flips: ORDO_POWER_CUT_SEED=%llu\n", static_cast<unsigned long long>(suite_seed()));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
   while (run.recovered_samples.size() < 200) {
     run.round();
     ASSERT_FALSE(::testing::Test::HasFatalFailure());
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "too few recovered journals to flip bits in";
   }
   std::mt19937_64 rng(suite_seed() ^ 5);
   std::uint64_t flips = 0, corruption = 0, torn = 0;

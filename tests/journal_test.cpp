@@ -182,7 +182,7 @@ TEST(Journal, CompactionInterruptedAtEachStepRecovers) {
       ::_exit(7);  // not reached
     }
     int status = 0;
-    ::waitpid(child, &status, 0);
+    ASSERT_TRUE(test::wait_child_within(child, std::chrono::seconds(60), status)) << "step " << step << ": the child hung";
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "step " << step;
     SCOPED_TRACE("crashed at compaction step " + std::to_string(step));
     expect_live_state(dir.path());

@@ -204,8 +204,11 @@ TEST(Scheduler, AWakeUpThatReachesAWorkerLeavingAHelpingWaitIsPassedOn) {
         std::this_thread::yield();
       }
     });
-    while (!waiting.load()) std::this_thread::yield();
-    while (s.stats().workers_parked < 2) std::this_thread::yield();  // the waiter and the idle worker sleep
+    const auto setup_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!waiting.load() || s.stats().workers_parked < 2) {  // the waiter and the idle worker sleep
+      ASSERT_LT(std::chrono::steady_clock::now(), setup_deadline) << "round " << round << ": the workers never went to sleep";
+      std::this_thread::yield();
+    }
     ASSERT_TRUE(awaited.cancel());  // wakes the waiter
     s.post([&] { follow_up_ran = true; });
     waiter.get();

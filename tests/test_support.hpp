@@ -1,7 +1,11 @@
 // Shared helpers for ordo's tests.
 #pragma once
 
+#include <sys/wait.h>
+
 #include <atomic>
+#include <chrono>
+#include <csignal>
 #include <cstddef>
 #include <thread>
 
@@ -35,5 +39,21 @@ struct Gate {
     while (!entered.load()) std::this_thread::yield();
   }
 };
+
+// Waits for a forked child, at most `limit`: a child stuck (in a drain, a
+// deadlock) is killed, and the caller's assertion on the result fails rather
+// than ctest hanging until its own timeout. False if the child was killed.
+inline bool wait_child_within(pid_t child, std::chrono::seconds limit, int& status) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (::waitpid(child, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(child, SIGKILL);
+      ::waitpid(child, &status, 0);
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
 
 }  // namespace ordo::test

@@ -110,8 +110,8 @@ int cmd_verify(const std::string& dir) {
       if (journal_files(dir) == before) throw;  // the files held still: the failure stands
       if (attempt == kVerifyAttempts) {
         std::cerr << "changed: the journal's files changed under each of " << kVerifyAttempts
-                  << " reads (a process is rotating or compacting it); no damage found; last: " << e.what()
-                  << "\n";
+                  << " reads (a process is rotating or compacting it): inconclusive, read it again later; last error: "
+                  << e.what() << "\n";
         return kExitJournalChanged;
       }
     }
