@@ -24,6 +24,7 @@ void DurableRuntime::replay(const RecordView& r) {
       DurableJob* job = &jobs_[r.task];
       *job = DurableJob{};
       job->id = r.task;
+      job->recovered = true;
       job->type = in.str16();
       job->level = in.u8();
       job->max_attempts = in.u32();

@@ -58,6 +58,9 @@ struct DurableJob {
   std::uint8_t level = 1;
   State state = State::queued;
   bool retrying = false;  // waiting for a backoff (else for run_at)
+  // Found live by a recovery: its process may have died running it, so
+  // each of its STARTs is written before the handler runs (see run_job).
+  bool recovered = false;
   std::unique_ptr<DurableJobExtras> extra;
 
   DurableJobExtras& more() {
@@ -157,6 +160,7 @@ class DurableRuntime {
 
   Scheduler& scheduler_;
   const DurableOptions options_;
+  bool start_written_always_ = false;  // sync mode: every START is written before its handler
   std::unique_ptr<Journal> journal_;
   std::unordered_map<std::string, JobType> types_;
   mutable std::mutex mu_;

@@ -51,7 +51,7 @@ std::span<const std::byte> as_span(const std::string& s) {
 
 DurableRuntime::DurableRuntime(Scheduler& scheduler, const std::string& directory, JournalOptions journal,
                                DurableOptions options)
-    : scheduler_(scheduler), options_(options) {
+    : scheduler_(scheduler), options_(options), start_written_always_(journal.durability == Durability::sync) {
   journal_ = Journal::open(directory, std::move(journal), [this](const RecordView& r) { replay(r); });
   // Ids are never reused, also those of tasks whose records compaction dropped.
   next_id_ = std::max(next_id_, journal_->recovery().highest_task + 1);
@@ -373,6 +373,7 @@ void DurableRuntime::run(JobId id) {
   ++running_;
   const unsigned attempt = ++job.attempts;
   const JobType* type = type_of(job);  // start() and enqueue() made sure it is defined
+  const bool write_start_first = start_written_always_ || job.recovered;
   lock.unlock();
 
   PayloadWriter start;
@@ -381,8 +382,13 @@ void DurableRuntime::run(JobId id) {
     // In the OS before the handler runs (not synced: a worker never waits
     // for the disk): a handler that kills the process at once has still
     // used an attempt, so a poison pill ends in the dead set instead of a
-    // crash loop. Concurrent workers' STARTs share one write.
-    journal_->wait_written(journal_->append(RecordType::start, id, start.view()));
+    // crash loop. Concurrent workers' STARTs share one write. In async and
+    // none modes a task enqueued by this process skips the wait (a write
+    // per job would cost a third of their throughput): should it kill the
+    // process before its START is written, the restart recovers it, and
+    // from then on every attempt is counted: one uncounted run at most.
+    const Lsn lsn = journal_->append(RecordType::start, id, start.view());
+    if (write_start_first) journal_->wait_written(lsn);
   } catch (...) {
     lock.lock();
     --running_;

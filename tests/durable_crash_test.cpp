@@ -171,9 +171,11 @@ TEST(DurableCrash, KilledAtRandomPointsNothingIsLostOrDuplicated) {
 }
 
 // A poison pill: a handler that kills the process the moment it starts.
-// Each start's attempt must be on record before the handler runs, so that
-// after max_attempts crashed starts the task is dead instead of running (and
-// crashing) for ever.
+// Its attempts must be on record before the handler runs, so that after
+// max_attempts crashed starts the task is dead instead of running (and
+// crashing) for ever. In sync mode every START is written first; in async
+// and none modes only those of a recovered task, so the very first run, in
+// the process that enqueued it, may go uncounted: one extra crash at most.
 TEST(DurableCrash, AHandlerThatKillsTheProcessAtOnceEndsInTheDeadSetAfterMaxAttempts) {
   constexpr unsigned kMaxAttempts = 3;
   constexpr int kCrashed = 7, kDeadAsExpected = 0, kNotDead = 3;
@@ -207,7 +209,12 @@ TEST(DurableCrash, AHandlerThatKillsTheProcessAtOnceEndsInTheDeadSetAfterMaxAtte
       }
     }
     EXPECT_TRUE(dead) << "still crash-looping after " << crashes << " crashed starts";
-    EXPECT_EQ(crashes, static_cast<int>(kMaxAttempts)) << "the pill ran more often than max_attempts";
+    if (mode == Durability::sync) {
+      EXPECT_EQ(crashes, static_cast<int>(kMaxAttempts)) << "the pill ran more often than max_attempts";
+    } else {
+      EXPECT_GE(crashes, static_cast<int>(kMaxAttempts));
+      EXPECT_LE(crashes, static_cast<int>(kMaxAttempts) + 1) << "more than one uncounted run of the pill";
+    }
   }
 }
 
