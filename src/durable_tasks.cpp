@@ -373,7 +373,7 @@ void DurableRuntime::run(JobId id) {
   ++running_;
   const unsigned attempt = ++job.attempts;
   const JobType* type = type_of(job);  // start() and enqueue() made sure it is defined
-  const bool write_start_first = start_written_always_ || job.recovered;
+  const bool write_start_first = start_written_always_ || job.recovered || attempt > 1;
   lock.unlock();
 
   PayloadWriter start;
@@ -383,10 +383,11 @@ void DurableRuntime::run(JobId id) {
     // for the disk): a handler that kills the process at once has still
     // used an attempt, so a poison pill ends in the dead set instead of a
     // crash loop. Concurrent workers' STARTs share one write. In async and
-    // none modes a task enqueued by this process skips the wait (a write
-    // per job would cost a third of their throughput): should it kill the
-    // process before its START is written, the restart recovers it, and
-    // from then on every attempt is counted: one uncounted run at most.
+    // none modes the first attempt of a task enqueued by this process skips
+    // the wait (a write per job would cost a third of their throughput):
+    // should it kill the process before its START is written, the restart
+    // recovers it, and from then on every attempt is counted: one
+    // uncounted run at most.
     const Lsn lsn = journal_->append(RecordType::start, id, start.view());
     if (write_start_first) journal_->wait_written(lsn);
   } catch (...) {
