@@ -1,3 +1,6 @@
+// (Over 600 lines: one program generator and its model, which only make
+// sense together.)
+//
 // The randomized model checker of the in-process API: random programs over
 // submit/post, then/when_all/when_any/after, set_priority and cancel at random
 // moments, task groups with nested helping waits, counting groups with

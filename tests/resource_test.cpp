@@ -1,5 +1,7 @@
 // Resource groups: caps never exceeded, waiting tasks hold no worker, order
 // of grants, release on every exit path, runtime limits, invalid use.
+// (Over 600 lines: one file per unit, and the counting and rate kinds with
+// their combinations — lowered limits, rate timers, no memory — are one unit.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
