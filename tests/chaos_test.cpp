@@ -1,6 +1,3 @@
-// (Over 600 lines: one program generator and its model, which only make
-// sense together.)
-//
 // The randomized model checker of the in-process API: random programs over
 // submit/post, then/when_all/when_any/after, set_priority and cancel at random
 // moments, task groups with nested helping waits, counting groups with
@@ -24,6 +21,8 @@
 // ORDO_SEED=<n> replays a run's programs (the interleavings differ), from
 // program ORDO_CHAOS_FIRST=<k> on;
 // ORDO_CHAOS_SECONDS=<s> sets the budget (default 20: a soak is a long one).
+// (Over 600 lines: the program generator and its model only make sense
+// together.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
