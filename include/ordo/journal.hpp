@@ -165,8 +165,10 @@ class Journal {
   // Any thread. Blocks until the record at `lsn` has been written to the OS
   // (write(2) returned), whatever the mode: it then survives a crash of this
   // process, not necessarily a power cut. Cheaper than wait_durable() in
-  // sync mode: it never waits for an fdatasync(). Throws JournalIoError if a
-  // write failed.
+  // sync mode: it does not wait for an fdatasync() (it writes beside one in
+  // progress, and leaves the periodic one to the writer thread), unless its
+  // write fills the segment, whose rotation syncs it (once per
+  // segment_bytes). Throws JournalIoError if a write failed.
   void wait_written(Lsn lsn);
   // append() then wait_durable().
   void append_durable(RecordType type, std::uint64_t task, std::span<const std::byte> body = {});
