@@ -1,6 +1,6 @@
 // ordo_bench_core: core scheduling workloads, ordo beside oneTBB (and the naive
 // pool) in one binary and one run. Workload definitions and names follow
-// ../shared/BENCHMARKS.md; each workload checks its own result.
+// docs/benchmarks.md; each workload checks its own result.
 #include <benchmark/benchmark.h>
 #include <tbb/global_control.h>
 #include <tbb/task_group.h>

@@ -1,5 +1,5 @@
 // ordo_bench_durable: the journal against the physical floor of the disk it
-// writes to (see ../shared/BENCHMARKS.md, "Durability"). Every workload writes
+// writes to (see docs/benchmarks.md, "Durability"). Every workload writes
 // under /tmp and checks its own result (records read back, durable count).
 #include <benchmark/benchmark.h>
 #include <fcntl.h>

@@ -1,7 +1,7 @@
 // ordo_bench_graph: dependency graphs, ordo's Workflow beside oneTBB's flow
 // graph (continue_node), graph construction included, in one binary and one
 // run. Definitions follow Taskflow's published benchmarks and
-// ../shared/BENCHMARKS.md; each workload checks its own result.
+// docs/benchmarks.md; each workload checks its own result.
 #include <benchmark/benchmark.h>
 #include <tbb/flow_graph.h>
 #include <tbb/global_control.h>

@@ -1,6 +1,6 @@
 // ordo_bench_priority: how long urgent work waits behind a flood of background
 // work, ordo beside oneTBB's arena priorities and a naive FIFO pool, in one
-// binary and one run. Definitions follow ../shared/BENCHMARKS.md.
+// binary and one run. Definitions: docs/benchmarks.md.
 #include <benchmark/benchmark.h>
 #include <tbb/global_control.h>
 #include <tbb/task_arena.h>

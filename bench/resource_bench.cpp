@@ -1,6 +1,6 @@
 // ordo_bench_resource: resource caps, ordo's parked waiters beside a counting
 // semaphore taken inside oneTBB tasks and oneTBB's flow-graph limiter_node,
-// in one binary and one run. Definitions follow ../shared/BENCHMARKS.md; each
+// in one binary and one run. Definitions follow docs/benchmarks.md; each
 // workload checks its own result (the cap is never exceeded, all tasks ran).
 #include <benchmark/benchmark.h>
 #include <tbb/flow_graph.h>
