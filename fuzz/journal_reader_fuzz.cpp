@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "journal_file_system.hpp"
-#include "journal_reader.hpp"
+#include "journal/file_system.hpp"
+#include "journal/reader.hpp"
 #include "ordo/journal.hpp"
 
 namespace {

@@ -32,7 +32,7 @@
 #include <string>
 #include <vector>
 
-#include "journal_file_system.hpp"
+#include "journal/file_system.hpp"
 #include "ordo/journal.hpp"
 
 namespace ordo::test {

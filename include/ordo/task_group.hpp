@@ -24,7 +24,7 @@ namespace ordo {
 
 namespace detail {
 
-// Counting protocol (src/task_group.cpp has the argument):
+// Counting protocol (src/core/task_group.cpp has the argument):
 //  - the owner counts its spawns minus the children it completed itself in
 //    `local_pending`, a plain field: the common fork/join path needs no atomic;
 //  - any other thread that completes a child adds 1 to `remote_done`;

@@ -148,7 +148,7 @@ Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority);
 // the caller still owns the node then.
 bool submit_task(SchedulerCore& core, Task* t);
 
-// Node allocation from the calling thread's cache (see src/task_pool.cpp).
+// Node allocation from the calling thread's cache (see src/core/task_pool.cpp).
 // Callable from any thread; allocation never touches a lock except to move a
 // batch of nodes between a thread cache and the shared stash.
 Task* allocate_task();

@@ -1,0 +1,294 @@
+// SchedulerCore: the workers, their deques, the injection queues, the level
+// policies and the sleep/wake and shutdown protocols behind ordo::Scheduler.
+//
+// Thread-safety: submit paths, wait paths, reserve() and wake() may run on any
+// thread concurrently; start() and stop() are called once each by the owning
+// Scheduler, never from a worker.
+// Invariants:
+//  - a queued task has one live queue entry: in one worker's deque or one
+//    injection queue (a bulk take moves tasks from the latter to the former).
+//    A movable (handle) task may also have stale entries, left behind by
+//    set_priority; each holds a reference and is skipped when taken;
+//  - Injection::announced >= 2 * (entries in its two queues) at all times: a
+//    producer announces before it enqueues and a consumer un-announces after
+//    it dequeued, so "announced < 2" means "nothing is or will be there";
+//  - a worker's deque at level l is non-empty only if the worker's bit is set
+//    in advertised_[l] (set by the owner after a push, cleared by the owner
+//    when it finds that deque empty): thieves find every level's work with
+//    one load per level instead of a scan;
+//  - once the scheduler is closed (low bit of every announced word), no new
+//    external task is accepted; tasks running on workers may still queue more
+//    until every worker is idle.
+#pragma once
+
+#include <atomic>
+#include <concurrentqueue/concurrentqueue.h>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/chase_lev_deque.hpp"
+#include "ordo/options.hpp"
+#include "ordo/scheduler.hpp"
+#include "ordo/priority.hpp"
+#include "core/ager.hpp"
+#include "core/parker.hpp"
+#include "observe/tracer.hpp"
+#include "resources/resource_manager.hpp"
+#include "observe/wait_histogram.hpp"
+#include "ordo/detail/thread_context.hpp"
+#include "core/worker_set.hpp"
+
+namespace ordo::detail {
+
+class SchedulerCore;
+
+struct alignas(64) Worker {
+  Worker(SchedulerCore& c, unsigned i, unsigned levels);
+
+  SchedulerCore& core;
+  const unsigned index;
+  Parker* parker = nullptr;        // leased by the worker thread when it starts
+  // Lowest level (highest number) this worker runs; lowered by reservations.
+  // relaxed: read by the worker at each search; a change takes effect at the next one.
+  std::atomic<std::uint8_t> max_level{0};
+  std::uint32_t local_levels = 0;  // owner only: levels whose deque may be non-empty
+  std::uint32_t advertised = 0;    // owner only: levels where our bit is set in advertised_
+  unsigned taken_level = 0;        // owner only: level of the entry find_task returned
+  unsigned wrr_cursor = 0;         // owner only: position in the weighted schedule
+  std::uint32_t fairness_tick = 0; // owner only: see take_at_level()
+  std::uint64_t rng;               // owner only: victim selection
+  std::unique_ptr<ChaseLevDeque<Task*>[]> deques;  // one per level
+  std::vector<moodycamel::ConsumerToken> tokens;   // one per level's injection queue
+  std::thread thread;
+
+  // Written by the owner only (relaxed load + store, no RMW); read by stats.
+  std::atomic<std::uint64_t> stolen{0};
+  std::atomic<std::uint64_t> idle_ns{0};  // time parked for lack of work
+  std::atomic<int> running_level{-1};  // level of the innermost task running here
+  struct PerLevel {
+    std::atomic<std::uint64_t> completed{0};
+    WaitHistogram waits;
+  };
+  std::unique_ptr<PerLevel[]> per_level;
+};
+
+class SchedulerCore final : public TaskSink {
+ public:
+  explicit SchedulerCore(const SchedulerOptions& options);
+  ~SchedulerCore();
+
+  void start();
+  void stop(ShutdownMode mode);
+
+  unsigned worker_count() const noexcept { return static_cast<unsigned>(workers_.size()); }
+  unsigned level_count() const noexcept { return levels_; }
+  std::uint8_t default_level() const noexcept { return levels_ >= 2 ? 1 : 0; }
+
+  // Queues t (its level already set). False when the scheduler refuses
+  // external submissions (shut down); the caller still owns t then.
+  bool submit(Task* t);
+  // Moves a queued movable task to new_level (when expected_level >= 0, only
+  // if it is still at that level): a new entry is queued and the old one will
+  // be skipped. False, changing nothing, when the task is no longer queued.
+  bool move_task(Task* t, int expected_level, unsigned new_level);
+  void reserve(unsigned level, unsigned workers);
+  // After t's payload ran (ran) or was cancelled: publish, release dependents,
+  // wake a waiter, drop the executor's reference (or free, by kind).
+  void finish(Task* t, bool ran) noexcept;
+  // Queues a dependent task whose last predecessor just finished; if the
+  // scheduler refuses it (outside the pool, after shutdown) it completes as
+  // cancelled instead.
+  void submit_or_cancel(Task* t) noexcept;
+  void complete_cancelled(Task* t) noexcept override;
+  // Puts a claimed task back in the queues (a parked task whose resources were
+  // granted); the reference of its old queue entry goes with it.
+  void resubmit(Task* t) override;
+  // The resource manager's parked count fell to zero (any thread).
+  void last_parked_task_left() noexcept override;
+  ResourceManager& resources() noexcept { return resources_; }
+  bool accepting() const noexcept { return phase_.load(std::memory_order_relaxed) == kAccepting; }
+  bool ages(unsigned level) const noexcept { return (aged_levels_ >> level) & 1u; }
+  void fill_stats(SchedulerStats& st) const;
+
+  // Helping wait of the calling thread until done() holds. On a worker (of any
+  // scheduler) runs other tasks meanwhile; elsewhere spins briefly, then parks.
+  // prepare_sleep() runs once, right before the first park; it must arrange
+  // that whoever makes done() true unparks this thread, and returns true if
+  // done() already holds.
+  template <class Done, class PrepareSleep>
+  static void wait_until(Done&& done, PrepareSleep&& prepare_sleep);
+
+  // Cumulative counters summed over workers (approximate while running).
+  std::uint64_t stolen_total() const noexcept;
+  // Scheduler::stats() also asks these (a DurableTasks adds its own part);
+  // `owner` is the key to remove it by. Any thread.
+  void add_stats_source(const void* owner, std::function<void(SchedulerStats&)> fill);
+  void remove_stats_source(const void* owner) noexcept;
+  Tracer& tracer() noexcept { return tracer_; }
+  const std::string& name() const noexcept { return name_; }
+  unsigned parked_count() const noexcept { return sleepers_.count(); }
+
+ private:
+  friend struct Worker;
+  enum Phase : int { kAccepting = 0, kDraining = 1, kCancelling = 2 };
+
+  struct alignas(64) Injection {
+    moodycamel::ConcurrentQueue<Task*> queue;
+    // Tasks handed their resource permits on a thread outside the pool:
+    // taken before `queue`, so that a grant does not wait behind everything
+    // submitted meanwhile while its permits sit idle.
+    moodycamel::ConcurrentQueue<Task*> granted;
+    alignas(64) std::atomic<std::uint64_t> announced{0};  // 2 * count (both queues) | closed bit
+    // relaxed: a hint that `granted` may hold something; announced counts it.
+    std::atomic<std::uint32_t> granted_hint{0};
+  };
+  static constexpr std::uint64_t kClosed = 1;
+
+  void worker_main(Worker& w);
+  void shutdown_loop(Worker& w);
+  Task* find_task(Worker& w);
+  Task* take_at_level(Worker& w, unsigned level, bool injection_first);
+  Task* take_injected(Worker& w, unsigned level);
+  Task* steal_at_level(Worker& w, unsigned level);
+  void push_local(Worker& w, Task* t, unsigned level);
+  void inject(Task* t, unsigned level);
+  // Runs the task whose entry w just took (or skips a stale entry).
+  void run_task(Worker& w, Task* t);
+  bool run_traced(Worker& w, Task* t, ExecMode mode, unsigned level);  // exec, timed and recorded
+  // Tries to find work with bounded spinning and yielding; null if none came
+  // or stop() became true.
+  template <class Stop>
+  Task* spin_for_task(Worker& w, Stop&& stop);
+  // Parks w unless work or `extra_wake()` is visible after joining the sleep
+  // set. True when a producer took w out of the set (a wake-up meant for new
+  // work), false when w left it itself.
+  template <class ExtraWake>
+  bool park_worker(Worker& w, ExtraWake&& extra_wake);
+  // Wakes a sleeper for the highest level with visible work: hands on a
+  // wake-up that the worker it reached will not use.
+  void pass_wake_on() noexcept;
+  bool work_visible(const Worker& w) const noexcept;
+  bool injection_empty() const noexcept;
+  void wake_one(unsigned level) noexcept;
+  void wake_all() noexcept;
+  void build_weighted_schedule(const std::vector<unsigned>& weights);
+  void apply_reservations() noexcept;  // reservation_mu_ held
+
+  unsigned levels_;
+  std::uint32_t aged_levels_ = 0;  // bit l: level l has an age bound
+  std::string name_;
+  Policy policy_;
+  std::vector<std::uint8_t> schedule_;  // weighted: the level order of one round
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::unique_ptr<Injection[]> injection_;
+  std::unique_ptr<WorkerSet[]> advertised_;  // per level
+  std::unique_ptr<WorkerSet[]> eligible_;    // per level: workers that run it
+  WorkerSet sleepers_;
+  std::mutex reservation_mu_;
+  std::vector<unsigned> reserved_per_level_;  // reservation_mu_
+  std::unique_ptr<Ager> ager_;  // only with age bounds
+  ResourceManager resources_{*this};
+  std::atomic<std::uint64_t> promoted_{0};
+  alignas(64) std::atomic<int> phase_{kAccepting};
+  std::atomic<int> busy_{0};      // workers not idle; counted only once stopping
+  std::atomic<bool> exit_{false};  // drain/cancel complete: workers return
+  std::mutex stop_mu_;
+  bool stopped_ = false;
+  Tracer tracer_;
+  mutable std::mutex stats_sources_mu_;
+  std::vector<std::pair<const void*, std::function<void(SchedulerStats&)>>> stats_sources_;  // stats_sources_mu_
+};
+
+// Rounds of (look for work, then pause) before yielding, and yields before parking.
+inline constexpr int kSpinRounds = 64;
+inline constexpr int kPausesPerRound = 16;
+inline constexpr int kYieldRounds = 8;
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+template <class Done, class PrepareSleep>
+void SchedulerCore::wait_until(Done&& done, PrepareSleep&& prepare_sleep) {
+  if (done()) return;
+  Worker* w = tls_context.worker;
+  bool prepared = false;
+  if (w == nullptr) {  // not a worker: nothing to help with
+    for (int i = 0; i < kSpinRounds * kPausesPerRound; ++i) {
+      if (done()) return;
+      cpu_relax();
+    }
+    if (prepare_sleep()) return;
+    Parker* self = this_thread_parker();
+    while (!done()) self->park();
+    return;
+  }
+  SchedulerCore& core = w->core;
+  for (;;) {
+    if (Task* t = core.find_task(*w)) {
+      core.run_task(*w, t);
+      if (done()) return;
+      continue;
+    }
+    if (done()) return;
+    if (Task* t = core.spin_for_task(*w, done)) {
+      core.run_task(*w, t);
+      if (done()) return;
+      continue;
+    }
+    if (done()) return;
+    if (!prepared) {
+      prepared = true;
+      if (prepare_sleep()) return;
+    }
+    const bool chosen_for_new_work = core.park_worker(*w, done);
+    if (done()) {
+      // A producer may have picked this worker from the sleep set after the
+      // awaited task woke it; it now goes back to its own task, so the
+      // wake-up must reach another sleeper or the new work could wait
+      // behind a long-running task while the rest of the pool sleeps.
+      if (chosen_for_new_work) core.pass_wake_on();
+      return;
+    }
+  }
+}
+
+template <class Stop>
+Task* SchedulerCore::spin_for_task(Worker& w, Stop&& stop) {
+  for (int round = 0; round < kSpinRounds + kYieldRounds; ++round) {
+    if (round < kSpinRounds) {
+      for (int i = 0; i < kPausesPerRound; ++i) cpu_relax();
+    } else {
+      std::this_thread::yield();
+    }
+    if (stop()) return nullptr;
+    if (Task* t = find_task(w)) return t;
+  }
+  return nullptr;
+}
+
+template <class ExtraWake>
+bool SchedulerCore::park_worker(Worker& w, ExtraWake&& extra_wake) {
+  sleepers_.add(w.index);
+  if (work_visible(w) || exit_.load(std::memory_order_seq_cst) || extra_wake()) {
+    return !sleepers_.remove(w.index);
+  }
+  const std::int64_t slept_at = steady_now_ns();
+  w.parker->park();
+  // relaxed: a statistic; only this worker writes it.
+  w.idle_ns.store(w.idle_ns.load(std::memory_order_relaxed) + static_cast<std::uint64_t>(steady_now_ns() - slept_at),
+                  std::memory_order_relaxed);
+  return !sleepers_.remove(w.index);
+}
+
+}  // namespace ordo::detail

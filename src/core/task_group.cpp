@@ -1,0 +1,110 @@
+// TaskGroup counting and waiting.
+//
+// Why the protocol is right (GroupState in task_group.hpp has the fields):
+//  - Before publication, pending = local_pending - remote_done. The owner is
+//    the only writer of local_pending; remote completions only add to
+//    remote_done, so the owner's test `remote_done == local_pending` (acquire,
+//    pairing with the completers' acq_rel adds) is exact at the moment of the
+//    load and can only move towards "done" afterwards.
+//  - Publication subtracts local_pending from remote_done in one RMW, so from
+//    then on remote_done == -(children still out), mod 2^64. The child whose
+//    add takes it from -1 to 0 is the last one, and it is the only one that
+//    touches the owner after its add; it uses the owner's Parker, read before
+//    the add while the group surely existed. Parkers are immortal, so an
+//    unpark that lands after the owner left is a harmless spurious wake-up.
+//  - Before publication remote_done only grows from 0 and cannot reach -1, so
+//    no child unparks anybody in the common, spinning case.
+#include "ordo/task_group.hpp"
+
+#include "core/scheduler_core.hpp"
+
+namespace ordo::detail {
+
+GroupState::GroupState(SchedulerCore& c) : core(&c), owner_parker(this_thread_parker()) {}
+
+void throw_group_options() {
+  throw InvalidArgument(
+      "ordo: TaskGroup::spawn takes no `after` or `needs` (a child is joined by wait() and holds no resources); "
+      "submit() such a task and wait for its handle");
+}
+
+void throw_not_owner() {
+  throw Error(
+      "ordo: TaskGroup::spawn called from a thread that does not own the group; a child that spawns work "
+      "should create its own TaskGroup");
+}
+
+bool group_spawn(GroupState& g, Task* t) {
+  // `published` is always false here: only the owner spawns, and group_wait
+  // resets it before returning.
+  if (!g.core->submit(t)) return false;
+  ++g.local_pending;
+  return true;
+}
+
+void group_complete(GroupState& g) noexcept {
+  Parker* owner = g.owner_parker;  // read while the group surely exists
+  if (owner == tls_context.parker && !g.published) {
+    --g.local_pending;  // the owner finished its own child: no atomic needed
+    return;
+  }
+  // acq_rel: release publishes the child's effects (and its error record) to
+  // the owner's acquire load; acquire orders us after earlier completions.
+  if (g.remote_done.fetch_add(1, std::memory_order_acq_rel) == ~std::uint64_t{0}) owner->unpark();
+}
+
+void record_group_error(GroupState& g, std::exception_ptr e) noexcept {
+  bool expected = false;
+  // Only the first error is kept. The owner reads `error` after it observed
+  // this child's completion (acquire), which is sequenced after this write.
+  if (g.failed.compare_exchange_strong(expected, true, std::memory_order_relaxed)) g.error = std::move(e);
+}
+
+namespace {
+
+void join(GroupState& g) noexcept {
+  auto done = [&g] {
+    // acquire pairs with the acq_rel adds in group_complete().
+    std::uint64_t remote = g.remote_done.load(std::memory_order_acquire);
+    return g.published ? remote == 0 : remote == g.local_pending;
+  };
+  auto prepare_sleep = [&g] {
+    std::uint64_t mine = g.local_pending;
+    g.local_pending = 0;
+    g.published = true;
+    // acq_rel: acquire as in done(); release is not needed by anyone but is free.
+    std::uint64_t before = g.remote_done.fetch_sub(mine, std::memory_order_acq_rel);
+    return before == mine;
+  };
+  SchedulerCore::wait_until(done, prepare_sleep);
+  // Every child has finished and none touches the group any more.
+  g.remote_done.store(0, std::memory_order_relaxed);
+  g.local_pending = 0;
+  g.published = false;
+}
+
+}  // namespace
+
+void group_wait(GroupState& g) {
+  join(g);
+  if (g.failed.load(std::memory_order_relaxed)) {
+    std::exception_ptr e = std::move(g.error);
+    g.error = nullptr;
+    g.failed.store(false, std::memory_order_relaxed);
+    g.cancelled.store(false, std::memory_order_relaxed);
+    std::rethrow_exception(e);
+  }
+  if (g.cancelled.load(std::memory_order_relaxed)) {
+    g.cancelled.store(false, std::memory_order_relaxed);
+    throw TaskCancelled{};
+  }
+}
+
+void group_wait_quietly(GroupState& g) noexcept {
+  join(g);
+  g.error = nullptr;
+  g.failed.store(false, std::memory_order_relaxed);
+  g.cancelled.store(false, std::memory_order_relaxed);
+}
+
+}  // namespace ordo::detail

@@ -1,0 +1,261 @@
+// Durable workflows: enqueueing one (journaled as node ENQUEUEs committed by
+// a WORKFLOW record), releasing successors as nodes complete, ending the
+// workflow, and discarding a dead node (which fails its workflow).
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "durable/codec.hpp"
+#include "durable/runtime.hpp"
+#include "ordo/workflow.hpp"
+
+namespace ordo::detail {
+
+void DurableRuntime::node_done_locked(DurableFlow& flow, std::uint32_t node) {
+  if (flow.done[node]) return;
+  flow.done[node] = true;
+  --flow.remaining;
+  for (std::uint32_t s : flow.succ[node]) {
+    if (--flow.pending[s] != 0) continue;
+    auto it = jobs_.find(flow.node_ids[s]);
+    if (it == jobs_.end() || it->second.state != DurableJob::State::blocked) continue;
+    --blocked_;
+    queue_locked(it->second);
+  }
+  if (flow.remaining == 0) finish_flow_locked(flow);
+}
+
+void DurableRuntime::finish_flow_locked(DurableFlow& flow) {
+  // A failed workflow frees its key at once, as a discarded task does: the
+  // caller discarded it and may enqueue it again.
+  const bool retain = !flow.key.empty() && !flow.failed;
+  const std::int64_t retain_until =
+      retain ? wall_now_ns() + std::chrono::nanoseconds(options_.key_retention).count() : 0;
+  PayloadWriter w;
+  w.i64(retain_until);
+  w.str16(retain ? flow.key : std::string());
+  journal_->append(RecordType::complete, flow.id, w.view());
+  if (retain) {
+    keys_[flow.key] = KeyEntry{flow.id, retain_until};
+  } else if (auto it = keys_.find(flow.key); !flow.key.empty() && it != keys_.end() && it->second.id == flow.id) {
+    keys_.erase(it);
+  }
+  flows_.erase(flow.id);  // `flow` dies here
+}
+
+std::vector<std::uint32_t> DurableFlow::doomed_with(std::uint32_t from) const {
+  std::vector<std::uint32_t> out{from};
+  std::vector<bool> seen(succ.size(), false);
+  seen[from] = true;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    for (std::uint32_t s : succ[out[i]]) {
+      if (seen[s] || done[s]) continue;
+      seen[s] = true;
+      out.push_back(s);
+    }
+  }
+  return out;
+}
+
+void DurableRuntime::discard_node_locked(DurableJob& job, DurableFlow& flow) {
+  const std::uint32_t node = job.node;
+  const JobId node_id = job.id;
+  // The workflow's CHECKPOINT (every node discarded so far) commits the
+  // discard: it lives as long as the workflow does, so that a restart —
+  // also after compaction folded the nodes' records away — knows that the
+  // node never succeeded and cancels what depends on it.
+  std::vector<std::uint32_t> discarded;
+  for (std::uint32_t i = 0; i < flow.discarded.size(); ++i) {
+    if (flow.discarded[i] || i == node) discarded.push_back(i);
+  }
+  PayloadWriter w;
+  w.u32(static_cast<std::uint32_t>(discarded.size()));
+  for (std::uint32_t i : discarded) w.u32(i);
+  journal_->append(RecordType::checkpoint, flow.id, w.view());
+  const std::vector<std::uint32_t> doomed = flow.doomed_with(node);
+  for (std::uint32_t i : doomed) {
+    if (i != node && jobs_.count(flow.node_ids[i])) journal_->append(RecordType::cancel, flow.node_ids[i]);
+  }
+  journal_->append_durable(RecordType::cancel, node_id);
+  flow.discarded[node] = true;
+  flow.failed = true;
+  for (std::uint32_t i : doomed) {
+    // Successors of an unfinished node are blocked; the node itself is dead.
+    if (auto it = jobs_.find(flow.node_ids[i]); it != jobs_.end()) {
+      if (it->second.state == DurableJob::State::dead) --dead_;
+      if (it->second.state == DurableJob::State::blocked) --blocked_;
+      jobs_.erase(it);
+    }
+    flow.done[i] = true;
+    --flow.remaining;
+  }
+  if (flow.remaining == 0) finish_flow_locked(flow);
+  notify_drain_locked();
+}
+
+void DurableRuntime::forget_workflow_locked(JobId flow_id, std::uint32_t nodes, std::uint32_t appended) noexcept {
+  for (std::uint32_t i = 0; i < nodes; ++i) {
+    auto it = jobs_.find(flow_id + 1 + i);
+    if (it == jobs_.end()) continue;
+    if (it->second.state == DurableJob::State::blocked) --blocked_;
+    jobs_.erase(it);
+  }
+  if (auto flow = flows_.find(flow_id); flow != flows_.end()) {
+    const std::string& key = flow->second->key;
+    if (auto k = keys_.find(key); !key.empty() && k != keys_.end() && k->second.id == flow_id) keys_.erase(k);
+    flows_.erase(flow);
+  }
+  // Without their WORKFLOW record the next start would drop these nodes
+  // anyway; cancelling them now keeps the journal's live count true. Best
+  // effort: a journal that failed takes nothing more.
+  try {
+    for (std::uint32_t i = 0; i < appended; ++i) journal_->append(RecordType::cancel, flow_id + 1 + i);
+  } catch (...) {
+  }
+  notify_drain_locked();
+}
+
+void DurableRuntime::release_successors_locked(JobId flow_id, std::uint32_t node, bool durable) noexcept {
+  --releasing_;
+  notify_drain_locked();
+  auto flow = flows_.find(flow_id);
+  if (!durable || flow == flows_.end()) {
+    journal_failed_ = !durable || journal_failed_;  // the next start releases them
+    return;
+  }
+  try {
+    node_done_locked(*flow->second, node);
+  } catch (...) {
+    journal_failed_ = true;  // the workflow's COMPLETE was not recorded; the next start finishes it
+  }
+}
+
+JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::string key) {
+  const auto& nodes = workflow.nodes();
+  if (nodes.empty()) throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' has no nodes");
+  if (nodes.size() > 0xffffff) throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' is too large");
+  // Every string the WORKFLOW record holds has a 16-bit length (the node
+  // types were checked by define()).
+  check_str16(workflow.name(), "the durable workflow name");
+  check_str16(key, "the idempotency key of durable workflow '" + workflow.name() + "'");
+  for (const auto& node : nodes) check_str16(node.name, "a node name of durable workflow '" + workflow.name() + "'");
+  // The checks of an in-memory Workflow: duplicate and unknown names, cycles (named).
+  Workflow check(workflow.name());
+  std::unordered_map<std::string, std::uint32_t> index;
+  for (std::uint32_t i = 0; i < nodes.size(); ++i) {
+    if (!types_.count(nodes[i].type)) {
+      throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' node '" + nodes[i].name +
+                            "' names undefined type '" + nodes[i].type + "'");
+    }
+    check.node(nodes[i].name, [] {});  // only the shape is checked
+    index[nodes[i].name] = i;
+  }
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;
+  for (std::uint32_t i = 0; i < nodes.size(); ++i) {
+    for (const std::string& before : nodes[i].after) {
+      check[nodes[i].name].after(before);
+      auto it = index.find(before);
+      if (it != index.end()) edges.emplace_back(it->second, i);
+    }
+  }
+  check.validate();  // throws InvalidGraph naming the problem
+  const auto n = static_cast<std::uint32_t>(nodes.size());
+
+  std::unique_lock lock(mu_);
+  if (!started_) throw Error("ordo: DurableTasks::enqueue_workflow before start()");
+  if (stopping_) throw Error("ordo: DurableTasks is shutting down and accepts no new workflows");
+  if (JobId existing = 0; key_taken_locked(key, existing)) return existing;
+  auto flow = std::make_unique<DurableFlow>();
+  DurableFlow& f = *flow;
+  f.id = next_id_;
+  next_id_ += n + 1;
+  f.name = workflow.name();
+  f.key = key;
+  f.done.assign(n, false);
+  f.discarded.assign(n, false);
+  f.pending.assign(n, 0);
+  f.succ.resize(n);
+  f.pred.resize(n);
+  f.remaining = n;
+  for (auto [from, to] : edges) {
+    f.succ[from].push_back(to);
+    f.pred[to].push_back(from);
+    ++f.pending[to];
+  }
+  for (std::uint32_t i = 0; i < n; ++i) {
+    f.node_names.push_back(nodes[i].name);
+    f.node_ids.push_back(f.id + 1 + i);
+    DurableJob* job = &jobs_[f.id + 1 + i];
+    job->id = f.id + 1 + i;
+    job->type = nodes[i].type;
+    job->args = nodes[i].args;
+    job->level = static_cast<std::uint8_t>(types_.at(job->type).options.priority.value_or(Priority::normal));
+    job->flow = f.id;
+    job->node = i;
+    job->state = DurableJob::State::blocked;  // nothing runs before the whole workflow is durable
+    ++blocked_;
+  }
+  if (!key.empty()) keys_[key] = KeyEntry{f.id, 0};
+  // Every record is built under mu_ (jobs_ may change under other threads'
+  // feet once it is dropped), then appended without it.
+  PayloadWriter decl;
+  decl.str16(f.name);
+  decl.str16(f.key);
+  decl.u32(n);
+  for (const auto& node : nodes) {
+    decl.str16(node.name);
+    decl.str16(node.type);
+  }
+  decl.u32(static_cast<std::uint32_t>(edges.size()));
+  for (auto [from, to] : edges) {
+    decl.u32(from);
+    decl.u32(to);
+  }
+  std::vector<PayloadWriter> node_records(n);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const DurableJob& job = jobs_.at(f.id + 1 + i);
+    PayloadWriter& w = node_records[i];
+    w.str16(job.type);
+    w.u8(job.level);
+    w.u32(0);
+    w.i64(0);
+    w.str16("");
+    w.u8(0);
+    w.u64(f.id);
+    w.u32(i);
+    w.tail(job.args);
+  }
+  const JobId flow_id = f.id;
+  flows_.emplace(f.id, std::move(flow));
+  lock.unlock();
+
+  // The nodes first, the WORKFLOW record last: it commits the workflow (a
+  // crash before it leaves nodes that recovery drops, never half a graph).
+  std::uint32_t appended = 0;
+  try {
+    for (; appended < n; ++appended) {
+      journal_->append(RecordType::enqueue, flow_id + 1 + appended, node_records[appended].view());
+    }
+    const Lsn last = journal_->append(RecordType::workflow, flow_id, decl.view());
+    journal_->wait_durable(last);  // one group commit for the whole workflow
+  } catch (...) {
+    // Not accepted: no key, node or workflow may stay behind in memory.
+    lock.lock();
+    forget_workflow_locked(flow_id, n, appended);
+    throw;
+  }
+
+  lock.lock();
+  DurableFlow& live = *flows_.at(flow_id);  // no node ran yet: it cannot have completed
+  for (std::uint32_t i = 0; i < n; ++i) {
+    if (live.pending[i] != 0) continue;
+    --blocked_;
+    queue_locked(jobs_.at(flow_id + 1 + i));
+  }
+  post_pending(lock);  // the workflow may complete, and be gone, once this drops the lock
+  return flow_id;
+}
+
+}  // namespace ordo::detail

@@ -1,0 +1,246 @@
+#include "journal/reader.hpp"
+
+#include <algorithm>
+
+#include "journal/posix_file_system.hpp"
+#include "journal/task_id_set.hpp"
+
+namespace ordo::detail::wal {
+namespace {
+
+enum class Verdict { ok, bad };
+
+struct Check {
+  Verdict verdict;
+  std::uint32_t length = 0;
+  const char* reason = "";
+};
+
+bool all_zero(const unsigned char* p, std::size_t n) {
+  return std::all_of(p, p + n, [](unsigned char c) { return c == 0; });
+}
+
+// Judges the record at `off` of a file of `size` bytes.
+Check check_record(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
+  const std::uint64_t remaining = size - off;
+  const unsigned char* p = base + off;
+  if (remaining < kRecordHeaderBytes) return {Verdict::bad, 0, "record header cut short"};
+  const std::uint32_t length = get32(p + 4);
+  if (length > kMaxPayload) return {Verdict::bad, length, "impossible record length"};
+  if (kRecordHeaderBytes + length > remaining) return {Verdict::bad, length, "record runs past the end of the file"};
+  const std::uint32_t crc = crc32c::extend(0, p + 8, 1 + static_cast<std::size_t>(length));
+  if (crc32c::unmask(get32(p)) != crc) return {Verdict::bad, length, "record checksum mismatch"};
+  if (p[8] == 0 || p[8] > kMaxRecordType) return {Verdict::bad, length, "unknown record type"};
+  if (length < 8) return {Verdict::bad, length, "payload shorter than its task id"};
+  return {Verdict::ok, length, ""};
+}
+
+// The reason for an error message ("unknown record type 77").
+std::string describe(const Check& c, const unsigned char* record) {
+  std::string reason = c.reason;
+  if (reason == "unknown record type") reason.append(" ").append(std::to_string(record[8]));
+  return reason;
+}
+
+// Whether a whole valid record begins at `off`: the cheap tests first, since
+// this is tried at every byte of a damaged range.
+bool valid_record_at(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
+  if (size - off < kRecordHeaderBytes + 8) return false;
+  const unsigned char* p = base + off;
+  if (p[8] == 0 || p[8] > kMaxRecordType) return false;  // rejects most offsets with one byte
+  const std::uint32_t length = get32(p + 4);
+  if (length < 8 || length > size - off - kRecordHeaderBytes) return false;
+  return crc32c::unmask(get32(p)) == crc32c::extend(0, p + 8, 1 + static_cast<std::size_t>(length));
+}
+
+// The first offset after `off` at which a whole valid record begins, or `size`.
+std::uint64_t next_valid_record(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
+  std::uint64_t next = off + 1;
+  while (next < size && !valid_record_at(base, next, size)) ++next;
+  return std::min(next, size);
+}
+
+// What a crash while creating segment `number` leaves: fewer than 32 bytes,
+// or the header the writer writes with its end read back as zeros (a file
+// system that extended the file before the data reached the disk) and
+// nothing but zeros after it. Any other bad header is corruption.
+bool header_cut_short(const unsigned char* base, std::size_t size, std::uint64_t number) {
+  if (size < kFileHeaderBytes) return true;
+  unsigned char expected[kFileHeaderBytes];
+  encode_file_header(expected, FileKind::segment, number);
+  std::size_t same = 0;
+  while (same < kFileHeaderBytes && base[same] == expected[same]) ++same;
+  return same < kFileHeaderBytes && all_zero(base + same, size - same);
+}
+
+}  // namespace
+
+std::string ScanFailure::message(const std::string& display) const {
+  if (offset == kWholeFile) return "ordo: journal file " + display + ": " + reason;
+  return "ordo: journal file " + display + " at offset " + std::to_string(offset) + ": " + reason;
+}
+
+namespace {
+
+void set_tail(RecoveryReport& report, const std::string& display, std::uint64_t offset, std::uint64_t bytes,
+              const char* reason) {
+  report.torn_tail = true;
+  report.tail.file.assign(display);  // assigned in place: a reused report keeps its buffers
+  report.tail.offset = offset;
+  report.tail.bytes = bytes;
+  report.tail.reason.assign(reason);
+}
+
+}  // namespace
+
+ScanResult scan_file(FileSystem& fs, const std::string& path, const std::string& display, const ScanOptions& options,
+                     RecoveryReport& report, const std::function<void(const RecordView&)>& on_record) {
+  ScanResult result;
+  if (auto failure = try_scan_file(fs, path, display, options, report, on_record, result)) {
+    throw JournalCorruption(failure->message(display));
+  }
+  return result;
+}
+
+std::optional<ScanFailure> try_scan_file(FileSystem& fs, const std::string& path, const std::string& display,
+                                         const ScanOptions& options, RecoveryReport& report,
+                                         const std::function<void(const RecordView&)>& on_record, ScanResult& result) {
+  const std::unique_ptr<FileBytes> mapped = fs.read(path);
+  const FileBytes& file = *mapped;
+  result = ScanResult{};
+  result.size = file.size();
+  const unsigned char* base = file.data();
+  std::string why;
+  if (options.last_segment && header_cut_short(base, file.size(), options.number)) {
+    // Created, and the power went before its header was whole (or synced).
+    set_tail(report, display, 0, file.size(), "segment header cut short");
+    result.header_cut_short = true;
+    return std::nullopt;
+  }
+  auto header = decode_file_header(base, file.size(), why);
+  if (!header) return ScanFailure{ScanFailure::kWholeFile, std::move(why)};
+  result.header = *header;
+  const bool snapshot = header->kind == FileKind::snapshot;
+  std::uint64_t off = kFileHeaderBytes;
+  while (off < file.size()) {
+    const Check c = check_record(base, off, file.size());
+    if (c.verdict == Verdict::bad) {
+      // A tail is torn only if nothing valid follows it: what an append cut
+      // by a crash leaves. Damage with a whole valid record after it is
+      // corruption (a flipped length would otherwise hide every record
+      // behind it), and is never cut off without an explicit repair.
+      if (!options.last_segment && !options.tolerant) return ScanFailure{off, describe(c, base + off)};
+      const std::uint64_t next = next_valid_record(base, off, file.size());
+      if (options.last_segment && next == file.size()) {
+        const bool zeros = all_zero(base + off, file.size() - off);
+        set_tail(report, display, off, file.size() - off, zeros ? "zero-filled tail" : c.reason);
+        break;
+      }
+      if (!options.tolerant) return ScanFailure{off, describe(c, base + off)};
+      report.skipped.push_back({display, off, next - off, describe(c, base + off)});
+      off = next;
+      continue;
+    }
+    const unsigned char* p = base + off;
+    const auto type = static_cast<RecordType>(p[8]);
+    if (type == RecordType::snapshot_end) {
+      if (!snapshot || c.length < 16 || get64(p + kRecordHeaderBytes + 8) != result.records) {
+        return ScanFailure{off, "misplaced or inconsistent SNAPSHOT_END"};
+      }
+      // Optional third field: the highest task id of the records it folded.
+      if (c.length >= 24) report.highest_task = std::max(report.highest_task, get64(p + kRecordHeaderBytes + 16));
+      result.snapshot_complete = true;
+    } else {
+      if (result.snapshot_complete) {
+        return ScanFailure{off, "record after SNAPSHOT_END"};
+      }
+      RecordView view{type, get64(p + kRecordHeaderBytes),
+                      std::span<const std::byte>(reinterpret_cast<const std::byte*>(p + kRecordHeaderBytes), c.length),
+                      header->number, off, snapshot};
+      if (on_record) on_record(view);
+      report.highest_task = std::max(report.highest_task, view.task);
+      ++result.records;
+    }
+    off += kRecordHeaderBytes + c.length;
+    result.valid_end = off;
+  }
+  if (result.valid_end == 0) result.valid_end = std::min<std::uint64_t>(off, kFileHeaderBytes);
+  if (snapshot && !result.snapshot_complete) {
+    return ScanFailure{ScanFailure::kWholeFile, "snapshot has no SNAPSHOT_END (incomplete)"};
+  }
+  report.bytes += file.size();
+  return std::nullopt;
+}
+
+DirectoryPlan plan_directory(FileSystem& fs, const std::string& dir) {
+  DirectoryPlan plan;
+  std::vector<std::uint64_t> segments, snapshots;
+  for (const std::string& name : fs.list(dir)) {
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
+      plan.obsolete.push_back(name);
+      continue;
+    }
+    auto parsed = parse_file_name(name);
+    if (!parsed) continue;  // LOCK, or files that are not ours
+    (parsed->first == FileKind::segment ? segments : snapshots).push_back(parsed->second);
+  }
+  std::sort(segments.begin(), segments.end());
+  std::sort(snapshots.begin(), snapshots.end());
+  if (!snapshots.empty()) plan.snapshot = snapshots.back();
+  for (std::size_t i = 0; i + 1 < snapshots.size(); ++i)
+    plan.obsolete.push_back(file_name(FileKind::snapshot, snapshots[i]));
+  for (std::uint64_t s : segments) {
+    if (s < plan.snapshot) {
+      plan.obsolete.push_back(file_name(FileKind::segment, s));
+    } else {
+      plan.segments.push_back(s);
+    }
+  }
+  plan.next_segment = std::max<std::uint64_t>(plan.snapshot, 1);
+  if (!plan.segments.empty()) plan.next_segment = plan.segments.back() + 1;
+  return plan;
+}
+
+ReadResult read_directory(FileSystem& fs, const std::string& dir, bool tolerant, RecoveryReport& report,
+                          const std::function<void(const RecordView&)>& on_record) {
+  ReadResult result;
+  result.plan = plan_directory(fs, dir);
+  const DirectoryPlan& plan = result.plan;
+  TaskIdSet live;
+  auto deliver = [&](const RecordView& r) {
+    ++report.records;
+    if (r.type == RecordType::enqueue || r.type == RecordType::workflow) {
+      live.insert(r.task);
+    } else if (r.type == RecordType::complete || r.type == RecordType::cancel) {
+      live.erase(r.task);
+    }
+    if (on_record) on_record(r);
+  };
+  if (plan.snapshot != 0) {
+    const std::string name = file_name(FileKind::snapshot, plan.snapshot);
+    scan_file(fs, join(dir, name), name, {false, tolerant}, report, deliver);
+    report.snapshot = plan.snapshot;
+  }
+  std::uint64_t expected = plan.snapshot != 0 ? plan.snapshot : (plan.segments.empty() ? 0 : plan.segments.front());
+  for (std::size_t i = 0; i < plan.segments.size(); ++i) {
+    const std::uint64_t number = plan.segments[i];
+    const std::string name = file_name(FileKind::segment, number);
+    if (number != expected) {
+      const std::string missing = file_name(FileKind::segment, expected);
+      if (!tolerant) throw JournalCorruption("ordo: journal " + dir + ": segment " + missing + " is missing");
+      report.skipped.push_back({missing, 0, 0, "segment file missing"});
+    }
+    expected = number + 1;
+    const bool last = i + 1 == plan.segments.size();
+    ScanResult r = scan_file(fs, join(dir, name), name, {last, tolerant, number}, report, deliver);
+    if (!r.header_cut_short && (r.header.kind != FileKind::segment || r.header.number != number)) {
+      throw JournalCorruption("ordo: journal file " + name + ": its header names another file");
+    }
+    ++report.segments;
+    if (last) result.last_valid_end = r.valid_end;
+  }
+  report.live_tasks = live.size();
+  return result;
+}
+
+}  // namespace ordo::detail::wal

@@ -1,0 +1,552 @@
+#include "resources/resource_manager.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "ordo/detail/dependency.hpp"
+#include "ordo/errors.hpp"
+#include "ordo/options.hpp"
+#include "util/clock.hpp"
+
+namespace ordo::detail {
+
+ResourceGroupCore& ResourceManager::create(std::string name, std::uint64_t limit) {
+  if (limit == 0) throw InvalidArgument("ordo: resource group '" + name + "' needs a limit of at least 1");
+  std::lock_guard lock(mu_);
+  for (const auto& g : groups_) {
+    if (g->name == name) throw InvalidArgument("ordo: a resource group named '" + name + "' already exists");
+  }
+  groups_.push_back(std::make_unique<ResourceGroupCore>(*this, static_cast<std::uint32_t>(groups_.size()), name, limit));
+  return *groups_.back();
+}
+
+ResourceManager::~ResourceManager() { stop(); }
+
+ResourceGroupCore* ResourceManager::find(std::string_view name) {
+  std::lock_guard lock(mu_);
+  for (const auto& g : groups_)
+    if (g->name == name) return g.get();
+  return nullptr;
+}
+
+ResourceGroupCore& ResourceManager::create_rate(std::string name, std::uint64_t permits, std::int64_t interval_ns,
+                                                std::uint64_t burst) {
+  if (permits == 0 || interval_ns <= 0) {
+    throw InvalidArgument("ordo: rate group '" + name + "' needs at least 1 permit per a positive interval");
+  }
+  if (burst == 0) throw InvalidArgument("ordo: rate group '" + name + "' needs a burst of at least 1");
+  // Rounded up: 107 per 10 ms gives one token every 93,458 ns, never more
+  // tokens than asked for (rounding down would drift ahead of the rate).
+  // At least 1 ns, however many permits.
+  const auto interval = static_cast<std::uint64_t>(interval_ns);
+  const std::int64_t emission =
+      permits >= interval ? 1 : static_cast<std::int64_t>(interval / permits + (interval % permits != 0 ? 1 : 0));
+  std::lock_guard lock(mu_);
+  for (const auto& g : groups_) {
+    if (g->name == name) throw InvalidArgument("ordo: a resource group named '" + name + "' already exists");
+  }
+  groups_.push_back(
+      std::make_unique<ResourceGroupCore>(*this, static_cast<std::uint32_t>(groups_.size()), name, burst, emission));
+  if (!timer_.joinable()) timer_ = std::thread([this] { timer_loop(); });
+  return *groups_.back();
+}
+
+void ResourceManager::stop() noexcept {
+  {
+    std::lock_guard lock(mu_);
+    timer_stop_ = true;
+  }
+  timer_cv_.notify_all();
+  if (timer_.joinable()) timer_.join();
+}
+
+bool ResourceManager::exceeds_a_limit(const NeedList& needs) noexcept {
+  // relaxed: a limit is a number compared under mu_; set_limit() stores it
+  // before it takes mu_ and dispatches, so a change is always looked at again.
+  for (const NeedEntry& e : needs)
+    if (e.amount > e.group->limit.load(std::memory_order_relaxed)) return true;
+  return false;
+}
+
+const Waiter* ResourceManager::first_eligible_locked(const ResourceGroupCore& g) const noexcept {
+  for (const Waiter& w : g.wait_list)
+    if (!exceeds_a_limit(*w.task->preds->needs)) return &w;
+  return nullptr;
+}
+
+std::int64_t ResourceManager::due_ns_locked(const ResourceGroupCore& g, const Waiter& w, std::int64_t now) noexcept {
+  std::uint64_t amount = 0;
+  for (const NeedEntry& e : *w.task->preds->needs)
+    if (e.group == &g) amount = e.amount;
+  const std::int64_t tat = std::max(g.tat.load(std::memory_order_seq_cst), now);
+  // relaxed: as in exceeds_a_limit().
+  return tat + static_cast<std::int64_t>(amount) * g.emission_ns -
+         static_cast<std::int64_t>(g.limit.load(std::memory_order_relaxed)) * g.emission_ns;
+}
+
+void ResourceManager::timer_loop() {
+  std::unique_lock lock(mu_);
+  while (!timer_stop_) {
+    // One clock reading for the decision and for the next deadline. A head
+    // due at `now` that is still waiting after the dispatch failed for want
+    // of another group (a counting group, whose release dispatches it, or a
+    // rate group, whose own head is timed): the timer does not spin on it.
+    // Any head not due at `now` is timed, even if it is due by the time we
+    // get here: judging it by a later clock would call it blocked and sleep
+    // for ever (issue 11 §1.8).
+    const std::int64_t now = steady_now_ns();
+    for (const auto& g : groups_) {
+      if (!g->is_rate()) continue;
+      const Waiter* head = first_eligible_locked(*g);
+      if (head != nullptr && due_ns_locked(*g, *head, now) <= now) mark_locked(*g);
+    }
+    dispatch_locked();
+    std::int64_t next = std::numeric_limits<std::int64_t>::max();
+    for (const auto& g : groups_) {
+      if (!g->is_rate()) continue;
+      const Waiter* head = first_eligible_locked(*g);
+      if (head == nullptr) continue;
+      const std::int64_t at = due_ns_locked(*g, *head, now);
+      if (at > now) next = std::min(next, at);
+    }
+    if (next == std::numeric_limits<std::int64_t>::max()) {
+      timer_cv_.wait(lock);
+    } else {
+      timer_cv_.wait_until(lock, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(next)));
+    }
+  }
+}
+
+NeedList* ResourceManager::make_needs(const std::vector<Need>& needs, bool check_limits) {
+  NeedList* list = pool_new<NeedList>();
+  try {
+    if (needs.size() > NeedList::kInline) list->more.reset(new NeedEntry[needs.size()]);
+    for (const Need& n : needs) {
+      ResourceGroupCore* g = n.group.core();
+      if (g == nullptr) throw InvalidArgument("ordo: a need names an empty ResourceGroup");
+      if (&g->manager != this) {
+        throw InvalidArgument("ordo: resource group '" + g->name + "' belongs to another scheduler");
+      }
+      if (n.amount == 0) throw InvalidArgument("ordo: a need of 0 from resource group '" + g->name + "'");
+      NeedEntry* same = std::find_if(list->begin(), list->end(), [g](const NeedEntry& e) { return e.group == g; });
+      if (same != list->end()) {
+        same->amount += n.amount;
+      } else {
+        list->begin()[list->count++] = NeedEntry{g, n.amount};
+      }
+    }
+    for (const NeedEntry& e : *list) {
+      if (!check_limits) break;
+      const std::uint64_t limit = e.group->limit.load(std::memory_order_relaxed);
+      if (e.amount > limit) {
+        throw InvalidArgument("ordo: a task needs " + std::to_string(e.amount) + " of resource group '" +
+                              e.group->name + "', whose limit is " + std::to_string(limit) + ": it could never run");
+      }
+    }
+  } catch (...) {
+    pool_delete(list);
+    throw;
+  }
+  std::sort(list->begin(), list->end(), [](const NeedEntry& a, const NeedEntry& b) { return a.group->id < b.group->id; });
+  return list;
+}
+
+// All or nothing, in group-id order. seq_cst on in_use: the releaser's half
+// of the hand-off protocol reads `waiters` after its own RMW on in_use.
+bool ResourceManager::try_take_all(NeedList& needs) noexcept {
+  std::size_t taken = 0;
+  for (; taken < needs.count; ++taken) {
+    const NeedEntry& e = needs[taken];
+    if (e.group->is_rate()) {
+      const std::int64_t now = steady_now_ns();
+      const std::int64_t cost = static_cast<std::int64_t>(e.amount) * e.group->emission_ns;
+      // relaxed: the burst is a number; tokens are accounted by the CAS on tat alone.
+      const std::int64_t window = static_cast<std::int64_t>(e.group->limit.load(std::memory_order_relaxed)) *
+                                  e.group->emission_ns;
+      std::int64_t tat = e.group->tat.load(std::memory_order_seq_cst);
+      bool ok = false;
+      for (;;) {
+        const std::int64_t next_tat = std::max(tat, now) + cost;
+        if (next_tat - now > window) break;  // not enough tokens yet
+        if (e.group->tat.compare_exchange_weak(tat, next_tat, std::memory_order_seq_cst)) {
+          ok = true;
+          break;
+        }
+      }
+      if (!ok) break;
+      continue;
+    }
+    std::uint64_t cur = e.group->in_use.load(std::memory_order_seq_cst);
+    bool ok = false;
+    for (;;) {
+      if (cur + e.amount > e.group->limit.load(std::memory_order_seq_cst)) break;
+      if (e.group->in_use.compare_exchange_weak(cur, cur + e.amount, std::memory_order_seq_cst)) {
+        ok = true;
+        break;
+      }
+    }
+    if (!ok) break;
+    const std::uint64_t now_in_use = cur + e.amount;
+    std::uint64_t seen = e.group->max_in_use.load(std::memory_order_relaxed);  // statistics only
+    while (now_in_use > seen && !e.group->max_in_use.compare_exchange_weak(seen, now_in_use, std::memory_order_relaxed)) {
+    }
+  }
+  if (taken == needs.count) return true;
+  for (std::size_t i = 0; i < taken; ++i) {
+    const NeedEntry& e = needs[i];
+    if (e.group->is_rate()) {
+      // Give the tokens back; if the bucket refilled meanwhile this errs on
+      // the side of fewer tokens, never more.
+      e.group->tat.fetch_sub(static_cast<std::int64_t>(e.amount) * e.group->emission_ns, std::memory_order_seq_cst);
+    } else {
+      e.group->in_use.fetch_sub(e.amount, std::memory_order_seq_cst);
+    }
+  }
+  return false;
+}
+
+bool ResourceManager::prepare_wait_nodes(NeedList& needs) noexcept {
+  if (needs.wait_nodes) return true;
+  try {
+    if (fail_wait_list_allocations.load(std::memory_order_relaxed) > 0 &&
+        fail_wait_list_allocations.fetch_sub(1, std::memory_order_relaxed) > 0) {
+      throw std::bad_alloc();
+    }
+    auto nodes = std::make_unique<WaitNode[]>(needs.count);
+    for (std::uint32_t i = 0; i < needs.count; ++i) {
+      WaitList scratch;  // allocates the node; extracting it keeps the allocation
+      scratch.insert(Waiter{0, 0, nullptr});
+      nodes[i] = scratch.extract(scratch.begin());
+    }
+    needs.wait_nodes = std::move(nodes);
+    return true;
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+}
+
+bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) {
+  // Fast path: nobody waits on any group we need, and everything fits.
+  bool contended = false;
+  for (const NeedEntry& e : needs) contended |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
+  if (!contended && try_take_all(needs)) {
+    needs.held.store(true, std::memory_order_relaxed);  // relaxed: see NeedList::held
+    return true;
+  }
+  if (!prepare_wait_nodes(needs)) {
+    // It cannot wait without its nodes, and nothing is changed yet: it goes
+    // back to the queues as it came (claimed -> queued, with this entry's
+    // reference) and tries again when a worker next takes it.
+    // release: pairs with the claim's acquire in run_task().
+    t->state.fetch_and(~kStateMask, std::memory_order_release);  // kQueued is 0
+    core_.resubmit(t);
+    return false;
+  }
+  std::lock_guard lock(mu_);
+  // May we go ahead of the tasks already waiting? Only of those with a
+  // lower priority, in every group we need (priority, then age).
+  bool first_in_line = true;
+  for (const NeedEntry& e : needs) {
+    if (!e.group->wait_list.empty() && e.group->wait_list.begin()->level <= level) first_in_line = false;
+  }
+  if (first_in_line && try_take_all(needs)) {
+    needs.held.store(true, std::memory_order_relaxed);  // relaxed: see NeedList::held
+    return true;
+  }
+  park_locked(t, needs, level);
+  return false;
+}
+
+void ResourceManager::park_locked(Task* t, NeedList& needs, unsigned level) noexcept {
+  needs.level = level;
+  needs.seq = next_seq_++;
+  needs.parked_at_ns = steady_now_ns();
+  for (std::uint32_t i = 0; i < needs.count; ++i) {
+    ResourceGroupCore& g = *needs[i].group;
+    WaitNode& node = needs.wait_nodes[i];
+    node.value() = Waiter{level, needs.seq, t};
+    g.wait_list.insert(std::move(node));  // a prepared node: no allocation
+    g.waiters.fetch_add(1, std::memory_order_seq_cst);  // the parker's half of the hand-off protocol
+    mark_locked(g);
+  }
+  parked_.fetch_add(1, std::memory_order_seq_cst);
+  // A release that ran before we registered did not see us: look again now.
+  // (It also wakes the rate timer: we may be the earliest due now.) That may
+  // grant t, which another worker may then run and free with its needs:
+  // nothing of them is read after this.
+  dispatch_locked();
+}
+
+bool ResourceManager::park_if_busy(Task* t, NeedList& needs, unsigned level) {
+  // seq_cst loads: the same hand-off protocol as acquire_or_park (a
+  // release that misses our registration is caught by park_locked's dispatch).
+  auto all_fit = [&] {
+    for (const NeedEntry& e : needs) {
+      if (e.group->is_rate()) return true;  // rate tokens are judged when it runs
+      if (e.group->in_use.load(std::memory_order_seq_cst) + e.amount > e.group->limit.load(std::memory_order_seq_cst))
+        return false;
+    }
+    return true;
+  };
+  bool contended = false;
+  for (const NeedEntry& e : needs) contended |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
+  if (!contended && all_fit()) return false;
+  for (const NeedEntry& e : needs)
+    if (e.group->is_rate()) return false;
+  std::lock_guard lock(mu_);
+  bool first_in_line = true;
+  for (const NeedEntry& e : needs) {
+    if (!e.group->wait_list.empty() && e.group->wait_list.begin()->level <= level) first_in_line = false;
+  }
+  if (first_in_line && all_fit()) return false;
+  // Claim it, as a worker taking it from a queue would: a cancel() that got
+  // there first wins, and then it is queued as usual (and skipped).
+  std::uint32_t s = t->state.load(std::memory_order_acquire);
+  for (;;) {
+    if ((s & kStateMask) != kQueued) return false;
+    // acquire: pairs with move_task()'s and set_priority's release, like run_task()'s claim.
+    if (t->state.compare_exchange_weak(s, (s & ~kStateMask) | kRunning, std::memory_order_acquire)) break;
+  }
+  // Only once claimed are its needs ours: a worker that took a moved entry
+  // of the same task may be preparing them too until its claim fails.
+  if (!prepare_wait_nodes(needs)) {
+    // Without memory for its nodes it is queued as usual, unclaimed again.
+    // release: pairs with the claim's acquire in run_task().
+    t->state.fetch_and(~kStateMask, std::memory_order_release);  // kQueued is 0
+    return false;
+  }
+  park_locked(t, needs, level);
+  return true;
+}
+
+bool ResourceManager::unpark_for_cancel(Task* t) {
+  {
+    std::lock_guard lock(mu_);
+    NeedList& needs = *t->preds->needs;
+    if (needs.count == 0) return false;
+    auto& list = needs[0].group->wait_list;
+    auto it = list.find(Waiter{needs.level, needs.seq, t});
+    if (it == list.end() || it->task != t) return false;  // not parked (yet, or any more)
+    unregister_locked(t, needs);
+    for (const NeedEntry& e : needs) mark_locked(*e.group);
+    dispatch_locked();  // whoever waited behind it may fit now
+  }
+  unpark_one();
+  return true;
+}
+
+void ResourceManager::release(NeedList& needs) noexcept {
+  needs.held.store(false, std::memory_order_relaxed);  // relaxed: the finisher alone owns it now
+  bool someone_waits = false;
+  for (const NeedEntry& e : needs)
+    if (!e.group->is_rate()) e.group->in_use.fetch_sub(e.amount, std::memory_order_seq_cst);  // tokens are consumed
+  for (const NeedEntry& e : needs)
+    if (!e.group->is_rate()) someone_waits |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
+  if (!someone_waits) return;
+  std::lock_guard lock(mu_);
+  for (const NeedEntry& e : needs) mark_locked(*e.group);
+  dispatch_locked();
+}
+
+void ResourceManager::unpark_one() noexcept {
+  // A draining worker that went idle because a task was still parked must
+  // look again once none is: it may be the last one able to see that the
+  // scheduler is done.
+  if (parked_.fetch_sub(1, std::memory_order_seq_cst) == 1) core_.last_parked_task_left();
+}
+
+void ResourceManager::unregister_locked(Task* t, NeedList& needs) noexcept {
+  const std::int64_t waited = steady_now_ns() - needs.parked_at_ns;
+  for (std::uint32_t i = 0; i < needs.count; ++i) {
+    ResourceGroupCore& g = *needs[i].group;
+    needs.wait_nodes[i] = g.wait_list.extract(Waiter{needs.level, needs.seq, t});  // kept for the next park
+    g.waiters.fetch_sub(1, std::memory_order_seq_cst);
+    g.total_wait_ns += waited;
+  }
+  // parked_ is decremented by the caller once the task is back in a queue (or
+  // completed): a draining scheduler must never see it in neither place.
+}
+
+void ResourceManager::mark_locked(ResourceGroupCore& g) noexcept {
+  if (g.to_dispatch) return;
+  g.to_dispatch = true;
+  g.next_to_dispatch = to_dispatch_;
+  to_dispatch_ = &g;
+}
+
+// Grants waiters in order, per marked group, while the best one fits: the
+// best waiter of a group keeps its place (nobody behind it takes that group's
+// permits), so a task needing several groups is not starved by tasks needing
+// one. A hopeless waiter (a need above a lowered limit) has no place to keep:
+// it is passed over, or it would block everyone behind it for ever. A grant
+// can only consume capacity, but it removes its task from other groups'
+// lists, whose next waiter may now be first: those are marked too. Whatever
+// changed in a rate group may move its next deadline, and so may a waiter
+// found blocked on a rate group's tokens: the timer is told.
+void ResourceManager::dispatch_locked() noexcept {
+  bool rate_group_seen = false;
+  while (ResourceGroupCore* g = to_dispatch_) {
+    to_dispatch_ = g->next_to_dispatch;
+    g->next_to_dispatch = nullptr;
+    g->to_dispatch = false;
+    rate_group_seen |= g->is_rate();
+    for (auto it = g->wait_list.begin(); it != g->wait_list.end();) {
+      Task* t = it->task;
+      NeedList& needs = *t->preds->needs;
+      if (exceeds_a_limit(needs)) {
+        ++it;
+        continue;
+      }
+      if (!try_take_all(needs)) {
+        // A waiter that fits this group but waits for a rate group's tokens
+        // must be timed: the timer may have passed over it while it was
+        // hopeless (a raised limit makes it eligible here) and be asleep
+        // with no deadline.
+        for (const NeedEntry& e : needs) rate_group_seen |= e.group->is_rate();
+        break;
+      }
+      ++it;  // unregister_locked takes t out of this list too
+      needs.held.store(true, std::memory_order_relaxed);  // relaxed: see NeedList::held
+      unregister_locked(t, needs);
+      for (const NeedEntry& e : needs)
+        if (e.group != g) mark_locked(*e.group);
+      // The parked task was claimed (state running) when it was parked; give
+      // it back to the queues, holding its permits, with the reference its
+      // wait-list entry had. It is in no list now: we do not touch it again.
+      // release: pairs with the claim's acquire in run_task().
+      t->state.fetch_and(~kStateMask, std::memory_order_release);  // kQueued is 0
+      core_.resubmit(t);
+      unpark_one();
+    }
+  }
+  if (rate_group_seen) timer_cv_.notify_one();
+}
+
+std::size_t ResourceManager::cancel_parked(Which which) noexcept {
+  // One task at a time, so that nothing is allocated here: the completion
+  // runs without mu_, and the next is looked for afresh.
+  std::size_t cancelled = 0;
+  for (;;) {
+    Task* doomed = nullptr;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& g : groups_) {
+        for (const Waiter& w : g->wait_list) {
+          if (which == Which::all || exceeds_a_limit(*w.task->preds->needs)) {
+            doomed = w.task;
+            break;
+          }
+        }
+        if (doomed != nullptr) break;
+      }
+      if (doomed == nullptr) break;
+      NeedList& needs = *doomed->preds->needs;
+      unregister_locked(doomed, needs);
+      if (which == Which::unsatisfiable) {
+        // Dispatching passes over hopeless waiters already; this is for the
+        // timer, whose head may have been this one.
+        for (const NeedEntry& e : needs) mark_locked(*e.group);
+        dispatch_locked();
+      }
+    }
+    // back to queued, so that it can be claimed by complete_cancelled.
+    doomed->state.fetch_and(~kStateMask, std::memory_order_release);  // release: pairs with its acquire claim
+    core_.complete_cancelled(doomed);
+    unpark_one();
+    ++cancelled;
+  }
+  return cancelled;
+}
+
+bool ResourceManager::reorder_parked(Task* t, unsigned level) {
+  std::lock_guard lock(mu_);
+  NeedList& needs = *t->preds->needs;
+  if (needs.count == 0) return false;  // (`held` is not ours to read: the fast path writes it without mu_)
+  auto& list = needs[0].group->wait_list;
+  auto it = list.find(Waiter{needs.level, needs.seq, t});
+  if (it == list.end() || it->task != t) return false;  // not parked (yet, or any more)
+  for (std::uint32_t i = 0; i < needs.count; ++i) {
+    ResourceGroupCore& g = *needs[i].group;
+    // The same node, moved: no allocation, so no half-moved task.
+    WaitNode node = g.wait_list.extract(Waiter{needs.level, needs.seq, t});
+    node.value().level = level;  // the same age: only the priority changes
+    g.wait_list.insert(std::move(node));
+    mark_locked(g);
+  }
+  needs.level = level;
+  t->level.store(static_cast<std::uint8_t>(level), std::memory_order_relaxed);  // read when it is queued again (mu_)
+  dispatch_locked();  // it may be first in line now
+  return true;
+}
+
+void ResourceManager::set_limit(ResourceGroupCore& g, std::uint64_t limit) {
+  if (limit == 0) throw InvalidArgument("ordo: resource group '" + g.name + "' needs a limit of at least 1");
+  g.limit.store(limit, std::memory_order_seq_cst);
+  limit_changes_.fetch_add(1, std::memory_order_seq_cst);  // after the store: see limit_changes()
+  {
+    std::lock_guard lock(mu_);
+    // A raise may fit waiters now; a cut may make the head hopeless, and
+    // those behind it must not wait for it.
+    mark_locked(g);
+    dispatch_locked();
+  }
+  // A draining scheduler whose workers sleep waiting for parked tasks must
+  // look again: a waiter may be hopeless now, to be cancelled.
+  core_.last_parked_task_left();
+}
+
+std::vector<ResourceStats> ResourceManager::all_stats() const {
+  std::vector<const ResourceGroupCore*> groups;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& g : groups_) groups.push_back(g.get());
+  }
+  std::vector<ResourceStats> out;
+  out.reserve(groups.size());
+  for (const ResourceGroupCore* g : groups) out.push_back(stats(*g));
+  return out;
+}
+
+ResourceStats ResourceManager::stats(const ResourceGroupCore& g) const {
+  ResourceStats s;
+  s.name = g.name;
+  s.limit = g.limit.load(std::memory_order_relaxed);
+  if (g.is_rate()) {  // tokens taken within the current window
+    const std::int64_t ahead = g.tat.load(std::memory_order_relaxed) - steady_now_ns();
+    s.in_use = ahead > 0 ? static_cast<std::uint64_t>((ahead + g.emission_ns - 1) / g.emission_ns) : 0;
+  } else {
+    s.in_use = g.in_use.load(std::memory_order_relaxed);
+  }
+  s.max_in_use = g.max_in_use.load(std::memory_order_relaxed);
+  std::lock_guard lock(mu_);
+  s.waiting = g.wait_list.size();
+  s.total_wait_ms = static_cast<double>(g.total_wait_ns) / 1e6;
+  return s;
+}
+
+}  // namespace ordo::detail
+
+namespace ordo {
+
+const std::string& ResourceGroup::name() const {
+  if (!core_) throw Error("ordo: empty ResourceGroup");
+  return core_->name;
+}
+std::uint64_t ResourceGroup::limit() const {
+  if (!core_) throw Error("ordo: empty ResourceGroup");
+  return core_->limit.load(std::memory_order_relaxed);
+}
+void ResourceGroup::set_limit(std::uint64_t limit) {
+  if (!core_) throw Error("ordo: empty ResourceGroup");
+  core_->manager.set_limit(*core_, limit);
+}
+ResourceStats ResourceGroup::stats() const {
+  if (!core_) throw Error("ordo: empty ResourceGroup");
+  return core_->manager.stats(*core_);
+}
+
+}  // namespace ordo
