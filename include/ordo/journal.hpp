@@ -86,9 +86,6 @@ struct JournalOptions {
   std::uint64_t compact_after_bytes = 256ull << 20;
   // Skip damaged records (and report them) instead of refusing to open.
   bool tolerate_corruption = false;
-  // Tests only: called at each step of a compaction (1..4, see the format);
-  // a test process may _exit() there to simulate a crash.
-  std::function<void(int step)> compaction_hook{};
 };
 
 // One record as replayed: valid only during the callback.

@@ -121,14 +121,14 @@ void JournalImpl::run_compaction(std::uint64_t first_kept) {
     });
     out.finish(scratch.highest_task);
   }
-  if (options_.compaction_hook) options_.compaction_hook(2);
+  if (compaction_crash_point) compaction_crash_point(2);
   fs_->rename(tmp_path, wal::join(dir_, final_name));
   fs_->sync_directory(dir_);  // the commit point
-  if (options_.compaction_hook) options_.compaction_hook(3);
+  if (compaction_crash_point) compaction_crash_point(3);
   if (plan.snapshot != 0) fs_->remove(wal::join(dir_, wal::file_name(wal::FileKind::snapshot, plan.snapshot)));
   for (std::uint64_t s : covered) fs_->remove(wal::join(dir_, wal::file_name(wal::FileKind::segment, s)));
   fs_->sync_directory(dir_);
-  if (options_.compaction_hook) options_.compaction_hook(4);
+  if (compaction_crash_point) compaction_crash_point(4);
 }
 
 }  // namespace ordo::detail

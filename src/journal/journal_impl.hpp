@@ -32,6 +32,12 @@ namespace ordo::detail {
 // thread writes it (a waiting appender writes it sooner, with its own).
 inline constexpr std::chrono::microseconds kUnwaitedWriteDelay{1000};
 
+// A test-only crash point (no public option): when set, every compaction
+// calls it at each of its steps (1..4, see docs/journal-format.md), and a
+// test process may _exit() there to simulate a crash. Set it only while no
+// journal of the process compacts.
+inline std::function<void(int step)> compaction_crash_point;
+
 class JournalImpl {
  public:
   // `fs` carries every file operation; tests pass one that models power cuts.

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "journal/journal_impl.hpp"  // the test-only compaction_crash_point
 #include "journal_support.hpp"
 #include "ordo/journal.hpp"
 #include "test_support.hpp"
@@ -171,8 +172,8 @@ TEST(Journal, CompactionInterruptedAtEachStepRecovers) {
     const pid_t child = ::fork();
     ASSERT_GE(child, 0);
     if (child == 0) {
-      JournalOptions o{.durability = Durability::sync};
-      o.compaction_hook = [step](int at) {
+      const JournalOptions o{.durability = Durability::sync};
+      detail::compaction_crash_point = [step](int at) {
         if (at == step) ::_exit(0);  // the process dies here, as in a crash
       };
       auto j = Journal::open(dir.path(), o);

@@ -1,0 +1,368 @@
+// The journal's writer side: appends, group commit led by waiting appenders,
+// the writer thread (unwaited records, periodic sync, rotation, on_durable
+// callbacks) and segment files. See journal_impl.hpp for the contract and
+// docs/journal-format.md for the bytes; journal.cpp opens and closes.
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <utility>
+
+#include "journal/format.hpp"
+#include "journal/journal_impl.hpp"
+#include "journal/posix_file_system.hpp"
+#include "util/clock.hpp"
+
+namespace ordo::detail {
+void JournalImpl::open_segment(std::uint64_t number) {
+  segment_path_ = wal::join(dir_, wal::file_name(wal::FileKind::segment, number));
+  segment_file_ = fs_->create(segment_path_, FileSystem::Create::exclusive);
+  unsigned char header[wal::kFileHeaderBytes];
+  wal::encode_file_header(header, wal::FileKind::segment, number);
+  segment_file_->append(header, sizeof header);
+  if (options_.durability != Durability::none) {
+    segment_file_->sync();
+    fs_->sync_directory(dir_);  // the new name must survive too
+  } else {
+    segment_name_unsynced_ = true;  // until a sync() or the segment's end
+  }
+  segment_ = number;
+  segment_size_ = wal::kFileHeaderBytes;
+}
+
+void JournalImpl::sync_segment() {
+  segment_file_->sync();
+  if (segment_name_unsynced_) {
+    fs_->sync_directory(dir_);
+    segment_name_unsynced_ = false;
+  }
+}
+
+void JournalImpl::rotate() {
+  // Every mode, `none` included, leaves a closed segment synced, name and
+  // all: a power cut can then only cut the tail of the last segment, never
+  // leave a hole in the middle that would make the journal unreadable.
+  sync_segment();
+  segment_file_.reset();
+  open_segment(segment_ + 1);
+}
+
+Lsn JournalImpl::append(RecordType type, std::uint64_t task, std::span<const std::byte> body) {
+  if (body.size() + 8 > wal::kMaxPayload) {
+    throw InvalidArgument("ordo: a journal record payload is limited to 64 MiB (got " + std::to_string(body.size() + 8) +
+                          " bytes)");
+  }
+  const auto length = static_cast<std::uint32_t>(body.size() + 8);
+  // Encoded outside the lock: appenders contend only for the copy.
+  thread_local std::string record;
+  record.resize(wal::kRecordHeaderBytes + length);
+  auto* p = reinterpret_cast<unsigned char*>(record.data());
+  wal::put64(p + wal::kRecordHeaderBytes, task);
+  if (!body.empty()) std::memcpy(p + wal::kRecordHeaderBytes + 8, body.data(), body.size());
+  wal::encode_record_header(p, type, p + wal::kRecordHeaderBytes, length);
+  std::unique_lock lock(mu_);
+  if (closed_) throw Error("ordo: append to a closed journal (" + dir_ + ")");
+  if (error_) rethrow_error_locked();
+  const bool was_idle = pending_.empty();
+  pending_.append(record);
+  pending_ends_.push_back(static_cast<std::uint32_t>(pending_.size()));
+  if (type == RecordType::enqueue || type == RecordType::workflow) {
+    ++live_;
+  } else if ((type == RecordType::complete || type == RecordType::cancel) && live_ > 0) {
+    --live_;
+  }
+  const Lsn lsn = ++appended_;
+  // Nobody is woken: a record is waited for by its appender, who leads the
+  // write of everything pending, or else the writer thread takes it within
+  // kUnwaitedWriteDelay. A wake-up per append cost more than the append.
+  bool wake = false;
+  if (was_idle) {
+    pending_since_ = std::chrono::steady_clock::now();
+    wake = std::exchange(writer_asleep_, false);
+  }
+  lock.unlock();
+  if (wake) writer_cv_.notify_all();  // it sets its timer for this record
+  return lsn;
+}
+
+void JournalImpl::rethrow_error_locked() {
+  error_delivered_ = true;
+  std::rethrow_exception(error_);
+}
+
+void JournalImpl::wait_durable(Lsn lsn) {
+  std::unique_lock lock(mu_);
+  await_locked(lock, lsn, options_.durability == Durability::sync);
+}
+
+void JournalImpl::wait_written(Lsn lsn) {
+  std::unique_lock lock(mu_);
+  await_locked(lock, lsn, false);
+}
+
+bool JournalImpl::on_durable(Lsn lsn, std::function<void(bool)> fn) {
+  std::unique_lock lock(mu_);
+  if (durable_mark_locked() >= lsn) return false;
+  if (error_) rethrow_error_locked();
+  if (writer_exited_) throw Error("ordo: on_durable on a closed journal (" + dir_ + ")");
+  callbacks_.emplace(lsn, std::move(fn));
+  writer_cv_.notify_all();  // in sync mode the writer syncs for it at once
+  return true;
+}
+
+void JournalImpl::run_callbacks_locked(std::unique_lock<std::mutex>& lock) {
+  const bool never = error_ != nullptr || writer_exited_;
+  const auto end = never ? callbacks_.end() : callbacks_.upper_bound(durable_mark_locked());
+  if (callbacks_.begin() == end) return;
+  std::vector<std::function<void(bool)>> due;
+  for (auto it = callbacks_.begin(); it != end; ++it) due.push_back(std::move(it->second));
+  callbacks_.erase(callbacks_.begin(), end);
+  lock.unlock();
+  for (auto& fn : due) fn(!never);
+  lock.lock();
+}
+
+void JournalImpl::sync() {
+  std::unique_lock lock(mu_);
+  if (closed_) return;
+  await_locked(lock, appended_, true);
+}
+
+// Group commit without a hand-off: a waiting thread whose record is not yet
+// durable and finds nobody writing becomes the leader and writes (and
+// syncs) everything pending itself; the others wait for it, and the next
+// leader takes whatever piled up meanwhile. The writer thread only writes
+// what nobody waits for.
+void JournalImpl::await_locked(std::unique_lock<std::mutex>& lock, Lsn lsn, bool need_sync) {
+  bool arrived = false;
+  for (;;) {
+    if ((need_sync ? synced_ : written_) >= lsn) return;
+    if (error_) rethrow_error_locked();
+    if (!writing_ && !writer_exited_) {
+      flush_locked(lock, need_sync, true, /*written_only=*/!need_sync);
+      continue;
+    }
+    // The token holder is in fdatasync: one who only needs its record
+    // written (a task's START) writes what is pending beside it, instead of
+    // waiting for a sync it does not need.
+    if (!need_sync && sync_phase_ && !side_writing_ && !pending_.empty() &&
+        segment_size_ + pending_.size() <= options_.segment_bytes) {
+      side_write_locked(lock);
+      continue;
+    }
+    if (!arrived && need_sync) {  // one arrival per wait, for the batch after the one in flight
+      arrived = true;
+      ++arrivals_;
+      if (gathering_) writer_cv_.notify_all();  // a leader gathering its group counts arrivals
+    }
+    durable_cv_.wait(lock);
+  }
+}
+
+void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bool leader, bool written_only) {
+  writing_ = true;
+  if (leader && sync && options_.durability == Durability::sync && expected_ > 1) {
+    // The threads the last sync released are appending again: an fdatasync
+    // shared by all of them beats one now and another for the stragglers.
+    // Bounded by a fraction of what a sync costs.
+    const auto patience = std::chrono::nanoseconds(
+        std::min<std::uint64_t>(last_sync_ns_.load(std::memory_order_relaxed) / 2, 250'000));
+    gathering_ = true;
+    writer_cv_.wait_for(lock, patience, [&] { return stop_ || arrivals_ + 1 >= expected_; });
+    gathering_ = false;
+  }
+  spare_.swap(pending_);
+  spare_ends_.swap(pending_ends_);
+  const Lsn last = appended_;
+  // One who needs its records only written (a worker writing a task's
+  // START) never takes on the periodic sync or a requested rotation: they
+  // are the writer thread's (woken below), so no worker waits on the disk.
+  const bool rotate_now = !written_only && std::exchange(rotate_wanted_, false);
+  const std::uint32_t released = arrivals_ + (leader && sync ? 1 : 0);  // the sync waiters this batch will release
+  arrivals_ = 0;
+  lock.unlock();
+  bool synced_now = false;
+  try {
+    if (!spare_.empty()) {
+      write_batch(spare_, spare_ends_);
+      unsynced_ = true;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (!written_only && options_.durability != Durability::none && unsynced_ && now >= next_periodic_sync_) sync = true;
+    if (sync && unsynced_) {
+      // Written: those who wait only for that need not wait for the
+      // fdatasync too, and may write beside it (side_write_locked).
+      lock.lock();
+      written_ = std::max(written_, last);
+      sync_phase_ = true;
+      durable_cv_.notify_all();
+      lock.unlock();
+      const std::uint64_t t0 = steady_now_ns();
+      sync_segment();
+      last_sync_ns_.store(steady_now_ns() - t0, std::memory_order_relaxed);
+      syncs_.fetch_add(1, std::memory_order_relaxed);
+      lock.lock();
+      durable_cv_.wait(lock, [&] { return !side_writing_; });
+      sync_phase_ = false;
+      unsynced_ = std::exchange(side_wrote_, false);  // what was written beside the sync is not covered by it
+      lock.unlock();
+      synced_now = true;
+      next_periodic_sync_ = std::chrono::steady_clock::now() + options_.async_interval;
+    }
+    if (rotate_now) rotate();
+  } catch (...) {
+    lock.lock();
+    if (sync_phase_) {
+      durable_cv_.wait(lock, [&] { return !side_writing_; });
+      sync_phase_ = false;
+    }
+    if (!error_) error_ = std::current_exception();
+    writing_ = false;
+    durable_cv_.notify_all();
+    writer_cv_.notify_all();  // the writer calls the callbacks back, with false
+    return;
+  }
+  spare_.clear();
+  spare_ends_.clear();
+  lock.lock();
+  written_ = std::max(written_, last);
+  if (synced_now || !unsynced_) synced_ = std::max(synced_, last);
+  if (synced_now) expected_ = released;
+  if (rotate_now) rotated_to_ = segment_;
+  // Checked by whoever wrote: in sync mode the writer thread may never write
+  // at all, every record being led by its waiting appender.
+  if (!compact_wanted_ && options_.compact_after_bytes != 0 &&
+      bytes_since_snapshot_.load(std::memory_order_relaxed) > options_.compact_after_bytes) {
+    compact_wanted_ = true;
+    compact_cv_.notify_one();
+  }
+  writing_ = false;
+  durable_cv_.notify_all();
+  writer_cv_.notify_all();  // the writer may be waiting for the token, or have callbacks to run
+}
+
+void JournalImpl::side_write_locked(std::unique_lock<std::mutex>& lock) {
+  side_writing_ = true;
+  side_.swap(pending_);
+  pending_ends_.clear();
+  const Lsn last = appended_;
+  // Stable until side_writing_ is false again: the token holder, in its
+  // sync phase, neither writes nor rotates before it has seen that.
+  AppendFile* const file = segment_file_.get();
+  lock.unlock();
+  std::exception_ptr failed;
+  try {
+    file->append(side_.data(), side_.size());
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  lock.lock();
+  side_writing_ = false;
+  if (failed) {
+    if (!error_) error_ = failed;
+  } else {
+    segment_size_ += side_.size();
+    written_ = std::max(written_, last);
+    side_wrote_ = true;
+    batches_.fetch_add(1, std::memory_order_relaxed);
+    bytes_since_snapshot_.fetch_add(side_.size(), std::memory_order_relaxed);
+  }
+  side_.clear();
+  durable_cv_.notify_all();  // the waiters it wrote for, and the token holder waiting to end its sync phase
+  writer_cv_.notify_all();   // callbacks that became due
+}
+
+std::uint64_t JournalImpl::request_rotation() {
+  std::unique_lock lock(mu_);
+  if (error_) rethrow_error_locked();
+  if (stop_) throw Error("ordo: journal " + dir_ + " is closing: no compaction");
+  const std::uint64_t before = rotated_to_;
+  rotate_wanted_ = true;
+  writer_cv_.notify_one();
+  durable_cv_.wait(lock, [&] { return error_ || writer_exited_ || rotated_to_ != before; });
+  if (error_) rethrow_error_locked();
+  if (rotated_to_ == before) throw Error("ordo: journal " + dir_ + " is closing: no compaction");
+  return rotated_to_;
+}
+
+void JournalImpl::write_batch(const std::string& batch, const std::vector<std::uint32_t>& ends) {
+  // Rotate between records, before one that would take the segment past its
+  // size (a record bigger than a segment gets one of its own).
+  std::size_t from = 0;
+  std::size_t i = 0;
+  while (from < batch.size()) {
+    std::size_t to = from;
+    while (i < ends.size() && (to == from || segment_size_ + (ends[i] - from) <= options_.segment_bytes)) {
+      if (to == from && segment_size_ + (ends[i] - from) > options_.segment_bytes &&
+          segment_size_ > wal::kFileHeaderBytes) {
+        break;  // even the first record does not fit: rotate first
+      }
+      to = ends[i++];
+    }
+    if (to == from) {
+      rotate();
+      continue;
+    }
+    segment_file_->append(batch.data() + from, to - from);
+    segment_size_ += to - from;
+    from = to;
+    if (from < batch.size()) rotate();
+  }
+  batches_.fetch_add(1, std::memory_order_relaxed);
+  bytes_since_snapshot_.fetch_add(batch.size(), std::memory_order_relaxed);
+}
+
+void JournalImpl::writer_loop() {
+  // Writes what nobody waits for (waiters lead their own writes), rotates
+  // on request, makes the periodic sync, and the last flush when stopping.
+  // Token-holder fields (unsynced_, next_periodic_sync_) are read only
+  // while nobody holds the token: mu_ orders them after its release.
+  std::unique_lock lock(mu_);
+  bool lingered = false;
+  // In sync mode an on_durable callback is a waiter: it gets its sync now.
+  auto callback_waits = [&] { return !callbacks_.empty() && options_.durability == Durability::sync; };
+  auto has_work = [&] {
+    return stop_ || rotate_wanted_ || callback_waits() ||
+           (!pending_.empty() && std::chrono::steady_clock::now() >= pending_since_ + kUnwaitedWriteDelay);
+  };
+  for (;;) {
+    if (writing_) {
+      writer_cv_.wait(lock, [&] { return !writing_; });
+      continue;
+    }
+    if (error_) break;
+    if (!callbacks_.empty() && callbacks_.begin()->first <= durable_mark_locked()) {
+      run_callbacks_locked(lock);
+      continue;
+    }
+    const bool periodic = options_.durability != Durability::none && unsynced_;
+    if (!has_work() && !(periodic && std::chrono::steady_clock::now() >= next_periodic_sync_)) {
+      // Each wake-up goes round the loop: the deadlines may have moved.
+      auto due = std::chrono::steady_clock::time_point::max();
+      if (periodic) due = next_periodic_sync_;  // a copy: a leader may move it while we wait
+      if (!pending_.empty()) due = std::min(due, pending_since_ + kUnwaitedWriteDelay);
+      if (due != std::chrono::steady_clock::time_point::max()) {
+        lingered = false;
+        writer_cv_.wait_until(lock, due);
+      } else if (!lingered) {
+        // Idle for now: linger one delay before sleeping for good, so that
+        // a busy journal's appends seldom have to wake the writer.
+        lingered = true;
+        writer_cv_.wait_for(lock, kUnwaitedWriteDelay);
+      } else {
+        writer_asleep_ = true;  // the next append that finds nothing pending wakes it
+        writer_cv_.wait(lock);
+        writer_asleep_ = false;
+      }
+      continue;
+    }
+    const bool stopping = stop_;
+    flush_locked(lock, stopping || callback_waits(), false);
+    if (error_) break;
+    if (stopping && pending_.empty() && !unsynced_) break;
+  }
+  writer_exited_ = true;
+  durable_cv_.notify_all();
+  run_callbacks_locked(lock);  // what is left will never be durable
+}
+
+}  // namespace ordo::detail
