@@ -7,7 +7,13 @@
 #include <chrono>
 #include <csignal>
 #include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <future>
+#include <string>
 #include <thread>
+#include <type_traits>
 
 namespace ordo::test {
 
@@ -54,6 +60,51 @@ inline bool wait_child_within(pid_t child, std::chrono::seconds limit, int& stat
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   return true;
+}
+
+// Waits up to `limit` for `done()`; false if it never became true.
+inline bool eventually(const std::function<bool()>& done, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+// As eventually(), for a condition whose failure means a wedged scheduler:
+// its destructor would hang as well, so the failure is printed and the
+// process exits instead of hanging.
+// `what` is a string, or a callable making one when it failed (to show the
+// state at that moment).
+template <class What>
+void must_happen(const std::function<bool()>& done, const What& what, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  if (eventually(done, limit)) return;
+  std::string text;
+  if constexpr (std::is_invocable_v<const What&>) {
+    text = what();
+  } else {
+    text = what;
+  }
+  std::fprintf(stderr, "FAILED (a hang): %s (waited %lld ms)\n", text.c_str(), static_cast<long long>(limit.count()));
+  std::fflush(stderr);
+  std::_Exit(1);
+}
+
+// Runs `step` (a shutdown, a destructor) on its own thread and waits up to
+// `limit` for it. A step that hangs holds the scheduler, so the binary cannot
+// go on: the failure is printed and the process exits, instead of hanging.
+inline void must_finish(const char* what, std::function<void()> step, std::chrono::milliseconds limit = std::chrono::seconds(15)) {
+  std::packaged_task<void()> job(std::move(step));
+  std::future<void> done = job.get_future();
+  std::thread(std::move(job)).detach();
+  if (done.wait_for(limit) != std::future_status::ready) {
+    std::fprintf(stderr, "FAILED: %s did not finish within %lld ms (a hang)\n", what,
+                 static_cast<long long>(limit.count()));
+    std::fflush(stderr);
+    std::_Exit(1);
+  }
+  done.get();
 }
 
 }  // namespace ordo::test
