@@ -182,7 +182,7 @@ void BM_recovery(benchmark::State& state) {
       // The first job to run holds the only worker until the clock stops, so
       // that "queued" is what is measured, not how fast the jobs then run.
       std::atomic<bool> measured{false};
-      durable.define("job", [&](ordo::JobContext&, std::span<const std::byte>) {
+      durable.define("job", [&](ordo::TaskContext&, std::span<const std::byte>) {
         while (!measured.load()) std::this_thread::yield();
       });
       const ordo::DurableRecovery r = durable.start();
@@ -227,7 +227,7 @@ void durable_enqueue_ordo(benchmark::State& state, ordo::Durability mode) {
     ordo::Scheduler sched{{.workers = 2}};
     auto durable = std::make_unique<ordo::DurableTasks>(sched, dir.path, ordo::JournalOptions{.durability = mode});
     std::atomic<int> ran{0};
-    durable->define("job", [&](ordo::JobContext&, std::span<const std::byte>) { ran.fetch_add(1, std::memory_order_relaxed); });
+    durable->define("job", [&](ordo::TaskContext&, std::span<const std::byte>) { ran.fetch_add(1, std::memory_order_relaxed); });
     durable->start();
     const std::string args(48, 'j');
     state.ResumeTiming();

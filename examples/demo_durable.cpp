@@ -65,7 +65,7 @@ RunResult run_jobs(const DurableStoryOptions& o, const std::string& effects_path
     if (shared == nullptr) own.emplace(ordo::SchedulerOptions{.workers = 2, .name = "durable-demo"});
     ordo::Scheduler& sched = shared != nullptr ? *shared : *own;
     ordo::DurableTasks durable(sched, o.journal_dir, {.durability = ordo::Durability::sync});
-    durable.define("invoice", [&](ordo::JobContext& ctx, std::span<const std::byte> args) {
+    durable.define("invoice", [&](ordo::TaskContext& ctx, std::span<const std::byte> args) {
       const std::string key = text(args);
       std::this_thread::sleep_for(std::chrono::milliseconds(2));  // "render and send the invoice"
       {

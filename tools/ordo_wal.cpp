@@ -131,7 +131,7 @@ int cmd_compact(const std::string& dir) {
 }
 
 // The dead set as the journal holds it (payloads: docs/journal-format.md).
-struct DeadTask {
+struct DeadTaskRecord {
   std::string type;
   std::uint32_t attempts = 0;
   std::string reason;
@@ -164,11 +164,11 @@ std::uint64_t uint_at(std::span<const std::byte> p, std::size_t& at, int bytes) 
   return v;
 }
 
-void fold_dead(const ordo::RecordView& r, std::map<std::uint64_t, DeadTask>& tasks, DiscardedNodes* flows = nullptr) {
+void fold_dead(const ordo::RecordView& r, std::map<std::uint64_t, DeadTaskRecord>& tasks, DiscardedNodes* flows = nullptr) {
   switch (r.type) {
     case ordo::RecordType::enqueue: {
       std::size_t at = 8;
-      DeadTask& t = tasks[r.task];
+      DeadTaskRecord& t = tasks[r.task];
       t.type = str16_at(r.payload, at);
       uint_at(r.payload, at, 1 + 4 + 8);  // level, max attempts, run at
       str16_at(r.payload, at);             // key
@@ -198,7 +198,7 @@ void fold_dead(const ordo::RecordView& r, std::map<std::uint64_t, DeadTask>& tas
       }
       break;
     case ordo::RecordType::dead: {
-      DeadTask& t = tasks[r.task];
+      DeadTaskRecord& t = tasks[r.task];
       t.dead = true;
       std::size_t at = 8;
       if (r.payload.size() >= 12) {
@@ -223,7 +223,7 @@ void fold_dead(const ordo::RecordView& r, std::map<std::uint64_t, DeadTask>& tas
 }
 
 int cmd_dead_list(const std::string& dir) {
-  std::map<std::uint64_t, DeadTask> tasks;
+  std::map<std::uint64_t, DeadTaskRecord> tasks;
   ordo::Journal::read(dir, [&](const ordo::RecordView& r) { fold_dead(r, tasks); });
   int n = 0;
   for (const auto& [id, t] : tasks) {
@@ -238,7 +238,7 @@ int cmd_dead_list(const std::string& dir) {
 // Appends RETRY or CANCEL for a task that is dead; the journal lock keeps a
 // running process from racing us.
 int cmd_dead_change(const std::string& dir, std::uint64_t id, ordo::RecordType what) {
-  std::map<std::uint64_t, DeadTask> tasks;
+  std::map<std::uint64_t, DeadTaskRecord> tasks;
   DiscardedNodes flows;
   ordo::JournalOptions options;
   options.compact_after_bytes = 0;

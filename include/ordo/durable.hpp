@@ -1,7 +1,7 @@
 // ordo::DurableTasks — tasks that survive a crash.
 //
 // A durable task is an instance of a *registered type*: a name and a handler
-// that receives a JobContext and the task's argument bytes. Closures cannot
+// that receives a TaskContext and the task's argument bytes. Closures cannot
 // be durable (they cannot be rebuilt after a restart); a durable submission
 // names a type. Every step of a task's life is written to a Journal
 // (ENQUEUE, START, CHECKPOINT, COMPLETE, FAIL, DEAD, CANCEL), so that after a
@@ -42,21 +42,21 @@ namespace ordo {
 class Scheduler;
 namespace detail {
 class DurableRuntime;
-struct DurableJob;
+struct JournaledTask;
 }  // namespace detail
 
-using JobId = std::uint64_t;
+using TaskId = std::uint64_t;
 
 // A journal holds a task whose type this process has not defined.
-class UnknownJobType : public Error {
+class UnknownTaskType : public Error {
  public:
   using Error::Error;
 };
 
 // What a handler sees of its task. Valid during the handler call only.
-class JobContext {
+class TaskContext {
  public:
-  JobId id() const noexcept;
+  TaskId id() const noexcept;
   const std::string& type() const noexcept;
   // 1 for the first attempt; attempts interrupted by a crash count too.
   unsigned attempt() const noexcept;
@@ -87,12 +87,12 @@ class JobContext {
 
  private:
   friend class detail::DurableRuntime;
-  JobContext(detail::DurableRuntime& rt, detail::DurableJob& job) : rt_(rt), job_(job) {}
+  TaskContext(detail::DurableRuntime& rt, detail::JournaledTask& task) : rt_(rt), task_(task) {}
   detail::DurableRuntime& rt_;
-  detail::DurableJob& job_;
+  detail::JournaledTask& task_;
 };
 
-using JobHandler = std::function<void(JobContext&, std::span<const std::byte> args)>;
+using TaskHandler = std::function<void(TaskContext&, std::span<const std::byte> args)>;
 
 // Exponential backoff with jitter: attempt k (k >= 1) that fails waits
 // min(max, initial * multiplier^(k-1)) scaled by a random factor in
@@ -105,7 +105,7 @@ struct RetryPolicy {
   double jitter = 0.2;
 };
 
-struct JobTypeOptions {
+struct TaskTypeOptions {
   RetryPolicy retry{};
   std::optional<Priority> priority{};  // unset: normal
 };
@@ -155,7 +155,7 @@ class DurableWorkflow {
 
 struct DurableOptions {
   // Recovery: a journaled task whose type is not defined at start() throws
-  // UnknownJobType (false) or goes to the dead set with that reason (true).
+  // UnknownTaskType (false) or goes to the dead set with that reason (true).
   bool unknown_types_to_dead = false;
   std::chrono::seconds key_retention{std::chrono::hours(24)};
 };
@@ -171,8 +171,8 @@ struct DurableRecovery {
   std::string describe() const;
 };
 
-struct DeadJob {
-  JobId id = 0;
+struct DeadTask {
+  TaskId id = 0;
   std::string type;
   unsigned attempts = 0;
   std::string last_error;
@@ -189,9 +189,9 @@ class DurableTasks {
   ~DurableTasks();
 
   // Before start(). Throws InvalidArgument for an empty or duplicate name.
-  void define(std::string type, JobHandler handler, JobTypeOptions options = {});
+  void define(std::string type, TaskHandler handler, TaskTypeOptions options = {});
   // Queues every live task of the journal with its priority, needs, attempt
-  // count and last checkpoint. Throws UnknownJobType (naming the type and
+  // count and last checkpoint. Throws UnknownTaskType (naming the type and
   // task) unless unknown_types_to_dead; nothing is queued then.
   DurableRecovery start();
 
@@ -199,8 +199,8 @@ class DurableTasks {
   // journal's mode. Throws InvalidArgument (unknown type, unknown resource
   // group, a key or group name of 64 KiB or more), Error after shutdown;
   // a call that throws leaves no task and no key behind.
-  JobId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options = {});
-  JobId enqueue(std::string_view type, std::string_view args, EnqueueOptions options = {}) {
+  TaskId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options = {});
+  TaskId enqueue(std::string_view type, std::string_view args, EnqueueOptions options = {}) {
     return enqueue(type, std::as_bytes(std::span<const char>(args.data(), args.size())), std::move(options));
   }
 
@@ -209,17 +209,17 @@ class DurableTasks {
   // workflow with that key that is live (or completed within key_retention)
   // is returned instead. Throws InvalidGraph (cycle, unknown or duplicate
   // node names), InvalidArgument (unknown type, empty workflow).
-  JobId enqueue_workflow(const DurableWorkflow& workflow, std::string idempotency_key = {});
+  TaskId enqueue_workflow(const DurableWorkflow& workflow, std::string idempotency_key = {});
 
   // The dead set: tasks whose attempts ran out (or unknown types).
-  std::vector<DeadJob> dead() const;
+  std::vector<DeadTask> dead() const;
   // Sends a dead task back for a fresh round of attempts. False if it is not dead.
-  bool retry_dead(JobId id);
+  bool retry_dead(TaskId id);
   // Drops a dead task for good (journaled as CANCEL). False if it is not dead.
   // A workflow node: the workflow fails — every node depending on it is
   // cancelled, the others still run, and the workflow then ends without
   // retaining its key (docs/durability.md).
-  bool discard_dead(JobId id);
+  bool discard_dead(TaskId id);
 
   // drain: waits until no task is live except dead ones (delayed and retrying
   // tasks included: their times are waited for). cancel: queued tasks that

@@ -1,4 +1,4 @@
-// Durable tasks: replay of the journal into jobs, workflows and keys, record
+// Durable tasks: replay of the journal into tasks, workflows and keys, record
 // by record, when DurableTasks is constructed (docs/journal-format.md,
 // "Durable-task payloads"). start() then decides what to queue.
 #include <algorithm>
@@ -14,44 +14,44 @@ namespace ordo::detail {
 
 void DurableRuntime::replay(const RecordView& r) {
   PayloadReader in(r);
-  auto job_of = [&]() -> DurableJob* {
-    auto it = jobs_.find(r.task);
-    return it == jobs_.end() ? nullptr : &it->second;
+  auto task_of = [&]() -> JournaledTask* {
+    auto it = tasks_.find(r.task);
+    return it == tasks_.end() ? nullptr : &it->second;
   };
   next_id_ = std::max(next_id_, r.task + 1);
   switch (r.type) {
     case RecordType::enqueue: {
-      DurableJob* job = &jobs_[r.task];
-      *job = DurableJob{};
-      job->id = r.task;
-      job->recovered = true;
-      job->type = in.str16();
-      job->level = in.u8();
-      job->max_attempts = in.u32();
-      job->due_ns = in.i64();
-      if (std::string key = in.str16(); !key.empty()) job->more().key = std::move(key);
+      JournaledTask* task = &tasks_[r.task];
+      *task = JournaledTask{};
+      task->id = r.task;
+      task->recovered = true;
+      task->type = in.str16();
+      task->level = in.u8();
+      task->max_attempts = in.u32();
+      task->due_ns = in.i64();
+      if (std::string key = in.str16(); !key.empty()) task->more().key = std::move(key);
       const unsigned needs = in.u8();
       for (unsigned i = 0; i < needs; ++i) {
         std::string name = in.str16();
-        job->more().needs.emplace_back(std::move(name), in.u64());
+        task->more().needs.emplace_back(std::move(name), in.u64());
       }
-      job->flow = in.u64();
-      job->node = in.u32();
-      job->args = in.rest();
-      if (job->flow != 0) unlinked_nodes_[job->flow].push_back(r.task);  // its WORKFLOW record follows
-      if (job->due_ns != 0) job->state = DurableJob::State::waiting;
-      if (!job->key().empty()) keys_[job->key()] = KeyEntry{job->id, 0};
+      task->flow = in.u64();
+      task->node = in.u32();
+      task->args = in.rest();
+      if (task->flow != 0) unlinked_nodes_[task->flow].push_back(r.task);  // its WORKFLOW record follows
+      if (task->due_ns != 0) task->state = JournaledTask::State::waiting;
+      if (!task->key().empty()) keys_[task->key()] = KeyEntry{task->id, 0};
       break;
     }
     case RecordType::start:
-      if (DurableJob* job = job_of()) {
-        job->attempts = in.u32();
-        job->state = DurableJob::State::running;  // until a later record says otherwise
+      if (JournaledTask* task = task_of()) {
+        task->attempts = in.u32();
+        task->state = JournaledTask::State::running;  // until a later record says otherwise
       }
       break;
     case RecordType::checkpoint:
-      if (DurableJob* job = job_of()) {
-        job->more().checkpoint = in.rest();
+      if (JournaledTask* task = task_of()) {
+        task->more().checkpoint = in.rest();
       } else if (auto flow = flows_.find(r.task); flow != flows_.end()) {
         // A workflow's checkpoint: the nodes discarded so far (all of them,
         // so that compaction may keep only the latest).
@@ -70,15 +70,15 @@ void DurableRuntime::replay(const RecordView& r) {
     case RecordType::complete: {
       const std::int64_t retain_until = in.i64();
       const std::string key = in.str16();
-      DurableJob* job = job_of();
+      JournaledTask* task = task_of();
       auto own_flow = flows_.find(r.task);  // when it is a workflow's own COMPLETE
-      if (job != nullptr && job->flow != 0) {
-        if (auto flow = flows_.find(job->flow); flow != flows_.end()) flow->second->done[job->node] = true;
+      if (task != nullptr && task->flow != 0) {
+        if (auto flow = flows_.find(task->flow); flow != flows_.end()) flow->second->done[task->node] = true;
       }
       // The key the task (or workflow) was enqueued with stays bound only
       // while its retention lasts: one that ran out before this start is
       // free, as it would have been in the process that wrote the record.
-      std::string bound = job != nullptr ? job->key() : own_flow != flows_.end() ? own_flow->second->key : std::string();
+      std::string bound = task != nullptr ? task->key() : own_flow != flows_.end() ? own_flow->second->key : std::string();
       if (bound.empty()) bound = key;
       if (!key.empty() && retain_until > wall_now_ns()) {
         keys_[key] = KeyEntry{r.task, retain_until};
@@ -86,40 +86,40 @@ void DurableRuntime::replay(const RecordView& r) {
         keys_.erase(it);
       }
       if (own_flow != flows_.end()) flows_.erase(own_flow);
-      jobs_.erase(r.task);
+      tasks_.erase(r.task);
       break;
     }
     case RecordType::fail:
-      if (DurableJob* job = job_of()) {
-        job->attempts = in.u32();
-        job->due_ns = in.i64();
-        job->more().last_error = in.str16();
-        job->state = DurableJob::State::waiting;
-        job->retrying = true;
+      if (JournaledTask* task = task_of()) {
+        task->attempts = in.u32();
+        task->due_ns = in.i64();
+        task->more().last_error = in.str16();
+        task->state = JournaledTask::State::waiting;
+        task->retrying = true;
       }
       break;
     case RecordType::dead:
-      if (DurableJob* job = job_of()) {
-        job->attempts = in.u32();
-        job->more().last_error = in.str16();
-        job->state = DurableJob::State::dead;
+      if (JournaledTask* task = task_of()) {
+        task->attempts = in.u32();
+        task->more().last_error = in.str16();
+        task->state = JournaledTask::State::dead;
       }
       break;
     case RecordType::retry:
-      if (DurableJob* job = job_of()) {
-        job->attempts = 0;
-        job->state = DurableJob::State::queued;
+      if (JournaledTask* task = task_of()) {
+        task->attempts = 0;
+        task->state = JournaledTask::State::queued;
       }
       break;
     case RecordType::cancel:
-      if (DurableJob* job = job_of()) {
-        if (!job->key().empty()) keys_.erase(job->key());
+      if (JournaledTask* task = task_of()) {
+        if (!task->key().empty()) keys_.erase(task->key());
         // A dead workflow node discarded while no process ran (ordo-wal dead
         // discard): the workflow failed, as if discard_dead had been called.
-        if (job->flow != 0 && job->state == DurableJob::State::dead) {
-          if (auto flow = flows_.find(job->flow); flow != flows_.end()) flow->second->discarded[job->node] = true;
+        if (task->flow != 0 && task->state == JournaledTask::State::dead) {
+          if (auto flow = flows_.find(task->flow); flow != flows_.end()) flow->second->discarded[task->node] = true;
         }
-        jobs_.erase(r.task);
+        tasks_.erase(r.task);
       }
       break;
     case RecordType::workflow: {
@@ -147,15 +147,15 @@ void DurableRuntime::replay(const RecordView& r) {
       }
       // The WORKFLOW record commits the workflow: its nodes' ENQUEUEs came first.
       if (auto nodes = unlinked_nodes_.find(r.task); nodes != unlinked_nodes_.end()) {
-        for (JobId node_id : nodes->second) {
-          auto job = jobs_.find(node_id);
-          if (job == jobs_.end()) continue;
-          if (job->second.node >= n) {
+        for (TaskId node_id : nodes->second) {
+          auto task = tasks_.find(node_id);
+          if (task == tasks_.end()) continue;
+          if (task->second.node >= n) {
             throw JournalCorruption("ordo: journal ENQUEUE of task " + std::to_string(node_id) + " names node " +
-                                    std::to_string(job->second.node) + " of workflow " + std::to_string(r.task) +
+                                    std::to_string(task->second.node) + " of workflow " + std::to_string(r.task) +
                                     ", which has " + std::to_string(n));
           }
-          flow->node_ids[job->second.node] = node_id;
+          flow->node_ids[task->second.node] = node_id;
         }
         unlinked_nodes_.erase(nodes);
       }

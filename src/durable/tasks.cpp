@@ -1,4 +1,4 @@
-// Durable tasks: running jobs on the scheduler, retries, the dead set,
+// Durable tasks: running tasks on the scheduler, retries, the dead set,
 // delays, idempotency keys, checkpoints, recovery at start(), shutdown.
 // Replay of the journal is durable_replay.cpp, workflows durable_workflows.cpp;
 // the records' payloads are specified in docs/journal-format.md.
@@ -25,12 +25,12 @@ std::string DurableRecovery::describe() const {
 namespace detail {
 namespace {
 
-// The task object the scheduler runs: runs the job, or, destroyed unrun
+// The task object the scheduler runs: runs the task, or, destroyed unrun
 // (the scheduler cancelled it or refused it), tells the runtime so.
 struct Runner {
   DurableRuntime* rt;
-  JobId id;
-  Runner(DurableRuntime* rt, JobId id) noexcept : rt(rt), id(id) {}
+  TaskId id;
+  Runner(DurableRuntime* rt, TaskId id) noexcept : rt(rt), id(id) {}
   Runner(Runner&& other) noexcept : rt(std::exchange(other.rt, nullptr)), id(other.id) {}
   Runner& operator=(Runner&&) = delete;
   ~Runner() {
@@ -63,7 +63,7 @@ DurableRuntime::~DurableRuntime() {
   shutdown(ShutdownMode::drain);
 }
 
-bool DurableRuntime::key_taken_locked(const std::string& key, JobId& existing) const {
+bool DurableRuntime::key_taken_locked(const std::string& key, TaskId& existing) const {
   if (key.empty()) return false;
   auto it = keys_.find(key);
   if (it == keys_.end()) return false;
@@ -72,33 +72,33 @@ bool DurableRuntime::key_taken_locked(const std::string& key, JobId& existing) c
   return true;
 }
 
-void DurableRuntime::define(std::string type, JobHandler handler, JobTypeOptions options) {
+void DurableRuntime::define(std::string type, TaskHandler handler, TaskTypeOptions options) {
   std::lock_guard lock(mu_);
   if (started_) throw Error("ordo: DurableTasks::define('" + type + "') after start()");
   if (type.empty() || type.size() > 0xffff) throw InvalidArgument("ordo: a durable task type needs a name (1..65535 bytes)");
   if (!handler) throw InvalidArgument("ordo: durable task type '" + type + "' has no handler");
   if (options.retry.max_attempts == 0) throw InvalidArgument("ordo: durable task type '" + type + "' needs max_attempts >= 1");
-  if (!types_.emplace(type, JobType{std::move(handler), options}).second) {
+  if (!types_.emplace(type, TaskType{std::move(handler), options}).second) {
     throw InvalidArgument("ordo: durable task type '" + type + "' is already defined");
   }
 }
 
-const JobType* DurableRuntime::type_of(DurableJob& job) const {
-  if (job.kind == nullptr) {
-    auto it = types_.find(job.type);
-    if (it != types_.end()) job.kind = &it->second;
+const TaskType* DurableRuntime::type_of(JournaledTask& task) const {
+  if (task.kind == nullptr) {
+    auto it = types_.find(task.type);
+    if (it != types_.end()) task.kind = &it->second;
   }
-  return job.kind;
+  return task.kind;
 }
 
-unsigned DurableRuntime::max_attempts_of(DurableJob& job) const {
-  if (job.max_attempts != 0) return job.max_attempts;
-  const JobType* type = type_of(job);
+unsigned DurableRuntime::max_attempts_of(JournaledTask& task) const {
+  if (task.max_attempts != 0) return task.max_attempts;
+  const TaskType* type = type_of(task);
   return type == nullptr ? 1 : type->options.retry.max_attempts;
 }
 
-std::int64_t DurableRuntime::backoff_ns(DurableJob& job, unsigned attempt) {
-  const RetryPolicy& p = type_of(job)->options.retry;  // run() found the type
+std::int64_t DurableRuntime::backoff_ns(JournaledTask& task, unsigned attempt) {
+  const RetryPolicy& p = type_of(task)->options.retry;  // run() found the type
   double ns = static_cast<double>(std::chrono::nanoseconds(p.initial_backoff).count()) *
               std::pow(p.multiplier, static_cast<double>(attempt - 1));
   ns = std::min(ns, static_cast<double>(std::chrono::nanoseconds(p.max_backoff).count()));
@@ -110,20 +110,20 @@ std::int64_t DurableRuntime::backoff_ns(DurableJob& job, unsigned attempt) {
   return static_cast<std::int64_t>(std::max(0.0, ns));
 }
 
-void DurableRuntime::schedule_locked(DurableJob& job, std::int64_t due_ns, bool retrying) {
-  job.state = DurableJob::State::waiting;
-  job.due_ns = due_ns;
-  job.retrying = retrying;
+void DurableRuntime::schedule_locked(JournaledTask& task, std::int64_t due_ns, bool retrying) {
+  task.state = JournaledTask::State::waiting;
+  task.due_ns = due_ns;
+  task.retrying = retrying;
   const bool earliest = timers_.empty() || due_ns < timers_.begin()->first;
-  timers_.emplace(due_ns, job.id);
+  timers_.emplace(due_ns, task.id);
   if (earliest) timer_cv_.notify_one();  // else the timer already wakes in time
 }
 
-void DurableRuntime::queue_locked(DurableJob& job) {
-  job.state = DurableJob::State::queued;
-  job.due_ns = 0;
+void DurableRuntime::queue_locked(JournaledTask& task) {
+  task.state = JournaledTask::State::queued;
+  task.due_ns = 0;
   ++in_flight_;
-  postings_.push_back(job.id);
+  postings_.push_back(task.id);
 }
 
 void DurableRuntime::post_pending(std::unique_lock<std::mutex>& lock) {
@@ -131,15 +131,15 @@ void DurableRuntime::post_pending(std::unique_lock<std::mutex>& lock) {
     // What each post needs is read under mu_; the posts run without it, in
     // one go (a refused post destroys its Runner, which takes mu_).
     struct Posting {
-      JobId id;
+      TaskId id;
       SubmitOptions options;
     };
     std::vector<Posting> batch;
     batch.reserve(postings_.size());
-    for (JobId id : postings_) {
-      const DurableJob& job = jobs_.at(id);
-      Posting p{id, SubmitOptions{.priority = Priority{job.level}}};
-      for (const auto& [name, amount] : job.needs()) p.options.needs.push_back({scheduler_.find_resource_group(name), amount});
+    for (TaskId id : postings_) {
+      const JournaledTask& task = tasks_.at(id);
+      Posting p{id, SubmitOptions{.priority = Priority{task.level}}};
+      for (const auto& [name, amount] : task.needs()) p.options.needs.push_back({scheduler_.find_resource_group(name), amount});
       batch.push_back(std::move(p));
     }
     postings_.clear();
@@ -149,7 +149,7 @@ void DurableRuntime::post_pending(std::unique_lock<std::mutex>& lock) {
         scheduler_.post(Runner(this, p.id), std::move(p.options));
       } catch (...) {
         // Refused (the scheduler is stopping, or a need no longer fits): the
-        // Runner was dropped, which left the job live in the journal.
+        // Runner was dropped, which left the task live in the journal.
       }
     }
     lock.lock();
@@ -160,14 +160,14 @@ DurableRecovery DurableRuntime::start() {
   std::unique_lock lock(mu_);
   if (started_) throw Error("ordo: DurableTasks::start() called twice");
   DurableRecovery report;
-  std::vector<std::pair<JobId, std::string>> to_bury;  // (job, reason)
-  for (auto& [id, job] : jobs_) {
-    if (job.state == DurableJob::State::dead) continue;
+  std::vector<std::pair<TaskId, std::string>> to_bury;  // (task, reason)
+  for (auto& [id, task] : tasks_) {
+    if (task.state == JournaledTask::State::dead) continue;
     std::string problem;
-    if (!types_.count(job.type)) {
-      problem = "type '" + job.type + "' is not defined";
+    if (!types_.count(task.type)) {
+      problem = "type '" + task.type + "' is not defined";
     } else {
-      for (const auto& [name, amount] : job.needs()) {
+      for (const auto& [name, amount] : task.needs()) {
         ResourceGroup g = scheduler_.find_resource_group(name);
         if (!g.valid()) problem = "resource group '" + name + "' does not exist";
         else if (amount > g.limit()) problem = "needs more of '" + name + "' than its limit";
@@ -175,33 +175,33 @@ DurableRecovery DurableRuntime::start() {
     }
     if (problem.empty()) continue;
     if (!options_.unknown_types_to_dead) {
-      throw UnknownJobType("ordo: the journal holds durable task " + std::to_string(id) + ", but its " + problem +
+      throw UnknownTaskType("ordo: the journal holds durable task " + std::to_string(id) + ", but its " + problem +
                            " (define it before start(), or set DurableOptions::unknown_types_to_dead)");
     }
     to_bury.emplace_back(id, "recovery: " + problem);
   }
-  auto bury = [&](DurableJob& job, const std::string& reason) {
+  auto bury = [&](JournaledTask& task, const std::string& reason) {
     PayloadWriter w;
-    w.u32(job.attempts);
+    w.u32(task.attempts);
     w.str16(reason);
-    journal_->append(RecordType::dead, job.id, w.view());
-    job.state = DurableJob::State::dead;
-    job.more().last_error = reason;
+    journal_->append(RecordType::dead, task.id, w.view());
+    task.state = JournaledTask::State::dead;
+    task.more().last_error = reason;
   };
-  for (auto& [id, reason] : to_bury) bury(jobs_.at(id), reason);
+  for (auto& [id, reason] : to_bury) bury(tasks_.at(id), reason);
   // Nodes of a workflow whose WORKFLOW record never made it: the process
   // died inside enqueue_workflow, which had not returned. Never accepted,
   // so dropped (journaled, so that compaction forgets them too).
   for (const auto& [flow_id, nodes] : unlinked_nodes_) {
-    for (JobId node_id : nodes) {
-      if (!jobs_.count(node_id)) continue;
+    for (TaskId node_id : nodes) {
+      if (!tasks_.count(node_id)) continue;
       journal_->append(RecordType::cancel, node_id);
-      jobs_.erase(node_id);
+      tasks_.erase(node_id);
     }
   }
   unlinked_nodes_.clear();
   // Workflows: a node without an ENQUEUE was completed and compacted away.
-  std::vector<JobId> finished_flows;
+  std::vector<TaskId> finished_flows;
   for (auto& [fid, flow] : flows_) {
     const auto n = static_cast<std::uint32_t>(flow->node_ids.size());
     flow->pending.assign(n, 0);
@@ -224,51 +224,51 @@ DurableRecovery DurableRuntime::start() {
       journal_->append(RecordType::checkpoint, fid, w.view());
     }
     for (std::uint32_t i = 0; i < n; ++i) {
-      if (doomed[i] && flow->node_ids[i] != 0 && jobs_.count(flow->node_ids[i])) {
+      if (doomed[i] && flow->node_ids[i] != 0 && tasks_.count(flow->node_ids[i])) {
         journal_->append(RecordType::cancel, flow->node_ids[i]);
-        jobs_.erase(flow->node_ids[i]);
+        tasks_.erase(flow->node_ids[i]);
       }
-      if (doomed[i] || flow->node_ids[i] == 0 || !jobs_.count(flow->node_ids[i])) flow->done[i] = true;
+      if (doomed[i] || flow->node_ids[i] == 0 || !tasks_.count(flow->node_ids[i])) flow->done[i] = true;
       if (!flow->done[i]) ++flow->remaining;
     }
     for (std::uint32_t i = 0; i < n; ++i) {
       for (std::uint32_t p : flow->pred[i]) flow->pending[i] += flow->done[p] ? 0 : 1;
       if (flow->done[i] || flow->pending[i] == 0) continue;
-      DurableJob& job = jobs_.at(flow->node_ids[i]);
-      if (job.state != DurableJob::State::dead) {
-        job.state = DurableJob::State::blocked;
+      JournaledTask& task = tasks_.at(flow->node_ids[i]);
+      if (task.state != JournaledTask::State::dead) {
+        task.state = JournaledTask::State::blocked;
         ++blocked_;
       }
     }
     if (flow->remaining == 0) finished_flows.push_back(fid);  // died between its last node and its COMPLETE
   }
-  for (JobId fid : finished_flows) finish_flow_locked(*flows_.at(fid));
+  for (TaskId fid : finished_flows) finish_flow_locked(*flows_.at(fid));
   report.workflows = flows_.size();
-  for (auto& [id, job] : jobs_) {
-    switch (job.state) {
-      case DurableJob::State::blocked:
+  for (auto& [id, task] : tasks_) {
+    switch (task.state) {
+      case JournaledTask::State::blocked:
         break;
-      case DurableJob::State::dead:
+      case JournaledTask::State::dead:
         ++report.dead;
         ++dead_;
         break;
-      case DurableJob::State::running:  // it had started when the process died
+      case JournaledTask::State::running:  // it had started when the process died
         ++report.interrupted;
-        if (job.attempts >= max_attempts_of(job)) {
-          bury(job, "interrupted on its last attempt (the process died while it ran)");
+        if (task.attempts >= max_attempts_of(task)) {
+          bury(task, "interrupted on its last attempt (the process died while it ran)");
           ++report.dead;
           ++dead_;
           break;
         }
         [[fallthrough]];
-      case DurableJob::State::queued:
+      case JournaledTask::State::queued:
         ++report.requeued;
-        queue_locked(job);
+        queue_locked(task);
         break;
-      case DurableJob::State::waiting:
+      case JournaledTask::State::waiting:
         ++report.requeued;
         ++report.delayed;
-        schedule_locked(job, job.due_ns, job.retrying);
+        schedule_locked(task, task.due_ns, task.retrying);
         break;
     }
   }
@@ -279,7 +279,7 @@ DurableRecovery DurableRuntime::start() {
   return report;
 }
 
-JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) {
+TaskId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) {
   auto type_it = types_.find(std::string(type));
   if (type_it == types_.end()) throw InvalidArgument("ordo: no durable task type named '" + std::string(type) + "'");
   if (options.needs.size() > 255) throw InvalidArgument("ordo: a durable task may need at most 255 groups");
@@ -305,21 +305,21 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
   std::unique_lock lock(mu_);
   if (!started_) throw Error("ordo: DurableTasks::enqueue before start()");
   if (stopping_) throw Error("ordo: DurableTasks is shutting down and accepts no new tasks");
-  if (JobId existing = 0; key_taken_locked(options.idempotency_key, existing)) return existing;
-  DurableJob* job = &jobs_[next_id_];  // stays in jobs_ until it completes, which needs the post below
-  job->id = next_id_++;
-  job->type = std::string(type);
-  job->kind = &type_it->second;
-  job->args.assign(reinterpret_cast<const char*>(args.data()), args.size());
-  job->level = static_cast<std::uint8_t>(priority);
-  job->max_attempts = options.max_attempts.value_or(0);
+  if (TaskId existing = 0; key_taken_locked(options.idempotency_key, existing)) return existing;
+  JournaledTask* task = &tasks_[next_id_];  // stays in tasks_ until it completes, which needs the post below
+  task->id = next_id_++;
+  task->type = std::string(type);
+  task->kind = &type_it->second;
+  task->args.assign(reinterpret_cast<const char*>(args.data()), args.size());
+  task->level = static_cast<std::uint8_t>(priority);
+  task->max_attempts = options.max_attempts.value_or(0);
   if (!options.idempotency_key.empty() || !options.needs.empty()) {
-    job->more().key = options.idempotency_key;
-    job->more().needs = options.needs;
+    task->more().key = options.idempotency_key;
+    task->more().needs = options.needs;
   }
-  job->state = DurableJob::State::waiting;  // not runnable until its ENQUEUE is durable
-  DurableJob& j = *job;
-  const JobId id = j.id;
+  task->state = JournaledTask::State::waiting;  // not runnable until its ENQUEUE is durable
+  JournaledTask& j = *task;
+  const TaskId id = j.id;
   if (!j.key().empty()) keys_[j.key()] = KeyEntry{j.id, 0};
   lock.unlock();
 
@@ -342,7 +342,7 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
   } catch (...) {
     lock.lock();
     if (!j.key().empty()) keys_.erase(j.key());
-    jobs_.erase(j.id);
+    tasks_.erase(j.id);
     notify_drain_locked();
     throw;
   }
@@ -356,24 +356,24 @@ JobId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> 
   return id;
 }
 
-void DurableRuntime::run(JobId id) {
+void DurableRuntime::run(TaskId id) {
   std::unique_lock lock(mu_);
   --in_flight_;
-  auto it = jobs_.find(id);
-  if (it == jobs_.end() || it->second.state != DurableJob::State::queued) {
+  auto it = tasks_.find(id);
+  if (it == tasks_.end() || it->second.state != JournaledTask::State::queued) {
     notify_drain_locked();
     return;
   }
-  DurableJob& job = it->second;
+  JournaledTask& task = it->second;
   if (cancelling_) {  // shutdown(cancel): it stays live in the journal for the next start
     notify_drain_locked();
     return;
   }
-  job.state = DurableJob::State::running;
+  task.state = JournaledTask::State::running;
   ++running_;
-  const unsigned attempt = ++job.attempts;
-  const JobType* type = type_of(job);  // start() and enqueue() made sure it is defined
-  const bool write_start_first = start_written_always_ || job.recovered || attempt > 1;
+  const unsigned attempt = ++task.attempts;
+  const TaskType* type = type_of(task);  // start() and enqueue() made sure it is defined
+  const bool write_start_first = start_written_always_ || task.recovered || attempt > 1;
   lock.unlock();
 
   PayloadWriter start;
@@ -384,7 +384,7 @@ void DurableRuntime::run(JobId id) {
     // used an attempt, so a poison pill ends in the dead set instead of a
     // crash loop. Concurrent workers' STARTs share one write. In async and
     // none modes the first attempt of a task enqueued by this process skips
-    // the wait (a write per job would cost a third of their throughput):
+    // the wait (a write per task would cost a third of their throughput):
     // should it kill the process before its START is written, the restart
     // recovers it, and from then on every attempt is counted: one
     // uncounted run at most.
@@ -393,16 +393,16 @@ void DurableRuntime::run(JobId id) {
   } catch (...) {
     lock.lock();
     --running_;
-    journal_lost_locked(job);
+    journal_lost_locked(task);
     return;
   }
-  JobContext ctx(*this, job);
+  TaskContext ctx(*this, task);
   std::string error;
   bool ok = false;
   const DurableRuntime* outer = std::exchange(t_in_handler_of, this);  // a helping wait may nest runs
   try {
-    trace_label(job.type);
-    type->handler(ctx, as_span(job.args));
+    trace_label(task.type);
+    type->handler(ctx, as_span(task.args));
     ok = true;
   } catch (const std::exception& e) {
     error = e.what();
@@ -415,38 +415,38 @@ void DurableRuntime::run(JobId id) {
   lock.lock();
   --running_;
   try {
-    record_outcome_locked(job, attempt, ok, error);
+    record_outcome_locked(task, attempt, ok, error);
   } catch (...) {  // the journal can record nothing more (an I/O error, named by the journal)
-    journal_lost_locked(job);
+    journal_lost_locked(task);
     return;
   }
   notify_drain_locked();
   post_pending(lock);  // successors a workflow node released
 }
 
-void DurableRuntime::journal_lost_locked(DurableJob& job) noexcept {
-  // Whatever the journal last holds for this job is what the next start
+void DurableRuntime::journal_lost_locked(JournaledTask& task) noexcept {
+  // Whatever the journal last holds for this task is what the next start
   // sees; this process stops counting on it, and a drain no longer waits
   // for it.
-  job.state = DurableJob::State::queued;
+  task.state = JournaledTask::State::queued;
   journal_failed_ = true;
   notify_drain_locked();
 }
 
-void DurableRuntime::record_outcome_locked(DurableJob& job, unsigned attempt, bool ok, const std::string& error) {
-  const JobId id = job.id;
+void DurableRuntime::record_outcome_locked(JournaledTask& task, unsigned attempt, bool ok, const std::string& error) {
+  const TaskId id = task.id;
   if (ok) {
     const std::int64_t retain_until =
-        job.key().empty() ? 0 : wall_now_ns() + std::chrono::nanoseconds(options_.key_retention).count();
+        task.key().empty() ? 0 : wall_now_ns() + std::chrono::nanoseconds(options_.key_retention).count();
     PayloadWriter w;
     w.i64(retain_until);
-    w.str16(job.key());
+    w.str16(task.key());
     const Lsn complete = journal_->append(RecordType::complete, id, w.view());
-    if (!job.key().empty()) keys_[job.key()] = KeyEntry{id, retain_until};
+    if (!task.key().empty()) keys_[task.key()] = KeyEntry{id, retain_until};
     ++completed_;
-    const JobId flow_id = job.flow;
-    const std::uint32_t node = job.node;
-    jobs_.erase(id);  // `job` is gone: a failure below must not reach journal_lost_locked(job)
+    const TaskId flow_id = task.flow;
+    const std::uint32_t node = task.node;
+    tasks_.erase(id);  // `task` is gone: a failure below must not reach journal_lost_locked(task)
     if (flow_id == 0 || !flows_.count(flow_id)) return;
     // Successors start only once this COMPLETE is durable: were they to run
     // before, a crash could lose it and run this node again after them.
@@ -464,40 +464,40 @@ void DurableRuntime::record_outcome_locked(DurableJob& job, unsigned attempt, bo
       return;
     }
     if (!later) release_successors_locked(flow_id, node, true);
-  } else if (attempt >= max_attempts_of(job)) {
+  } else if (attempt >= max_attempts_of(task)) {
     ++failed_attempts_;
     PayloadWriter w;
     w.u32(attempt);
     w.str16(error);
     journal_->append(RecordType::dead, id, w.view());
-    job.state = DurableJob::State::dead;
-    job.more().last_error = error;
+    task.state = JournaledTask::State::dead;
+    task.more().last_error = error;
     ++dead_;
   } else {
     ++failed_attempts_;
-    const std::int64_t due = wall_now_ns() + backoff_ns(job, attempt);
+    const std::int64_t due = wall_now_ns() + backoff_ns(task, attempt);
     PayloadWriter w;
     w.u32(attempt);
     w.i64(due);
     w.str16(error);
     journal_->append(RecordType::fail, id, w.view());
-    job.more().last_error = error;
-    schedule_locked(job, due, true);
+    task.more().last_error = error;
+    schedule_locked(task, due, true);
   }
 }
 
-void DurableRuntime::dropped(JobId id) noexcept {
+void DurableRuntime::dropped(TaskId id) noexcept {
   std::lock_guard lock(mu_);
   --in_flight_;
-  auto it = jobs_.find(id);
-  if (it != jobs_.end() && it->second.state == DurableJob::State::queued) scheduler_refused_ = true;
+  auto it = tasks_.find(id);
+  if (it != tasks_.end() && it->second.state == JournaledTask::State::queued) scheduler_refused_ = true;
   notify_drain_locked();
 }
 
-void DurableRuntime::checkpoint(DurableJob& job, std::span<const std::byte> bytes) {
-  journal_->append_durable(RecordType::checkpoint, job.id, bytes);
+void DurableRuntime::checkpoint(JournaledTask& task, std::span<const std::byte> bytes) {
+  journal_->append_durable(RecordType::checkpoint, task.id, bytes);
   std::lock_guard lock(mu_);
-  job.more().checkpoint.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  task.more().checkpoint.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 
 void DurableRuntime::timer_loop() {
@@ -514,31 +514,31 @@ void DurableRuntime::timer_loop() {
       continue;
     }
     while (!timers_.empty() && timers_.begin()->first <= now) {
-      const JobId id = timers_.begin()->second;
+      const TaskId id = timers_.begin()->second;
       timers_.erase(timers_.begin());
-      auto it = jobs_.find(id);
-      if (it != jobs_.end() && it->second.state == DurableJob::State::waiting) queue_locked(it->second);
+      auto it = tasks_.find(id);
+      if (it != tasks_.end() && it->second.state == JournaledTask::State::waiting) queue_locked(it->second);
     }
     post_pending(lock);
   }
 }
 
-std::vector<DeadJob> DurableRuntime::dead() const {
+std::vector<DeadTask> DurableRuntime::dead() const {
   std::lock_guard lock(mu_);
-  std::vector<DeadJob> out;
-  for (const auto& [id, job] : jobs_) {
-    if (job.state == DurableJob::State::dead) out.push_back({id, job.type, job.attempts, job.last_error()});
+  std::vector<DeadTask> out;
+  for (const auto& [id, task] : tasks_) {
+    if (task.state == JournaledTask::State::dead) out.push_back({id, task.type, task.attempts, task.last_error()});
   }
-  std::sort(out.begin(), out.end(), [](const DeadJob& a, const DeadJob& b) { return a.id < b.id; });
+  std::sort(out.begin(), out.end(), [](const DeadTask& a, const DeadTask& b) { return a.id < b.id; });
   return out;
 }
 
-bool DurableRuntime::retry_dead(JobId id) {
+bool DurableRuntime::retry_dead(TaskId id) {
   std::unique_lock lock(mu_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end() || it->second.state != DurableJob::State::dead) return false;
+  auto it = tasks_.find(id);
+  if (it == tasks_.end() || it->second.state != JournaledTask::State::dead) return false;
   if (!types_.count(it->second.type)) {
-    throw UnknownJobType("ordo: dead task " + std::to_string(id) + " has type '" + it->second.type +
+    throw UnknownTaskType("ordo: dead task " + std::to_string(id) + " has type '" + it->second.type +
                          "', which is not defined");
   }
   journal_->append_durable(RecordType::retry, id);
@@ -549,10 +549,10 @@ bool DurableRuntime::retry_dead(JobId id) {
   return true;
 }
 
-bool DurableRuntime::discard_dead(JobId id) {
+bool DurableRuntime::discard_dead(TaskId id) {
   std::lock_guard lock(mu_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end() || it->second.state != DurableJob::State::dead) return false;
+  auto it = tasks_.find(id);
+  if (it == tasks_.end() || it->second.state != JournaledTask::State::dead) return false;
   if (it->second.flow != 0) {
     if (auto flow = flows_.find(it->second.flow); flow != flows_.end()) {
       discard_node_locked(it->second, *flow->second);
@@ -561,7 +561,7 @@ bool DurableRuntime::discard_dead(JobId id) {
   }
   journal_->append_durable(RecordType::cancel, id);
   if (!it->second.key().empty()) keys_.erase(it->second.key());
-  jobs_.erase(it);
+  tasks_.erase(it);
   --dead_;
   return true;
 }
@@ -576,13 +576,13 @@ void DurableRuntime::shutdown(ShutdownMode mode) noexcept {
   // shutdown has begun (nothing new is accepted; cancel: nothing queued
   // starts); a shutdown() outside any handler, or the destructor, waits.
   if (t_in_handler_of == this) return;
-  // drain: every job that is not dead finishes (timers included), unless
+  // drain: every task that is not dead finishes (timers included), unless
   // the scheduler stopped running our tasks; cancel: only what runs now.
   changed_.wait(lock, [&] {
     if (in_flight_ != 0 || running_ != 0 || releasing_ != 0) return false;
     // Blocked nodes wait for a live predecessor (still counted here) or
     // for a dead one (which only retry_dead revives): neither keeps a drain.
-    return cancelling_ || !started_ || scheduler_refused_ || journal_failed_ || jobs_.size() == dead_ + blocked_;
+    return cancelling_ || !started_ || scheduler_refused_ || journal_failed_ || tasks_.size() == dead_ + blocked_;
   });
   stopped_ = true;
   cancelling_ = true;  // the timer thread leaves
@@ -604,7 +604,7 @@ DurableStats DurableRuntime::stats() const {
   s.last_fsync_us = js.last_sync_us;
   s.directory = journal_->directory();
   std::lock_guard lock(mu_);
-  s.live = jobs_.size() - dead_;
+  s.live = tasks_.size() - dead_;
   s.running = running_;
   s.dead = dead_;
   s.completed = completed_;
@@ -612,8 +612,8 @@ DurableStats DurableRuntime::stats() const {
   s.accepting = started_ && !stopping_;
   s.workflows = flows_.size();
   for (const auto& [due, id] : timers_) {
-    auto it = jobs_.find(id);
-    if (it == jobs_.end()) continue;
+    auto it = tasks_.find(id);
+    if (it == tasks_.end()) continue;
     (it->second.retrying ? s.retrying : s.delayed)++;
   }
   return s;
@@ -621,31 +621,31 @@ DurableStats DurableRuntime::stats() const {
 
 }  // namespace detail
 
-JobId JobContext::id() const noexcept { return job_.id; }
-const std::string& JobContext::type() const noexcept { return job_.type; }
-unsigned JobContext::attempt() const noexcept { return job_.attempts; }
-std::span<const std::byte> JobContext::last_checkpoint() const noexcept {
-  return {reinterpret_cast<const std::byte*>(job_.checkpoint().data()), job_.checkpoint().size()};
+TaskId TaskContext::id() const noexcept { return task_.id; }
+const std::string& TaskContext::type() const noexcept { return task_.type; }
+unsigned TaskContext::attempt() const noexcept { return task_.attempts; }
+std::span<const std::byte> TaskContext::last_checkpoint() const noexcept {
+  return {reinterpret_cast<const std::byte*>(task_.checkpoint().data()), task_.checkpoint().size()};
 }
-void JobContext::checkpoint(std::span<const std::byte> bytes) { rt_.checkpoint(job_, bytes); }
+void TaskContext::checkpoint(std::span<const std::byte> bytes) { rt_.checkpoint(task_, bytes); }
 
 DurableTasks::DurableTasks(Scheduler& scheduler, const std::string& directory, JournalOptions journal,
                            DurableOptions options)
     : rt_(std::make_unique<detail::DurableRuntime>(scheduler, directory, std::move(journal), options)) {}
 DurableTasks::~DurableTasks() = default;
-void DurableTasks::define(std::string type, JobHandler handler, JobTypeOptions options) {
+void DurableTasks::define(std::string type, TaskHandler handler, TaskTypeOptions options) {
   rt_->define(std::move(type), std::move(handler), options);
 }
 DurableRecovery DurableTasks::start() { return rt_->start(); }
-JobId DurableTasks::enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) {
+TaskId DurableTasks::enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) {
   return rt_->enqueue(type, args, std::move(options));
 }
-JobId DurableTasks::enqueue_workflow(const DurableWorkflow& workflow, std::string idempotency_key) {
+TaskId DurableTasks::enqueue_workflow(const DurableWorkflow& workflow, std::string idempotency_key) {
   return rt_->enqueue_workflow(workflow, std::move(idempotency_key));
 }
-std::vector<DeadJob> DurableTasks::dead() const { return rt_->dead(); }
-bool DurableTasks::retry_dead(JobId id) { return rt_->retry_dead(id); }
-bool DurableTasks::discard_dead(JobId id) { return rt_->discard_dead(id); }
+std::vector<DeadTask> DurableTasks::dead() const { return rt_->dead(); }
+bool DurableTasks::retry_dead(TaskId id) { return rt_->retry_dead(id); }
+bool DurableTasks::discard_dead(TaskId id) { return rt_->discard_dead(id); }
 void DurableTasks::shutdown(ShutdownMode mode) { rt_->shutdown(mode); }
 DurableStats DurableTasks::stats() const { return rt_->stats(); }
 Journal& DurableTasks::journal() noexcept { return rt_->journal(); }

@@ -19,8 +19,8 @@ void DurableRuntime::node_done_locked(DurableFlow& flow, std::uint32_t node) {
   --flow.remaining;
   for (std::uint32_t s : flow.succ[node]) {
     if (--flow.pending[s] != 0) continue;
-    auto it = jobs_.find(flow.node_ids[s]);
-    if (it == jobs_.end() || it->second.state != DurableJob::State::blocked) continue;
+    auto it = tasks_.find(flow.node_ids[s]);
+    if (it == tasks_.end() || it->second.state != JournaledTask::State::blocked) continue;
     --blocked_;
     queue_locked(it->second);
   }
@@ -59,9 +59,9 @@ std::vector<std::uint32_t> DurableFlow::doomed_with(std::uint32_t from) const {
   return out;
 }
 
-void DurableRuntime::discard_node_locked(DurableJob& job, DurableFlow& flow) {
-  const std::uint32_t node = job.node;
-  const JobId node_id = job.id;
+void DurableRuntime::discard_node_locked(JournaledTask& task, DurableFlow& flow) {
+  const std::uint32_t node = task.node;
+  const TaskId node_id = task.id;
   // The workflow's CHECKPOINT (every node discarded so far) commits the
   // discard: it lives as long as the workflow does, so that a restart —
   // also after compaction folded the nodes' records away — knows that the
@@ -76,17 +76,17 @@ void DurableRuntime::discard_node_locked(DurableJob& job, DurableFlow& flow) {
   journal_->append(RecordType::checkpoint, flow.id, w.view());
   const std::vector<std::uint32_t> doomed = flow.doomed_with(node);
   for (std::uint32_t i : doomed) {
-    if (i != node && jobs_.count(flow.node_ids[i])) journal_->append(RecordType::cancel, flow.node_ids[i]);
+    if (i != node && tasks_.count(flow.node_ids[i])) journal_->append(RecordType::cancel, flow.node_ids[i]);
   }
   journal_->append_durable(RecordType::cancel, node_id);
   flow.discarded[node] = true;
   flow.failed = true;
   for (std::uint32_t i : doomed) {
     // Successors of an unfinished node are blocked; the node itself is dead.
-    if (auto it = jobs_.find(flow.node_ids[i]); it != jobs_.end()) {
-      if (it->second.state == DurableJob::State::dead) --dead_;
-      if (it->second.state == DurableJob::State::blocked) --blocked_;
-      jobs_.erase(it);
+    if (auto it = tasks_.find(flow.node_ids[i]); it != tasks_.end()) {
+      if (it->second.state == JournaledTask::State::dead) --dead_;
+      if (it->second.state == JournaledTask::State::blocked) --blocked_;
+      tasks_.erase(it);
     }
     flow.done[i] = true;
     --flow.remaining;
@@ -95,12 +95,12 @@ void DurableRuntime::discard_node_locked(DurableJob& job, DurableFlow& flow) {
   notify_drain_locked();
 }
 
-void DurableRuntime::forget_workflow_locked(JobId flow_id, std::uint32_t nodes, std::uint32_t appended) noexcept {
+void DurableRuntime::forget_workflow_locked(TaskId flow_id, std::uint32_t nodes, std::uint32_t appended) noexcept {
   for (std::uint32_t i = 0; i < nodes; ++i) {
-    auto it = jobs_.find(flow_id + 1 + i);
-    if (it == jobs_.end()) continue;
-    if (it->second.state == DurableJob::State::blocked) --blocked_;
-    jobs_.erase(it);
+    auto it = tasks_.find(flow_id + 1 + i);
+    if (it == tasks_.end()) continue;
+    if (it->second.state == JournaledTask::State::blocked) --blocked_;
+    tasks_.erase(it);
   }
   if (auto flow = flows_.find(flow_id); flow != flows_.end()) {
     const std::string& key = flow->second->key;
@@ -117,7 +117,7 @@ void DurableRuntime::forget_workflow_locked(JobId flow_id, std::uint32_t nodes, 
   notify_drain_locked();
 }
 
-void DurableRuntime::release_successors_locked(JobId flow_id, std::uint32_t node, bool durable) noexcept {
+void DurableRuntime::release_successors_locked(TaskId flow_id, std::uint32_t node, bool durable) noexcept {
   --releasing_;
   notify_drain_locked();
   auto flow = flows_.find(flow_id);
@@ -132,7 +132,7 @@ void DurableRuntime::release_successors_locked(JobId flow_id, std::uint32_t node
   }
 }
 
-JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::string key) {
+TaskId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::string key) {
   const auto& nodes = workflow.nodes();
   if (nodes.empty()) throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' has no nodes");
   if (nodes.size() > 0xffffff) throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' is too large");
@@ -166,7 +166,7 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
   std::unique_lock lock(mu_);
   if (!started_) throw Error("ordo: DurableTasks::enqueue_workflow before start()");
   if (stopping_) throw Error("ordo: DurableTasks is shutting down and accepts no new workflows");
-  if (JobId existing = 0; key_taken_locked(key, existing)) return existing;
+  if (TaskId existing = 0; key_taken_locked(key, existing)) return existing;
   auto flow = std::make_unique<DurableFlow>();
   DurableFlow& f = *flow;
   f.id = next_id_;
@@ -187,18 +187,18 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
   for (std::uint32_t i = 0; i < n; ++i) {
     f.node_names.push_back(nodes[i].name);
     f.node_ids.push_back(f.id + 1 + i);
-    DurableJob* job = &jobs_[f.id + 1 + i];
-    job->id = f.id + 1 + i;
-    job->type = nodes[i].type;
-    job->args = nodes[i].args;
-    job->level = static_cast<std::uint8_t>(types_.at(job->type).options.priority.value_or(Priority::normal));
-    job->flow = f.id;
-    job->node = i;
-    job->state = DurableJob::State::blocked;  // nothing runs before the whole workflow is durable
+    JournaledTask* task = &tasks_[f.id + 1 + i];
+    task->id = f.id + 1 + i;
+    task->type = nodes[i].type;
+    task->args = nodes[i].args;
+    task->level = static_cast<std::uint8_t>(types_.at(task->type).options.priority.value_or(Priority::normal));
+    task->flow = f.id;
+    task->node = i;
+    task->state = JournaledTask::State::blocked;  // nothing runs before the whole workflow is durable
     ++blocked_;
   }
   if (!key.empty()) keys_[key] = KeyEntry{f.id, 0};
-  // Every record is built under mu_ (jobs_ may change under other threads'
+  // Every record is built under mu_ (tasks_ may change under other threads'
   // feet once it is dropped), then appended without it.
   PayloadWriter decl;
   decl.str16(f.name);
@@ -215,19 +215,19 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
   }
   std::vector<PayloadWriter> node_records(n);
   for (std::uint32_t i = 0; i < n; ++i) {
-    const DurableJob& job = jobs_.at(f.id + 1 + i);
+    const JournaledTask& task = tasks_.at(f.id + 1 + i);
     PayloadWriter& w = node_records[i];
-    w.str16(job.type);
-    w.u8(job.level);
+    w.str16(task.type);
+    w.u8(task.level);
     w.u32(0);
     w.i64(0);
     w.str16("");
     w.u8(0);
     w.u64(f.id);
     w.u32(i);
-    w.tail(job.args);
+    w.tail(task.args);
   }
-  const JobId flow_id = f.id;
+  const TaskId flow_id = f.id;
   flows_.emplace(f.id, std::move(flow));
   lock.unlock();
 
@@ -252,7 +252,7 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
   for (std::uint32_t i = 0; i < n; ++i) {
     if (live.pending[i] != 0) continue;
     --blocked_;
-    queue_locked(jobs_.at(flow_id + 1 + i));
+    queue_locked(tasks_.at(flow_id + 1 + i));
   }
   post_pending(lock);  // the workflow may complete, and be gone, once this drops the lock
   return flow_id;

@@ -136,12 +136,12 @@ TEST(OrdoWal, DeadListRetryAndDiscardWorkOnADurableJournal) {
   std::atomic<bool> healthy{false};
   std::atomic<int> ran{0};
   auto define = [&](DurableTasks& d) {
-    d.define("mail", [&](JobContext&, std::span<const std::byte>) {
+    d.define("mail", [&](TaskContext&, std::span<const std::byte>) {
       if (!healthy) throw std::runtime_error("smtp down");
       ++ran;
     }, {.retry = {.max_attempts = 1}});
   };
-  JobId a = 0, b = 0;
+  TaskId a = 0, b = 0;
   {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), {.durability = Durability::none});
@@ -175,11 +175,11 @@ TEST(OrdoWal, DeadDiscardOfAWorkflowNodeSurvivesACompactionBeforeTheNextStart) {
   test::ScratchDir dir;
   std::atomic<int> dependents_ran{0};
   auto define = [&](DurableTasks& d) {
-    d.define("fails", [](JobContext&, std::span<const std::byte>) { throw std::runtime_error("broken"); },
+    d.define("fails", [](TaskContext&, std::span<const std::byte>) { throw std::runtime_error("broken"); },
              {.retry = {.max_attempts = 1}});
-    d.define("step", [&](JobContext&, std::span<const std::byte>) { ++dependents_ran; });
+    d.define("step", [&](TaskContext&, std::span<const std::byte>) { ++dependents_ran; });
   };
-  JobId dead_node = 0;
+  TaskId dead_node = 0;
   {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), {.durability = Durability::none});
