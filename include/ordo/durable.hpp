@@ -35,6 +35,7 @@
 #include "ordo/journal.hpp"
 #include "ordo/options.hpp"
 #include "ordo/priority.hpp"
+#include "ordo/resource.hpp"
 #include "ordo/stats.hpp"
 
 namespace ordo {
@@ -49,6 +50,14 @@ using TaskId = std::uint64_t;
 
 // A journal holds a task whose type this process has not defined.
 class UnknownTaskType : public Error {
+ public:
+  using Error::Error;
+};
+
+// A journal holds a task that needs a resource group (by name) which this
+// process's scheduler does not have at start(): the message names the group,
+// the task and its type.
+class UnknownResourceGroup : public Error {
  public:
   using Error::Error;
 };
@@ -119,9 +128,11 @@ struct EnqueueOptions {
   // Run no earlier than this (survives restarts).
   std::optional<std::chrono::system_clock::time_point> run_at{};
   std::optional<std::chrono::milliseconds> delay{};  // run_at = now + delay
-  // Resource groups of the scheduler, by name, with amounts (journaled by
-  // name, resolved again after a restart).
-  std::vector<std::pair<std::string, std::uint64_t>> needs{};
+  // Resource groups of this scheduler, as SubmitOptions::needs takes them.
+  // Journaled by the group's name and resolved by name at each start(): the
+  // scheduler of the next process must have a group of that name
+  // (UnknownResourceGroup otherwise).
+  std::vector<Need> needs{};
 };
 
 // A DAG of durable task types, declared in one place and journaled as a

@@ -7,13 +7,12 @@
 #include <unordered_map>
 #include <vector>
 
-#include "durable/codec.hpp"
 #include "durable/runtime.hpp"
+#include "journal/records.hpp"
 
 namespace ordo::detail {
 
 void DurableRuntime::replay(const RecordView& r) {
-  PayloadReader in(r);
   auto task_of = [&]() -> JournaledTask* {
     auto it = tasks_.find(r.task);
     return it == tasks_.end() ? nullptr : &it->second;
@@ -21,23 +20,20 @@ void DurableRuntime::replay(const RecordView& r) {
   next_id_ = std::max(next_id_, r.task + 1);
   switch (r.type) {
     case RecordType::enqueue: {
+      const records::Enqueue e = records::decode_enqueue(r);
       JournaledTask* task = &tasks_[r.task];
       *task = JournaledTask{};
       task->id = r.task;
       task->recovered = true;
-      task->type = in.str16();
-      task->level = in.u8();
-      task->max_attempts = in.u32();
-      task->due_ns = in.i64();
-      if (std::string key = in.str16(); !key.empty()) task->more().key = std::move(key);
-      const unsigned needs = in.u8();
-      for (unsigned i = 0; i < needs; ++i) {
-        std::string name = in.str16();
-        task->more().needs.emplace_back(std::move(name), in.u64());
-      }
-      task->flow = in.u64();
-      task->node = in.u32();
-      task->args = in.rest();
+      task->type = e.type;
+      task->level = e.level;
+      task->max_attempts = e.max_attempts;
+      task->due_ns = e.run_at_ns;
+      if (!e.key.empty()) task->more().key = e.key;
+      for (const auto& need : e.needs) task->more().needs.emplace_back(std::string(need.group), need.amount);
+      task->flow = e.workflow;
+      task->node = e.node;
+      task->args = e.args;
       if (task->flow != 0) unlinked_nodes_[task->flow].push_back(r.task);  // its WORKFLOW record follows
       if (task->due_ns != 0) task->state = JournaledTask::State::waiting;
       if (!task->key().empty()) keys_[task->key()] = KeyEntry{task->id, 0};
@@ -45,20 +41,18 @@ void DurableRuntime::replay(const RecordView& r) {
     }
     case RecordType::start:
       if (JournaledTask* task = task_of()) {
-        task->attempts = in.u32();
+        task->attempts = records::decode_start(r).attempt;
         task->state = JournaledTask::State::running;  // until a later record says otherwise
       }
       break;
     case RecordType::checkpoint:
       if (JournaledTask* task = task_of()) {
-        task->more().checkpoint = in.rest();
+        task->more().checkpoint = records::decode_task_checkpoint(r);
       } else if (auto flow = flows_.find(r.task); flow != flows_.end()) {
         // A workflow's checkpoint: the nodes discarded so far (all of them,
         // so that compaction may keep only the latest).
         DurableFlow& f = *flow->second;
-        const std::uint32_t n = in.u32();
-        for (std::uint32_t i = 0; i < n; ++i) {
-          const std::uint32_t node = in.u32();
+        for (const std::uint32_t node : records::decode_workflow_checkpoint(r).discarded) {
           if (node >= f.discarded.size()) {
             throw JournalCorruption("ordo: journal CHECKPOINT of workflow " + std::to_string(r.task) +
                                     " discards node " + std::to_string(node) + ", which it does not have");
@@ -68,8 +62,9 @@ void DurableRuntime::replay(const RecordView& r) {
       }
       break;
     case RecordType::complete: {
-      const std::int64_t retain_until = in.i64();
-      const std::string key = in.str16();
+      const records::Complete c = records::decode_complete(r);
+      const std::int64_t retain_until = c.retain_until_ns;
+      const std::string key(c.key);
       JournaledTask* task = task_of();
       auto own_flow = flows_.find(r.task);  // when it is a workflow's own COMPLETE
       if (task != nullptr && task->flow != 0) {
@@ -91,17 +86,19 @@ void DurableRuntime::replay(const RecordView& r) {
     }
     case RecordType::fail:
       if (JournaledTask* task = task_of()) {
-        task->attempts = in.u32();
-        task->due_ns = in.i64();
-        task->more().last_error = in.str16();
+        const records::Fail f = records::decode_fail(r);
+        task->attempts = f.attempt;
+        task->due_ns = f.retry_at_ns;
+        task->more().last_error = f.error;
         task->state = JournaledTask::State::waiting;
         task->retrying = true;
       }
       break;
     case RecordType::dead:
       if (JournaledTask* task = task_of()) {
-        task->attempts = in.u32();
-        task->more().last_error = in.str16();
+        const records::Dead d = records::decode_dead(r);
+        task->attempts = d.attempts;
+        task->more().last_error = d.reason;
         task->state = JournaledTask::State::dead;
       }
       break;
@@ -123,27 +120,21 @@ void DurableRuntime::replay(const RecordView& r) {
       }
       break;
     case RecordType::workflow: {
+      const records::Workflow decl = records::decode_workflow(r);
       auto flow = std::make_unique<DurableFlow>();
       flow->id = r.task;
-      flow->name = in.str16();
-      flow->key = in.str16();
-      const std::uint32_t n = in.u32();
-      for (std::uint32_t i = 0; i < n; ++i) {
-        flow->node_names.push_back(in.str16());
-        in.str16();  // the type; each node's ENQUEUE carries it too
-      }
+      flow->name = decl.name;
+      flow->key = decl.key;
+      const auto n = static_cast<std::uint32_t>(decl.nodes.size());
+      for (const auto& node : decl.nodes) flow->node_names.emplace_back(node.name);  // each node's ENQUEUE carries its type
       flow->node_ids.assign(n, 0);
       flow->done.assign(n, false);
       flow->discarded.assign(n, false);
       flow->succ.resize(n);
       flow->pred.resize(n);
-      const std::uint32_t m = in.u32();
-      for (std::uint32_t e = 0; e < m; ++e) {
-        const std::uint32_t from = in.u32();
-        const std::uint32_t to = in.u32();
-        if (from >= n || to >= n) throw JournalCorruption("ordo: journal WORKFLOW " + std::to_string(r.task) + " has an edge to no node");
-        flow->succ[from].push_back(to);
-        flow->pred[to].push_back(from);
+      for (const auto& edge : decl.edges) {
+        flow->succ[edge.from].push_back(edge.to);
+        flow->pred[edge.to].push_back(edge.from);
       }
       // The WORKFLOW record commits the workflow: its nodes' ENQUEUEs came first.
       if (auto nodes = unlinked_nodes_.find(r.task); nodes != unlinked_nodes_.end()) {

@@ -7,9 +7,9 @@
 #include <cmath>
 #include <sstream>
 
-#include "durable/codec.hpp"
-#include "durable/runtime.hpp"
 #include "core/scheduler_core.hpp"
+#include "durable/runtime.hpp"
+#include "journal/records.hpp"
 #include "ordo/observability.hpp"
 #include "ordo/resource.hpp"
 
@@ -163,28 +163,41 @@ DurableRecovery DurableRuntime::start() {
   std::vector<std::pair<TaskId, std::string>> to_bury;  // (task, reason)
   for (auto& [id, task] : tasks_) {
     if (task.state == JournaledTask::State::dead) continue;
+    // What this process lacks to run the task: its type, or a resource
+    // group (or room in one) that it needs. Each has its own error.
+    enum class Lack { nothing, type, group, room } lack = Lack::nothing;
     std::string problem;
     if (!types_.count(task.type)) {
-      problem = "type '" + task.type + "' is not defined";
+      lack = Lack::type;
+      problem = "its type '" + task.type + "' is not defined";
     } else {
       for (const auto& [name, amount] : task.needs()) {
-        ResourceGroup g = scheduler_.find_resource_group(name);
-        if (!g.valid()) problem = "resource group '" + name + "' does not exist";
-        else if (amount > g.limit()) problem = "needs more of '" + name + "' than its limit";
+        const ResourceGroup g = scheduler_.find_resource_group(name);
+        if (!g.valid()) {
+          lack = Lack::group;
+          problem = "its type '" + task.type + "' needs resource group '" + name + "', which the scheduler does not have";
+          break;
+        }
+        if (amount > g.limit()) {
+          lack = Lack::room;
+          problem = "its type '" + task.type + "' needs " + std::to_string(amount) + " of resource group '" + name +
+                    "', whose limit is " + std::to_string(g.limit());
+          break;
+        }
       }
     }
-    if (problem.empty()) continue;
+    if (lack == Lack::nothing) continue;
     if (!options_.unknown_types_to_dead) {
-      throw UnknownTaskType("ordo: the journal holds durable task " + std::to_string(id) + ", but its " + problem +
-                           " (define it before start(), or set DurableOptions::unknown_types_to_dead)");
+      const std::string what = "ordo: the journal holds durable task " + std::to_string(id) + ", but " + problem;
+      const std::string or_dead = ", or set DurableOptions::unknown_types_to_dead)";
+      if (lack == Lack::type) throw UnknownTaskType(what + " (define it before start()" + or_dead);
+      if (lack == Lack::group) throw UnknownResourceGroup(what + " (create it before start()" + or_dead);
+      throw InvalidArgument(what + " (raise the limit before start()" + or_dead);
     }
     to_bury.emplace_back(id, "recovery: " + problem);
   }
   auto bury = [&](JournaledTask& task, const std::string& reason) {
-    PayloadWriter w;
-    w.u32(task.attempts);
-    w.str16(reason);
-    journal_->append(RecordType::dead, task.id, w.view());
+    journal_->append(RecordType::dead, task.id, records::encode(records::Dead{task.attempts, reason}).view());
     task.state = JournaledTask::State::dead;
     task.more().last_error = reason;
   };
@@ -218,10 +231,8 @@ DurableRecovery DurableRuntime::start() {
     }
     if (!discarded.empty()) {
       flow->failed = true;
-      PayloadWriter w;  // again, for a discard made by ordo-wal (a node's CANCEL only)
-      w.u32(static_cast<std::uint32_t>(discarded.size()));
-      for (std::uint32_t i : discarded) w.u32(i);
-      journal_->append(RecordType::checkpoint, fid, w.view());
+      // Again, for a discard made by ordo-wal (a node's CANCEL only).
+      journal_->append(RecordType::checkpoint, fid, records::encode(records::WorkflowCheckpoint{discarded}).view());
     }
     for (std::uint32_t i = 0; i < n; ++i) {
       if (doomed[i] && flow->node_ids[i] != 0 && tasks_.count(flow->node_ids[i])) {
@@ -282,17 +293,26 @@ DurableRecovery DurableRuntime::start() {
 TaskId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) {
   auto type_it = types_.find(std::string(type));
   if (type_it == types_.end()) throw InvalidArgument("ordo: no durable task type named '" + std::string(type) + "'");
-  if (options.needs.size() > 255) throw InvalidArgument("ordo: a durable task may need at most 255 groups");
-  for (const auto& [name, amount] : options.needs) {
-    check_str16(name, "a resource group name a durable task needs");
-    ResourceGroup g = scheduler_.find_resource_group(name);
-    if (!g.valid()) throw InvalidArgument("ordo: durable task needs unknown resource group '" + name + "'");
-    if (amount == 0 || amount > g.limit()) {
-      throw InvalidArgument("ordo: durable task needs " + std::to_string(amount) + " of resource group '" + name +
-                            "', whose limit is " + std::to_string(g.limit()));
+  if (options.needs.size() > records::kMaxNeeds) throw InvalidArgument("ordo: a durable task may need at most 255 groups");
+  std::vector<std::pair<std::string, std::uint64_t>> needs;  // journaled by name, resolved by name at each start
+  needs.reserve(options.needs.size());
+  for (const Need& need : options.needs) {
+    if (!need.group.valid()) throw InvalidArgument("ordo: a need of a durable task names no resource group (a default-constructed ResourceGroup)");
+    const std::string& name = need.group.name();
+    records::check_str16(name, "a resource group name a durable task needs");
+    // name() refers to the group's own string: the same address is the same
+    // group, so a group of another scheduler with this name is refused.
+    const ResourceGroup mine = scheduler_.find_resource_group(name);
+    if (!mine.valid() || &mine.name() != &name) {
+      throw InvalidArgument("ordo: durable task needs resource group '" + name + "', which is not this scheduler's");
     }
+    if (need.amount == 0 || need.amount > mine.limit()) {
+      throw InvalidArgument("ordo: durable task needs " + std::to_string(need.amount) + " of resource group '" + name +
+                            "', whose limit is " + std::to_string(mine.limit()));
+    }
+    needs.emplace_back(name, need.amount);
   }
-  check_str16(options.idempotency_key, "the idempotency key of a durable task");
+  records::check_str16(options.idempotency_key, "the idempotency key of a durable task");
   const auto priority = options.priority.value_or(type_it->second.options.priority.value_or(Priority::normal));
   if (static_cast<unsigned>(priority) >= scheduler_.level_count()) {
     throw InvalidArgument("ordo: priority level " + std::to_string(static_cast<unsigned>(priority)) +
@@ -313,9 +333,9 @@ TaskId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte>
   task->args.assign(reinterpret_cast<const char*>(args.data()), args.size());
   task->level = static_cast<std::uint8_t>(priority);
   task->max_attempts = options.max_attempts.value_or(0);
-  if (!options.idempotency_key.empty() || !options.needs.empty()) {
+  if (!options.idempotency_key.empty() || !needs.empty()) {
     task->more().key = options.idempotency_key;
-    task->more().needs = options.needs;
+    task->more().needs = std::move(needs);
   }
   task->state = JournaledTask::State::waiting;  // not runnable until its ENQUEUE is durable
   JournaledTask& j = *task;
@@ -323,22 +343,11 @@ TaskId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte>
   if (!j.key().empty()) keys_[j.key()] = KeyEntry{j.id, 0};
   lock.unlock();
 
-  PayloadWriter w;
-  w.str16(j.type);
-  w.u8(j.level);
-  w.u32(j.max_attempts);
-  w.i64(due);
-  w.str16(j.key());
-  w.u8(static_cast<std::uint8_t>(j.needs().size()));
-  for (const auto& [name, amount] : j.needs()) {
-    w.str16(name);
-    w.u64(amount);
-  }
-  w.u64(0);  // not a workflow node
-  w.u32(0);
-  w.tail(j.args);
+  records::Enqueue record{.type = j.type, .level = j.level, .max_attempts = j.max_attempts, .run_at_ns = due,
+                          .key = j.key(), .needs = {}, .workflow = 0, .node = 0, .args = j.args};
+  for (const auto& [name, amount] : j.needs()) record.needs.push_back({name, amount});
   try {
-    journal_->append_durable(RecordType::enqueue, j.id, w.view());
+    journal_->append_durable(RecordType::enqueue, j.id, records::encode(record).view());
   } catch (...) {
     lock.lock();
     if (!j.key().empty()) keys_.erase(j.key());
@@ -376,8 +385,7 @@ void DurableRuntime::run(TaskId id) {
   const bool write_start_first = start_written_always_ || task.recovered || attempt > 1;
   lock.unlock();
 
-  PayloadWriter start;
-  start.u32(attempt);
+  const records::PayloadWriter start = records::encode(records::Start{attempt});
   try {
     // In the OS before the handler runs (not synced: a worker never waits
     // for the disk): a handler that kills the process at once has still
@@ -438,10 +446,8 @@ void DurableRuntime::record_outcome_locked(JournaledTask& task, unsigned attempt
   if (ok) {
     const std::int64_t retain_until =
         task.key().empty() ? 0 : wall_now_ns() + std::chrono::nanoseconds(options_.key_retention).count();
-    PayloadWriter w;
-    w.i64(retain_until);
-    w.str16(task.key());
-    const Lsn complete = journal_->append(RecordType::complete, id, w.view());
+    const Lsn complete =
+        journal_->append(RecordType::complete, id, records::encode(records::Complete{retain_until, task.key()}).view());
     if (!task.key().empty()) keys_[task.key()] = KeyEntry{id, retain_until};
     ++completed_;
     const TaskId flow_id = task.flow;
@@ -466,21 +472,14 @@ void DurableRuntime::record_outcome_locked(JournaledTask& task, unsigned attempt
     if (!later) release_successors_locked(flow_id, node, true);
   } else if (attempt >= max_attempts_of(task)) {
     ++failed_attempts_;
-    PayloadWriter w;
-    w.u32(attempt);
-    w.str16(error);
-    journal_->append(RecordType::dead, id, w.view());
+    journal_->append(RecordType::dead, id, records::encode(records::Dead{attempt, error}).view());
     task.state = JournaledTask::State::dead;
     task.more().last_error = error;
     ++dead_;
   } else {
     ++failed_attempts_;
     const std::int64_t due = wall_now_ns() + backoff_ns(task, attempt);
-    PayloadWriter w;
-    w.u32(attempt);
-    w.i64(due);
-    w.str16(error);
-    journal_->append(RecordType::fail, id, w.view());
+    journal_->append(RecordType::fail, id, records::encode(records::Fail{attempt, due, error}).view());
     task.more().last_error = error;
     schedule_locked(task, due, true);
   }

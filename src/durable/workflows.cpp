@@ -7,8 +7,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "durable/codec.hpp"
 #include "durable/runtime.hpp"
+#include "journal/records.hpp"
 #include "ordo/workflow.hpp"
 
 namespace ordo::detail {
@@ -33,10 +33,8 @@ void DurableRuntime::finish_flow_locked(DurableFlow& flow) {
   const bool retain = !flow.key.empty() && !flow.failed;
   const std::int64_t retain_until =
       retain ? wall_now_ns() + std::chrono::nanoseconds(options_.key_retention).count() : 0;
-  PayloadWriter w;
-  w.i64(retain_until);
-  w.str16(retain ? flow.key : std::string());
-  journal_->append(RecordType::complete, flow.id, w.view());
+  const records::Complete record{retain_until, retain ? std::string_view(flow.key) : std::string_view()};
+  journal_->append(RecordType::complete, flow.id, records::encode(record).view());
   if (retain) {
     keys_[flow.key] = KeyEntry{flow.id, retain_until};
   } else if (auto it = keys_.find(flow.key); !flow.key.empty() && it != keys_.end() && it->second.id == flow.id) {
@@ -66,14 +64,11 @@ void DurableRuntime::discard_node_locked(JournaledTask& task, DurableFlow& flow)
   // discard: it lives as long as the workflow does, so that a restart —
   // also after compaction folded the nodes' records away — knows that the
   // node never succeeded and cancels what depends on it.
-  std::vector<std::uint32_t> discarded;
+  records::WorkflowCheckpoint checkpoint;
   for (std::uint32_t i = 0; i < flow.discarded.size(); ++i) {
-    if (flow.discarded[i] || i == node) discarded.push_back(i);
+    if (flow.discarded[i] || i == node) checkpoint.discarded.push_back(i);
   }
-  PayloadWriter w;
-  w.u32(static_cast<std::uint32_t>(discarded.size()));
-  for (std::uint32_t i : discarded) w.u32(i);
-  journal_->append(RecordType::checkpoint, flow.id, w.view());
+  journal_->append(RecordType::checkpoint, flow.id, records::encode(checkpoint).view());
   const std::vector<std::uint32_t> doomed = flow.doomed_with(node);
   for (std::uint32_t i : doomed) {
     if (i != node && tasks_.count(flow.node_ids[i])) journal_->append(RecordType::cancel, flow.node_ids[i]);
@@ -138,9 +133,9 @@ TaskId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::st
   if (nodes.size() > 0xffffff) throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' is too large");
   // Every string the WORKFLOW record holds has a 16-bit length (the node
   // types were checked by define()).
-  check_str16(workflow.name(), "the durable workflow name");
-  check_str16(key, "the idempotency key of durable workflow '" + workflow.name() + "'");
-  for (const auto& node : nodes) check_str16(node.name, "a node name of durable workflow '" + workflow.name() + "'");
+  records::check_str16(workflow.name(), "the durable workflow name");
+  records::check_str16(key, "the idempotency key of durable workflow '" + workflow.name() + "'");
+  for (const auto& node : nodes) records::check_str16(node.name, "a node name of durable workflow '" + workflow.name() + "'");
   // The checks of an in-memory Workflow: duplicate and unknown names, cycles (named).
   Workflow check(workflow.name());
   std::unordered_map<std::string, std::uint32_t> index;
@@ -200,32 +195,17 @@ TaskId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::st
   if (!key.empty()) keys_[key] = KeyEntry{f.id, 0};
   // Every record is built under mu_ (tasks_ may change under other threads'
   // feet once it is dropped), then appended without it.
-  PayloadWriter decl;
-  decl.str16(f.name);
-  decl.str16(f.key);
-  decl.u32(n);
-  for (const auto& node : nodes) {
-    decl.str16(node.name);
-    decl.str16(node.type);
-  }
-  decl.u32(static_cast<std::uint32_t>(edges.size()));
-  for (auto [from, to] : edges) {
-    decl.u32(from);
-    decl.u32(to);
-  }
-  std::vector<PayloadWriter> node_records(n);
+  records::Workflow declaration{.name = f.name, .key = f.key, .nodes = {}, .edges = {}};
+  for (const auto& node : nodes) declaration.nodes.push_back({node.name, node.type});
+  for (auto [from, to] : edges) declaration.edges.push_back({from, to});
+  const records::PayloadWriter decl = records::encode(declaration);
+  std::vector<records::PayloadWriter> node_records;
+  node_records.reserve(n);
   for (std::uint32_t i = 0; i < n; ++i) {
     const JournaledTask& task = tasks_.at(f.id + 1 + i);
-    PayloadWriter& w = node_records[i];
-    w.str16(task.type);
-    w.u8(task.level);
-    w.u32(0);
-    w.i64(0);
-    w.str16("");
-    w.u8(0);
-    w.u64(f.id);
-    w.u32(i);
-    w.tail(task.args);
+    node_records.push_back(records::encode(records::Enqueue{.type = task.type, .level = task.level, .max_attempts = 0,
+                                                            .run_at_ns = 0, .key = {}, .needs = {}, .workflow = f.id,
+                                                            .node = i, .args = task.args}));
   }
   const TaskId flow_id = f.id;
   flows_.emplace(f.id, std::move(flow));

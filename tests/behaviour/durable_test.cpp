@@ -249,7 +249,13 @@ TEST(Durable, InvalidEnqueuesAreRejectedAndNothingIsJournaled) {
   EXPECT_THROW(d.enqueue("t", ""), Error);  // before start()
   d.start();
   EXPECT_THROW(d.enqueue("nope", ""), InvalidArgument);
-  EXPECT_THROW(d.enqueue("t", "", {.needs = {{"db", 1}}}), InvalidArgument);
+  Scheduler other{{.workers = 1}};
+  const ResourceGroup not_ours = other.resource_group("db", 1);
+  EXPECT_THROW(d.enqueue("t", "", {.needs = {{not_ours, 1}}}), InvalidArgument);  // another scheduler's group
+  EXPECT_THROW(d.enqueue("t", "", {.needs = {{ResourceGroup{}, 1}}}), InvalidArgument);
+  const ResourceGroup db = s.resource_group("db", 2);
+  EXPECT_THROW(d.enqueue("t", "", {.needs = {{db, 3}}}), InvalidArgument);  // more than its limit
+  EXPECT_THROW(d.enqueue("t", "", {.needs = {{db, 0}}}), InvalidArgument);
   d.shutdown();
   EXPECT_EQ(Journal::read(dir.path(), {}).records, 0u);
 }
@@ -285,21 +291,98 @@ TEST(Durable, ShutdownCancelLeavesUnstartedTasksForTheNextStart) {
   EXPECT_EQ(ran.load(), 11);
 }
 
+// Tasks enqueued with priorities and needs, left queued by one process, run
+// in the next one in priority order (one worker, held until every task is
+// queued), and each task that needs the group takes its permit there (the
+// group's high-water mark, which stays 0 if a need was lost).
 TEST(Durable, PriorityAndNeedsAreJournaledAndHonouredAfterRestart) {
+  ScratchDir dir;
+  const Priority order[] = {low, normal, high, low, high, normal, low, high};
+  auto label = [](Priority p) { return std::string(1, static_cast<char>('0' + static_cast<int>(p))); };
+  {
+    Scheduler s{{.workers = 1}};
+    const ResourceGroup db = s.resource_group("db", 1);
+    test::Gate gate;
+    DurableTasks d(s, dir.path(), kFast);
+    d.define("hold", [&](TaskContext&, std::span<const std::byte>) { gate.hold(); });
+    d.define("p", [](TaskContext&, std::span<const std::byte>) { FAIL() << "ran in the first process"; });
+    d.define("n", [](TaskContext&, std::span<const std::byte>) { FAIL() << "ran in the first process"; });
+    d.start();
+    d.enqueue("hold", "");
+    gate.wait_entered();  // the only worker is held: what follows stays queued
+    for (Priority p : order) d.enqueue("p", label(p), {.priority = p});
+    for (int i = 0; i < 8; ++i) d.enqueue("n", "", {.needs = {{db, 1}}});
+    std::thread opener([&] {
+      while (d.stats().accepting) std::this_thread::yield();
+      gate.open = true;
+    });
+    d.shutdown(ShutdownMode::cancel);  // the queued ones stay in the journal
+    opener.join();
+  }
+  Scheduler s{{.workers = 1}};
+  const ResourceGroup db = s.resource_group("db", 1);
+  test::Gate gate;
+  s.post([&] { gate.hold(); });
+  gate.wait_entered();
+  std::mutex mu;
+  std::string ran;
+  DurableTasks d(s, dir.path(), kFast);
+  d.define("p", [&](TaskContext&, std::span<const std::byte> args) {
+    std::lock_guard lock(mu);
+    ran += test::text_of(args);
+  });
+  std::atomic<int> needs_ran{0}, holding_db{0};
+  d.define("n", [&](TaskContext&, std::span<const std::byte>) {
+    ++needs_ran;
+    if (db.stats().in_use == 1) ++holding_db;
+  });
+  const DurableRecovery r = d.start();
+  EXPECT_EQ(r.requeued, 16u);
+  EXPECT_EQ(s.find_resource_group("db").stats().max_in_use, 0u);  // nothing ran yet
+  gate.open = true;
+  d.shutdown(ShutdownMode::drain);
+  std::string expected;
+  for (Priority p : {high, normal, low}) {
+    for (Priority q : order) expected += q == p ? label(p) : "";
+  }
+  EXPECT_EQ(ran, expected) << "not run in priority order after the restart";
+  EXPECT_EQ(needs_ran.load(), 8);
+  EXPECT_EQ(holding_db.load(), 8) << "a task that needs 'db' ran without its permit";
+  EXPECT_EQ(db.stats().max_in_use, 1u) << "the journaled need did not take the group's permit";
+}
+
+// The group a journaled task needs is gone at start(): its own error, naming
+// the group and the task's type; or the dead set, by option.
+TEST(Durable, AMissingResourceGroupAtStartIsUnknownResourceGroupNamingGroupAndType) {
   ScratchDir dir;
   {
     Scheduler s{{.workers = 1}};
-    s.resource_group("db", 1);
+    const ResourceGroup db = s.resource_group("db", 1);
     DurableTasks d(s, dir.path(), kFast);
-    d.define("q", [](TaskContext&, std::span<const std::byte>) {});
+    d.define("query", [](TaskContext&, std::span<const std::byte>) {});
     d.start();
-    d.enqueue("q", "", {.priority = low, .delay = std::chrono::hours(1), .needs = {{"db", 1}}});
+    d.enqueue("query", "", {.delay = std::chrono::hours(1), .needs = {{db, 1}}});
     d.shutdown(ShutdownMode::cancel);
   }
+  {
+    Scheduler s{{.workers = 1}};
+    DurableTasks d(s, dir.path(), kFast);
+    d.define("query", [](TaskContext&, std::span<const std::byte>) {});
+    try {
+      d.start();
+      FAIL() << "expected UnknownResourceGroup";
+    } catch (const UnknownResourceGroup& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("resource group 'db'"), std::string::npos) << what;
+      EXPECT_NE(what.find("type 'query'"), std::string::npos) << what;
+    }
+  }
   Scheduler s{{.workers = 1}};
-  DurableTasks d(s, dir.path(), kFast);
-  d.define("q", [](TaskContext&, std::span<const std::byte>) {});
-  EXPECT_THROW(d.start(), UnknownTaskType);  // the group it needs is gone: named, not dropped
+  DurableTasks d(s, dir.path(), kFast, {.unknown_types_to_dead = true});
+  d.define("query", [](TaskContext&, std::span<const std::byte>) {});
+  EXPECT_EQ(d.start().dead, 1u);
+  ASSERT_EQ(d.dead().size(), 1u);
+  EXPECT_NE(d.dead()[0].last_error.find("'db'"), std::string::npos) << d.dead()[0].last_error;
 }
 
 TEST(Durable, ACorruptJournalIsRefusedWithAClearErrorAndLeftAsItWas) {
