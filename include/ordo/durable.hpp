@@ -69,6 +69,8 @@ class TaskContext {
   const std::string& type() const noexcept;
   // 1 for the first attempt; attempts interrupted by a crash count too.
   unsigned attempt() const noexcept;
+  // The task's arguments (also passed to the handler as bytes), as text.
+  std::string_view args_text() const noexcept;
   // The bytes of the latest checkpoint() of this task (from any earlier
   // attempt, or this one), empty if none.
   std::span<const std::byte> last_checkpoint() const noexcept;
@@ -83,12 +85,16 @@ class TaskContext {
     static_assert(std::is_trivially_copyable_v<T>, "checkpoint a trivially copyable value, or bytes");
     checkpoint(std::span<const std::byte>(reinterpret_cast<const std::byte*>(&value), sizeof(T)));
   }
-  // The last checkpointed T, or `otherwise` when there is none (or its size differs).
+  // The last checkpointed T, or `otherwise` when there is none. A checkpoint
+  // of another size than T (the type changed between versions, or a
+  // checkpoint of bytes) throws InvalidArgument naming both sizes: starting
+  // over from `otherwise` would silently redo or skip work.
   template <class T>
   T resume_from(T otherwise) const {
     static_assert(std::is_trivially_copyable_v<T>, "resume from a trivially copyable value");
     const auto bytes = last_checkpoint();
-    if (bytes.size() != sizeof(T)) return otherwise;
+    if (bytes.empty()) return otherwise;
+    if (bytes.size() != sizeof(T)) throw_checkpoint_size(bytes.size(), sizeof(T));
     T value;
     std::memcpy(&value, bytes.data(), sizeof(T));
     return value;
@@ -96,6 +102,7 @@ class TaskContext {
 
  private:
   friend class detail::DurableRuntime;
+  [[noreturn]] void throw_checkpoint_size(std::size_t stored, std::size_t wanted) const;
   TaskContext(detail::DurableRuntime& rt, detail::JournaledTask& task) : rt_(rt), task_(task) {}
   detail::DurableRuntime& rt_;
   detail::JournaledTask& task_;
@@ -182,6 +189,30 @@ struct DurableRecovery {
   std::string describe() const;
 };
 
+// Where a durable task is, by id (DurableTasks::status, and the lists of
+// scheduled, retrying and dead tasks).
+struct DurableTaskStatus {
+  enum class State : std::uint8_t {
+    unknown,    // never enqueued here, completed without a key (or its key's retention ran out), discarded
+    queued,     // runnable, waiting for a worker (or not yet started: recovered before start())
+    blocked,    // a workflow node waiting for its predecessors
+    scheduled,  // waiting for its run_at (enqueued with run_at or delay)
+    running,    // an attempt is running (before start(): one was, when the process stopped)
+    retrying,   // an attempt failed; the next one is due at run_at
+    dead,       // in the dead set
+    completed,  // succeeded, and its idempotency key is still retained (until key_retained_until)
+  };
+  TaskId id = 0;
+  State state = State::unknown;
+  std::string type;       // empty when unknown or completed
+  unsigned attempts = 0;  // attempts started so far (retrying: the next one is attempts + 1)
+  std::optional<std::chrono::system_clock::time_point> run_at;  // scheduled, retrying
+  std::optional<std::chrono::system_clock::time_point> key_retained_until;  // completed
+  std::string last_error;  // retrying, dead (and a queued task that failed before)
+};
+// "queued", "retrying"...: the names ordo-wal prints.
+const char* to_string(DurableTaskStatus::State state) noexcept;
+
 struct DeadTask {
   TaskId id = 0;
   std::string type;
@@ -222,6 +253,13 @@ class DurableTasks {
   // node names), InvalidArgument (unknown type, empty workflow).
   TaskId enqueue_workflow(const DurableWorkflow& workflow, std::string idempotency_key = {});
 
+  // Where task (or workflow) `id` is. A workflow's own id says only
+  // `completed` (while its key is retained) or `unknown`: ask for its nodes.
+  // Cost: a look-up, or, for an id not live, one pass over the retained keys.
+  DurableTaskStatus status(TaskId id) const;
+  // Tasks waiting for their run_at, and tasks waiting to retry, by due time.
+  std::vector<DurableTaskStatus> scheduled() const;
+  std::vector<DurableTaskStatus> retrying() const;
   // The dead set: tasks whose attempts ran out (or unknown types).
   std::vector<DeadTask> dead() const;
   // Sends a dead task back for a fresh round of attempts. False if it is not dead.
@@ -240,6 +278,13 @@ class DurableTasks {
   // nothing queued starts) and returns: a later call outside any handler,
   // or the destructor, does the waiting.
   void shutdown(ShutdownMode mode = ShutdownMode::drain);
+  // shutdown(mode), waiting at most `timeout`. True once it is done (as
+  // shutdown() leaves it). False when the time ran out: the shutdown has
+  // begun (nothing new is accepted; cancel: nothing queued starts) and goes
+  // on — tasks still running finish and are journaled as ever; call it
+  // again, or shutdown(), or let the destructor finish it. From inside a
+  // handler it only begins the shutdown and returns false.
+  bool shutdown_for(std::chrono::milliseconds timeout, ShutdownMode mode = ShutdownMode::drain);
 
   DurableStats stats() const;
   Journal& journal() noexcept;

@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -105,9 +106,15 @@ class DurableRuntime {
   TaskId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options);
   TaskId enqueue_workflow(const DurableWorkflow& workflow, std::string key);
   std::vector<DeadTask> dead() const;
+  DurableTaskStatus status(TaskId id) const;
+  // The tasks waiting for a time: retrying ones (true) or scheduled ones.
+  std::vector<DurableTaskStatus> waiting(bool retrying) const;
   bool retry_dead(TaskId id);
   bool discard_dead(TaskId id);
-  void shutdown(ShutdownMode mode) noexcept;
+  // Waits until `deadline` at most (none: for as long as it takes). True
+  // once the shutdown is done; false when the time ran out or when called
+  // from inside a handler (the shutdown has begun either way).
+  bool shutdown(ShutdownMode mode, std::optional<std::chrono::steady_clock::time_point> deadline = {}) noexcept;
   DurableStats stats() const;
   Journal& journal() noexcept { return *journal_; }
   void checkpoint(JournaledTask& task, std::span<const std::byte> bytes);
@@ -119,6 +126,7 @@ class DurableRuntime {
 
  private:
   void replay(const RecordView& r);
+  DurableTaskStatus describe_locked(const JournaledTask& task) const;
   void queue_locked(JournaledTask& task);  // marks it queued and notes it in postings_
   // Posts the tasks in postings_ to the scheduler, dropping mu_ around each
   // post (a refused post destroys its Runner, which takes mu_).

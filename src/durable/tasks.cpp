@@ -522,16 +522,6 @@ void DurableRuntime::timer_loop() {
   }
 }
 
-std::vector<DeadTask> DurableRuntime::dead() const {
-  std::lock_guard lock(mu_);
-  std::vector<DeadTask> out;
-  for (const auto& [id, task] : tasks_) {
-    if (task.state == JournaledTask::State::dead) out.push_back({id, task.type, task.attempts, task.last_error()});
-  }
-  std::sort(out.begin(), out.end(), [](const DeadTask& a, const DeadTask& b) { return a.id < b.id; });
-  return out;
-}
-
 bool DurableRuntime::retry_dead(TaskId id) {
   std::unique_lock lock(mu_);
   auto it = tasks_.find(id);
@@ -565,24 +555,30 @@ bool DurableRuntime::discard_dead(TaskId id) {
   return true;
 }
 
-void DurableRuntime::shutdown(ShutdownMode mode) noexcept {
+bool DurableRuntime::shutdown(ShutdownMode mode, std::optional<std::chrono::steady_clock::time_point> deadline) noexcept {
   std::unique_lock lock(mu_);
-  if (stopped_) return;
+  if (stopped_) return true;
   stopping_ = true;
   if (mode == ShutdownMode::cancel) cancelling_ = true;
   timer_cv_.notify_all();
   // From inside a handler: waiting would wait for this very handler. The
   // shutdown has begun (nothing new is accepted; cancel: nothing queued
   // starts); a shutdown() outside any handler, or the destructor, waits.
-  if (t_in_handler_of == this) return;
+  if (t_in_handler_of == this) return false;
   // drain: every task that is not dead finishes (timers included), unless
   // the scheduler stopped running our tasks; cancel: only what runs now.
-  changed_.wait(lock, [&] {
+  auto settled = [&] {
     if (in_flight_ != 0 || running_ != 0 || releasing_ != 0) return false;
     // Blocked nodes wait for a live predecessor (still counted here) or
     // for a dead one (which only retry_dead revives): neither keeps a drain.
     return cancelling_ || !started_ || scheduler_refused_ || journal_failed_ || tasks_.size() == dead_ + blocked_;
-  });
+  };
+  if (!deadline) {
+    changed_.wait(lock, settled);
+  } else if (!changed_.wait_until(lock, *deadline, settled)) {
+    return false;  // begun, not done: a later call (or the destructor) finishes it
+  }
+  if (stopped_) return true;  // a concurrent call finished it while this one waited
   stopped_ = true;
   cancelling_ = true;  // the timer thread leaves
   changed_.notify_all();  // a concurrent shutdown() call
@@ -594,6 +590,7 @@ void DurableRuntime::shutdown(ShutdownMode mode) noexcept {
   } catch (const std::exception&) {
     // Reported by the journal when it closes; nothing here can be retried.
   }
+  return true;
 }
 
 DurableStats DurableRuntime::stats() const {
@@ -623,6 +620,12 @@ DurableStats DurableRuntime::stats() const {
 TaskId TaskContext::id() const noexcept { return task_.id; }
 const std::string& TaskContext::type() const noexcept { return task_.type; }
 unsigned TaskContext::attempt() const noexcept { return task_.attempts; }
+std::string_view TaskContext::args_text() const noexcept { return task_.args; }
+void TaskContext::throw_checkpoint_size(std::size_t stored, std::size_t wanted) const {
+  throw InvalidArgument("ordo: durable task " + std::to_string(task_.id) + " resumes from a checkpoint of " +
+                        std::to_string(stored) + " bytes, but resume_from<T> asked for a T of " +
+                        std::to_string(wanted) + " bytes (read last_checkpoint() to convert an older checkpoint)");
+}
 std::span<const std::byte> TaskContext::last_checkpoint() const noexcept {
   return {reinterpret_cast<const std::byte*>(task_.checkpoint().data()), task_.checkpoint().size()};
 }
@@ -646,6 +649,12 @@ std::vector<DeadTask> DurableTasks::dead() const { return rt_->dead(); }
 bool DurableTasks::retry_dead(TaskId id) { return rt_->retry_dead(id); }
 bool DurableTasks::discard_dead(TaskId id) { return rt_->discard_dead(id); }
 void DurableTasks::shutdown(ShutdownMode mode) { rt_->shutdown(mode); }
+bool DurableTasks::shutdown_for(std::chrono::milliseconds timeout, ShutdownMode mode) {
+  return rt_->shutdown(mode, std::chrono::steady_clock::now() + timeout);
+}
+DurableTaskStatus DurableTasks::status(TaskId id) const { return rt_->status(id); }
+std::vector<DurableTaskStatus> DurableTasks::scheduled() const { return rt_->waiting(false); }
+std::vector<DurableTaskStatus> DurableTasks::retrying() const { return rt_->waiting(true); }
 DurableStats DurableTasks::stats() const { return rt_->stats(); }
 Journal& DurableTasks::journal() noexcept { return rt_->journal(); }
 

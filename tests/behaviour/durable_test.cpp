@@ -213,6 +213,35 @@ TEST(Durable, ARetryResumesFromTheLastCheckpoint) {
   for (int i = 0; i < 100; ++i) EXPECT_EQ(done[static_cast<std::size_t>(i)], i);
 }
 
+// A checkpoint of another size than the T asked for is not "no checkpoint":
+// resuming from zero would redo (or skip) work silently.
+TEST(Durable, ResumeFromACheckpointOfAnotherSizeIsAnErrorNamingBothSizes) {
+  ScratchDir dir;
+  Scheduler s{{.workers = 1}};
+  std::string error;
+  std::atomic<bool> empty_gave_default{false};
+  DurableTasks d(s, dir.path(), kFast);
+  d.define("resize", [&](TaskContext& ctx, std::span<const std::byte>) {
+    if (ctx.attempt() == 1) {
+      empty_gave_default = ctx.resume_from<std::uint64_t>(99) == 99;  // no checkpoint yet
+      ctx.checkpoint(std::uint16_t{7});
+      throw std::runtime_error("first attempt fails after its checkpoint");
+    }
+    try {
+      (void)ctx.resume_from<std::uint64_t>(0);
+    } catch (const InvalidArgument& e) {
+      error = e.what();
+    }
+  }, {.retry = {.max_attempts = 2, .initial_backoff = 1ms}});
+  d.start();
+  d.enqueue("resize", "");
+  d.shutdown();
+  EXPECT_TRUE(empty_gave_default);
+  ASSERT_FALSE(error.empty()) << "resume_from<uint64_t> of a 2-byte checkpoint did not throw";
+  EXPECT_NE(error.find("2 bytes"), std::string::npos) << error;
+  EXPECT_NE(error.find("8 bytes"), std::string::npos) << error;
+}
+
 TEST(Durable, UnknownTypeOnRecoveryIsAClearErrorOrDeadByOption) {
   ScratchDir dir;
   {
