@@ -197,4 +197,8 @@ class DurableRuntime {
   std::thread timer_;
 };
 
+// The runtime whose handler this thread is running, if any: shutdown()
+// called from there must not wait for that very handler.
+extern thread_local const DurableRuntime* t_in_handler_of;
+
 }  // namespace ordo::detail

@@ -1,5 +1,5 @@
 // Durable tasks: where a task is, by id, and the lists of tasks waiting for a
-// time (scheduled, retrying) and of dead ones. Read-only views of the
+// time (scheduled, retrying). Read-only views of the
 // runtime's state, taken under its lock.
 #include <algorithm>
 #include <chrono>
@@ -90,16 +90,6 @@ std::vector<DurableTaskStatus> DurableRuntime::waiting(bool retrying) const {
   std::sort(out.begin(), out.end(), [](const DurableTaskStatus& a, const DurableTaskStatus& b) {
     return a.run_at != b.run_at ? a.run_at < b.run_at : a.id < b.id;
   });
-  return out;
-}
-
-std::vector<DeadTask> DurableRuntime::dead() const {
-  std::lock_guard lock(mu_);
-  std::vector<DeadTask> out;
-  for (const auto& [id, task] : tasks_) {
-    if (task.state == JournaledTask::State::dead) out.push_back({id, task.type, task.attempts, task.last_error()});
-  }
-  std::sort(out.begin(), out.end(), [](const DeadTask& a, const DeadTask& b) { return a.id < b.id; });
   return out;
 }
 
