@@ -28,7 +28,6 @@
 namespace demo {
 namespace {
 
-
 // Reads the effects log: how many times each job's effect was applied.
 std::map<std::string, int> effects_in(const std::string& path) {
   std::map<std::string, int> count;
