@@ -11,9 +11,12 @@
 #include <vector>
 
 #include "journal/records.hpp"
+#include "test_support.hpp"
 
 namespace ordo::detail::records {
 namespace {
+
+namespace test = ordo::test;
 
 // A record as the reader hands it over: the task id, then the body.
 struct Framed {
@@ -53,7 +56,7 @@ void expect_every_cut_throws(const Framed& f, RecordType type, std::size_t field
 
 TEST(Records, RandomEnqueuesRoundTripAndEveryCutIsCorruption) {
   std::mt19937_64 rng(12);
-  for (int i = 0; i < 300; ++i) {
+  for (std::size_t i = 0; i < 40 * test::kScale; ++i) {  // kScale: see RandomBytesDecodeOrAre... below
     std::vector<std::string> groups;
     for (std::size_t n = rng() % 4; n > 0; --n) groups.push_back(random_text(rng, 20));
     const std::string type = random_text(rng, 30), key = random_text(rng, 30), args = random_text(rng, 100);
@@ -83,7 +86,7 @@ TEST(Records, RandomEnqueuesRoundTripAndEveryCutIsCorruption) {
 
 TEST(Records, EveryOtherRecordTypeRoundTrips) {
   std::mt19937_64 rng(34);
-  for (int i = 0; i < 200; ++i) {
+  for (std::size_t i = 0; i < 25 * test::kScale; ++i) {
     const auto attempt = static_cast<std::uint32_t>(rng());
     const auto when = static_cast<std::int64_t>(rng());
     const std::string text = random_text(rng, 40), name = random_text(rng, 20);
@@ -163,7 +166,9 @@ TEST(Records, RandomBytesDecodeOrAreCorruptionNeverAnythingElse) {
       {RecordType::workflow, [](const RecordView& r) { decode_workflow(r); }},
   };
   std::size_t decoded = 0, refused = 0;
-  for (int i = 0; i < 20'000; ++i) {
+  // Fewer under sanitizers (kScale): there every throw costs ThreadSanitizer
+  // memory it does not give back, some 100 KB each.
+  for (std::size_t i = 0; i < 300 * test::kScale; ++i) {
     Framed f{std::string(8, '\0') + random_text(rng, 24)};
     for (const auto& [type, decode] : decoders) {
       try {
