@@ -172,8 +172,11 @@ class DurableWorkflow {
 };
 
 struct DurableOptions {
-  // Recovery: a journaled task whose type is not defined at start() throws
-  // UnknownTaskType (false) or goes to the dead set with that reason (true).
+  // Recovery: a journaled task this process cannot run at start() — its
+  // type is not defined (UnknownTaskType), it needs a resource group the
+  // scheduler lacks (UnknownResourceGroup) or more of one than its limit
+  // (InvalidArgument) — throws that error (false) or goes to the dead set
+  // with that reason (true).
   bool unknown_types_to_dead = false;
   std::chrono::seconds key_retention{std::chrono::hours(24)};
 };
@@ -233,13 +236,15 @@ class DurableTasks {
   // Before start(). Throws InvalidArgument for an empty or duplicate name.
   void define(std::string type, TaskHandler handler, TaskTypeOptions options = {});
   // Queues every live task of the journal with its priority, needs, attempt
-  // count and last checkpoint. Throws UnknownTaskType (naming the type and
-  // task) unless unknown_types_to_dead; nothing is queued then.
+  // count and last checkpoint. Throws UnknownTaskType, UnknownResourceGroup
+  // or InvalidArgument (naming the task, its type and what is missing; see
+  // DurableOptions) unless unknown_types_to_dead; nothing is queued then.
   DurableRecovery start();
 
   // After start(). Returns once the ENQUEUE record is durable under the
-  // journal's mode. Throws InvalidArgument (unknown type, unknown resource
-  // group, a key or group name of 64 KiB or more), Error after shutdown;
+  // journal's mode. Throws InvalidArgument (unknown type; a need of a
+  // default-constructed group, of another scheduler's group, of 0 or more
+  // than the limit; a key or group name of 64 KiB or more), Error after shutdown;
   // a call that throws leaves no task and no key behind.
   TaskId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options = {});
   TaskId enqueue(std::string_view type, std::string_view args, EnqueueOptions options = {}) {

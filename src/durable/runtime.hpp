@@ -4,8 +4,9 @@
 // Thread-safety: mu_ guards tasks_, keys_, timers_ and the counters; types_
 // is written before start() and read-only after. Journal appends happen
 // outside mu_ (the journal has its own lock). Invariants: a task is in tasks_
-// from its ENQUEUE until COMPLETE or CANCEL; a task in state `waiting` has
-// exactly one entry in timers_; in_flight_ counts tasks posted to the
+// from its ENQUEUE until COMPLETE or CANCEL; once started, a task in state
+// `waiting` with a due time has exactly one entry in timers_ (without one,
+// it is an enqueue whose ENQUEUE is not yet durable); in_flight_ counts tasks posted to the
 // scheduler whose runner has not finished or been dropped; releasing_
 // counts journal callbacks not yet called back.
 #pragma once
