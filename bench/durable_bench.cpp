@@ -15,6 +15,7 @@
 
 #include <sqlite3.h>
 
+#include "journal/records.hpp"
 #include "ordo/ordo.hpp"
 
 namespace {
@@ -137,38 +138,26 @@ BENCHMARK(BM_append_pipelined)->Name("append_pipelined/ordo_sync")->Arg(1'000'00
 // --- recovery: 1,000,000 enqueued and 500,000 completed durable tasks ---
 //
 // The journal is written directly, record by record, in the durable-task
-// payload format (docs/journal-format.md): writing it through DurableTasks
+// payload format (docs/journal-format.md, encoded by the library's own codec,
+// src/journal/records.hpp): writing it through DurableTasks
 // would take longer than the benchmark. Time: open, replay, define, start()
 // — until the 500,000 survivors are queued on the scheduler.
-
-std::string durable_enqueue_payload(const std::string& args) {
-  std::string p;
-  auto put = [&](std::uint64_t v, int bytes) {
-    for (int i = 0; i < bytes; ++i) p.push_back(static_cast<char>(v >> (8 * i)));
-  };
-  put(3, 2);
-  p += "job";
-  put(1, 1);   // level: normal
-  put(0, 4);   // max attempts: the type's
-  put(0, 8);   // run at: now
-  put(0, 2);   // no idempotency key
-  put(0, 1);   // no needs
-  put(0, 8);   // not a workflow node
-  put(0, 4);
-  return p + args;
-}
 
 void BM_recovery(benchmark::State& state) {
   const auto n = static_cast<std::uint64_t>(state.range(0));
   ScratchDir dir;
   {
     auto journal = ordo::Journal::open(dir.path, {.durability = ordo::Durability::none, .compact_after_bytes = 0});
-    const std::string body = durable_enqueue_payload(std::string(24, 'a'));
-    const std::string complete(10, '\0');  // retain-until 0, no key
+    namespace records = ordo::detail::records;
+    const std::string args(24, 'a');
+    const records::PayloadWriter enqueue = records::encode(records::Enqueue{
+        .type = "job", .level = 1, .max_attempts = 0, .run_at_ns = 0, .key = {}, .needs = {}, .workflow = 0, .node = 0,
+        .args = args});
+    const records::PayloadWriter complete = records::encode(records::Complete{0, {}});  // no key retained
     for (std::uint64_t i = 1; i <= n; ++i) {
-      journal->append(ordo::RecordType::enqueue, i, {reinterpret_cast<const std::byte*>(body.data()), body.size()});
+      journal->append(ordo::RecordType::enqueue, i, enqueue.view());
       if (i % 2 == 0) {
-        journal->append(ordo::RecordType::complete, i, {reinterpret_cast<const std::byte*>(complete.data()), complete.size()});
+        journal->append(ordo::RecordType::complete, i, complete.view());
       }
     }
   }
@@ -182,7 +171,7 @@ void BM_recovery(benchmark::State& state) {
       // The first job to run holds the only worker until the clock stops, so
       // that "queued" is what is measured, not how fast the jobs then run.
       std::atomic<bool> measured{false};
-      durable.define("job", [&](ordo::JobContext&, std::span<const std::byte>) {
+      durable.define("job", [&](ordo::TaskContext&, std::span<const std::byte>) {
         while (!measured.load()) std::this_thread::yield();
       });
       const ordo::DurableRecovery r = durable.start();
@@ -227,7 +216,7 @@ void durable_enqueue_ordo(benchmark::State& state, ordo::Durability mode) {
     ordo::Scheduler sched{{.workers = 2}};
     auto durable = std::make_unique<ordo::DurableTasks>(sched, dir.path, ordo::JournalOptions{.durability = mode});
     std::atomic<int> ran{0};
-    durable->define("job", [&](ordo::JobContext&, std::span<const std::byte>) { ran.fetch_add(1, std::memory_order_relaxed); });
+    durable->define("job", [&](ordo::TaskContext&, std::span<const std::byte>) { ran.fetch_add(1, std::memory_order_relaxed); });
     durable->start();
     const std::string args(48, 'j');
     state.ResumeTiming();

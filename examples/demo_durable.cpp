@@ -28,8 +28,6 @@
 namespace demo {
 namespace {
 
-std::string text(std::span<const std::byte> b) { return {reinterpret_cast<const char*>(b.data()), b.size()}; }
-
 // Reads the effects log: how many times each job's effect was applied.
 std::map<std::string, int> effects_in(const std::string& path) {
   std::map<std::string, int> count;
@@ -65,8 +63,8 @@ RunResult run_jobs(const DurableStoryOptions& o, const std::string& effects_path
     if (shared == nullptr) own.emplace(ordo::SchedulerOptions{.workers = 2, .name = "durable-demo"});
     ordo::Scheduler& sched = shared != nullptr ? *shared : *own;
     ordo::DurableTasks durable(sched, o.journal_dir, {.durability = ordo::Durability::sync});
-    durable.define("invoice", [&](ordo::JobContext& ctx, std::span<const std::byte> args) {
-      const std::string key = text(args);
+    durable.define("invoice", [&](ordo::TaskContext& ctx, std::span<const std::byte>) {
+      const std::string key(ctx.args_text());
       std::this_thread::sleep_for(std::chrono::milliseconds(2));  // "render and send the invoice"
       {
         // Idempotent by key: a re-run after a crash finds its effect done.

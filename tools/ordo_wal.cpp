@@ -8,21 +8,29 @@
 //   ordo-wal dead list DIR            durable tasks in the dead set
 //   ordo-wal dead retry DIR ID        send one back for another round of attempts
 //   ordo-wal dead discard DIR ID      drop one for good
+//   ordo-wal status DIR ID            where one durable task is (JSON)
+//   ordo-wal scheduled DIR            tasks waiting for their run_at (JSON lines)
+//   ordo-wal retrying DIR             tasks waiting to retry (JSON lines)
 //
-// stat, dump and verify only read (no lock is taken; run them on a journal
+// stat, dump, verify, status, scheduled, retrying and dead list only read (no lock is taken; run them on a journal
 // in use and a tail being written may show as torn). compact takes the lock,
 // so it refuses a journal that a running process has open.
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
-#include <set>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "journal/records.hpp"
+#include "ordo/durable.hpp"
 #include "ordo/journal.hpp"
 
 namespace {
@@ -130,105 +138,214 @@ int cmd_compact(const std::string& dir) {
   return 0;
 }
 
-// The dead set as the journal holds it (payloads: docs/journal-format.md).
-struct DeadTask {
-  std::string type;
-  std::uint32_t attempts = 0;
-  std::string reason;
-  bool dead = false;
+// The durable tasks as the journal holds them, folded record by record
+// through the same decoders the runtime uses (src/journal/records.hpp).
+// "running" is a task whose last record is its START: running now, or cut
+// short by a crash (the next start runs it again).
+struct TaskEntry {
+  ordo::DurableTaskStatus status;
   std::uint64_t flow = 0;  // the workflow it is a node of, or 0
   std::uint32_t node = 0;
 };
 
-// Per live workflow: the nodes its latest CHECKPOINT lists as discarded.
-using DiscardedNodes = std::map<std::uint64_t, std::vector<std::uint32_t>>;
+struct LiveWorkflow {
+  std::vector<std::vector<std::uint32_t>> pred;  // per node, its predecessors
+  std::vector<std::uint32_t> discarded;           // its latest CHECKPOINT
+};
 
-std::string str16_at(std::span<const std::byte> p, std::size_t& at) {
-  if (at + 2 > p.size()) return {};
-  const std::size_t n = std::to_integer<std::size_t>(p[at]) | std::to_integer<std::size_t>(p[at + 1]) << 8;
-  at += 2;
-  if (at + n > p.size()) return {};
-  std::string s(reinterpret_cast<const char*>(p.data()) + at, n);
-  at += n;
-  return s;
-}
+struct JournalState {
+  std::map<std::uint64_t, TaskEntry> tasks;
+  std::map<std::uint64_t, LiveWorkflow> workflows;
+  // Per workflow: node -> task id, for the nodes whose ENQUEUE is live.
+  std::map<std::uint64_t, std::map<std::uint32_t, std::uint64_t>> node_ids;
+  std::map<std::uint64_t, std::int64_t> retained;  // completed id -> key retained until (ns)
+  std::int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::system_clock::now().time_since_epoch()).count();
 
-std::uint64_t uint_at(std::span<const std::byte> p, std::size_t& at, int bytes) {
-  std::uint64_t v = 0;
-  if (at + static_cast<std::size_t>(bytes) > p.size()) {
-    at = p.size() + 1;  // past the end: every later read fails too
-    return 0;
-  }
-  for (int i = bytes - 1; i >= 0; --i) v = v << 8 | std::to_integer<std::uint64_t>(p[at + static_cast<std::size_t>(i)]);
-  at += static_cast<std::size_t>(bytes);
-  return v;
-}
-
-void fold_dead(const ordo::RecordView& r, std::map<std::uint64_t, DeadTask>& tasks, DiscardedNodes* flows = nullptr) {
-  switch (r.type) {
-    case ordo::RecordType::enqueue: {
-      std::size_t at = 8;
-      DeadTask& t = tasks[r.task];
-      t.type = str16_at(r.payload, at);
-      uint_at(r.payload, at, 1 + 4 + 8);  // level, max attempts, run at
-      str16_at(r.payload, at);             // key
-      const auto needs = uint_at(r.payload, at, 1);
-      for (std::uint64_t i = 0; i < needs; ++i) {
-        str16_at(r.payload, at);
-        uint_at(r.payload, at, 8);
+  void fold(const ordo::RecordView& r) {
+    namespace rec = ordo::detail::records;
+    using State = ordo::DurableTaskStatus::State;
+    auto live = [&]() -> TaskEntry* {
+      auto it = tasks.find(r.task);
+      return it == tasks.end() ? nullptr : &it->second;
+    };
+    switch (r.type) {
+      case ordo::RecordType::enqueue: {
+        const rec::Enqueue e = rec::decode_enqueue(r);
+        TaskEntry& t = tasks[r.task];
+        t = TaskEntry{};
+        t.status.id = r.task;
+        t.status.type = e.type;
+        t.status.state = e.run_at_ns != 0 ? State::scheduled : State::queued;
+        if (e.run_at_ns != 0) t.status.run_at = wall_time(e.run_at_ns);
+        t.flow = e.workflow;
+        t.node = e.node;
+        if (e.workflow != 0) node_ids[e.workflow][e.node] = r.task;
+        break;
       }
-      t.flow = uint_at(r.payload, at, 8);
-      t.node = static_cast<std::uint32_t>(uint_at(r.payload, at, 4));
-      if (at > r.payload.size()) t.flow = 0;
-      break;
-    }
-    case ordo::RecordType::workflow:
-      if (flows != nullptr) (*flows)[r.task];
-      break;
-    case ordo::RecordType::checkpoint:
-      if (flows != nullptr) {
-        if (auto it = flows->find(r.task); it != flows->end()) {
-          std::size_t at = 8;
-          it->second.clear();
-          const auto n = uint_at(r.payload, at, 4);
-          for (std::uint64_t i = 0; i < n && at <= r.payload.size(); ++i) {
-            it->second.push_back(static_cast<std::uint32_t>(uint_at(r.payload, at, 4)));
-          }
+      case ordo::RecordType::start:
+        if (TaskEntry* t = live()) {
+          t->status.attempts = ordo::detail::records::decode_start(r).attempt;
+          t->status.state = State::running;
+          t->status.run_at.reset();
         }
+        break;
+      case ordo::RecordType::checkpoint:
+        if (auto it = workflows.find(r.task); it != workflows.end()) {
+          it->second.discarded = rec::decode_workflow_checkpoint(r).discarded;
+        }
+        break;
+      case ordo::RecordType::fail:
+        if (TaskEntry* t = live()) {
+          const rec::Fail f = rec::decode_fail(r);
+          t->status.state = State::retrying;
+          t->status.attempts = f.attempt;
+          t->status.run_at = wall_time(f.retry_at_ns);
+          t->status.last_error = f.error;
+        }
+        break;
+      case ordo::RecordType::dead:
+        if (TaskEntry* t = live()) {
+          const rec::Dead d = rec::decode_dead(r);
+          t->status.state = State::dead;
+          t->status.attempts = d.attempts;
+          t->status.run_at.reset();
+          t->status.last_error = d.reason;
+        }
+        break;
+      case ordo::RecordType::retry:
+        if (TaskEntry* t = live()) {
+          t->status.state = State::queued;
+          t->status.attempts = 0;
+        }
+        break;
+      case ordo::RecordType::workflow: {
+        const rec::Workflow w = rec::decode_workflow(r);
+        LiveWorkflow& flow = workflows[r.task];
+        flow.pred.assign(w.nodes.size(), {});
+        for (const auto& edge : w.edges) flow.pred[edge.to].push_back(edge.from);
+        break;
       }
-      break;
-    case ordo::RecordType::dead: {
-      DeadTask& t = tasks[r.task];
-      t.dead = true;
-      std::size_t at = 8;
-      if (r.payload.size() >= 12) {
-        t.attempts = 0;
-        for (int i = 3; i >= 0; --i) t.attempts = t.attempts << 8 | std::to_integer<std::uint32_t>(r.payload[8 + static_cast<std::size_t>(i)]);
-        at = 12;
-        t.reason = str16_at(r.payload, at);
-      }
-      break;
+      case ordo::RecordType::complete:
+        if (rec::retains_key_beyond(r, now_ns)) retained[r.task] = rec::decode_complete(r).retain_until_ns;
+        forget(r.task);
+        break;
+      case ordo::RecordType::cancel:
+        forget(r.task);
+        break;
+      default:
+        break;
     }
-    case ordo::RecordType::retry:
-      tasks[r.task].dead = false;
-      break;
-    case ordo::RecordType::complete:
-    case ordo::RecordType::cancel:
-      tasks.erase(r.task);
-      if (flows != nullptr) flows->erase(r.task);
-      break;
-    default:
-      break;
   }
+
+  // A task or workflow ended (COMPLETE or CANCEL).
+  void forget(std::uint64_t id) {
+    tasks.erase(id);
+    workflows.erase(id);
+    node_ids.erase(id);
+  }
+
+  // A queued workflow node with a predecessor still live waits for it.
+  bool blocked(const TaskEntry& t) const {
+    if (t.flow == 0 || t.status.state != ordo::DurableTaskStatus::State::queued) return false;
+    auto flow = workflows.find(t.flow);
+    if (flow == workflows.end() || t.node >= flow->second.pred.size()) return false;
+    auto ids = node_ids.find(t.flow);
+    if (ids == node_ids.end()) return false;
+    for (std::uint32_t p : flow->second.pred[t.node]) {
+      auto id = ids->second.find(p);
+      if (id != ids->second.end() && tasks.count(id->second)) return true;
+    }
+    return false;
+  }
+
+  ordo::DurableTaskStatus status(std::uint64_t id) const {
+    if (auto it = tasks.find(id); it != tasks.end()) {
+      ordo::DurableTaskStatus s = it->second.status;
+      if (blocked(it->second)) s.state = ordo::DurableTaskStatus::State::blocked;
+      return s;
+    }
+    ordo::DurableTaskStatus s;
+    s.id = id;
+    if (auto it = retained.find(id); it != retained.end()) {
+      s.state = ordo::DurableTaskStatus::State::completed;
+      s.key_retained_until = wall_time(it->second);
+    }
+    return s;
+  }
+
+  static std::chrono::system_clock::time_point wall_time(std::int64_t ns) {
+    return std::chrono::system_clock::time_point(
+        std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::nanoseconds(ns)));
+  }
+};
+
+std::string iso_utc(std::chrono::system_clock::time_point t) {
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+  const std::time_t secs = static_cast<std::time_t>(ns / 1'000'000'000);
+  std::tm tm{};
+  ::gmtime_r(&secs, &tm);
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ns / 1'000'000 % 1000));
+  return buf;
+}
+
+// One task as JSON: the fields its state gives meaning to.
+nlohmann::json status_json(const ordo::DurableTaskStatus& s) {
+  using State = ordo::DurableTaskStatus::State;
+  auto ns_of = [](std::chrono::system_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+  };
+  nlohmann::json out = {{"id", s.id}, {"state", ordo::to_string(s.state)}};
+  if (s.state == State::unknown) return out;
+  if (!s.type.empty()) out["type"] = s.type;
+  if (s.state != State::completed) out["attempts"] = s.attempts;
+  if (s.run_at) {
+    out["run_at_ns"] = ns_of(*s.run_at);
+    out["run_at"] = iso_utc(*s.run_at);
+  }
+  if (s.key_retained_until) {
+    out["key_retained_until_ns"] = ns_of(*s.key_retained_until);
+    out["key_retained_until"] = iso_utc(*s.key_retained_until);
+  }
+  if (!s.last_error.empty()) out["last_error"] = s.last_error;
+  return out;
+}
+
+JournalState read_state(const std::string& dir) {
+  JournalState state;
+  ordo::Journal::read(dir, [&](const ordo::RecordView& r) { state.fold(r); });
+  return state;
+}
+
+int cmd_status(const std::string& dir, std::uint64_t id) {
+  std::cout << status_json(read_state(dir).status(id)).dump() << "\n";
+  return 0;
+}
+
+// scheduled / retrying: one JSON object per line, by due time.
+int cmd_waiting(const std::string& dir, ordo::DurableTaskStatus::State wanted) {
+  const JournalState state = read_state(dir);
+  std::vector<ordo::DurableTaskStatus> out;
+  for (const auto& [id, t] : state.tasks) {
+    if (t.status.state == wanted) out.push_back(t.status);
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a.run_at != b.run_at ? a.run_at < b.run_at : a.id < b.id;
+  });
+  for (const auto& s : out) std::cout << status_json(s).dump() << "\n";
+  std::cerr << out.size() << " " << ordo::to_string(wanted) << " task(s)\n";
+  return 0;
 }
 
 int cmd_dead_list(const std::string& dir) {
-  std::map<std::uint64_t, DeadTask> tasks;
-  ordo::Journal::read(dir, [&](const ordo::RecordView& r) { fold_dead(r, tasks); });
+  const JournalState state = read_state(dir);
   int n = 0;
-  for (const auto& [id, t] : tasks) {
-    if (!t.dead) continue;
-    std::cout << id << "\t" << t.type << "\tattempts=" << t.attempts << "\t" << t.reason << "\n";
+  for (const auto& [id, t] : state.tasks) {
+    if (t.status.state != ordo::DurableTaskStatus::State::dead) continue;
+    std::cout << id << "\t" << t.status.type << "\tattempts=" << t.status.attempts << "\t" << t.status.last_error
+              << "\n";
     ++n;
   }
   std::cerr << n << " dead task(s)\n";
@@ -238,34 +355,26 @@ int cmd_dead_list(const std::string& dir) {
 // Appends RETRY or CANCEL for a task that is dead; the journal lock keeps a
 // running process from racing us.
 int cmd_dead_change(const std::string& dir, std::uint64_t id, ordo::RecordType what) {
-  std::map<std::uint64_t, DeadTask> tasks;
-  DiscardedNodes flows;
+  JournalState state;
   ordo::JournalOptions options;
   options.compact_after_bytes = 0;
-  auto journal = ordo::Journal::open(dir, options, [&](const ordo::RecordView& r) { fold_dead(r, tasks, &flows); });
-  auto it = tasks.find(id);
-  if (it == tasks.end() || !it->second.dead) {
+  auto journal = ordo::Journal::open(dir, options, [&](const ordo::RecordView& r) { state.fold(r); });
+  auto it = state.tasks.find(id);
+  if (it == state.tasks.end() || it->second.status.state != ordo::DurableTaskStatus::State::dead) {
     std::cerr << "error: task " << id << " is not in the dead set of " << dir << "\n";
     return 1;
   }
-  if (auto flow = flows.find(it->second.flow); what == ordo::RecordType::cancel && flow != flows.end()) {
+  if (auto flow = state.workflows.find(it->second.flow); what == ordo::RecordType::cancel && flow != state.workflows.end()) {
     // A workflow node: the workflow's CHECKPOINT records the discard first
     // (docs/journal-format.md), so that a compaction before the next start
     // cannot make the node look completed. The next start cancels the
     // nodes that depend on it.
-    std::vector<std::uint32_t> discarded = flow->second;
-    discarded.push_back(it->second.node);
-    std::string body;
-    auto put32 = [&](std::uint32_t v) {
-      for (int i = 0; i < 4; ++i) body.push_back(static_cast<char>(v >> (8 * i)));
-    };
-    put32(static_cast<std::uint32_t>(discarded.size()));
-    for (std::uint32_t n : discarded) put32(n);
-    journal->append(ordo::RecordType::checkpoint, flow->first,
-                    std::as_bytes(std::span<const char>(body.data(), body.size())));
+    ordo::detail::records::WorkflowCheckpoint checkpoint{flow->second.discarded};
+    checkpoint.discarded.push_back(it->second.node);
+    journal->append(ordo::RecordType::checkpoint, flow->first, ordo::detail::records::encode(checkpoint).view());
   }
   journal->append_durable(what, id);
-  std::cout << (what == ordo::RecordType::retry ? "retrying " : "discarded ") << id << " (" << it->second.type
+  std::cout << (what == ordo::RecordType::retry ? "retrying " : "discarded ") << id << " (" << it->second.status.type
             << ")" << (what == ordo::RecordType::retry ? ": it runs at the next start\n" : "\n");
   return 0;
 }
@@ -296,6 +405,11 @@ int main(int argc, char** argv) {
   auto* dead_discard = dead->add_subcommand("discard", "drop a dead task for good");
   for (auto* sub : {dead_list, dead_retry, dead_discard}) sub->add_option("dir", dir, "journal directory")->required();
   for (auto* sub : {dead_retry, dead_discard}) sub->add_option("id", id, "task id (from dead list)")->required();
+  auto* status = app.add_subcommand("status", "where one durable task is, as JSON: state, type, attempts, times, error");
+  auto* scheduled = app.add_subcommand("scheduled", "durable tasks waiting for their run_at, one JSON object a line");
+  auto* retrying = app.add_subcommand("retrying", "durable tasks waiting for their next attempt, one JSON object a line");
+  for (auto* sub : {status, scheduled, retrying}) sub->add_option("dir", dir, "journal directory")->required();
+  status->add_option("id", id, "task id")->required();
   CLI11_PARSE(app, argc, argv);
   try {
     if (*stat) return cmd_stat(dir, tolerant);
@@ -303,6 +417,9 @@ int main(int argc, char** argv) {
     if (*verify) return cmd_verify(dir);
     if (*compact) return cmd_compact(dir);
     if (*dead_list) return cmd_dead_list(dir);
+    if (*status) return cmd_status(dir, id);
+    if (*scheduled) return cmd_waiting(dir, ordo::DurableTaskStatus::State::scheduled);
+    if (*retrying) return cmd_waiting(dir, ordo::DurableTaskStatus::State::retrying);
     if (*dead_retry) return cmd_dead_change(dir, id, ordo::RecordType::retry);
     if (*dead_discard) return cmd_dead_change(dir, id, ordo::RecordType::cancel);
   } catch (const ordo::JournalCorruption& e) {

@@ -1,7 +1,7 @@
 // ordo::DurableTasks — tasks that survive a crash.
 //
 // A durable task is an instance of a *registered type*: a name and a handler
-// that receives a JobContext and the task's argument bytes. Closures cannot
+// that receives a TaskContext and the task's argument bytes. Closures cannot
 // be durable (they cannot be rebuilt after a restart); a durable submission
 // names a type. Every step of a task's life is written to a Journal
 // (ENQUEUE, START, CHECKPOINT, COMPLETE, FAIL, DEAD, CANCEL), so that after a
@@ -35,6 +35,7 @@
 #include "ordo/journal.hpp"
 #include "ordo/options.hpp"
 #include "ordo/priority.hpp"
+#include "ordo/resource.hpp"
 #include "ordo/stats.hpp"
 
 namespace ordo {
@@ -42,24 +43,34 @@ namespace ordo {
 class Scheduler;
 namespace detail {
 class DurableRuntime;
-struct DurableJob;
+struct JournaledTask;
 }  // namespace detail
 
-using JobId = std::uint64_t;
+using TaskId = std::uint64_t;
 
 // A journal holds a task whose type this process has not defined.
-class UnknownJobType : public Error {
+class UnknownTaskType : public Error {
+ public:
+  using Error::Error;
+};
+
+// A journal holds a task that needs a resource group (by name) which this
+// process's scheduler does not have at start(): the message names the group,
+// the task and its type.
+class UnknownResourceGroup : public Error {
  public:
   using Error::Error;
 };
 
 // What a handler sees of its task. Valid during the handler call only.
-class JobContext {
+class TaskContext {
  public:
-  JobId id() const noexcept;
+  TaskId id() const noexcept;
   const std::string& type() const noexcept;
   // 1 for the first attempt; attempts interrupted by a crash count too.
   unsigned attempt() const noexcept;
+  // The task's arguments (also passed to the handler as bytes), as text.
+  std::string_view args_text() const noexcept;
   // The bytes of the latest checkpoint() of this task (from any earlier
   // attempt, or this one), empty if none.
   std::span<const std::byte> last_checkpoint() const noexcept;
@@ -74,12 +85,16 @@ class JobContext {
     static_assert(std::is_trivially_copyable_v<T>, "checkpoint a trivially copyable value, or bytes");
     checkpoint(std::span<const std::byte>(reinterpret_cast<const std::byte*>(&value), sizeof(T)));
   }
-  // The last checkpointed T, or `otherwise` when there is none (or its size differs).
+  // The last checkpointed T, or `otherwise` when there is none. A checkpoint
+  // of another size than T (the type changed between versions, or a
+  // checkpoint of bytes) throws InvalidArgument naming both sizes: starting
+  // over from `otherwise` would silently redo or skip work.
   template <class T>
   T resume_from(T otherwise) const {
     static_assert(std::is_trivially_copyable_v<T>, "resume from a trivially copyable value");
     const auto bytes = last_checkpoint();
-    if (bytes.size() != sizeof(T)) return otherwise;
+    if (bytes.empty()) return otherwise;
+    if (bytes.size() != sizeof(T)) throw_checkpoint_size(bytes.size(), sizeof(T));
     T value;
     std::memcpy(&value, bytes.data(), sizeof(T));
     return value;
@@ -87,12 +102,13 @@ class JobContext {
 
  private:
   friend class detail::DurableRuntime;
-  JobContext(detail::DurableRuntime& rt, detail::DurableJob& job) : rt_(rt), job_(job) {}
+  [[noreturn]] void throw_checkpoint_size(std::size_t stored, std::size_t wanted) const;
+  TaskContext(detail::DurableRuntime& rt, detail::JournaledTask& task) : rt_(rt), task_(task) {}
   detail::DurableRuntime& rt_;
-  detail::DurableJob& job_;
+  detail::JournaledTask& task_;
 };
 
-using JobHandler = std::function<void(JobContext&, std::span<const std::byte> args)>;
+using TaskHandler = std::function<void(TaskContext&, std::span<const std::byte> args)>;
 
 // Exponential backoff with jitter: attempt k (k >= 1) that fails waits
 // min(max, initial * multiplier^(k-1)) scaled by a random factor in
@@ -105,7 +121,7 @@ struct RetryPolicy {
   double jitter = 0.2;
 };
 
-struct JobTypeOptions {
+struct TaskTypeOptions {
   RetryPolicy retry{};
   std::optional<Priority> priority{};  // unset: normal
 };
@@ -119,9 +135,11 @@ struct EnqueueOptions {
   // Run no earlier than this (survives restarts).
   std::optional<std::chrono::system_clock::time_point> run_at{};
   std::optional<std::chrono::milliseconds> delay{};  // run_at = now + delay
-  // Resource groups of the scheduler, by name, with amounts (journaled by
-  // name, resolved again after a restart).
-  std::vector<std::pair<std::string, std::uint64_t>> needs{};
+  // Resource groups of this scheduler, as SubmitOptions::needs takes them.
+  // Journaled by the group's name and resolved by name at each start(): the
+  // scheduler of the next process must have a group of that name
+  // (UnknownResourceGroup otherwise).
+  std::vector<Need> needs{};
 };
 
 // A DAG of durable task types, declared in one place and journaled as a
@@ -154,8 +172,11 @@ class DurableWorkflow {
 };
 
 struct DurableOptions {
-  // Recovery: a journaled task whose type is not defined at start() throws
-  // UnknownJobType (false) or goes to the dead set with that reason (true).
+  // Recovery: a journaled task this process cannot run at start() — its
+  // type is not defined (UnknownTaskType), it needs a resource group the
+  // scheduler lacks (UnknownResourceGroup) or more of one than its limit
+  // (InvalidArgument) — throws that error (false) or goes to the dead set
+  // with that reason (true).
   bool unknown_types_to_dead = false;
   std::chrono::seconds key_retention{std::chrono::hours(24)};
 };
@@ -171,8 +192,32 @@ struct DurableRecovery {
   std::string describe() const;
 };
 
-struct DeadJob {
-  JobId id = 0;
+// Where a durable task is, by id (DurableTasks::status, and the lists of
+// scheduled, retrying and dead tasks).
+struct DurableTaskStatus {
+  enum class State : std::uint8_t {
+    unknown,    // never enqueued here, completed without a key (or its key's retention ran out), discarded
+    queued,     // runnable, waiting for a worker (or not yet started: recovered before start())
+    blocked,    // a workflow node waiting for its predecessors
+    scheduled,  // waiting for its run_at (enqueued with run_at or delay)
+    running,    // an attempt is running (before start(): one was, when the process stopped)
+    retrying,   // an attempt failed; the next one is due at run_at
+    dead,       // in the dead set
+    completed,  // succeeded, and its idempotency key is still retained (until key_retained_until)
+  };
+  TaskId id = 0;
+  State state = State::unknown;
+  std::string type;       // empty when unknown or completed
+  unsigned attempts = 0;  // attempts started so far (retrying: the next one is attempts + 1)
+  std::optional<std::chrono::system_clock::time_point> run_at;  // scheduled, retrying
+  std::optional<std::chrono::system_clock::time_point> key_retained_until;  // completed
+  std::string last_error;  // retrying, dead (and a queued task that failed before)
+};
+// "queued", "retrying"...: the names ordo-wal prints.
+const char* to_string(DurableTaskStatus::State state) noexcept;
+
+struct DeadTask {
+  TaskId id = 0;
   std::string type;
   unsigned attempts = 0;
   std::string last_error;
@@ -189,18 +234,20 @@ class DurableTasks {
   ~DurableTasks();
 
   // Before start(). Throws InvalidArgument for an empty or duplicate name.
-  void define(std::string type, JobHandler handler, JobTypeOptions options = {});
+  void define(std::string type, TaskHandler handler, TaskTypeOptions options = {});
   // Queues every live task of the journal with its priority, needs, attempt
-  // count and last checkpoint. Throws UnknownJobType (naming the type and
-  // task) unless unknown_types_to_dead; nothing is queued then.
+  // count and last checkpoint. Throws UnknownTaskType, UnknownResourceGroup
+  // or InvalidArgument (naming the task, its type and what is missing; see
+  // DurableOptions) unless unknown_types_to_dead; nothing is queued then.
   DurableRecovery start();
 
   // After start(). Returns once the ENQUEUE record is durable under the
-  // journal's mode. Throws InvalidArgument (unknown type, unknown resource
-  // group, a key or group name of 64 KiB or more), Error after shutdown;
+  // journal's mode. Throws InvalidArgument (unknown type; a need of a
+  // default-constructed group, of another scheduler's group, of 0 or more
+  // than the limit; a key or group name of 64 KiB or more), Error after shutdown;
   // a call that throws leaves no task and no key behind.
-  JobId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options = {});
-  JobId enqueue(std::string_view type, std::string_view args, EnqueueOptions options = {}) {
+  TaskId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options = {});
+  TaskId enqueue(std::string_view type, std::string_view args, EnqueueOptions options = {}) {
     return enqueue(type, std::as_bytes(std::span<const char>(args.data(), args.size())), std::move(options));
   }
 
@@ -209,17 +256,24 @@ class DurableTasks {
   // workflow with that key that is live (or completed within key_retention)
   // is returned instead. Throws InvalidGraph (cycle, unknown or duplicate
   // node names), InvalidArgument (unknown type, empty workflow).
-  JobId enqueue_workflow(const DurableWorkflow& workflow, std::string idempotency_key = {});
+  TaskId enqueue_workflow(const DurableWorkflow& workflow, std::string idempotency_key = {});
 
+  // Where task (or workflow) `id` is. A workflow's own id says only
+  // `completed` (while its key is retained) or `unknown`: ask for its nodes.
+  // Cost: a look-up, or, for an id not live, one pass over the retained keys.
+  DurableTaskStatus status(TaskId id) const;
+  // Tasks waiting for their run_at, and tasks waiting to retry, by due time.
+  std::vector<DurableTaskStatus> scheduled() const;
+  std::vector<DurableTaskStatus> retrying() const;
   // The dead set: tasks whose attempts ran out (or unknown types).
-  std::vector<DeadJob> dead() const;
+  std::vector<DeadTask> dead() const;
   // Sends a dead task back for a fresh round of attempts. False if it is not dead.
-  bool retry_dead(JobId id);
+  bool retry_dead(TaskId id);
   // Drops a dead task for good (journaled as CANCEL). False if it is not dead.
   // A workflow node: the workflow fails — every node depending on it is
   // cancelled, the others still run, and the workflow then ends without
   // retaining its key (docs/durability.md).
-  bool discard_dead(JobId id);
+  bool discard_dead(TaskId id);
 
   // drain: waits until no task is live except dead ones (delayed and retrying
   // tasks included: their times are waited for). cancel: queued tasks that
@@ -229,6 +283,13 @@ class DurableTasks {
   // nothing queued starts) and returns: a later call outside any handler,
   // or the destructor, does the waiting.
   void shutdown(ShutdownMode mode = ShutdownMode::drain);
+  // shutdown(mode), waiting at most `timeout`. True once it is done (as
+  // shutdown() leaves it). False when the time ran out: the shutdown has
+  // begun (nothing new is accepted; cancel: nothing queued starts) and goes
+  // on — tasks still running finish and are journaled as ever; call it
+  // again, or shutdown(), or let the destructor finish it. From inside a
+  // handler it only begins the shutdown and returns false.
+  bool shutdown_for(std::chrono::milliseconds timeout, ShutdownMode mode = ShutdownMode::drain);
 
   DurableStats stats() const;
   Journal& journal() noexcept;

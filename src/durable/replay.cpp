@@ -1,4 +1,4 @@
-// Durable tasks: replay of the journal into jobs, workflows and keys, record
+// Durable tasks: replay of the journal into tasks, workflows and keys, record
 // by record, when DurableTasks is constructed (docs/journal-format.md,
 // "Durable-task payloads"). start() then decides what to queue.
 #include <algorithm>
@@ -7,58 +7,52 @@
 #include <unordered_map>
 #include <vector>
 
-#include "durable/codec.hpp"
 #include "durable/runtime.hpp"
+#include "journal/records.hpp"
 
 namespace ordo::detail {
 
 void DurableRuntime::replay(const RecordView& r) {
-  PayloadReader in(r);
-  auto job_of = [&]() -> DurableJob* {
-    auto it = jobs_.find(r.task);
-    return it == jobs_.end() ? nullptr : &it->second;
+  auto task_of = [&]() -> JournaledTask* {
+    auto it = tasks_.find(r.task);
+    return it == tasks_.end() ? nullptr : &it->second;
   };
   next_id_ = std::max(next_id_, r.task + 1);
   switch (r.type) {
     case RecordType::enqueue: {
-      DurableJob* job = &jobs_[r.task];
-      *job = DurableJob{};
-      job->id = r.task;
-      job->recovered = true;
-      job->type = in.str16();
-      job->level = in.u8();
-      job->max_attempts = in.u32();
-      job->due_ns = in.i64();
-      if (std::string key = in.str16(); !key.empty()) job->more().key = std::move(key);
-      const unsigned needs = in.u8();
-      for (unsigned i = 0; i < needs; ++i) {
-        std::string name = in.str16();
-        job->more().needs.emplace_back(std::move(name), in.u64());
-      }
-      job->flow = in.u64();
-      job->node = in.u32();
-      job->args = in.rest();
-      if (job->flow != 0) unlinked_nodes_[job->flow].push_back(r.task);  // its WORKFLOW record follows
-      if (job->due_ns != 0) job->state = DurableJob::State::waiting;
-      if (!job->key().empty()) keys_[job->key()] = KeyEntry{job->id, 0};
+      const records::Enqueue e = records::decode_enqueue(r);
+      JournaledTask* task = &tasks_[r.task];
+      *task = JournaledTask{};
+      task->id = r.task;
+      task->recovered = true;
+      task->type = e.type;
+      task->level = e.level;
+      task->max_attempts = e.max_attempts;
+      task->due_ns = e.run_at_ns;
+      if (!e.key.empty()) task->more().key = e.key;
+      for (const auto& need : e.needs) task->more().needs.emplace_back(std::string(need.group), need.amount);
+      task->flow = e.workflow;
+      task->node = e.node;
+      task->args = e.args;
+      if (task->flow != 0) unlinked_nodes_[task->flow].push_back(r.task);  // its WORKFLOW record follows
+      if (task->due_ns != 0) task->state = JournaledTask::State::waiting;
+      if (!task->key().empty()) keys_[task->key()] = KeyEntry{task->id, 0};
       break;
     }
     case RecordType::start:
-      if (DurableJob* job = job_of()) {
-        job->attempts = in.u32();
-        job->state = DurableJob::State::running;  // until a later record says otherwise
+      if (JournaledTask* task = task_of()) {
+        task->attempts = records::decode_start(r).attempt;
+        task->state = JournaledTask::State::running;  // until a later record says otherwise
       }
       break;
     case RecordType::checkpoint:
-      if (DurableJob* job = job_of()) {
-        job->more().checkpoint = in.rest();
+      if (JournaledTask* task = task_of()) {
+        task->more().checkpoint = records::decode_task_checkpoint(r);
       } else if (auto flow = flows_.find(r.task); flow != flows_.end()) {
         // A workflow's checkpoint: the nodes discarded so far (all of them,
         // so that compaction may keep only the latest).
         DurableFlow& f = *flow->second;
-        const std::uint32_t n = in.u32();
-        for (std::uint32_t i = 0; i < n; ++i) {
-          const std::uint32_t node = in.u32();
+        for (const std::uint32_t node : records::decode_workflow_checkpoint(r).discarded) {
           if (node >= f.discarded.size()) {
             throw JournalCorruption("ordo: journal CHECKPOINT of workflow " + std::to_string(r.task) +
                                     " discards node " + std::to_string(node) + ", which it does not have");
@@ -68,17 +62,18 @@ void DurableRuntime::replay(const RecordView& r) {
       }
       break;
     case RecordType::complete: {
-      const std::int64_t retain_until = in.i64();
-      const std::string key = in.str16();
-      DurableJob* job = job_of();
+      const records::Complete c = records::decode_complete(r);
+      const std::int64_t retain_until = c.retain_until_ns;
+      const std::string key(c.key);
+      JournaledTask* task = task_of();
       auto own_flow = flows_.find(r.task);  // when it is a workflow's own COMPLETE
-      if (job != nullptr && job->flow != 0) {
-        if (auto flow = flows_.find(job->flow); flow != flows_.end()) flow->second->done[job->node] = true;
+      if (task != nullptr && task->flow != 0) {
+        if (auto flow = flows_.find(task->flow); flow != flows_.end()) flow->second->done[task->node] = true;
       }
       // The key the task (or workflow) was enqueued with stays bound only
       // while its retention lasts: one that ran out before this start is
       // free, as it would have been in the process that wrote the record.
-      std::string bound = job != nullptr ? job->key() : own_flow != flows_.end() ? own_flow->second->key : std::string();
+      std::string bound = task != nullptr ? task->key() : own_flow != flows_.end() ? own_flow->second->key : std::string();
       if (bound.empty()) bound = key;
       if (!key.empty() && retain_until > wall_now_ns()) {
         keys_[key] = KeyEntry{r.task, retain_until};
@@ -86,76 +81,72 @@ void DurableRuntime::replay(const RecordView& r) {
         keys_.erase(it);
       }
       if (own_flow != flows_.end()) flows_.erase(own_flow);
-      jobs_.erase(r.task);
+      tasks_.erase(r.task);
       break;
     }
     case RecordType::fail:
-      if (DurableJob* job = job_of()) {
-        job->attempts = in.u32();
-        job->due_ns = in.i64();
-        job->more().last_error = in.str16();
-        job->state = DurableJob::State::waiting;
-        job->retrying = true;
+      if (JournaledTask* task = task_of()) {
+        const records::Fail f = records::decode_fail(r);
+        task->attempts = f.attempt;
+        task->due_ns = f.retry_at_ns;
+        task->more().last_error = f.error;
+        task->state = JournaledTask::State::waiting;
+        task->retrying = true;
       }
       break;
     case RecordType::dead:
-      if (DurableJob* job = job_of()) {
-        job->attempts = in.u32();
-        job->more().last_error = in.str16();
-        job->state = DurableJob::State::dead;
+      if (JournaledTask* task = task_of()) {
+        const records::Dead d = records::decode_dead(r);
+        task->attempts = d.attempts;
+        task->more().last_error = d.reason;
+        task->state = JournaledTask::State::dead;
       }
       break;
     case RecordType::retry:
-      if (DurableJob* job = job_of()) {
-        job->attempts = 0;
-        job->state = DurableJob::State::queued;
+      if (JournaledTask* task = task_of()) {
+        task->attempts = 0;
+        task->state = JournaledTask::State::queued;
       }
       break;
     case RecordType::cancel:
-      if (DurableJob* job = job_of()) {
-        if (!job->key().empty()) keys_.erase(job->key());
+      if (JournaledTask* task = task_of()) {
+        if (!task->key().empty()) keys_.erase(task->key());
         // A dead workflow node discarded while no process ran (ordo-wal dead
         // discard): the workflow failed, as if discard_dead had been called.
-        if (job->flow != 0 && job->state == DurableJob::State::dead) {
-          if (auto flow = flows_.find(job->flow); flow != flows_.end()) flow->second->discarded[job->node] = true;
+        if (task->flow != 0 && task->state == JournaledTask::State::dead) {
+          if (auto flow = flows_.find(task->flow); flow != flows_.end()) flow->second->discarded[task->node] = true;
         }
-        jobs_.erase(r.task);
+        tasks_.erase(r.task);
       }
       break;
     case RecordType::workflow: {
+      const records::Workflow decl = records::decode_workflow(r);
       auto flow = std::make_unique<DurableFlow>();
       flow->id = r.task;
-      flow->name = in.str16();
-      flow->key = in.str16();
-      const std::uint32_t n = in.u32();
-      for (std::uint32_t i = 0; i < n; ++i) {
-        flow->node_names.push_back(in.str16());
-        in.str16();  // the type; each node's ENQUEUE carries it too
-      }
+      flow->name = decl.name;
+      flow->key = decl.key;
+      const auto n = static_cast<std::uint32_t>(decl.nodes.size());
+      for (const auto& node : decl.nodes) flow->node_names.emplace_back(node.name);  // each node's ENQUEUE carries its type
       flow->node_ids.assign(n, 0);
       flow->done.assign(n, false);
       flow->discarded.assign(n, false);
       flow->succ.resize(n);
       flow->pred.resize(n);
-      const std::uint32_t m = in.u32();
-      for (std::uint32_t e = 0; e < m; ++e) {
-        const std::uint32_t from = in.u32();
-        const std::uint32_t to = in.u32();
-        if (from >= n || to >= n) throw JournalCorruption("ordo: journal WORKFLOW " + std::to_string(r.task) + " has an edge to no node");
-        flow->succ[from].push_back(to);
-        flow->pred[to].push_back(from);
+      for (const auto& edge : decl.edges) {
+        flow->succ[edge.from].push_back(edge.to);
+        flow->pred[edge.to].push_back(edge.from);
       }
       // The WORKFLOW record commits the workflow: its nodes' ENQUEUEs came first.
       if (auto nodes = unlinked_nodes_.find(r.task); nodes != unlinked_nodes_.end()) {
-        for (JobId node_id : nodes->second) {
-          auto job = jobs_.find(node_id);
-          if (job == jobs_.end()) continue;
-          if (job->second.node >= n) {
+        for (TaskId node_id : nodes->second) {
+          auto task = tasks_.find(node_id);
+          if (task == tasks_.end()) continue;
+          if (task->second.node >= n) {
             throw JournalCorruption("ordo: journal ENQUEUE of task " + std::to_string(node_id) + " names node " +
-                                    std::to_string(job->second.node) + " of workflow " + std::to_string(r.task) +
+                                    std::to_string(task->second.node) + " of workflow " + std::to_string(r.task) +
                                     ", which has " + std::to_string(n));
           }
-          flow->node_ids[job->second.node] = node_id;
+          flow->node_ids[task->second.node] = node_id;
         }
         unlinked_nodes_.erase(nodes);
       }

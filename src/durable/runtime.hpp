@@ -1,11 +1,12 @@
-// DurableRuntime: the state behind ordo::DurableTasks — the journaled jobs,
-// their types, idempotency keys, the timer for delayed and retrying jobs.
+// DurableRuntime: the state behind ordo::DurableTasks — the journaled tasks,
+// their types, idempotency keys, the timer for delayed and retrying tasks.
 //
-// Thread-safety: mu_ guards jobs_, keys_, timers_ and the counters; types_
+// Thread-safety: mu_ guards tasks_, keys_, timers_ and the counters; types_
 // is written before start() and read-only after. Journal appends happen
-// outside mu_ (the journal has its own lock). Invariants: a job is in jobs_
-// from its ENQUEUE until COMPLETE or CANCEL; a job in state `waiting` has
-// exactly one entry in timers_; in_flight_ counts tasks posted to the
+// outside mu_ (the journal has its own lock). Invariants: a task is in tasks_
+// from its ENQUEUE until COMPLETE or CANCEL; once started, a task in state
+// `waiting` with a due time has exactly one entry in timers_ (without one,
+// it is an enqueue whose ENQUEUE is not yet durable); in_flight_ counts tasks posted to the
 // scheduler whose runner has not finished or been dropped; releasing_
 // counts journal callbacks not yet called back.
 #pragma once
@@ -16,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -27,26 +29,26 @@
 
 namespace ordo::detail {
 
-struct JobType;
+struct TaskType;
 
-// What few jobs have, kept apart so that a plain job stays small (recovery
+// What few tasks have, kept apart so that a plain task stays small (recovery
 // holds hundreds of thousands of them).
-struct DurableJobExtras {
+struct JournaledTaskExtras {
   std::string key;
   std::vector<std::pair<std::string, std::uint64_t>> needs;
   std::string checkpoint;
   std::string last_error;
 };
 
-struct DurableJob {
+struct JournaledTask {
   // blocked: a workflow node whose predecessors have not all completed.
   enum class State : std::uint8_t { queued, running, waiting, dead, blocked };
-  JobId id = 0;
+  TaskId id = 0;
   std::string type;
-  const JobType* kind = nullptr;  // types_[type], found once (types_ does not change after start())
+  const TaskType* kind = nullptr;  // types_[type], found once (types_ does not change after start())
   std::string args;
   std::int64_t due_ns = 0;  // system clock; while waiting
-  JobId flow = 0;           // the workflow it is a node of, or 0
+  TaskId flow = 0;           // the workflow it is a node of, or 0
   std::uint32_t node = 0;
   unsigned max_attempts = 0;
   unsigned attempts = 0;  // STARTs journaled so far
@@ -54,12 +56,12 @@ struct DurableJob {
   State state = State::queued;
   bool retrying = false;  // waiting for a backoff (else for run_at)
   // Found live by a recovery: its process may have died running it, so
-  // each of its STARTs is written before the handler runs (see run_job).
+  // each of its STARTs is written before the handler runs (see run_task).
   bool recovered = false;
-  std::unique_ptr<DurableJobExtras> extra;
+  std::unique_ptr<JournaledTaskExtras> extra;
 
-  DurableJobExtras& more() {
-    if (!extra) extra = std::make_unique<DurableJobExtras>();
+  JournaledTaskExtras& more() {
+    if (!extra) extra = std::make_unique<JournaledTaskExtras>();
     return *extra;
   }
   const std::string& key() const { return extra ? extra->key : kNone.key; }
@@ -68,16 +70,16 @@ struct DurableJob {
   const std::string& last_error() const { return extra ? extra->last_error : kNone.last_error; }
 
  private:
-  static inline const DurableJobExtras kNone{};
+  static inline const JournaledTaskExtras kNone{};
 };
 
 // A live durable workflow: its graph and which nodes are done.
 struct DurableFlow {
-  JobId id = 0;
+  TaskId id = 0;
   std::string name;
   std::string key;
   std::vector<std::string> node_names;
-  std::vector<JobId> node_ids;  // 0: no ENQUEUE seen (completed and compacted away)
+  std::vector<TaskId> node_ids;  // 0: no ENQUEUE seen (completed and compacted away)
   std::vector<std::vector<std::uint32_t>> succ;
   std::vector<std::vector<std::uint32_t>> pred;
   std::vector<bool> done;       // completed, or cancelled with a discarded node
@@ -90,9 +92,9 @@ struct DurableFlow {
   std::vector<std::uint32_t> doomed_with(std::uint32_t from) const;
 };
 
-struct JobType {
-  JobHandler handler;
-  JobTypeOptions options;
+struct TaskType {
+  TaskHandler handler;
+  TaskTypeOptions options;
 };
 
 class DurableRuntime {
@@ -100,32 +102,39 @@ class DurableRuntime {
   DurableRuntime(Scheduler& scheduler, const std::string& directory, JournalOptions journal, DurableOptions options);
   ~DurableRuntime();
 
-  void define(std::string type, JobHandler handler, JobTypeOptions options);
+  void define(std::string type, TaskHandler handler, TaskTypeOptions options);
   DurableRecovery start();
-  JobId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options);
-  JobId enqueue_workflow(const DurableWorkflow& workflow, std::string key);
-  std::vector<DeadJob> dead() const;
-  bool retry_dead(JobId id);
-  bool discard_dead(JobId id);
-  void shutdown(ShutdownMode mode) noexcept;
+  TaskId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options);
+  TaskId enqueue_workflow(const DurableWorkflow& workflow, std::string key);
+  std::vector<DeadTask> dead() const;
+  DurableTaskStatus status(TaskId id) const;
+  // The tasks waiting for a time: retrying ones (true) or scheduled ones.
+  std::vector<DurableTaskStatus> waiting(bool retrying) const;
+  bool retry_dead(TaskId id);
+  bool discard_dead(TaskId id);
+  // Waits until `deadline` at most (none: for as long as it takes). True
+  // once the shutdown is done; false when the time ran out or when called
+  // from inside a handler (the shutdown has begun either way).
+  bool shutdown(ShutdownMode mode, std::optional<std::chrono::steady_clock::time_point> deadline = {}) noexcept;
   DurableStats stats() const;
   Journal& journal() noexcept { return *journal_; }
-  void checkpoint(DurableJob& job, std::span<const std::byte> bytes);
+  void checkpoint(JournaledTask& task, std::span<const std::byte> bytes);
 
-  // A posted job's runner: runs it, or, dropped unrun (scheduler cancel),
+  // A posted task's runner: runs it, or, dropped unrun (scheduler cancel),
   // leaves it live in the journal.
-  void run(JobId id);
-  void dropped(JobId id) noexcept;
+  void run(TaskId id);
+  void dropped(TaskId id) noexcept;
 
  private:
   void replay(const RecordView& r);
-  void queue_locked(DurableJob& job);  // marks it queued and notes it in postings_
-  // Posts the jobs in postings_ to the scheduler, dropping mu_ around each
+  DurableTaskStatus describe_locked(const JournaledTask& task) const;
+  void queue_locked(JournaledTask& task);  // marks it queued and notes it in postings_
+  // Posts the tasks in postings_ to the scheduler, dropping mu_ around each
   // post (a refused post destroys its Runner, which takes mu_).
   void post_pending(std::unique_lock<std::mutex>& lock);
-  void schedule_locked(DurableJob& job, std::int64_t due_ns, bool retrying);
+  void schedule_locked(JournaledTask& task, std::int64_t due_ns, bool retrying);
   void timer_loop();
-  std::int64_t backoff_ns(DurableJob& job, unsigned attempt);
+  std::int64_t backoff_ns(JournaledTask& task, unsigned attempt);
   // A node completed (mu_ held): releases its successors; completes the
   // workflow (journaling it) when it was the last node.
   void node_done_locked(DurableFlow& flow, std::uint32_t node);
@@ -134,21 +143,21 @@ class DurableRuntime {
   void finish_flow_locked(DurableFlow& flow);
   // discard_dead of a workflow node (mu_ held): journals the discard, cancels
   // the nodes that depend on it, and ends the workflow if nothing else is left.
-  void discard_node_locked(DurableJob& job, DurableFlow& flow);
+  void discard_node_locked(JournaledTask& task, DurableFlow& flow);
   // enqueue_workflow could not journal the whole workflow: every trace of it
   // leaves memory, and the node records already appended are cancelled.
-  void forget_workflow_locked(JobId flow_id, std::uint32_t nodes, std::uint32_t appended) noexcept;
+  void forget_workflow_locked(TaskId flow_id, std::uint32_t nodes, std::uint32_t appended) noexcept;
   // A node's COMPLETE became durable (or never will): node_done_locked.
-  void release_successors_locked(JobId flow_id, std::uint32_t node, bool durable) noexcept;
-  bool key_taken_locked(const std::string& key, JobId& existing) const;
-  // After a run: journals COMPLETE, DEAD or FAIL and updates the job (mu_
+  void release_successors_locked(TaskId flow_id, std::uint32_t node, bool durable) noexcept;
+  bool key_taken_locked(const std::string& key, TaskId& existing) const;
+  // After a run: journals COMPLETE, DEAD or FAIL and updates the task (mu_
   // held). Throws what Journal::append throws.
-  void record_outcome_locked(DurableJob& job, unsigned attempt, bool ok, const std::string& error);
-  // An append for `job` failed: it is left as the journal last saw it.
-  void journal_lost_locked(DurableJob& job) noexcept;
-  unsigned max_attempts_of(DurableJob& job) const;
-  const JobType* type_of(DurableJob& job) const;  // null when the type is not defined
-  // Wakes a shutdown() waiting for the jobs to settle; nobody else waits on changed_.
+  void record_outcome_locked(JournaledTask& task, unsigned attempt, bool ok, const std::string& error);
+  // An append for `task` failed: it is left as the journal last saw it.
+  void journal_lost_locked(JournaledTask& task) noexcept;
+  unsigned max_attempts_of(JournaledTask& task) const;
+  const TaskType* type_of(JournaledTask& task) const;  // null when the type is not defined
+  // Wakes a shutdown() waiting for the tasks to settle; nobody else waits on changed_.
   void notify_drain_locked() {
     if (stopping_) changed_.notify_all();
   }
@@ -157,23 +166,23 @@ class DurableRuntime {
   const DurableOptions options_;
   bool start_written_always_ = false;  // sync mode: every START is written before its handler
   std::unique_ptr<Journal> journal_;
-  std::unordered_map<std::string, JobType> types_;
+  std::unordered_map<std::string, TaskType> types_;
   mutable std::mutex mu_;
-  std::condition_variable changed_;   // jobs settled (only shutdown() waits, so only notified once stopping_)
+  std::condition_variable changed_;   // tasks settled (only shutdown() waits, so only notified once stopping_)
   std::condition_variable timer_cv_;  // an earlier timer, or stopping: the timer thread
-  std::unordered_map<JobId, DurableJob> jobs_;  // node-based: a DurableJob& stays valid until its erase
+  std::unordered_map<TaskId, JournaledTask> tasks_;  // node-based: a JournaledTask& stays valid until its erase
   struct KeyEntry {
-    JobId id;
-    std::int64_t retain_until_ns;  // 0 while the job is live
+    TaskId id;
+    std::int64_t retain_until_ns;  // 0 while the task is live
   };
   std::unordered_map<std::string, KeyEntry> keys_;
-  std::multimap<std::int64_t, JobId> timers_;
-  std::vector<JobId> postings_;  // queued, to be posted by post_pending()
-  std::uint64_t dead_ = 0;       // jobs_ entries in state dead
-  std::uint64_t blocked_ = 0;    // jobs_ entries in state blocked
-  std::unordered_map<JobId, std::unique_ptr<DurableFlow>> flows_;
-  std::unordered_map<JobId, std::vector<JobId>> unlinked_nodes_;  // replay: workflow -> node jobs seen before it
-  JobId next_id_ = 1;
+  std::multimap<std::int64_t, TaskId> timers_;
+  std::vector<TaskId> postings_;  // queued, to be posted by post_pending()
+  std::uint64_t dead_ = 0;       // tasks_ entries in state dead
+  std::uint64_t blocked_ = 0;    // tasks_ entries in state blocked
+  std::unordered_map<TaskId, std::unique_ptr<DurableFlow>> flows_;
+  std::unordered_map<TaskId, std::vector<TaskId>> unlinked_nodes_;  // replay: workflow -> node tasks seen before it
+  TaskId next_id_ = 1;
   bool started_ = false;
   bool stopping_ = false;
   bool cancelling_ = false;
@@ -188,5 +197,9 @@ class DurableRuntime {
   std::uint64_t rng_ = 0x9e3779b97f4a7c15ull;  // jitter (mu_)
   std::thread timer_;
 };
+
+// The runtime whose handler this thread is running, if any: shutdown()
+// called from there must not wait for that very handler.
+extern thread_local const DurableRuntime* t_in_handler_of;
 
 }  // namespace ordo::detail

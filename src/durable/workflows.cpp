@@ -7,8 +7,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "durable/codec.hpp"
 #include "durable/runtime.hpp"
+#include "journal/records.hpp"
 #include "ordo/workflow.hpp"
 
 namespace ordo::detail {
@@ -19,8 +19,8 @@ void DurableRuntime::node_done_locked(DurableFlow& flow, std::uint32_t node) {
   --flow.remaining;
   for (std::uint32_t s : flow.succ[node]) {
     if (--flow.pending[s] != 0) continue;
-    auto it = jobs_.find(flow.node_ids[s]);
-    if (it == jobs_.end() || it->second.state != DurableJob::State::blocked) continue;
+    auto it = tasks_.find(flow.node_ids[s]);
+    if (it == tasks_.end() || it->second.state != JournaledTask::State::blocked) continue;
     --blocked_;
     queue_locked(it->second);
   }
@@ -33,10 +33,8 @@ void DurableRuntime::finish_flow_locked(DurableFlow& flow) {
   const bool retain = !flow.key.empty() && !flow.failed;
   const std::int64_t retain_until =
       retain ? wall_now_ns() + std::chrono::nanoseconds(options_.key_retention).count() : 0;
-  PayloadWriter w;
-  w.i64(retain_until);
-  w.str16(retain ? flow.key : std::string());
-  journal_->append(RecordType::complete, flow.id, w.view());
+  const records::Complete record{retain_until, retain ? std::string_view(flow.key) : std::string_view()};
+  journal_->append(RecordType::complete, flow.id, records::encode(record).view());
   if (retain) {
     keys_[flow.key] = KeyEntry{flow.id, retain_until};
   } else if (auto it = keys_.find(flow.key); !flow.key.empty() && it != keys_.end() && it->second.id == flow.id) {
@@ -59,34 +57,31 @@ std::vector<std::uint32_t> DurableFlow::doomed_with(std::uint32_t from) const {
   return out;
 }
 
-void DurableRuntime::discard_node_locked(DurableJob& job, DurableFlow& flow) {
-  const std::uint32_t node = job.node;
-  const JobId node_id = job.id;
+void DurableRuntime::discard_node_locked(JournaledTask& task, DurableFlow& flow) {
+  const std::uint32_t node = task.node;
+  const TaskId node_id = task.id;
   // The workflow's CHECKPOINT (every node discarded so far) commits the
   // discard: it lives as long as the workflow does, so that a restart —
   // also after compaction folded the nodes' records away — knows that the
   // node never succeeded and cancels what depends on it.
-  std::vector<std::uint32_t> discarded;
+  records::WorkflowCheckpoint checkpoint;
   for (std::uint32_t i = 0; i < flow.discarded.size(); ++i) {
-    if (flow.discarded[i] || i == node) discarded.push_back(i);
+    if (flow.discarded[i] || i == node) checkpoint.discarded.push_back(i);
   }
-  PayloadWriter w;
-  w.u32(static_cast<std::uint32_t>(discarded.size()));
-  for (std::uint32_t i : discarded) w.u32(i);
-  journal_->append(RecordType::checkpoint, flow.id, w.view());
+  journal_->append(RecordType::checkpoint, flow.id, records::encode(checkpoint).view());
   const std::vector<std::uint32_t> doomed = flow.doomed_with(node);
   for (std::uint32_t i : doomed) {
-    if (i != node && jobs_.count(flow.node_ids[i])) journal_->append(RecordType::cancel, flow.node_ids[i]);
+    if (i != node && tasks_.count(flow.node_ids[i])) journal_->append(RecordType::cancel, flow.node_ids[i]);
   }
   journal_->append_durable(RecordType::cancel, node_id);
   flow.discarded[node] = true;
   flow.failed = true;
   for (std::uint32_t i : doomed) {
     // Successors of an unfinished node are blocked; the node itself is dead.
-    if (auto it = jobs_.find(flow.node_ids[i]); it != jobs_.end()) {
-      if (it->second.state == DurableJob::State::dead) --dead_;
-      if (it->second.state == DurableJob::State::blocked) --blocked_;
-      jobs_.erase(it);
+    if (auto it = tasks_.find(flow.node_ids[i]); it != tasks_.end()) {
+      if (it->second.state == JournaledTask::State::dead) --dead_;
+      if (it->second.state == JournaledTask::State::blocked) --blocked_;
+      tasks_.erase(it);
     }
     flow.done[i] = true;
     --flow.remaining;
@@ -95,12 +90,12 @@ void DurableRuntime::discard_node_locked(DurableJob& job, DurableFlow& flow) {
   notify_drain_locked();
 }
 
-void DurableRuntime::forget_workflow_locked(JobId flow_id, std::uint32_t nodes, std::uint32_t appended) noexcept {
+void DurableRuntime::forget_workflow_locked(TaskId flow_id, std::uint32_t nodes, std::uint32_t appended) noexcept {
   for (std::uint32_t i = 0; i < nodes; ++i) {
-    auto it = jobs_.find(flow_id + 1 + i);
-    if (it == jobs_.end()) continue;
-    if (it->second.state == DurableJob::State::blocked) --blocked_;
-    jobs_.erase(it);
+    auto it = tasks_.find(flow_id + 1 + i);
+    if (it == tasks_.end()) continue;
+    if (it->second.state == JournaledTask::State::blocked) --blocked_;
+    tasks_.erase(it);
   }
   if (auto flow = flows_.find(flow_id); flow != flows_.end()) {
     const std::string& key = flow->second->key;
@@ -117,7 +112,7 @@ void DurableRuntime::forget_workflow_locked(JobId flow_id, std::uint32_t nodes, 
   notify_drain_locked();
 }
 
-void DurableRuntime::release_successors_locked(JobId flow_id, std::uint32_t node, bool durable) noexcept {
+void DurableRuntime::release_successors_locked(TaskId flow_id, std::uint32_t node, bool durable) noexcept {
   --releasing_;
   notify_drain_locked();
   auto flow = flows_.find(flow_id);
@@ -132,15 +127,15 @@ void DurableRuntime::release_successors_locked(JobId flow_id, std::uint32_t node
   }
 }
 
-JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::string key) {
+TaskId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::string key) {
   const auto& nodes = workflow.nodes();
   if (nodes.empty()) throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' has no nodes");
   if (nodes.size() > 0xffffff) throw InvalidArgument("ordo: durable workflow '" + workflow.name() + "' is too large");
   // Every string the WORKFLOW record holds has a 16-bit length (the node
   // types were checked by define()).
-  check_str16(workflow.name(), "the durable workflow name");
-  check_str16(key, "the idempotency key of durable workflow '" + workflow.name() + "'");
-  for (const auto& node : nodes) check_str16(node.name, "a node name of durable workflow '" + workflow.name() + "'");
+  records::check_str16(workflow.name(), "the durable workflow name");
+  records::check_str16(key, "the idempotency key of durable workflow '" + workflow.name() + "'");
+  for (const auto& node : nodes) records::check_str16(node.name, "a node name of durable workflow '" + workflow.name() + "'");
   // The checks of an in-memory Workflow: duplicate and unknown names, cycles (named).
   Workflow check(workflow.name());
   std::unordered_map<std::string, std::uint32_t> index;
@@ -166,7 +161,7 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
   std::unique_lock lock(mu_);
   if (!started_) throw Error("ordo: DurableTasks::enqueue_workflow before start()");
   if (stopping_) throw Error("ordo: DurableTasks is shutting down and accepts no new workflows");
-  if (JobId existing = 0; key_taken_locked(key, existing)) return existing;
+  if (TaskId existing = 0; key_taken_locked(key, existing)) return existing;
   auto flow = std::make_unique<DurableFlow>();
   DurableFlow& f = *flow;
   f.id = next_id_;
@@ -187,47 +182,32 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
   for (std::uint32_t i = 0; i < n; ++i) {
     f.node_names.push_back(nodes[i].name);
     f.node_ids.push_back(f.id + 1 + i);
-    DurableJob* job = &jobs_[f.id + 1 + i];
-    job->id = f.id + 1 + i;
-    job->type = nodes[i].type;
-    job->args = nodes[i].args;
-    job->level = static_cast<std::uint8_t>(types_.at(job->type).options.priority.value_or(Priority::normal));
-    job->flow = f.id;
-    job->node = i;
-    job->state = DurableJob::State::blocked;  // nothing runs before the whole workflow is durable
+    JournaledTask* task = &tasks_[f.id + 1 + i];
+    task->id = f.id + 1 + i;
+    task->type = nodes[i].type;
+    task->args = nodes[i].args;
+    task->level = static_cast<std::uint8_t>(types_.at(task->type).options.priority.value_or(Priority::normal));
+    task->flow = f.id;
+    task->node = i;
+    task->state = JournaledTask::State::blocked;  // nothing runs before the whole workflow is durable
     ++blocked_;
   }
   if (!key.empty()) keys_[key] = KeyEntry{f.id, 0};
-  // Every record is built under mu_ (jobs_ may change under other threads'
+  // Every record is built under mu_ (tasks_ may change under other threads'
   // feet once it is dropped), then appended without it.
-  PayloadWriter decl;
-  decl.str16(f.name);
-  decl.str16(f.key);
-  decl.u32(n);
-  for (const auto& node : nodes) {
-    decl.str16(node.name);
-    decl.str16(node.type);
-  }
-  decl.u32(static_cast<std::uint32_t>(edges.size()));
-  for (auto [from, to] : edges) {
-    decl.u32(from);
-    decl.u32(to);
-  }
-  std::vector<PayloadWriter> node_records(n);
+  records::Workflow declaration{.name = f.name, .key = f.key, .nodes = {}, .edges = {}};
+  for (const auto& node : nodes) declaration.nodes.push_back({node.name, node.type});
+  for (auto [from, to] : edges) declaration.edges.push_back({from, to});
+  const records::PayloadWriter decl = records::encode(declaration);
+  std::vector<records::PayloadWriter> node_records;
+  node_records.reserve(n);
   for (std::uint32_t i = 0; i < n; ++i) {
-    const DurableJob& job = jobs_.at(f.id + 1 + i);
-    PayloadWriter& w = node_records[i];
-    w.str16(job.type);
-    w.u8(job.level);
-    w.u32(0);
-    w.i64(0);
-    w.str16("");
-    w.u8(0);
-    w.u64(f.id);
-    w.u32(i);
-    w.tail(job.args);
+    const JournaledTask& task = tasks_.at(f.id + 1 + i);
+    node_records.push_back(records::encode(records::Enqueue{.type = task.type, .level = task.level, .max_attempts = 0,
+                                                            .run_at_ns = 0, .key = {}, .needs = {}, .workflow = f.id,
+                                                            .node = i, .args = task.args}));
   }
-  const JobId flow_id = f.id;
+  const TaskId flow_id = f.id;
   flows_.emplace(f.id, std::move(flow));
   lock.unlock();
 
@@ -252,7 +232,7 @@ JobId DurableRuntime::enqueue_workflow(const DurableWorkflow& workflow, std::str
   for (std::uint32_t i = 0; i < n; ++i) {
     if (live.pending[i] != 0) continue;
     --blocked_;
-    queue_locked(jobs_.at(flow_id + 1 + i));
+    queue_locked(tasks_.at(flow_id + 1 + i));
   }
   post_pending(lock);  // the workflow may complete, and be gone, once this drops the lock
   return flow_id;

@@ -9,6 +9,7 @@
 #include "journal/journal_impl.hpp"
 #include "journal/posix_file_system.hpp"
 #include "journal/reader.hpp"
+#include "journal/records.hpp"
 #include "util/clock.hpp"
 
 namespace ordo::detail {
@@ -109,9 +110,8 @@ void JournalImpl::run_compaction(std::uint64_t first_kept) {
       auto it = live.find(r.task);
       if (it == live.end()) {
         // A finished task's COMPLETE stays while it retains an idempotency
-        // key: bytes 8..15 of its payload, "retain until" (system clock ns).
-        if (r.type == RecordType::complete && r.payload.size() >= 16 &&
-            static_cast<std::int64_t>(wal::get64(reinterpret_cast<const unsigned char*>(r.payload.data()) + 8)) > now) {
+        // key (a tombstone).
+        if (r.type == RecordType::complete && records::retains_key_beyond(r, now)) {
           out.copy(r);
         }
         return;

@@ -155,7 +155,7 @@ std::string args_of(const TaskSpec& t, std::int64_t not_before_ns = 0) {
     Scheduler s{{.workers = 2}};
     DurableTasks d(s, dir, {.durability = program.mode, .async_interval = 2ms, .segment_bytes = 64 << 10});
     const RetryPolicy quick{.max_attempts = kNodeMaxAttempts, .initial_backoff = 1ms, .max_backoff = 8ms};
-    auto handler = [fd](JobContext& ctx, std::span<const std::byte> args) {
+    auto handler = [fd](TaskContext& ctx, std::span<const std::byte> args) {
       std::istringstream in(test::text_of(args));
       std::string label;
       unsigned fail_first = 0;
@@ -201,7 +201,7 @@ std::string args_of(const TaskSpec& t, std::int64_t not_before_ns = 0) {
         case Op::dead_op: {
           const auto dead = d.dead();
           if (dead.empty()) break;
-          const JobId id = dead[op.pick % dead.size()].id;
+          const TaskId id = dead[op.pick % dead.size()].id;
           const bool retry = op.pick % 2 == 0;
           log_line(fd, std::string(retry ? "retrying " : "discarding ") + std::to_string(id));
           static_cast<void>(retry ? d.retry_dead(id) : d.discard_dead(id));
@@ -222,12 +222,12 @@ std::string args_of(const TaskSpec& t, std::int64_t not_before_ns = 0) {
       log_line(fd, "op " + std::to_string(i));
     }
     d.shutdown(ShutdownMode::drain);
-    for (const DeadJob& dj : d.dead()) {
+    for (const DeadTask& dj : d.dead()) {
       if (dj.type != "node") continue;
       log_line(fd, "discarding " + std::to_string(dj.id));
       d.discard_dead(dj.id);
     }
-    for (const DeadJob& dj : d.dead()) log_line(fd, "final-dead " + std::to_string(dj.id) + " " + std::to_string(dj.attempts));
+    for (const DeadTask& dj : d.dead()) log_line(fd, "final-dead " + std::to_string(dj.id) + " " + std::to_string(dj.attempts));
     if (d.stats().workflows != 0) log_line(fd, "unfinished-workflows " + std::to_string(d.stats().workflows));
     log_line(fd, "end");
   }
@@ -244,7 +244,7 @@ void check_log(const Program& program, const std::string& log, const std::set<in
     const TaskSpec* spec = nullptr;
     std::string flow;  // the workflow label, for nodes
     std::uint32_t node = 0;
-    std::set<JobId> ids;
+    std::set<TaskId> ids;
     bool accepted = false;
     std::size_t last_ok_line = 0;
     std::size_t last_run_line = 0;
@@ -269,8 +269,8 @@ void check_log(const Program& program, const std::string& log, const std::set<in
       l.node = k;
     }
   }
-  std::map<JobId, std::string> label_of;
-  std::map<JobId, unsigned> final_dead;
+  std::map<TaskId, std::string> label_of;
+  std::map<TaskId, unsigned> final_dead;
   bool ended = false;
   int boot = -1;
   std::size_t line_no = 0;
@@ -285,13 +285,13 @@ void check_log(const Program& program, const std::string& log, const std::set<in
     } else if (what == "op") {
       ++totals.operations;
     } else if (what == "acc") {
-      JobId id = 0;
+      TaskId id = 0;
       f >> a >> id;
       labels[a].accepted = true;
       labels[a].ids.insert(id);
       label_of[id] = a;
     } else if (what == "accflow") {
-      JobId fid = 0;
+      TaskId fid = 0;
       f >> a >> fid;
       const FlowSpec& spec = *flows.at(a);
       for (std::uint32_t k = 0; k < spec.nodes.size(); ++k) {
@@ -301,7 +301,7 @@ void check_log(const Program& program, const std::string& log, const std::set<in
         label_of[fid + 1 + k] = spec.nodes[k].label;
       }
     } else if (what == "run") {
-      JobId id = 0;
+      TaskId id = 0;
       unsigned attempt = 0;
       f >> a >> id >> attempt;
       ++totals.runs;
@@ -334,7 +334,7 @@ void check_log(const Program& program, const std::string& log, const std::set<in
       l.last_ok_line = line_no;
       l.last_ok_boot = boot;
     } else if (what == "retrying" || what == "discarding") {
-      JobId id = 0;
+      TaskId id = 0;
       f >> id;
       ASSERT_TRUE(label_of.count(id)) << what << " task " << id << ", which no enqueue returned";
       Label& l = labels[label_of[id]];
@@ -345,7 +345,7 @@ void check_log(const Program& program, const std::string& log, const std::set<in
         l.discarding = true;
       }
     } else if (what == "final-dead") {
-      JobId id = 0;
+      TaskId id = 0;
       unsigned attempts = 0;
       f >> id >> attempts;
       final_dead[id] = attempts;
@@ -374,7 +374,7 @@ void check_log(const Program& program, const std::string& log, const std::set<in
     if (!l.accepted) continue;
     ++totals.tasks;
     EXPECT_EQ(l.ids.size(), 1u) << name << " has more than one id: its key did not hold, or it was duplicated";
-    const JobId id = *l.ids.begin();
+    const TaskId id = *l.ids.begin();
     const bool dead = final_dead.count(id) != 0;
     // In async and none modes a task's runs in the process that enqueued it
     // do not wait for their START: a kill may leave one of them uncounted

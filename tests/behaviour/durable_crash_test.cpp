@@ -40,16 +40,16 @@ void log_effect(int fd, const std::string& line) {
     Scheduler s{{.workers = 2}};
     DurableTasks d(s, dir, {.durability = Durability::async, .async_interval = std::chrono::milliseconds(2)});
     auto pause = [] { std::this_thread::sleep_for(std::chrono::milliseconds(2)); };
-    d.define("plain", [&](JobContext& ctx, std::span<const std::byte> args) {
+    d.define("plain", [&](TaskContext& ctx, std::span<const std::byte> args) {
       pause();
       log_effect(fd, "done " + test::text_of(args) + " " + std::to_string(ctx.id()));
     }, {.retry = {.max_attempts = 1000}});  // each kill mid-run costs an attempt
-    d.define("flaky", [&](JobContext& ctx, std::span<const std::byte> args) {
+    d.define("flaky", [&](TaskContext& ctx, std::span<const std::byte> args) {
       pause();
       if (ctx.attempt() == 1) throw std::runtime_error("first attempts fail");
       log_effect(fd, "done " + test::text_of(args) + " " + std::to_string(ctx.id()));
     }, {.retry = {.max_attempts = 1000, .initial_backoff = std::chrono::milliseconds(3)}});
-    d.define("items", [&](JobContext& ctx, std::span<const std::byte> args) {
+    d.define("items", [&](TaskContext& ctx, std::span<const std::byte> args) {
       const std::string k = test::text_of(args);
       for (int i = ctx.resume_from<int>(0); i < kItemsPerTask; ++i) {
         pause();
@@ -59,7 +59,7 @@ void log_effect(int fd, const std::string& line) {
       }
       log_effect(fd, "done " + k + " " + std::to_string(ctx.id()));
     }, {.retry = {.max_attempts = 1000}});
-    d.define("wnode", [&](JobContext&, std::span<const std::byte> args) {
+    d.define("wnode", [&](TaskContext&, std::span<const std::byte> args) {
       log_effect(fd, "wrun " + test::text_of(args));
       pause();
       log_effect(fd, "wdone " + test::text_of(args));
@@ -190,7 +190,7 @@ TEST(DurableCrash, AHandlerThatKillsTheProcessAtOnceEndsInTheDeadSetAfterMaxAtte
       if (child == 0) {
         Scheduler s{{.workers = 2}};
         DurableTasks d(s, dir.path(), {.durability = mode});
-        d.define("poison", [](JobContext&, std::span<const std::byte>) { ::_exit(kCrashed); },
+        d.define("poison", [](TaskContext&, std::span<const std::byte>) { ::_exit(kCrashed); },
                  {.retry = {.max_attempts = kMaxAttempts}});
         d.start();
         d.enqueue("poison", "", {.idempotency_key = "the-pill"});  // the same task every round

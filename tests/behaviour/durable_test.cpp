@@ -58,7 +58,7 @@ TEST(Durable, EnqueuedTasksRunOnceAndLeaveNothingLive) {
   std::multiset<std::string> seen;
   {
     DurableTasks d(s, dir.path(), kFast);
-    d.define("greet", [&](JobContext&, std::span<const std::byte> args) {
+    d.define("greet", [&](TaskContext&, std::span<const std::byte> args) {
       std::lock_guard lock(mu);
       seen.insert(test::text_of(args));
     });
@@ -79,7 +79,7 @@ TEST(Durable, FailuresAreRetriedWithBackoffThenGoToTheDeadSet) {
   std::mutex mu;
   std::vector<std::chrono::steady_clock::time_point> attempts;
   DurableTasks d(s, dir.path(), kFast);
-  d.define("flaky", [&](JobContext& ctx, std::span<const std::byte>) {
+  d.define("flaky", [&](TaskContext& ctx, std::span<const std::byte>) {
     {
       std::lock_guard lock(mu);
       attempts.push_back(std::chrono::steady_clock::now());
@@ -87,7 +87,7 @@ TEST(Durable, FailuresAreRetriedWithBackoffThenGoToTheDeadSet) {
     throw std::runtime_error("attempt " + std::to_string(ctx.attempt()) + " failed");
   }, {.retry = {.max_attempts = 3, .initial_backoff = 20ms, .multiplier = 2.0, .jitter = 0.1}});
   d.start();
-  const JobId id = d.enqueue("flaky", "");
+  const TaskId id = d.enqueue("flaky", "");
   d.shutdown(ShutdownMode::drain);  // drains through both backoffs
   ASSERT_EQ(attempts.size(), 3u);
   EXPECT_GE(attempts[1] - attempts[0], 18ms);  // 20 ms - 10% jitter
@@ -105,12 +105,12 @@ TEST(Durable, DeadTasksCanBeRetriedOrDiscardedAndThatSurvivesARestart) {
   std::atomic<bool> healthy{false};
   std::atomic<int> ran{0};
   auto define = [&](DurableTasks& d) {
-    d.define("job", [&](JobContext&, std::span<const std::byte>) {
+    d.define("job", [&](TaskContext&, std::span<const std::byte>) {
       if (!healthy) throw std::runtime_error("down");
       ++ran;
     }, {.retry = {.max_attempts = 1}});
   };
-  JobId a = 0, b = 0;
+  TaskId a = 0, b = 0;
   {
     Scheduler s{{.workers = 2}};
     DurableTasks d(s, dir.path(), kFast);
@@ -141,7 +141,7 @@ TEST(Durable, DelayedTaskSurvivesARestartAndRunsNotBeforeItsTime) {
   {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), kFast);
-    d.define("later", [](JobContext&, std::span<const std::byte>) { FAIL() << "ran in the first process"; });
+    d.define("later", [](TaskContext&, std::span<const std::byte>) { FAIL() << "ran in the first process"; });
     d.start();
     d.enqueue("later", "", {.run_at = due});
     EXPECT_EQ(d.stats().delayed, 1u);
@@ -151,7 +151,7 @@ TEST(Durable, DelayedTaskSurvivesARestartAndRunsNotBeforeItsTime) {
   std::chrono::system_clock::time_point ran_at;
   Scheduler s{{.workers = 1}};
   DurableTasks d(s, dir.path(), kFast);
-  d.define("later", [&](JobContext&, std::span<const std::byte>) {
+  d.define("later", [&](TaskContext&, std::span<const std::byte>) {
     ran_at = std::chrono::system_clock::now();
     ran = true;
   });
@@ -167,9 +167,9 @@ TEST(Durable, IdempotencyKeyReturnsTheSameTaskAlsoAfterRestartAndCompaction) {
   ScratchDir dir;
   std::atomic<int> ran{0};
   auto define = [&](DurableTasks& d) {
-    d.define("charge", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+    d.define("charge", [&](TaskContext&, std::span<const std::byte>) { ++ran; });
   };
-  JobId first = 0;
+  TaskId first = 0;
   {
     Scheduler s{{.workers = 2}};
     DurableTasks d(s, dir.path(), kFast);
@@ -196,7 +196,7 @@ TEST(Durable, ARetryResumesFromTheLastCheckpoint) {
   std::mutex mu;
   std::vector<int> done;
   DurableTasks d(s, dir.path(), kFast);
-  d.define("send_push", [&](JobContext& ctx, std::span<const std::byte>) {
+  d.define("send_push", [&](TaskContext& ctx, std::span<const std::byte>) {
     for (int user = ctx.resume_from<int>(0); user < 100; ++user) {
       if (ctx.attempt() == 1 && user == 60) throw std::runtime_error("push gateway timed out");
       {
@@ -213,12 +213,41 @@ TEST(Durable, ARetryResumesFromTheLastCheckpoint) {
   for (int i = 0; i < 100; ++i) EXPECT_EQ(done[static_cast<std::size_t>(i)], i);
 }
 
+// A checkpoint of another size than the T asked for is not "no checkpoint":
+// resuming from zero would redo (or skip) work silently.
+TEST(Durable, ResumeFromACheckpointOfAnotherSizeIsAnErrorNamingBothSizes) {
+  ScratchDir dir;
+  Scheduler s{{.workers = 1}};
+  std::string error;
+  std::atomic<bool> empty_gave_default{false};
+  DurableTasks d(s, dir.path(), kFast);
+  d.define("resize", [&](TaskContext& ctx, std::span<const std::byte>) {
+    if (ctx.attempt() == 1) {
+      empty_gave_default = ctx.resume_from<std::uint64_t>(99) == 99;  // no checkpoint yet
+      ctx.checkpoint(std::uint16_t{7});
+      throw std::runtime_error("first attempt fails after its checkpoint");
+    }
+    try {
+      (void)ctx.resume_from<std::uint64_t>(0);
+    } catch (const InvalidArgument& e) {
+      error = e.what();
+    }
+  }, {.retry = {.max_attempts = 2, .initial_backoff = 1ms}});
+  d.start();
+  d.enqueue("resize", "");
+  d.shutdown();
+  EXPECT_TRUE(empty_gave_default);
+  ASSERT_FALSE(error.empty()) << "resume_from<uint64_t> of a 2-byte checkpoint did not throw";
+  EXPECT_NE(error.find("2 bytes"), std::string::npos) << error;
+  EXPECT_NE(error.find("8 bytes"), std::string::npos) << error;
+}
+
 TEST(Durable, UnknownTypeOnRecoveryIsAClearErrorOrDeadByOption) {
   ScratchDir dir;
   {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), kFast);
-    d.define("old_type", [](JobContext&, std::span<const std::byte>) {});
+    d.define("old_type", [](TaskContext&, std::span<const std::byte>) {});
     d.start();
     d.enqueue("old_type", "x", {.delay = std::chrono::hours(1)});
     d.shutdown(ShutdownMode::cancel);
@@ -228,8 +257,8 @@ TEST(Durable, UnknownTypeOnRecoveryIsAClearErrorOrDeadByOption) {
     DurableTasks d(s, dir.path(), kFast);
     try {
       d.start();
-      FAIL() << "expected UnknownJobType";
-    } catch (const UnknownJobType& e) {
+      FAIL() << "expected UnknownTaskType";
+    } catch (const UnknownTaskType& e) {
       EXPECT_NE(std::string(e.what()).find("type 'old_type' is not defined"), std::string::npos) << e.what();
     }
   }
@@ -244,12 +273,18 @@ TEST(Durable, InvalidEnqueuesAreRejectedAndNothingIsJournaled) {
   ScratchDir dir;
   Scheduler s{{.workers = 1}};
   DurableTasks d(s, dir.path(), kFast);
-  d.define("t", [](JobContext&, std::span<const std::byte>) {});
-  EXPECT_THROW(d.define("t", [](JobContext&, std::span<const std::byte>) {}), InvalidArgument);
+  d.define("t", [](TaskContext&, std::span<const std::byte>) {});
+  EXPECT_THROW(d.define("t", [](TaskContext&, std::span<const std::byte>) {}), InvalidArgument);
   EXPECT_THROW(d.enqueue("t", ""), Error);  // before start()
   d.start();
   EXPECT_THROW(d.enqueue("nope", ""), InvalidArgument);
-  EXPECT_THROW(d.enqueue("t", "", {.needs = {{"db", 1}}}), InvalidArgument);
+  Scheduler other{{.workers = 1}};
+  const ResourceGroup not_ours = other.resource_group("db", 1);
+  EXPECT_THROW(d.enqueue("t", "", {.needs = {{not_ours, 1}}}), InvalidArgument);  // another scheduler's group
+  EXPECT_THROW(d.enqueue("t", "", {.needs = {{ResourceGroup{}, 1}}}), InvalidArgument);
+  const ResourceGroup db = s.resource_group("db", 2);
+  EXPECT_THROW(d.enqueue("t", "", {.needs = {{db, 3}}}), InvalidArgument);  // more than its limit
+  EXPECT_THROW(d.enqueue("t", "", {.needs = {{db, 0}}}), InvalidArgument);
   d.shutdown();
   EXPECT_EQ(Journal::read(dir.path(), {}).records, 0u);
 }
@@ -261,7 +296,7 @@ TEST(Durable, ShutdownCancelLeavesUnstartedTasksForTheNextStart) {
   {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), kFast);
-    d.define("t", [&](JobContext&, std::span<const std::byte> args) {
+    d.define("t", [&](TaskContext&, std::span<const std::byte> args) {
       if (test::text_of(args) == "blocker") gate.hold();
       ++ran;
     });
@@ -279,27 +314,104 @@ TEST(Durable, ShutdownCancelLeavesUnstartedTasksForTheNextStart) {
   }
   Scheduler s{{.workers = 1}};
   DurableTasks d(s, dir.path(), kFast);
-  d.define("t", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+  d.define("t", [&](TaskContext&, std::span<const std::byte>) { ++ran; });
   EXPECT_EQ(d.start().requeued, 10u);
   d.shutdown();
   EXPECT_EQ(ran.load(), 11);
 }
 
+// Tasks enqueued with priorities and needs, left queued by one process, run
+// in the next one in priority order (one worker, held until every task is
+// queued), and each task that needs the group takes its permit there (the
+// group's high-water mark, which stays 0 if a need was lost).
 TEST(Durable, PriorityAndNeedsAreJournaledAndHonouredAfterRestart) {
+  ScratchDir dir;
+  const Priority order[] = {low, normal, high, low, high, normal, low, high};
+  auto label = [](Priority p) { return std::string(1, static_cast<char>('0' + static_cast<int>(p))); };
+  {
+    Scheduler s{{.workers = 1}};
+    const ResourceGroup db = s.resource_group("db", 1);
+    test::Gate gate;
+    DurableTasks d(s, dir.path(), kFast);
+    d.define("hold", [&](TaskContext&, std::span<const std::byte>) { gate.hold(); });
+    d.define("p", [](TaskContext&, std::span<const std::byte>) { FAIL() << "ran in the first process"; });
+    d.define("n", [](TaskContext&, std::span<const std::byte>) { FAIL() << "ran in the first process"; });
+    d.start();
+    d.enqueue("hold", "");
+    gate.wait_entered();  // the only worker is held: what follows stays queued
+    for (Priority p : order) d.enqueue("p", label(p), {.priority = p});
+    for (int i = 0; i < 8; ++i) d.enqueue("n", "", {.needs = {{db, 1}}});
+    std::thread opener([&] {
+      while (d.stats().accepting) std::this_thread::yield();
+      gate.open = true;
+    });
+    d.shutdown(ShutdownMode::cancel);  // the queued ones stay in the journal
+    opener.join();
+  }
+  Scheduler s{{.workers = 1}};
+  const ResourceGroup db = s.resource_group("db", 1);
+  test::Gate gate;
+  s.post([&] { gate.hold(); });
+  gate.wait_entered();
+  std::mutex mu;
+  std::string ran;
+  DurableTasks d(s, dir.path(), kFast);
+  d.define("p", [&](TaskContext&, std::span<const std::byte> args) {
+    std::lock_guard lock(mu);
+    ran += test::text_of(args);
+  });
+  std::atomic<int> needs_ran{0}, holding_db{0};
+  d.define("n", [&](TaskContext&, std::span<const std::byte>) {
+    ++needs_ran;
+    if (db.stats().in_use == 1) ++holding_db;
+  });
+  const DurableRecovery r = d.start();
+  EXPECT_EQ(r.requeued, 16u);
+  EXPECT_EQ(s.find_resource_group("db").stats().max_in_use, 0u);  // nothing ran yet
+  gate.open = true;
+  d.shutdown(ShutdownMode::drain);
+  std::string expected;
+  for (Priority p : {high, normal, low}) {
+    for (Priority q : order) expected += q == p ? label(p) : "";
+  }
+  EXPECT_EQ(ran, expected) << "not run in priority order after the restart";
+  EXPECT_EQ(needs_ran.load(), 8);
+  EXPECT_EQ(holding_db.load(), 8) << "a task that needs 'db' ran without its permit";
+  EXPECT_EQ(db.stats().max_in_use, 1u) << "the journaled need did not take the group's permit";
+}
+
+// The group a journaled task needs is gone at start(): its own error, naming
+// the group and the task's type; or the dead set, by option.
+TEST(Durable, AMissingResourceGroupAtStartIsUnknownResourceGroupNamingGroupAndType) {
   ScratchDir dir;
   {
     Scheduler s{{.workers = 1}};
-    s.resource_group("db", 1);
+    const ResourceGroup db = s.resource_group("db", 1);
     DurableTasks d(s, dir.path(), kFast);
-    d.define("q", [](JobContext&, std::span<const std::byte>) {});
+    d.define("query", [](TaskContext&, std::span<const std::byte>) {});
     d.start();
-    d.enqueue("q", "", {.priority = low, .delay = std::chrono::hours(1), .needs = {{"db", 1}}});
+    d.enqueue("query", "", {.delay = std::chrono::hours(1), .needs = {{db, 1}}});
     d.shutdown(ShutdownMode::cancel);
   }
+  {
+    Scheduler s{{.workers = 1}};
+    DurableTasks d(s, dir.path(), kFast);
+    d.define("query", [](TaskContext&, std::span<const std::byte>) {});
+    try {
+      d.start();
+      FAIL() << "expected UnknownResourceGroup";
+    } catch (const UnknownResourceGroup& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("resource group 'db'"), std::string::npos) << what;
+      EXPECT_NE(what.find("type 'query'"), std::string::npos) << what;
+    }
+  }
   Scheduler s{{.workers = 1}};
-  DurableTasks d(s, dir.path(), kFast);
-  d.define("q", [](JobContext&, std::span<const std::byte>) {});
-  EXPECT_THROW(d.start(), UnknownJobType);  // the group it needs is gone: named, not dropped
+  DurableTasks d(s, dir.path(), kFast, {.unknown_types_to_dead = true});
+  d.define("query", [](TaskContext&, std::span<const std::byte>) {});
+  EXPECT_EQ(d.start().dead, 1u);
+  ASSERT_EQ(d.dead().size(), 1u);
+  EXPECT_NE(d.dead()[0].last_error.find("'db'"), std::string::npos) << d.dead()[0].last_error;
 }
 
 TEST(Durable, ACorruptJournalIsRefusedWithAClearErrorAndLeftAsItWas) {
@@ -307,7 +419,7 @@ TEST(Durable, ACorruptJournalIsRefusedWithAClearErrorAndLeftAsItWas) {
   {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), kFast);
-    d.define("t", [](JobContext&, std::span<const std::byte>) {});
+    d.define("t", [](TaskContext&, std::span<const std::byte>) {});
     d.start();
     d.enqueue("t", "payload that will be damaged", {.delay = std::chrono::hours(1)});
     d.shutdown(ShutdownMode::cancel);
@@ -339,11 +451,11 @@ TEST(Durable, AKeyWhoseRetentionRanOutBeforeARestartIsFreeAfterIt) {
   ScratchDir dir;
   std::atomic<int> ran{0};
   const DurableOptions expires_at_once{.key_retention = std::chrono::seconds(0)};
-  JobId first = 0;
+  TaskId first = 0;
   {
     Scheduler s{{.workers = 2}};
     DurableTasks d(s, dir.path(), kFast, expires_at_once);
-    d.define("charge", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+    d.define("charge", [&](TaskContext&, std::span<const std::byte>) { ++ran; });
     d.start();
     first = d.enqueue("charge", "", {.idempotency_key = "order:7"});
     d.shutdown();
@@ -351,9 +463,9 @@ TEST(Durable, AKeyWhoseRetentionRanOutBeforeARestartIsFreeAfterIt) {
   }
   Scheduler s{{.workers = 2}};
   DurableTasks d(s, dir.path(), kFast, expires_at_once);
-  d.define("charge", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+  d.define("charge", [&](TaskContext&, std::span<const std::byte>) { ++ran; });
   EXPECT_EQ(d.start().keys, 0u) << "a key past its retention was remembered";
-  const JobId second = d.enqueue("charge", "", {.idempotency_key = "order:7"});
+  const TaskId second = d.enqueue("charge", "", {.idempotency_key = "order:7"});
   EXPECT_NE(second, first) << "the finished task's id came back for an expired key";
   d.shutdown();
   EXPECT_EQ(ran.load(), 2);
@@ -365,7 +477,7 @@ TEST(Durable, AnErrorMessageOf64KiBOrMoreIsCutToItsFirst65535Bytes) {
   ScratchDir dir;
   const std::string huge(70'000, 'e');
   auto define = [&](DurableTasks& d) {
-    d.define("fails", [&](JobContext&, std::span<const std::byte>) { throw std::runtime_error(huge); },
+    d.define("fails", [&](TaskContext&, std::span<const std::byte>) { throw std::runtime_error(huge); },
              {.retry = {.max_attempts = 1}});
   };
   {
@@ -389,7 +501,7 @@ TEST(Durable, AnIdempotencyKeyOf64KiBOrMoreIsRefusedNamingTheField) {
   ScratchDir dir;
   Scheduler s{{.workers = 1}};
   DurableTasks d(s, dir.path(), kFast);
-  d.define("t", [](JobContext&, std::span<const std::byte>) {});
+  d.define("t", [](TaskContext&, std::span<const std::byte>) {});
   d.start();
   try {
     d.enqueue("t", "", {.idempotency_key = std::string(70'000, 'k')});
@@ -408,7 +520,7 @@ TEST(Durable, AFailedEnqueueLeavesNoTaskAndNoKeyBehind) {
   std::atomic<int> ran{0};
   Scheduler s{{.workers = 1}};
   DurableTasks d(s, dir.path(), kFast);
-  d.define("t", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+  d.define("t", [&](TaskContext&, std::span<const std::byte>) { ++ran; });
   d.start();
   const std::string too_big((64u << 20) + 1, 'x');
   EXPECT_THROW(d.enqueue("t", too_big, {.idempotency_key = "k"}), InvalidArgument);
@@ -430,7 +542,7 @@ TEST(Durable, ShutdownFromInsideAHandlerReturnsAndTheDrainFinishesOutsideIt) {
       std::atomic<bool> refused_after{false};
       std::atomic<int> ran{0};
       DurableTasks d(s, dir.path(), kFast);
-      d.define("stopper", [&](JobContext&, std::span<const std::byte>) {
+      d.define("stopper", [&](TaskContext&, std::span<const std::byte>) {
         d.shutdown(mode);
         try {
           d.enqueue("plain", "");
@@ -439,7 +551,7 @@ TEST(Durable, ShutdownFromInsideAHandlerReturnsAndTheDrainFinishesOutsideIt) {
         }
         returned = true;
       });
-      d.define("plain", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+      d.define("plain", [&](TaskContext&, std::span<const std::byte>) { ++ran; });
       d.start();
       d.enqueue("stopper", "");
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -461,11 +573,11 @@ TEST(Durable, ShutdownFromInsideAHandlerReturnsAndTheDrainFinishesOutsideIt) {
 // for an old id then named a new, unrelated task).
 TEST(Durable, TaskIdsAreNeverReusedAlsoAfterCompactionFoldedTheFinishedOnesAway) {
   ScratchDir dir;
-  JobId highest = 0;
+  TaskId highest = 0;
   {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), kFast);
-    d.define("t", [](JobContext&, std::span<const std::byte>) {});
+    d.define("t", [](TaskContext&, std::span<const std::byte>) {});
     d.start();
     for (int i = 0; i < 5; ++i) highest = std::max(highest, d.enqueue("t", ""));
     d.shutdown();
@@ -474,9 +586,9 @@ TEST(Durable, TaskIdsAreNeverReusedAlsoAfterCompactionFoldedTheFinishedOnesAway)
   for (int restart = 0; restart < 2; ++restart) {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), kFast);
-    d.define("t", [](JobContext&, std::span<const std::byte>) {});
+    d.define("t", [](TaskContext&, std::span<const std::byte>) {});
     d.start();
-    const JobId next = d.enqueue("t", "");
+    const TaskId next = d.enqueue("t", "");
     EXPECT_GT(next, highest) << "restart " << restart << " reused a task id";
     highest = std::max(highest, next);
     d.shutdown();

@@ -48,7 +48,7 @@ TEST(DurableWorkflow, NodesRunInDependencyOrderAndTheWorkflowCompletes) {
   std::mutex mu;
   std::vector<std::string> order;
   DurableTasks d(s, dir.path(), kFast);
-  d.define("step", [&](JobContext&, std::span<const std::byte> args) {
+  d.define("step", [&](TaskContext&, std::span<const std::byte> args) {
     std::lock_guard lock(mu);
     order.push_back(test::text_of(args));
   });
@@ -58,7 +58,7 @@ TEST(DurableWorkflow, NodesRunInDependencyOrderAndTheWorkflowCompletes) {
       .node("clean", "step", "clean", {"extract"})
       .node("enrich", "step", "enrich", {"extract"})
       .node("load", "step", "load", {"clean", "enrich"});
-  const JobId id = d.enqueue_workflow(wf, "etl:2026-11-26");
+  const TaskId id = d.enqueue_workflow(wf, "etl:2026-11-26");
   EXPECT_EQ(d.enqueue_workflow(wf, "etl:2026-11-26"), id);  // the key deduplicates
   d.shutdown();
   ASSERT_EQ(order.size(), 4u);
@@ -72,7 +72,7 @@ TEST(DurableWorkflow, ACycleOrAnUnknownNameIsRejectedBeforeAnythingIsJournaled) 
   ScratchDir dir;
   Scheduler s{{.workers = 1}};
   DurableTasks d(s, dir.path(), kFast);
-  d.define("step", [](JobContext&, std::span<const std::byte>) {});
+  d.define("step", [](TaskContext&, std::span<const std::byte>) {});
   d.start();
   DurableWorkflow cyclic("loop");
   cyclic.node("a", "step", "", {"c"}).node("b", "step", "", {"a"}).node("c", "step", "", {"b"});
@@ -100,7 +100,7 @@ TEST(DurableWorkflow, AfterACrashItResumesMidwayWithoutRerunningFinishedNodes) {
   const std::string journal = dir.file("journal");
   const std::string effects = dir.file("effects");
   auto define = [&](DurableTasks& d, bool crash) {
-    d.define("step", [&, crash](JobContext& ctx, std::span<const std::byte> args) {
+    d.define("step", [&, crash](TaskContext& ctx, std::span<const std::byte> args) {
       const std::string line = test::text_of(args) + " attempt " + std::to_string(ctx.attempt()) + "\n";
       FILE* f = std::fopen(effects.c_str(), "a");
       std::fputs(line.c_str(), f);
@@ -149,8 +149,8 @@ TEST(DurableWorkflow, AWorkflowWhoseCommitRecordWasLostIsDroppedAndItsKeyIsFree)
   {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), kFast);
-    d.define("block", [&](JobContext&, std::span<const std::byte>) { gate.hold(); });
-    d.define("step", [](JobContext&, std::span<const std::byte>) { FAIL() << "a node ran in the first process"; });
+    d.define("block", [&](TaskContext&, std::span<const std::byte>) { gate.hold(); });
+    d.define("step", [](TaskContext&, std::span<const std::byte>) { FAIL() << "a node ran in the first process"; });
     d.start();
     d.enqueue("block", "");
     gate.wait_entered();  // the only worker is busy: the nodes stay queued
@@ -178,8 +178,8 @@ TEST(DurableWorkflow, AWorkflowWhoseCommitRecordWasLostIsDroppedAndItsKeyIsFree)
   std::atomic<int> ran{0};
   Scheduler s{{.workers = 1}};
   DurableTasks d(s, dir.path(), kFast);
-  d.define("block", [](JobContext&, std::span<const std::byte>) {});
-  d.define("step", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+  d.define("block", [](TaskContext&, std::span<const std::byte>) {});
+  d.define("step", [&](TaskContext&, std::span<const std::byte>) { ++ran; });
   const DurableRecovery r = d.start();
   EXPECT_EQ(r.workflows, 0u);
   EXPECT_EQ(r.requeued, 1u);  // the blocker (its COMPLETE followed the cut); not the two nodes, never accepted
@@ -197,11 +197,11 @@ TEST(DurableWorkflow, AWorkflowKeyWhoseRetentionRanOutBeforeARestartIsFreeAfterI
   const DurableOptions expires_at_once{.key_retention = std::chrono::seconds(0)};
   DurableWorkflow wf("pair");
   wf.node("a", "step").node("b", "step", "", {"a"});
-  JobId first = 0;
+  TaskId first = 0;
   {
     Scheduler s{{.workers = 2}};
     DurableTasks d(s, dir.path(), kFast, expires_at_once);
-    d.define("step", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+    d.define("step", [&](TaskContext&, std::span<const std::byte>) { ++ran; });
     d.start();
     first = d.enqueue_workflow(wf, "nightly:1");
     d.shutdown();
@@ -209,7 +209,7 @@ TEST(DurableWorkflow, AWorkflowKeyWhoseRetentionRanOutBeforeARestartIsFreeAfterI
   }
   Scheduler s{{.workers = 2}};
   DurableTasks d(s, dir.path(), kFast, expires_at_once);
-  d.define("step", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+  d.define("step", [&](TaskContext&, std::span<const std::byte>) { ++ran; });
   EXPECT_EQ(d.start().keys, 0u) << "a workflow key past its retention was remembered";
   EXPECT_NE(d.enqueue_workflow(wf, "nightly:1"), first) << "the finished workflow came back for an expired key";
   d.shutdown();
@@ -225,9 +225,9 @@ TEST(DurableWorkflow, DiscardingADeadNodeCancelsItsSuccessorsAndEndsTheWorkflow)
   std::mutex mu;
   std::multiset<std::string> ran;
   auto define = [&](DurableTasks& d) {
-    d.define("fails", [](JobContext&, std::span<const std::byte>) { throw std::runtime_error("broken"); },
+    d.define("fails", [](TaskContext&, std::span<const std::byte>) { throw std::runtime_error("broken"); },
              {.retry = {.max_attempts = 1}});
-    d.define("step", [&](JobContext&, std::span<const std::byte> args) {
+    d.define("step", [&](TaskContext&, std::span<const std::byte> args) {
       std::lock_guard lock(mu);
       ran.insert(test::text_of(args));
     });
@@ -275,11 +275,11 @@ TEST(DurableWorkflow, ANodeDiscardedWhileNoProcessRanStillHoldsItsSuccessorsAfte
   ScratchDir dir;
   std::atomic<int> successors_ran{0};
   auto define = [&](DurableTasks& d) {
-    d.define("fails", [](JobContext&, std::span<const std::byte>) { throw std::runtime_error("broken"); },
+    d.define("fails", [](TaskContext&, std::span<const std::byte>) { throw std::runtime_error("broken"); },
              {.retry = {.max_attempts = 1}});
-    d.define("step", [&](JobContext&, std::span<const std::byte>) { ++successors_ran; });
+    d.define("step", [&](TaskContext&, std::span<const std::byte>) { ++successors_ran; });
   };
-  JobId dead_node = 0;
+  TaskId dead_node = 0;
   {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), kFast);
@@ -312,7 +312,7 @@ TEST(DurableWorkflow, NamesOf64KiBOrMoreAreRefusedNamingTheField) {
   {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), kFast);
-    d.define("step", [](JobContext&, std::span<const std::byte>) {});
+    d.define("step", [](TaskContext&, std::span<const std::byte>) {});
     d.start();
     auto refused_naming = [&](const DurableWorkflow& wf, const std::string& key, const std::string& field) {
       try {
@@ -336,7 +336,7 @@ TEST(DurableWorkflow, NamesOf64KiBOrMoreAreRefusedNamingTheField) {
   EXPECT_EQ(Journal::read(dir.path(), {}).records, 0u);
   Scheduler s{{.workers = 1}};
   DurableTasks d(s, dir.path(), kFast);  // the journal still opens
-  d.define("step", [](JobContext&, std::span<const std::byte>) {});
+  d.define("step", [](TaskContext&, std::span<const std::byte>) {});
   EXPECT_EQ(d.start().workflows, 0u);
 }
 
@@ -349,7 +349,7 @@ TEST(DurableWorkflow, AFailedAppendLeavesNoPhantomWorkflowOrKey) {
   {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), kFast);
-    d.define("step", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+    d.define("step", [&](TaskContext&, std::span<const std::byte>) { ++ran; });
     d.start();
     DurableWorkflow too_big("w");
     too_big.node("a", "step").node("b", "step", std::string((64u << 20) + 1, 'x'), {"a"});
@@ -364,7 +364,7 @@ TEST(DurableWorkflow, AFailedAppendLeavesNoPhantomWorkflowOrKey) {
   }
   Scheduler s{{.workers = 1}};
   DurableTasks d(s, dir.path(), kFast);
-  d.define("step", [&](JobContext&, std::span<const std::byte>) { ++ran; });
+  d.define("step", [&](TaskContext&, std::span<const std::byte>) { ++ran; });
   const DurableRecovery r = d.start();
   EXPECT_EQ(r.requeued, 0u);
   EXPECT_EQ(r.workflows, 0u);

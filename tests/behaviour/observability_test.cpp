@@ -111,7 +111,7 @@ TEST(Stats, DurableTasksAppearInTheSchedulerSnapshotWhileTheyLive) {
   Scheduler s{{.workers = 2}};
   {
     DurableTasks durable(s, dir.path(), {.durability = Durability::none});
-    durable.define("job", [](JobContext&, std::span<const std::byte>) {});
+    durable.define("job", [](TaskContext&, std::span<const std::byte>) {});
     durable.start();
     for (int i = 0; i < 10; ++i) durable.enqueue("job", std::string("x"));
     durable.shutdown();
@@ -133,7 +133,7 @@ TEST(Prometheus, TextParsesWithValidNamesTypesAndLabels) {
   s.resource_group("db \"primary\"\\1", 4);  // a name that needs escaping
   s.rate_group("api", 10, std::chrono::seconds(1), 5);
   DurableTasks durable(s, dir.path(), {.durability = Durability::none});
-  durable.define("job", [](JobContext&, std::span<const std::byte>) {});
+  durable.define("job", [](TaskContext&, std::span<const std::byte>) {});
   durable.start();
   durable.enqueue("job", std::string("x"));
   for (int i = 0; i < 100; ++i) s.post([] {});

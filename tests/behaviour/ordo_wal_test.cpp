@@ -9,6 +9,8 @@
 #include <string>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "journal_support.hpp"
 #include "ordo/ordo.hpp"
 
@@ -136,12 +138,12 @@ TEST(OrdoWal, DeadListRetryAndDiscardWorkOnADurableJournal) {
   std::atomic<bool> healthy{false};
   std::atomic<int> ran{0};
   auto define = [&](DurableTasks& d) {
-    d.define("mail", [&](JobContext&, std::span<const std::byte>) {
+    d.define("mail", [&](TaskContext&, std::span<const std::byte>) {
       if (!healthy) throw std::runtime_error("smtp down");
       ++ran;
     }, {.retry = {.max_attempts = 1}});
   };
-  JobId a = 0, b = 0;
+  TaskId a = 0, b = 0;
   {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), {.durability = Durability::none});
@@ -175,11 +177,11 @@ TEST(OrdoWal, DeadDiscardOfAWorkflowNodeSurvivesACompactionBeforeTheNextStart) {
   test::ScratchDir dir;
   std::atomic<int> dependents_ran{0};
   auto define = [&](DurableTasks& d) {
-    d.define("fails", [](JobContext&, std::span<const std::byte>) { throw std::runtime_error("broken"); },
+    d.define("fails", [](TaskContext&, std::span<const std::byte>) { throw std::runtime_error("broken"); },
              {.retry = {.max_attempts = 1}});
-    d.define("step", [&](JobContext&, std::span<const std::byte>) { ++dependents_ran; });
+    d.define("step", [&](TaskContext&, std::span<const std::byte>) { ++dependents_ran; });
   };
-  JobId dead_node = 0;
+  TaskId dead_node = 0;
   {
     Scheduler s{{.workers = 1}};
     DurableTasks d(s, dir.path(), {.durability = Durability::none});
@@ -204,6 +206,71 @@ TEST(OrdoWal, DeadDiscardOfAWorkflowNodeSurvivesACompactionBeforeTheNextStart) {
   EXPECT_EQ(dependents_ran.load(), 0) << "nodes depending on a discarded node ran";
   EXPECT_EQ(d.stats().workflows, 0u);
   EXPECT_EQ(d.stats().live, 0u);
+}
+
+// status, scheduled and retrying read the journal as the runtime reads it:
+// every state the runtime reports, the same times, with no process running.
+TEST(OrdoWal, StatusScheduledAndRetryingSayWhatTheRuntimeSays) {
+  using State = DurableTaskStatus::State;
+  test::ScratchDir dir;
+  std::vector<DurableTaskStatus> expected;
+  TaskId never = 0;
+  {
+    Scheduler s{{.workers = 1}};
+    DurableTasks d(s, dir.path(), {.durability = Durability::none});
+    d.define("ok", [](TaskContext&, std::span<const std::byte>) {});
+    d.define("flaky", [](TaskContext&, std::span<const std::byte>) { throw std::runtime_error("flaky failed"); },
+             {.retry = {.max_attempts = 2, .initial_backoff = std::chrono::hours(1), .max_backoff = std::chrono::hours(1)}});
+    d.define("doomed", [](TaskContext&, std::span<const std::byte>) { throw std::runtime_error("doomed failed"); },
+             {.retry = {.max_attempts = 1}});
+    d.define("fails", [](TaskContext&, std::span<const std::byte>) { throw std::runtime_error("node failed"); },
+             {.retry = {.max_attempts = 1}});
+    d.start();
+    const TaskId flaky = d.enqueue("flaky", "");
+    const TaskId doomed = d.enqueue("doomed", "");
+    const TaskId keyed = d.enqueue("ok", "", {.idempotency_key = "order:1"});
+    const TaskId later = d.enqueue("ok", "", {.delay = std::chrono::hours(2)});
+    // b waits for a, which dies: b stays blocked (nodes take the ids after their workflow's).
+    const TaskId flow = d.enqueue_workflow(DurableWorkflow("w").node("a", "fails").node("b", "ok", "", {"a"}));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!(d.status(flaky).state == State::retrying && d.status(doomed).state == State::dead &&
+             d.status(keyed).state == State::completed && d.status(flow + 1).state == State::dead)) {
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the tasks never settled";
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    never = flow + 100;
+    for (TaskId id : {flaky, doomed, keyed, later, flow + 1, flow + 2, never}) expected.push_back(d.status(id));
+    EXPECT_EQ(expected[5].state, State::blocked);
+    d.shutdown(ShutdownMode::cancel);
+  }
+  auto ns = [](const std::optional<std::chrono::system_clock::time_point>& t) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(t->time_since_epoch()).count();
+  };
+  for (const DurableTaskStatus& want : expected) {
+    const ToolRun r = ordo_wal("status " + dir.path() + " " + std::to_string(want.id));
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    const nlohmann::json got = nlohmann::json::parse(r.out);
+    SCOPED_TRACE(r.out);
+    EXPECT_EQ(got["id"], want.id);
+    EXPECT_EQ(got["state"], to_string(want.state));
+    if (want.state == State::unknown) continue;
+    if (!want.type.empty()) EXPECT_EQ(got["type"], want.type);
+    if (want.state != State::completed) EXPECT_EQ(got["attempts"], want.attempts);
+    if (want.run_at) EXPECT_EQ(got["run_at_ns"], ns(want.run_at));
+    if (want.key_retained_until) EXPECT_EQ(got["key_retained_until_ns"], ns(want.key_retained_until));
+    if (!want.last_error.empty()) EXPECT_EQ(got["last_error"], want.last_error);
+  }
+  const ToolRun scheduled = ordo_wal("scheduled " + dir.path());
+  ASSERT_EQ(scheduled.exit_code, 0) << scheduled.out;
+  EXPECT_NE(scheduled.out.find("1 scheduled task(s)"), std::string::npos) << scheduled.out;
+  EXPECT_EQ(nlohmann::json::parse(scheduled.out.substr(0, scheduled.out.find('\n')))["id"], expected[3].id);
+  const ToolRun retrying = ordo_wal("retrying " + dir.path());
+  ASSERT_EQ(retrying.exit_code, 0) << retrying.out;
+  EXPECT_NE(retrying.out.find("1 retrying task(s)"), std::string::npos) << retrying.out;
+  const nlohmann::json line = nlohmann::json::parse(retrying.out.substr(0, retrying.out.find('\n')));
+  EXPECT_EQ(line["id"], expected[0].id);
+  EXPECT_EQ(line["last_error"], "flaky failed");
+  EXPECT_EQ(ordo_wal("status " + dir.path()).exit_code, 106) << "an id is required";
 }
 
 }  // namespace

@@ -1,0 +1,138 @@
+// Durable tasks: accepting one (enqueue: checked, journaled, then queued or
+// scheduled) and handing queued tasks to the scheduler.
+#include "durable/runtime.hpp"
+#include "journal/records.hpp"
+#include "ordo/resource.hpp"
+
+namespace ordo::detail {
+namespace {
+
+// The task object the scheduler runs: runs the task, or, destroyed unrun
+// (the scheduler cancelled it or refused it), tells the runtime so.
+struct Runner {
+  DurableRuntime* rt;
+  TaskId id;
+  Runner(DurableRuntime* rt, TaskId id) noexcept : rt(rt), id(id) {}
+  Runner(Runner&& other) noexcept : rt(std::exchange(other.rt, nullptr)), id(other.id) {}
+  Runner& operator=(Runner&&) = delete;
+  ~Runner() {
+    if (rt != nullptr) rt->dropped(id);
+  }
+  void operator()() { std::exchange(rt, nullptr)->run(id); }
+};
+
+}  // namespace
+
+void DurableRuntime::queue_locked(JournaledTask& task) {
+  task.state = JournaledTask::State::queued;
+  task.due_ns = 0;
+  ++in_flight_;
+  postings_.push_back(task.id);
+}
+
+void DurableRuntime::post_pending(std::unique_lock<std::mutex>& lock) {
+  while (!postings_.empty()) {
+    // What each post needs is read under mu_; the posts run without it, in
+    // one go (a refused post destroys its Runner, which takes mu_).
+    struct Posting {
+      TaskId id;
+      SubmitOptions options;
+    };
+    std::vector<Posting> batch;
+    batch.reserve(postings_.size());
+    for (TaskId id : postings_) {
+      const JournaledTask& task = tasks_.at(id);
+      Posting p{id, SubmitOptions{.priority = Priority{task.level}}};
+      for (const auto& [name, amount] : task.needs()) p.options.needs.push_back({scheduler_.find_resource_group(name), amount});
+      batch.push_back(std::move(p));
+    }
+    postings_.clear();
+    lock.unlock();
+    for (Posting& p : batch) {
+      try {
+        scheduler_.post(Runner(this, p.id), std::move(p.options));
+      } catch (...) {
+        // Refused (the scheduler is stopping, or a need no longer fits): the
+        // Runner was dropped, which left the task live in the journal.
+      }
+    }
+    lock.lock();
+  }
+}
+
+TaskId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) {
+  auto type_it = types_.find(std::string(type));
+  if (type_it == types_.end()) throw InvalidArgument("ordo: no durable task type named '" + std::string(type) + "'");
+  if (options.needs.size() > records::kMaxNeeds) throw InvalidArgument("ordo: a durable task may need at most 255 groups");
+  std::vector<std::pair<std::string, std::uint64_t>> needs;  // journaled by name, resolved by name at each start
+  needs.reserve(options.needs.size());
+  for (const Need& need : options.needs) {
+    if (!need.group.valid()) throw InvalidArgument("ordo: a need of a durable task names no resource group (a default-constructed ResourceGroup)");
+    const std::string& name = need.group.name();
+    records::check_str16(name, "a resource group name a durable task needs");
+    // name() refers to the group's own string: the same address is the same
+    // group, so a group of another scheduler with this name is refused.
+    const ResourceGroup mine = scheduler_.find_resource_group(name);
+    if (!mine.valid() || &mine.name() != &name) {
+      throw InvalidArgument("ordo: durable task needs resource group '" + name + "', which is not this scheduler's");
+    }
+    if (need.amount == 0 || need.amount > mine.limit()) {
+      throw InvalidArgument("ordo: durable task needs " + std::to_string(need.amount) + " of resource group '" + name +
+                            "', whose limit is " + std::to_string(mine.limit()));
+    }
+    needs.emplace_back(name, need.amount);
+  }
+  records::check_str16(options.idempotency_key, "the idempotency key of a durable task");
+  const auto priority = options.priority.value_or(type_it->second.options.priority.value_or(Priority::normal));
+  if (static_cast<unsigned>(priority) >= scheduler_.level_count()) {
+    throw InvalidArgument("ordo: priority level " + std::to_string(static_cast<unsigned>(priority)) +
+                          " is beyond the scheduler's levels");
+  }
+  std::int64_t due = 0;
+  if (options.run_at) due = std::chrono::duration_cast<std::chrono::nanoseconds>(options.run_at->time_since_epoch()).count();
+  if (options.delay) due = wall_now_ns() + std::chrono::nanoseconds(*options.delay).count();
+
+  std::unique_lock lock(mu_);
+  if (!started_) throw Error("ordo: DurableTasks::enqueue before start()");
+  if (stopping_) throw Error("ordo: DurableTasks is shutting down and accepts no new tasks");
+  if (TaskId existing = 0; key_taken_locked(options.idempotency_key, existing)) return existing;
+  JournaledTask* task = &tasks_[next_id_];  // stays in tasks_ until it completes, which needs the post below
+  task->id = next_id_++;
+  task->type = std::string(type);
+  task->kind = &type_it->second;
+  task->args.assign(reinterpret_cast<const char*>(args.data()), args.size());
+  task->level = static_cast<std::uint8_t>(priority);
+  task->max_attempts = options.max_attempts.value_or(0);
+  if (!options.idempotency_key.empty() || !needs.empty()) {
+    task->more().key = options.idempotency_key;
+    task->more().needs = std::move(needs);
+  }
+  task->state = JournaledTask::State::waiting;  // not runnable until its ENQUEUE is durable
+  JournaledTask& j = *task;
+  const TaskId id = j.id;
+  if (!j.key().empty()) keys_[j.key()] = KeyEntry{j.id, 0};
+  lock.unlock();
+
+  records::Enqueue record{.type = j.type, .level = j.level, .max_attempts = j.max_attempts, .run_at_ns = due,
+                          .key = j.key(), .needs = {}, .workflow = 0, .node = 0, .args = j.args};
+  for (const auto& [name, amount] : j.needs()) record.needs.push_back({name, amount});
+  try {
+    journal_->append_durable(RecordType::enqueue, j.id, records::encode(record).view());
+  } catch (...) {
+    lock.lock();
+    if (!j.key().empty()) keys_.erase(j.key());
+    tasks_.erase(j.id);
+    notify_drain_locked();
+    throw;
+  }
+  lock.lock();
+  if (due > wall_now_ns()) {
+    schedule_locked(j, due, false);
+  } else {
+    queue_locked(j);
+    post_pending(lock);  // j may be run, and gone, once this drops the lock
+  }
+  return id;
+}
+
+}  // namespace ordo::detail
