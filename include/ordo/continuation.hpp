@@ -256,9 +256,9 @@ auto Handle<T>::then(F&& fn, SubmitOptions options) && -> Handle<detail::then_re
     detail::discard_dependent(t);
     throw;
   }
-  t->preds->items[0] = release_node();  // our reference now belongs to the list
+  t->preds->items[0] = std::exchange(task_, nullptr);  // our reference now belongs to the list
   detail::link_and_arm(t, detail::SuccMode::all);
-  return Handle<U>{t};
+  return detail::Access::adopt<U>(t);
 }
 
 // Any thread. A handle to the tuple of all results (void results become
@@ -267,13 +267,13 @@ template <class... Ts>
 auto when_all(Handle<Ts>&&... handles) -> Handle<std::tuple<detail::stored_t<Ts>...>> {
   static_assert(sizeof...(Ts) > 0, "when_all needs at least one handle");
   (detail::require_valid(handles, "when_all()"), ...);
-  detail::Task* first = (handles.node(), ...);
+  detail::Task* first = (detail::Access::node(handles), ...);
   detail::Task* t = detail::make_dependent(*first->core, std::nullopt, sizeof...(Ts));
   t->exec = &detail::exec_when_all<Ts...>;
   std::uint32_t i = 0;
-  ((t->preds->items[i++] = handles.release_node()), ...);
+  ((t->preds->items[i++] = detail::Access::release(handles)), ...);
   detail::link_and_arm(t, detail::SuccMode::all);
-  return Handle<std::tuple<detail::stored_t<Ts>...>>{t};
+  return detail::Access::adopt<std::tuple<detail::stored_t<Ts>...>>(t);
 }
 
 // Any thread. A handle to all results in order (Handle<void> for void tasks).
@@ -283,12 +283,12 @@ auto when_all(std::vector<Handle<T>> handles)
   using U = std::conditional_t<std::is_void_v<T>, void, std::vector<detail::stored_t<T>>>;
   if (handles.empty()) throw InvalidArgument("ordo: when_all() of no handles");
   for (const auto& h : handles) detail::require_valid(h, "when_all()");
-  detail::Task* t = detail::make_dependent(*handles.front().node()->core, std::nullopt,
+  detail::Task* t = detail::make_dependent(*detail::Access::node(handles.front())->core, std::nullopt,
                                            static_cast<std::uint32_t>(handles.size()));
   t->exec = &detail::exec_when_all_range<T>;
-  for (std::size_t i = 0; i < handles.size(); ++i) t->preds->items[i] = handles[i].release_node();
+  for (std::size_t i = 0; i < handles.size(); ++i) t->preds->items[i] = detail::Access::release(handles[i]);
   detail::link_and_arm(t, detail::SuccMode::all);
-  return Handle<U>{t};
+  return detail::Access::adopt<U>(t);
 }
 
 // Any thread. Completes when one of the tasks finished, with its index (and
@@ -299,12 +299,12 @@ auto when_any(std::vector<Handle<T>> handles)
   using U = std::conditional_t<std::is_void_v<T>, std::size_t, std::pair<std::size_t, detail::stored_t<T>>>;
   if (handles.empty()) throw InvalidArgument("ordo: when_any() of no handles would never complete");
   for (const auto& h : handles) detail::require_valid(h, "when_any()");
-  detail::Task* t = detail::make_dependent(*handles.front().node()->core, std::nullopt,
+  detail::Task* t = detail::make_dependent(*detail::Access::node(handles.front())->core, std::nullopt,
                                            static_cast<std::uint32_t>(handles.size()));
   t->exec = &detail::exec_when_any<T>;
-  for (std::size_t i = 0; i < handles.size(); ++i) t->preds->items[i] = handles[i].release_node();
+  for (std::size_t i = 0; i < handles.size(); ++i) t->preds->items[i] = detail::Access::release(handles[i]);
   detail::link_and_arm(t, detail::SuccMode::any);
-  return Handle<U>{t};
+  return detail::Access::adopt<U>(t);
 }
 
 }  // namespace ordo

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "ordo/detail/access.hpp"
 #include "ordo/detail/task.hpp"
 #include "ordo/errors.hpp"
 #include "ordo/options.hpp"
@@ -82,7 +83,6 @@ class Handle {
 
  public:
   Handle() noexcept = default;
-  explicit Handle(detail::Task* t) noexcept : task_(t) {}
   Handle(Handle&& other) noexcept : task_(std::exchange(other.task_, nullptr)) {}
   Handle& operator=(Handle&& other) noexcept {
     if (this != &other) {
@@ -167,11 +167,9 @@ class Handle {
   template <class F>
   auto then(F&& fn, SubmitOptions options = {}) && -> Handle<detail::then_result_t<std::decay_t<F>, T>>;
 
-  // Internal: the node, for ordo's own composition helpers.
-  detail::Task* node() const noexcept { return task_; }
-  detail::Task* release_node() noexcept { return std::exchange(task_, nullptr); }
-
  private:
+  friend struct detail::Access;
+  explicit Handle(detail::Task* t) noexcept : task_(t) {}
   Outcome<T>& outcome() const noexcept { return detail::payload_as<Outcome<T>>(task_); }
   void reset() noexcept {
     if (task_) detail::release_task(std::exchange(task_, nullptr));

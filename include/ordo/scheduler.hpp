@@ -88,7 +88,7 @@ class Scheduler {
       detail::discard_unqueued<Fn>(t);
       throw SchedulerStopped{};
     }
-    return Handle<R>{t};
+    return detail::Access::adopt<R>(t);
   }
 
   // Any thread. Like submit(), without a handle: the cheapest way to run a task
@@ -165,16 +165,17 @@ class Scheduler {
   std::size_t write_trace(std::ostream& out) const;
   std::uint64_t trace_events_dropped() const;
 
-  detail::SchedulerCore& core() noexcept { return *core_; }
 
  private:
+  friend struct detail::Access;
+
   // submit() with `after` or `needs`: queued when its predecessors finished
   // (or cancelled with them); takes its resources when a worker runs it.
   template <class Fn, class R, class F>
   Handle<R> submit_dependent(F&& fn, SubmitOptions options) {
     detail::throw_if_stopped(*core_);
     for (const TaskRef& pred : options.after)
-      if (pred.node() == nullptr) throw InvalidArgument("ordo: SubmitOptions::after names an empty TaskRef");
+      if (detail::Access::node(pred) == nullptr) throw InvalidArgument("ordo: SubmitOptions::after names an empty TaskRef");
     detail::Task* t = detail::make_dependent(*core_, options.priority, static_cast<std::uint32_t>(options.after.size()));
     t->exec = &detail::exec_after<Fn, R>;
     try {
@@ -184,9 +185,9 @@ class Scheduler {
       detail::discard_dependent(t);
       throw;
     }
-    for (std::size_t i = 0; i < options.after.size(); ++i) t->preds->items[i] = options.after[i].release();
+    for (std::size_t i = 0; i < options.after.size(); ++i) t->preds->items[i] = detail::Access::release(options.after[i]);
     detail::link_and_arm(t, detail::SuccMode::all);
-    return Handle<R>{t};
+    return detail::Access::adopt<R>(t);
   }
 
   template <class Fn, class F>
@@ -201,5 +202,9 @@ class Scheduler {
 
   std::unique_ptr<detail::SchedulerCore> core_;
 };
+
+namespace detail {
+inline SchedulerCore& Access::core(Scheduler& scheduler) noexcept { return *scheduler.core_; }
+}  // namespace detail
 
 }  // namespace ordo

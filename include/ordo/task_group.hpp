@@ -79,7 +79,7 @@ bool exec_group_task(Task* t, ExecMode mode) noexcept {
 class TaskGroup {
  public:
   // Any thread; the calling thread becomes the owner.
-  explicit TaskGroup(Scheduler& scheduler) : state_(scheduler.core()) {}
+  explicit TaskGroup(Scheduler& scheduler) : state_(detail::Access::core(scheduler)) {}
   // Waits for children still running (helping) and drops any unobserved error.
   // Never throws.
   ~TaskGroup() {

@@ -333,7 +333,7 @@ WorkflowRun Workflow::run(Scheduler& scheduler, WorkflowRunOptions options) cons
   using namespace detail;
   WorkflowGraph& g = *graph_;
   g.compile();
-  SchedulerCore& core = scheduler.core();
+  SchedulerCore& core = Access::core(scheduler);
   // Validates the priority and resolves an unset one exactly as submit() does.
   Task* probe = prepare_task(core, options.priority);
   const std::uint8_t run_level = probe->level.load(std::memory_order_relaxed);

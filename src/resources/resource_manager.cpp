@@ -126,7 +126,7 @@ NeedList* ResourceManager::make_needs(const std::vector<Need>& needs, bool check
   try {
     if (needs.size() > NeedList::kInline) list->more.reset(new NeedEntry[needs.size()]);
     for (const Need& n : needs) {
-      ResourceGroupCore* g = n.group.core();
+      ResourceGroupCore* g = Access::core(n.group);
       if (g == nullptr) throw InvalidArgument("ordo: a need names an empty ResourceGroup");
       if (&g->manager != this) {
         throw InvalidArgument("ordo: resource group '" + g->name + "' belongs to another scheduler");
