@@ -6,6 +6,8 @@
 // the node it refers to stays valid until the Handle is destroyed.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <optional>
@@ -13,6 +15,7 @@
 #include <utility>
 
 #include "ordo/detail/access.hpp"
+#include "ordo/detail/deadline.hpp"
 #include "ordo/detail/task.hpp"
 #include "ordo/errors.hpp"
 #include "ordo/options.hpp"
@@ -29,6 +32,9 @@ namespace detail {
 // wait helps: it runs other tasks instead of blocking. Acquire-synchronises with
 // the completion, so the outcome may be read afterwards.
 void wait_for_task(Task* t);
+// As wait_for_task, giving up at `deadline_ns` (steady clock; kNoDeadlineNs:
+// never). True when the task has finished.
+bool wait_for_task_until(Task* t, std::int64_t deadline_ns);
 // Drops one reference; the last one destroys the outcome and frees the node.
 void release_task(Task* t) noexcept;
 // Throws InvalidArgument naming `call` (a Handle member) on an empty handle.
@@ -135,6 +141,20 @@ class Handle {
   // Blocks until the task finished. On a worker of any ordo scheduler the wait
   // helps run other tasks rather than blocking the worker.
   void wait() const { detail::wait_for_task(task_); }
+
+  // Like wait(), for at most `timeout` / until `deadline` (any clock; one
+  // other than steady_clock is read once, as "that much from now"). True when
+  // the task has finished — get() then returns at once — false when the time
+  // ran out first; the handle stays usable either way. Helps on a worker like
+  // wait(), so a task it runs meanwhile may carry it past the deadline.
+  template <class Rep, class Period>
+  bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
+    return detail::wait_for_task_until(task_, detail::deadline_after(timeout));
+  }
+  template <class Clock, class Duration>
+  bool wait_until(const std::chrono::time_point<Clock, Duration>& deadline) const {
+    return detail::wait_for_task_until(task_, detail::steady_deadline(deadline));
+  }
 
   // Waits, then returns the value or rethrows the task's exception
   // (TaskCancelled if it never ran). Consumes the handle: valid() is false after.

@@ -11,6 +11,7 @@
 // be called from any thread. A Workflow must outlive its runs.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -20,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ordo/detail/deadline.hpp"
 #include "ordo/errors.hpp"
 #include "ordo/priority.hpp"
 #include "ordo/resource.hpp"
@@ -132,6 +134,17 @@ class WorkflowRun {
   // Blocks until every node succeeded, failed or was cancelled. On a worker
   // the wait helps run other tasks.
   void wait() const;
+  // Like wait(), for at most `timeout` / until `deadline` (as
+  // Handle::wait_for / wait_until). True when the run has completed; false
+  // when the time ran out first, and the run goes on (wait or get() later).
+  template <class Rep, class Period>
+  bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
+    return wait_until_ns(detail::deadline_after(timeout));
+  }
+  template <class Clock, class Duration>
+  bool wait_until(const std::chrono::time_point<Clock, Duration>& deadline) const {
+    return wait_until_ns(detail::steady_deadline(deadline));
+  }
   // Waits, then rethrows the first node exception (TaskCancelled if nodes
   // were cancelled by shutdown without any failing).
   void get() const;
@@ -143,6 +156,7 @@ class WorkflowRun {
  private:
   friend class Workflow;
   explicit WorkflowRun(detail::RunState* state) noexcept : state_(state) {}
+  bool wait_until_ns(std::int64_t deadline_ns) const;  // steady clock; detail::kNoDeadlineNs: never
   detail::RunState* state_ = nullptr;
 };
 

@@ -167,8 +167,10 @@ bool reprioritise(Task* t, unsigned level) {
          core.resources().reorder_parked(t, level);
 }
 
-void wait_for_task(Task* t) {
-  if (t == nullptr) throw_empty_handle("wait()");
+namespace {
+
+template <class Until>
+bool wait_for_task_impl(Task* t, Until until) {
   // Priority inheritance: a running task that waits for a lower-priority
   // queued one raises it (and what it waits for) to its own level.
   if (Task* waiting = tls_context.current; waiting != nullptr && t->kind == TaskKind::handle) {
@@ -182,7 +184,24 @@ void wait_for_task(Task* t) {
     std::uint32_t before = t->state.fetch_or(kWaiterBit, std::memory_order_acq_rel);
     return (before & kStateMask) >= kDone;
   };
-  SchedulerCore::wait_until(done, prepare_sleep);
+  // A timed wait that gives up leaves kWaiterBit and its parker behind: the
+  // completion then unparks a thread that no longer waits, which its next
+  // park() takes as a spurious wake-up. A later wait stores its own parker
+  // before its fetch_or, so the completion always wakes the latest waiter.
+  return SchedulerCore::wait_until(done, prepare_sleep, until);
+}
+
+}  // namespace
+
+void wait_for_task(Task* t) {
+  if (t == nullptr) throw_empty_handle("wait()");
+  wait_for_task_impl(t, NoDeadline{});
+}
+
+bool wait_for_task_until(Task* t, std::int64_t deadline_ns) {
+  if (t == nullptr) throw_empty_handle("wait_for()/wait_until()");
+  if (deadline_ns == kNoDeadlineNs) return wait_for_task_impl(t, NoDeadline{});
+  return wait_for_task_impl(t, Deadline{deadline_ns});
 }
 
 }  // namespace ordo::detail

@@ -416,7 +416,9 @@ bool WorkflowRun::ready() const noexcept {
   return state_ != nullptr && (state_->state.load(std::memory_order_acquire) & detail::kStateMask) == detail::kDone;
 }
 
-void WorkflowRun::wait() const {
+void WorkflowRun::wait() const { wait_until_ns(detail::kNoDeadlineNs); }
+
+bool WorkflowRun::wait_until_ns(std::int64_t deadline_ns) const {
   require(state_);
   detail::RunState* run = state_;
   auto done = [run] { return (run->state.load(std::memory_order_acquire) & detail::kStateMask) == detail::kDone; };
@@ -426,7 +428,10 @@ void WorkflowRun::wait() const {
     const std::uint32_t before = run->state.fetch_or(detail::kWaiterBit, std::memory_order_acq_rel);
     return (before & detail::kStateMask) == detail::kDone;
   };
-  detail::SchedulerCore::wait_until(done, prepare_sleep);
+  // A wait that times out leaves its parker as the run's waiter: the
+  // completion's unpark is then a spurious wake-up that parkers tolerate.
+  if (deadline_ns == detail::kNoDeadlineNs) return detail::SchedulerCore::wait_until(done, prepare_sleep);
+  return detail::SchedulerCore::wait_until(done, prepare_sleep, detail::Deadline{deadline_ns});
 }
 
 void WorkflowRun::get() const {

@@ -284,6 +284,37 @@ TEST(Workflow, LowPredecessorOfAHighNodeInheritsHighPriority) {
   EXPECT_EQ(order[1], "render");
 }
 
+TEST(Workflow, RunWaitForTimesOutWhileANodeIsHeldThenCompletes) {
+  using namespace std::chrono_literals;
+  using Clock = std::chrono::steady_clock;
+  Scheduler s{{.workers = 2}};
+  Gate gate;
+  std::atomic<int> ran{0};
+  Workflow wf("held");
+  wf.node("first", [&] { ran.fetch_add(1); });
+  wf.node("held", [&] { gate.hold(); ran.fetch_add(1); }).after("first");
+  wf.node("last", [&] { ran.fetch_add(1); }).after("held");
+  WorkflowRun run = wf.run(s);
+  gate.wait_entered();
+  const auto before = Clock::now();
+  EXPECT_FALSE(run.wait_for(100ms));
+  const auto waited = Clock::now() - before;
+  EXPECT_GE(waited, 100ms);
+  EXPECT_LT(waited, 10s);
+  EXPECT_FALSE(run.wait_until(Clock::now() + 20ms));
+  EXPECT_FALSE(run.ready());
+  gate.open.store(true);
+  EXPECT_TRUE(run.wait_for(20s)) << "the run's completion after a timed-out wait was not seen";
+  EXPECT_NO_THROW(run.get());
+  EXPECT_EQ(ran.load(), 3);
+  // Finished in time, also from inside a task (a helping timed wait).
+  for (int i = 0; i < 100; ++i) {
+    auto inner = s.submit([&] { return wf.run(s).wait_for(20s); });
+    ASSERT_TRUE(inner.get()) << "iteration " << i;
+  }
+  gate.open.store(true);
+}
+
 TEST(Workflow, EmptyWorkflowCompletesAtOnce) {
   Scheduler s{{.workers = 1}};
   Workflow wf("empty");
