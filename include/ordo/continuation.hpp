@@ -242,11 +242,10 @@ void require_valid(const Handle<T>& h, const char* join) {
 
 template <class T>
 template <class F>
-auto Handle<T>::then(F&& fn, SubmitOptions options) && -> Handle<detail::then_result_t<std::decay_t<F>, T>> {
+auto Handle<T>::then(F&& fn, ThenOptions options) && -> Handle<detail::then_result_t<std::decay_t<F>, T>> {
   using Fn = std::decay_t<F>;
   using U = detail::then_result_t<Fn, T>;
   if (!task_) detail::throw_empty_handle("then()");
-  if (!options.after.empty()) throw InvalidArgument("ordo: then() takes no `after`; join first with when_all()");
   detail::Task* t = detail::make_dependent(*task_->core, options.priority, 1);
   t->exec = &detail::exec_then<Fn, T, U>;
   try {

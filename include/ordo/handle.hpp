@@ -46,6 +46,9 @@ bool cancel_task(Task* t);
 
 template <class F, class T, bool TakesOutcome, bool Void>
 struct then_result;
+// False, but only once instantiated: lets a static_assert name the misuse.
+template <class>
+inline constexpr bool kAlwaysFalse = false;
 template <class F, class T>
 using then_result_t = typename then_result<F, T, std::is_invocable_v<F&, Outcome<T>&&>, std::is_void_v<T>>::type;
 
@@ -185,7 +188,14 @@ class Handle {
   // void), or an ordo::Outcome<T> to run even after a failure. Declared here,
   // defined in ordo/continuation.hpp.
   template <class F>
-  auto then(F&& fn, SubmitOptions options = {}) && -> Handle<detail::then_result_t<std::decay_t<F>, T>>;
+  auto then(F&& fn, ThenOptions options = {}) && -> Handle<detail::then_result_t<std::decay_t<F>, T>>;
+  // then() on an lvalue (or const) handle does not compile, saying why: it
+  // would consume a handle its owner may still use.
+  template <class F>
+  void then(F&&, ThenOptions = {}) const& {
+    static_assert(detail::kAlwaysFalse<F>,
+                  "ordo: Handle::then() consumes the handle; call it on an rvalue: std::move(h).then(...)");
+  }
 
  private:
   friend struct detail::Access;

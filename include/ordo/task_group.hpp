@@ -57,7 +57,6 @@ void group_wait(GroupState& g);
 void group_wait_quietly(GroupState& g) noexcept;
 void record_group_error(GroupState& g, std::exception_ptr e) noexcept;
 [[noreturn]] void throw_not_owner();
-[[noreturn]] void throw_group_options();
 
 template <class F>
 bool exec_group_task(Task* t, ExecMode mode) noexcept {
@@ -94,16 +93,15 @@ class TaskGroup {
   TaskGroup& operator=(const TaskGroup&) = delete;
 
   // Owner only. Runs fn() as a child. Priority as in Scheduler::submit: unset
-  // means the running task's priority (or normal outside the pool).
-  // Throws SchedulerStopped for a spawn from outside the pool after shutdown,
-  // and InvalidArgument for `after` or `needs`: a child is joined by wait(),
-  // not by dependencies, and holds no resources (submit() a task that needs
-  // them, and wait for its handle inside the child).
+  // means the running task's priority (or normal outside the pool). There is
+  // no `after` or `needs` (SpawnOptions): a child is joined by wait(), not by
+  // dependencies, and holds no resources (submit() a task that needs them,
+  // and wait for its handle inside the child).
+  // Throws SchedulerStopped for a spawn from outside the pool after shutdown.
   template <class F>
-  void spawn(F&& fn, SubmitOptions options = {}) {
+  void spawn(F&& fn, SpawnOptions options = {}) {
     using Fn = std::decay_t<F>;
     if (detail::tls_context.parker != state_.owner_parker) detail::throw_not_owner();
-    if (!options.after.empty() || !options.needs.empty()) detail::throw_group_options();
     detail::Task* t = detail::prepare_task(*state_.core, options.priority);
     t->exec = &detail::exec_group_task<Fn>;
     t->group = &state_;

@@ -398,5 +398,26 @@ TEST(Continuation, ThenHonoursNeeds) {
   EXPECT_EQ(db.stats().in_use, 0u);
 }
 
+template <class Options>
+concept ThenAccepts = requires(Handle<int> h, Options options) { std::move(h).then([](int x) { return x; }, options); };
+template <class Options>
+concept HasAfter = requires(Options o) { o.after; };
+
+// then() used to take SubmitOptions and refuse `after` at run time; now its
+// options have no `after`, and it honours what they have (priority here;
+// needs in ThenHonoursNeeds).
+TEST(Continuation, ThenTakesNoAfterAndHonoursItsPriority) {
+  static_assert(ThenAccepts<ThenOptions>);
+  static_assert(!ThenAccepts<SubmitOptions>, "then must not take options it would ignore");
+  static_assert(!HasAfter<ThenOptions>);
+  Scheduler s{{.workers = 1}};
+  auto next = s.submit([] { return 1; }, {.priority = low}).then([&s](int x) {
+    return std::pair{x, s.stats().per_level[0].running};
+  }, {.priority = high});
+  auto [value, running_high] = next.get();
+  EXPECT_EQ(value, 1);
+  EXPECT_EQ(running_high, 1u) << "the continuation did not run at the priority it was given";
+}
+
 }  // namespace
 }  // namespace ordo
