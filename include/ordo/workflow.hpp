@@ -1,12 +1,12 @@
 // ordo::Workflow — a whole dependency graph declared in one place.
 //
-// Build it once (named or anonymous nodes, `after` / `before` edges, optional
+// Build it once (named or anonymous nodes, `after` edges, optional
 // per-node priority and resource needs, other workflows as nodes), then run it any number of
 // times, also concurrently; every run has its own handle and per-node status.
 // Validation rejects cycles (naming one), unknown names and duplicate names.
 // to_dot() / to_mermaid() draw the graph, with per-node status when given a run.
 //
-// Thread-safety: building (node, after, before, precede) is single-threaded
+// Thread-safety: building (node, after) is single-threaded
 // and must be finished before the first run; after that every const member may
 // be called from any thread. A Workflow must outlive its runs.
 #pragma once
@@ -57,12 +57,18 @@ struct WorkflowRunOptions {
 
 // A node of a workflow under construction. Cheap to copy; valid while its
 // workflow is.
+//
+// Edges have one spelling: at the node that waits, `node.after(x)` — the
+// predecessor named (resolved when the workflow is validated, so it may be
+// declared later) or given as a NodeRef. docs/workflows.md says why.
 class NodeRef {
  public:
-  NodeRef& after(std::string_view name);  // `name` must finish before this node starts
+  // `name` must finish before this node starts. Throws nothing now; an
+  // unknown name is reported (InvalidGraph) when the workflow is validated.
+  NodeRef& after(std::string_view name);
+  // `other` must finish before this node starts. Throws InvalidGraph when
+  // `other` belongs to another workflow.
   NodeRef& after(NodeRef other);
-  NodeRef& before(std::string_view name);  // this node must finish before `name` starts
-  NodeRef& before(NodeRef other);
   std::size_t index() const noexcept { return index_; }
 
  private:
@@ -92,8 +98,6 @@ class Workflow {
 
   // The node called `name`; throws InvalidGraph if there is none.
   NodeRef operator[](std::string_view name);
-  // Edge: `from` finishes before `to` starts.
-  void precede(NodeRef from, NodeRef to);
 
   const std::string& name() const noexcept;
   std::size_t size() const noexcept;

@@ -41,14 +41,17 @@ TEST(Workflow, DiamondRunsInDependencyOrder) {
   EXPECT_EQ(run.count(NodeStatus::succeeded), 4u);
 }
 
-TEST(Workflow, EdgesMayNameNodesDeclaredLaterAndUseBefore) {
+TEST(Workflow, EdgesMayNameNodesDeclaredLaterOrUseTheirRefs) {
   Scheduler s{{.workers = 2}};
   std::atomic<int> step{0};
   int seen_by_b = -1, seen_by_c = -1;
   Workflow wf("forward");
   wf.node("c", [&] { seen_by_c = step.fetch_add(1); }).after("b");
-  wf.node("a", [&] { step.fetch_add(1); }).before("b");
-  wf.node("b", [&] { seen_by_b = step.fetch_add(1); });
+  NodeRef a = wf.node("a", [&] { step.fetch_add(1); });
+  wf.node("b", [&] { seen_by_b = step.fetch_add(1); }).after(a);
+  Workflow other("other");
+  NodeRef stranger = other.node("x", [] {});
+  EXPECT_THROW(wf["c"].after(stranger), InvalidGraph);
   wf.run(s).get();
   EXPECT_EQ(seen_by_b, 1);
   EXPECT_EQ(seen_by_c, 2);
@@ -78,7 +81,7 @@ TEST(Workflow, CycleIsRejectedWithTheCycleNamed) {
 TEST(Workflow, SelfLoopUnknownAndDuplicateNamesAreRejected) {
   Workflow self("self");
   auto n = self.node("x", [] {});
-  self.precede(n, n);
+  n.after(n);
   EXPECT_THROW(self.validate(), InvalidGraph);
 
   Workflow unknown("typo");
@@ -144,7 +147,7 @@ TEST(Workflow, LongChainsRunAndCancelWithoutDeepRecursion) {
   NodeRef prev = chain.node([&] { ++counter; });
   for (int i = 1; i < n; ++i) {
     NodeRef next = chain.node([&] { ++counter; });
-    chain.precede(prev, next);
+    next.after(prev);
     prev = next;
   }
   chain.run(s).get();
@@ -155,7 +158,7 @@ TEST(Workflow, LongChainsRunAndCancelWithoutDeepRecursion) {
   prev = head;
   for (int i = 1; i < n; ++i) {
     NodeRef next = failing.node([&] { ++counter; });
-    failing.precede(prev, next);
+    next.after(prev);
     prev = next;
   }
   auto run = failing.run(s);
@@ -219,7 +222,7 @@ TEST(Workflow, RandomDagsMatchASerialTopologicalExecution) {
     std::vector<NodeRef> nodes;
     for (int j = 0; j < n; ++j) nodes.push_back(wf.node([&, j] { compute(got, j); }));
     for (int j = 0; j < n; ++j)
-      for (int p : preds[j]) wf.precede(nodes[p], nodes[j]);
+      for (int p : preds[j]) nodes[j].after(nodes[p]);
     wf.run(s).get();
     ASSERT_EQ(got, expected) << "seed " << seed;
   }
@@ -331,7 +334,7 @@ TEST(Workflow, NodeNeedsCapConcurrencyAcrossConcurrentRuns) {
   auto fan_in = wf.node("report", [] {});
   auto fan_out = wf.node("start", [] {});
   for (int i = 0; i < 16; ++i) {
-    wf.node("query" + std::to_string(i), [&] {
+    auto query = wf.node("query" + std::to_string(i), [&] {
       const int now = ++in_db;
       int seen = most.load();
       while (now > seen && !most.compare_exchange_weak(seen, now)) {
@@ -339,7 +342,8 @@ TEST(Workflow, NodeNeedsCapConcurrencyAcrossConcurrentRuns) {
       for (int k = 0; k < 20; ++k) std::this_thread::yield();  // stay inside long enough to overlap
       --in_db;
       ++ran;
-    }, {.needs = {{db, 1}}}).after(fan_out).before(fan_in);
+    }, {.needs = {{db, 1}}}).after(fan_out);
+    fan_in.after(query);
   }
   constexpr int kRuns = 10 * static_cast<int>(test::kScale);
   std::vector<WorkflowRun> runs;
