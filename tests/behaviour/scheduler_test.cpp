@@ -121,13 +121,27 @@ TEST(Scheduler, ConcurrentExternalSubmittersAllRunExactlyOnce) {
   EXPECT_EQ(sum.load(), n * (n - 1) / 2);
 }
 
+// The level a task runs at is observed through stats(): per_level[l].running
+// counts workers whose innermost running task is at level l, and
+// per_level[l].completed counts tasks run at l. The outer task does not wait
+// for the inner ones (a wait from a high task would raise them, hiding what
+// they were submitted at): they run after it, on the only worker.
 TEST(Scheduler, TasksSubmittedFromInsideTasksRunAndInheritPriority) {
-  Scheduler s{{.workers = 2}};
-  auto outer = s.submit([&s] {
-    auto inner = s.submit([] { return 5; });
-    return inner.get() + 1;  // a helping wait inside a worker
+  Scheduler s{{.workers = 1}};
+  auto running_at = [&s](Priority p) { return s.stats().per_level[static_cast<unsigned>(p)].running; };
+  auto outer = s.submit([&] {
+    auto inherits = s.submit([&] { return running_at(high); });  // no priority: inherits high
+    auto explicit_low = s.submit([&] { return running_at(low); }, {.priority = low});
+    return std::pair{std::move(inherits), std::move(explicit_low)};
   }, {.priority = high});
-  EXPECT_EQ(outer.get(), 6);
+  auto [inherits, explicit_low] = outer.get();
+  EXPECT_EQ(inherits.get(), 1u) << "a task submitted inside a high task without a priority did not run at high";
+  EXPECT_EQ(explicit_low.get(), 1u) << "an explicit priority inside a task must win over inheritance";
+  s.submit([] {}).get();  // from outside the pool, no priority: normal
+  const SchedulerStats st = s.stats();
+  EXPECT_EQ(st.per_level[static_cast<unsigned>(high)].completed, 2u);
+  EXPECT_EQ(st.per_level[static_cast<unsigned>(normal)].completed, 1u);
+  EXPECT_EQ(st.per_level[static_cast<unsigned>(low)].completed, 1u);
 }
 
 TEST(Scheduler, WaitingOnAHandleInsideTheOnlyWorkerHelpsInsteadOfDeadlocking) {
