@@ -16,6 +16,7 @@
 
 #include "ordo/detail/access.hpp"
 #include "ordo/detail/deadline.hpp"
+#include "ordo/detail/exec.hpp"
 #include "ordo/detail/task.hpp"
 #include "ordo/errors.hpp"
 #include "ordo/options.hpp"
@@ -44,45 +45,11 @@ bool reprioritise(Task* t, unsigned level);
 // See Handle::cancel().
 bool cancel_task(Task* t);
 
-template <class F, class T, bool TakesOutcome, bool Void>
-struct then_result;
 // False, but only once instantiated: lets a static_assert name the misuse.
 template <class>
 inline constexpr bool kAlwaysFalse = false;
 template <class F, class T>
 using then_result_t = typename then_result<F, T, std::is_invocable_v<F&, Outcome<T>&&>, std::is_void_v<T>>::type;
-
-// Stores a handle task's outcome in its payload, noting whether it failed.
-template <class R>
-void store_outcome(Task* t, Outcome<R>&& out) noexcept {
-  t->failed = static_cast<bool>(out.error);
-  emplace_payload<Outcome<R>>(t, std::move(out));
-}
-
-template <class F, class R>
-bool exec_handle_task(Task* t, ExecMode mode) noexcept {
-  if (mode == ExecMode::drop_outcome) {
-    destroy_payload<Outcome<R>>(t);
-    return true;
-  }
-  Outcome<R> out;
-  if (mode == ExecMode::run) {
-    try {
-      if constexpr (std::is_void_v<R>) {
-        std::invoke(payload_as<F>(t));
-      } else {
-        out.value.emplace(std::invoke(payload_as<F>(t)));
-      }
-    } catch (...) {
-      out.error = std::current_exception();
-    }
-  } else {
-    out.error = std::make_exception_ptr(TaskCancelled{});
-  }
-  destroy_payload<F>(t);
-  store_outcome<R>(t, std::move(out));
-  return mode == ExecMode::run;
-}
 
 }  // namespace detail
 

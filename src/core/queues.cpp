@@ -158,12 +158,11 @@ Task* SchedulerCore::steal_at_level(Worker& w, unsigned level) {
 bool SchedulerCore::submit(Task* t) {
   const unsigned level = t->level.load(std::memory_order_relaxed);
   // relaxed `held`: a hint, unclaimed; park_if_busy's claim re-checks (NeedList::held).
-  if (t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr &&
-      !t->preds->needs->held.load(std::memory_order_relaxed) &&
-      (tls_context.core == this || accepting())) {
+  NeedList* needs = needs_of(t);
+  if (needs != nullptr && !needs->held.load(std::memory_order_relaxed) && (tls_context.core == this || accepting())) {
     // Its groups are full: wait on their lists now rather than in a queue,
     // so that the next release hands it the permits at once.
-    if (resources_.park_if_busy(t, *t->preds->needs, level)) return true;
+    if (resources_.park_if_busy(t, *needs, level)) return true;
   }
   const bool track = ager_ != nullptr && ages(level);
   if (tls_context.core == this) {

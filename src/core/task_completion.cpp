@@ -31,7 +31,7 @@ void SchedulerCore::finish(Task* t, bool ran) noexcept {
     }
     case TaskKind::handle: {
       // relaxed: this thread ran the task, after the claim that ordered `held`.
-      NeedList* needs = t->preds != nullptr ? t->preds->needs : nullptr;
+      NeedList* needs = needs_of(t);
       if (needs != nullptr && needs->held.load(std::memory_order_relaxed)) {
         resources_.release(*needs);  // every exit path comes here: return, exception, cancel
       }
@@ -127,8 +127,7 @@ bool cancel_task(Task* t) {
   if ((t->state.load(std::memory_order_acquire) & kStateMask) != kQueued) {
     // Claimed: running, finished — or parked on resource groups, where it
     // still waits and can be taken off the lists and cancelled.
-    const bool parked = t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr &&
-                        t->core->resources().unpark_for_cancel(t);
+    const bool parked = needs_of(t) != nullptr && t->core->resources().unpark_for_cancel(t);
     release_task(t);  // ours, or (parked) the wait list's: ours goes to finish()
     if (!parked) return false;
     t->core->finish(t, t->exec(t, ExecMode::cancel));
@@ -163,8 +162,7 @@ bool reprioritise(Task* t, unsigned level) {
   if (relevel_if_waiting(t, level)) return true;
   if (core.move_task(t, -1, level)) return true;
   // Not queued: perhaps parked on resource groups, where it still waits.
-  return t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr &&
-         core.resources().reorder_parked(t, level);
+  return needs_of(t) != nullptr && core.resources().reorder_parked(t, level);
 }
 
 namespace {

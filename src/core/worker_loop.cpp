@@ -63,11 +63,11 @@ void SchedulerCore::run_task(Worker& w, Task* t) {
   }
   const ExecMode mode = phase_.load(std::memory_order_relaxed) == kCancelling ? ExecMode::cancel : ExecMode::run;
   const unsigned level = w.taken_level;
-  if (mode == ExecMode::run && t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr &&
-      !t->preds->needs->held.load(std::memory_order_relaxed)) {  // relaxed: our claim ordered it
+  NeedList* needs = mode == ExecMode::run ? needs_of(t) : nullptr;
+  if (needs != nullptr && !needs->held.load(std::memory_order_relaxed)) {  // relaxed: our claim ordered it
     // Parked: the task waits on its groups' lists, holding no worker; this
     // entry's reference now belongs to the wait list.
-    if (!resources_.acquire_or_park(t, *t->preds->needs, level)) {
+    if (!resources_.acquire_or_park(t, *needs, level)) {
       if (tracer_.enabled()) [[unlikely]] {
         const std::int64_t at = steady_now_ns();
         tracer_.record(w.index, at, at, -1, "parked (waits for its resources)", level, true);
