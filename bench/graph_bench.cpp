@@ -46,7 +46,7 @@ void BM_chain_ordo(benchmark::State& state) {
     ordo::NodeRef prev = wf.node([&counter] { ++counter; });
     for (std::size_t i = 1; i < n; ++i) {
       ordo::NodeRef next = wf.node([&counter] { ++counter; });
-      wf.precede(prev, next);
+      next.after(prev);
       prev = next;
     }
     wf.run(scheduler()).get();
@@ -86,10 +86,10 @@ void BM_binary_tree_ordo(benchmark::State& state) {
     nodes.reserve(n + 1);
     nodes.push_back(wf.node([] {}));  // index 0 unused by the tree: a no-op root before node 1
     for (std::size_t i = 1; i <= n; ++i) nodes.push_back(wf.node([&counters] { counters.add_here(); }));
-    wf.precede(nodes[0], nodes[1]);
+    nodes[1].after(nodes[0]);
     for (std::size_t i = 1; 2 * i + 1 <= n; ++i) {
-      wf.precede(nodes[i], nodes[2 * i]);
-      wf.precede(nodes[i], nodes[2 * i + 1]);
+      nodes[2 * i].after(nodes[i]);
+      nodes[2 * i + 1].after(nodes[i]);
     }
     wf.run(scheduler()).get();
     check(state, counters.sum(), n, "tree count");
@@ -164,8 +164,8 @@ void BM_wavefront_ordo(benchmark::State& state) {
     for (std::size_t i = 0; i < blocks; ++i) {
       for (std::size_t j = 0; j < blocks; ++j) {
         nodes.push_back(wf.node([&grid, i, j] { grid.compute_block(i, j); }));
-        if (i > 0) wf.precede(nodes[(i - 1) * blocks + j], nodes.back());
-        if (j > 0) wf.precede(nodes[i * blocks + j - 1], nodes.back());
+        if (i > 0) nodes.back().after(nodes[(i - 1) * blocks + j]);
+        if (j > 0) nodes.back().after(nodes[i * blocks + j - 1]);
       }
     }
     wf.run(scheduler()).get();
@@ -220,7 +220,7 @@ void BM_graph_reuse_ordo(benchmark::State& state) {
     std::vector<ordo::NodeRef> nodes;
     nodes.reserve(kReuseNodes);
     for (std::size_t i = 0; i < kReuseNodes; ++i) nodes.push_back(wf.node([&counters] { counters.add_here(); }));
-    for (auto [a, b] : edges) wf.precede(nodes[a], nodes[b]);
+    for (auto [a, b] : edges) nodes[b].after(nodes[a]);
     for (int r = 0; r < kReuseRuns; ++r) wf.run(scheduler()).get();
     check(state, counters.sum(), kReuseNodes * kReuseRuns, "node runs");
   }

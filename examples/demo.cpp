@@ -207,9 +207,10 @@ SummaryRow workflow_story(ordo::Scheduler& sched) {
   for (int s = 0; s < kShards; ++s) {
     nightly.node("shard_" + std::to_string(s), [&primes, s] {
       primes += count_primes(static_cast<std::uint64_t>(s) * 100'000, static_cast<std::uint64_t>(s + 1) * 100'000);
-    }).after("extract").before("merge");
+    }).after("extract");
   }
-  nightly.node("merge", [] { cpu_slice(); });
+  ordo::NodeRef merge = nightly.node("merge", [] { cpu_slice(); });
+  for (int s = 0; s < kShards; ++s) merge.after("shard_" + std::to_string(s));
   nightly.node("publish", [] {}, {.priority = ordo::high}).after("merge");
   const auto t0 = Clock::now();
   auto run = nightly.run(sched);

@@ -6,12 +6,17 @@
 // the node it refers to stays valid until the Handle is destroyed.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <optional>
 #include <type_traits>
 #include <utility>
 
+#include "ordo/detail/access.hpp"
+#include "ordo/detail/deadline.hpp"
+#include "ordo/detail/exec.hpp"
 #include "ordo/detail/task.hpp"
 #include "ordo/errors.hpp"
 #include "ordo/options.hpp"
@@ -28,6 +33,9 @@ namespace detail {
 // wait helps: it runs other tasks instead of blocking. Acquire-synchronises with
 // the completion, so the outcome may be read afterwards.
 void wait_for_task(Task* t);
+// As wait_for_task, giving up at `deadline_ns` (steady clock; kNoDeadlineNs:
+// never). True when the task has finished.
+bool wait_for_task_until(Task* t, std::int64_t deadline_ns);
 // Drops one reference; the last one destroys the outcome and frees the node.
 void release_task(Task* t) noexcept;
 // Throws InvalidArgument naming `call` (a Handle member) on an empty handle.
@@ -37,42 +45,11 @@ bool reprioritise(Task* t, unsigned level);
 // See Handle::cancel().
 bool cancel_task(Task* t);
 
-template <class F, class T, bool TakesOutcome, bool Void>
-struct then_result;
+// False, but only once instantiated: lets a static_assert name the misuse.
+template <class>
+inline constexpr bool kAlwaysFalse = false;
 template <class F, class T>
 using then_result_t = typename then_result<F, T, std::is_invocable_v<F&, Outcome<T>&&>, std::is_void_v<T>>::type;
-
-// Stores a handle task's outcome in its payload, noting whether it failed.
-template <class R>
-void store_outcome(Task* t, Outcome<R>&& out) noexcept {
-  t->failed = static_cast<bool>(out.error);
-  emplace_payload<Outcome<R>>(t, std::move(out));
-}
-
-template <class F, class R>
-bool exec_handle_task(Task* t, ExecMode mode) noexcept {
-  if (mode == ExecMode::drop_outcome) {
-    destroy_payload<Outcome<R>>(t);
-    return true;
-  }
-  Outcome<R> out;
-  if (mode == ExecMode::run) {
-    try {
-      if constexpr (std::is_void_v<R>) {
-        std::invoke(payload_as<F>(t));
-      } else {
-        out.value.emplace(std::invoke(payload_as<F>(t)));
-      }
-    } catch (...) {
-      out.error = std::current_exception();
-    }
-  } else {
-    out.error = std::make_exception_ptr(TaskCancelled{});
-  }
-  destroy_payload<F>(t);
-  store_outcome<R>(t, std::move(out));
-  return mode == ExecMode::run;
-}
 
 }  // namespace detail
 
@@ -82,7 +59,6 @@ class Handle {
 
  public:
   Handle() noexcept = default;
-  explicit Handle(detail::Task* t) noexcept : task_(t) {}
   Handle(Handle&& other) noexcept : task_(std::exchange(other.task_, nullptr)) {}
   Handle& operator=(Handle&& other) noexcept {
     if (this != &other) {
@@ -136,6 +112,20 @@ class Handle {
   // helps run other tasks rather than blocking the worker.
   void wait() const { detail::wait_for_task(task_); }
 
+  // Like wait(), for at most `timeout` / until `deadline` (any clock; one
+  // other than steady_clock is read once, as "that much from now"). True when
+  // the task has finished — get() then returns at once — false when the time
+  // ran out first; the handle stays usable either way. Helps on a worker like
+  // wait(), so a task it runs meanwhile may carry it past the deadline.
+  template <class Rep, class Period>
+  bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
+    return detail::wait_for_task_until(task_, detail::deadline_after(timeout));
+  }
+  template <class Clock, class Duration>
+  bool wait_until(const std::chrono::time_point<Clock, Duration>& deadline) const {
+    return detail::wait_for_task_until(task_, detail::steady_deadline(deadline));
+  }
+
   // Waits, then returns the value or rethrows the task's exception
   // (TaskCancelled if it never ran). Consumes the handle: valid() is false after.
   T get() {
@@ -165,13 +155,18 @@ class Handle {
   // void), or an ordo::Outcome<T> to run even after a failure. Declared here,
   // defined in ordo/continuation.hpp.
   template <class F>
-  auto then(F&& fn, SubmitOptions options = {}) && -> Handle<detail::then_result_t<std::decay_t<F>, T>>;
-
-  // Internal: the node, for ordo's own composition helpers.
-  detail::Task* node() const noexcept { return task_; }
-  detail::Task* release_node() noexcept { return std::exchange(task_, nullptr); }
+  auto then(F&& fn, ThenOptions options = {}) && -> Handle<detail::then_result_t<std::decay_t<F>, T>>;
+  // then() on an lvalue (or const) handle does not compile, saying why: it
+  // would consume a handle its owner may still use.
+  template <class F>
+  void then(F&&, ThenOptions = {}) const& {
+    static_assert(detail::kAlwaysFalse<F>,
+                  "ordo: Handle::then() consumes the handle; call it on an rvalue: std::move(h).then(...)");
+  }
 
  private:
+  friend struct detail::Access;
+  explicit Handle(detail::Task* t) noexcept : task_(t) {}
   Outcome<T>& outcome() const noexcept { return detail::payload_as<Outcome<T>>(task_); }
   void reset() noexcept {
     if (task_) detail::release_task(std::exchange(task_, nullptr));

@@ -50,21 +50,41 @@ struct SchedulerOptions {
   std::vector<Reservation> reserved{};
 };
 
+// Options of Scheduler::submit and Scheduler::post; each field is honoured by
+// both (post() with `after` runs like submit() without a handle).
 struct SubmitOptions {
   // Unset: a task submitted from inside a running task inherits that task's
   // priority; a task submitted from any other thread runs at `normal` (or the
   // lowest level when the scheduler has fewer than two).
   std::optional<Priority> priority{};
-  // Scheduler::submit only: start only after all of these finished. If one
-  // of them failed or was cancelled, this task is cancelled (TaskCancelled,
-  // saying so); the original error stays with that task's own handle.
-  // Lower-priority predecessors are raised to this task's priority.
+  // Start only after all of these finished. If one of them failed or was
+  // cancelled, this task is cancelled (TaskCancelled, saying so); the
+  // original error stays with that task's own handle. Lower-priority
+  // predecessors are raised to this task's priority.
   std::vector<TaskRef> after{};
-  // Scheduler::submit and post: resources held while the task runs, taken all
-  // at once when a worker is about to run it (see ordo/resource.hpp). A need
-  // of 0, a need above the group's limit, or a group of another scheduler is
-  // rejected with InvalidArgument before anything is queued.
+  // Resources held while the task runs, taken all at once when a worker is
+  // about to run it (see ordo/resource.hpp). A need of 0, a need above the
+  // group's limit, or a group of another scheduler is rejected with
+  // InvalidArgument before anything is queued.
   std::vector<Need> needs{};
+};
+
+// Options of Handle::then. No `after`: a continuation runs after the handle
+// it continues; to wait for more tasks, join them first (when_all).
+struct ThenOptions {
+  // Unset: as SubmitOptions::priority, judged on the thread calling then().
+  std::optional<Priority> priority{};
+  // As SubmitOptions::needs: the continuation parks, holding no worker,
+  // until its permits are free.
+  std::vector<Need> needs{};
+};
+
+// Options of TaskGroup::spawn. Only a priority: a child is joined by the
+// group's wait(), not by dependencies, and holds no resources (submit() a
+// task that needs them, and wait for its handle inside the child).
+struct SpawnOptions {
+  // Unset: as SubmitOptions::priority.
+  std::optional<Priority> priority{};
 };
 
 enum class ShutdownMode {

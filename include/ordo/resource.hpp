@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <string>
 
+#include "ordo/detail/access.hpp"
 #include "ordo/stats.hpp"
 
 namespace ordo {
@@ -41,13 +42,17 @@ class ResourceGroup {
   ResourceStats stats() const;
 
   bool valid() const noexcept { return core_ != nullptr; }
-  detail::ResourceGroupCore* core() const noexcept { return core_; }
 
  private:
   friend class Scheduler;
+  friend struct detail::Access;
   explicit ResourceGroup(detail::ResourceGroupCore* core) noexcept : core_(core) {}
   detail::ResourceGroupCore* core_ = nullptr;
 };
+
+namespace detail {
+inline ResourceGroupCore* Access::core(const ResourceGroup& group) noexcept { return group.core_; }
+}  // namespace detail
 
 // What a task needs of one group while it runs.
 struct Need {

@@ -30,25 +30,6 @@ namespace detail {
 
 class SchedulerCore;
 
-template <class F>
-bool exec_detached_task(Task* t, ExecMode mode) noexcept {
-  if (mode == ExecMode::run) {
-    try {
-      std::invoke(payload_as<F>(t));
-    } catch (...) {
-      // Nobody holds a handle: the error is dropped.
-    }
-  }
-  destroy_payload<F>(t);
-  return mode == ExecMode::run;
-}
-
-template <class F>
-void discard_unqueued(Task* t) noexcept {
-  destroy_payload<F>(t);
-  free_task(t);
-}
-
 }  // namespace detail
 
 class Scheduler {
@@ -74,21 +55,14 @@ class Scheduler {
     if (!options.after.empty() || !options.needs.empty()) {
       return submit_dependent<Fn, R>(std::forward<F>(fn), std::move(options));
     }
-    detail::Task* t = detail::prepare_task(*core_, options.priority);
-    t->exec = &detail::exec_handle_task<Fn, R>;
-    t->preds = nullptr;
-    t->kind = detail::TaskKind::handle;
-    t->movable = true;  // set_priority may move it
-    t->state.store(detail::kQueued, std::memory_order_relaxed);
-    t->refs.store(2, std::memory_order_relaxed);  // the handle's and the executor's
-    t->waiter.store(nullptr, std::memory_order_relaxed);
-    t->successors = nullptr;  // overwrites the free-list link
+    detail::Task* t =
+        detail::prepare_task(*core_, options.priority, detail::TaskKind::handle, &detail::exec_handle_task<Fn, R>);
     construct_or_free<Fn>(t, std::forward<F>(fn));
     if (!detail::submit_task(*core_, t)) {
       detail::discard_unqueued<Fn>(t);
       throw SchedulerStopped{};
     }
-    return Handle<R>{t};
+    return detail::Access::adopt<R>(t);
   }
 
   // Any thread. Like submit(), without a handle: the cheapest way to run a task
@@ -100,9 +74,8 @@ class Scheduler {
       (void)submit(std::forward<F>(fn), std::move(options));
       return;
     }
-    detail::Task* t = detail::prepare_task(*core_, options.priority);
-    t->exec = &detail::exec_detached_task<Fn>;
-    t->kind = detail::TaskKind::detached;
+    detail::Task* t =
+        detail::prepare_task(*core_, options.priority, detail::TaskKind::detached, &detail::exec_detached_task<Fn>);
     construct_or_free<Fn>(t, std::forward<F>(fn));
     if (!detail::submit_task(*core_, t)) {
       detail::discard_unqueued<Fn>(t);
@@ -165,18 +138,19 @@ class Scheduler {
   std::size_t write_trace(std::ostream& out) const;
   std::uint64_t trace_events_dropped() const;
 
-  detail::SchedulerCore& core() noexcept { return *core_; }
 
  private:
+  friend struct detail::Access;
+
   // submit() with `after` or `needs`: queued when its predecessors finished
   // (or cancelled with them); takes its resources when a worker runs it.
   template <class Fn, class R, class F>
   Handle<R> submit_dependent(F&& fn, SubmitOptions options) {
     detail::throw_if_stopped(*core_);
     for (const TaskRef& pred : options.after)
-      if (pred.node() == nullptr) throw InvalidArgument("ordo: SubmitOptions::after names an empty TaskRef");
-    detail::Task* t = detail::make_dependent(*core_, options.priority, static_cast<std::uint32_t>(options.after.size()));
-    t->exec = &detail::exec_after<Fn, R>;
+      if (detail::Access::node(pred) == nullptr) throw InvalidArgument("ordo: SubmitOptions::after names an empty TaskRef");
+    detail::Task* t = detail::make_dependent(*core_, options.priority, static_cast<std::uint32_t>(options.after.size()),
+                                             &detail::exec_after<Fn, R>);
     try {
       detail::attach_needs(t, options.needs);
       detail::emplace_payload<Fn>(t, std::forward<F>(fn));
@@ -184,9 +158,9 @@ class Scheduler {
       detail::discard_dependent(t);
       throw;
     }
-    for (std::size_t i = 0; i < options.after.size(); ++i) t->preds->items[i] = options.after[i].release();
+    for (std::size_t i = 0; i < options.after.size(); ++i) t->preds->items[i] = detail::Access::release(options.after[i]);
     detail::link_and_arm(t, detail::SuccMode::all);
-    return Handle<R>{t};
+    return detail::Access::adopt<R>(t);
   }
 
   template <class Fn, class F>
@@ -201,5 +175,9 @@ class Scheduler {
 
   std::unique_ptr<detail::SchedulerCore> core_;
 };
+
+namespace detail {
+inline SchedulerCore& Access::core(Scheduler& scheduler) noexcept { return *scheduler.core_; }
+}  // namespace detail
 
 }  // namespace ordo

@@ -24,62 +24,12 @@ namespace ordo {
 
 namespace detail {
 
-// Counting protocol (src/core/task_group.cpp has the argument):
-//  - the owner counts its spawns minus the children it completed itself in
-//    `local_pending`, a plain field: the common fork/join path needs no atomic;
-//  - any other thread that completes a child adds 1 to `remote_done`;
-//  - before sleeping, the owner "publishes": it subtracts local_pending from
-//    remote_done (mod 2^64), so remote_done becomes minus the number of children
-//    still out and the child that brings it to zero knows it is the last and
-//    wakes the owner's parker, read before its own decrement.
-struct GroupState {
-  explicit GroupState(SchedulerCore& c);
-
-  SchedulerCore* core;
-  // The owning thread's parker: identifies the owner (parkers are unique among
-  // live threads) and is immortal, so it is safe to unpark after the group is gone.
-  Parker* owner_parker;
-  std::uint64_t local_pending = 0;  // owner only
-  bool published = false;           // owner only
-  std::atomic<std::uint64_t> remote_done{0};
-  std::atomic<bool> failed{false};     // first error wins; release pairs with wait()'s acquire
-  std::atomic<bool> cancelled{false};  // some child was cancelled before it ran
-  std::exception_ptr error;
-};
-
-// Owner only. Queues a prepared child and counts it. Returns false when the
-// scheduler refused it (external submission after shutdown).
-bool group_spawn(GroupState& g, Task* t);
-// Owner only. Helping wait until every child finished; then resets the group
-// for reuse and rethrows the first child exception (or TaskCancelled).
-void group_wait(GroupState& g);
-// Like group_wait without rethrowing; used by the destructor.
-void group_wait_quietly(GroupState& g) noexcept;
-void record_group_error(GroupState& g, std::exception_ptr e) noexcept;
-[[noreturn]] void throw_not_owner();
-[[noreturn]] void throw_group_options();
-
-template <class F>
-bool exec_group_task(Task* t, ExecMode mode) noexcept {
-  if (mode == ExecMode::run) {
-    try {
-      std::invoke(payload_as<F>(t));
-    } catch (...) {
-      record_group_error(*t->group, std::current_exception());
-    }
-  } else {
-    t->group->cancelled.store(true, std::memory_order_relaxed);  // read after group_wait's acquire
-  }
-  destroy_payload<F>(t);
-  return mode == ExecMode::run;
-}
-
 }  // namespace detail
 
 class TaskGroup {
  public:
   // Any thread; the calling thread becomes the owner.
-  explicit TaskGroup(Scheduler& scheduler) : state_(scheduler.core()) {}
+  explicit TaskGroup(Scheduler& scheduler) : state_(detail::Access::core(scheduler)) {}
   // Waits for children still running (helping) and drops any unobserved error.
   // Never throws.
   ~TaskGroup() {
@@ -94,20 +44,18 @@ class TaskGroup {
   TaskGroup& operator=(const TaskGroup&) = delete;
 
   // Owner only. Runs fn() as a child. Priority as in Scheduler::submit: unset
-  // means the running task's priority (or normal outside the pool).
-  // Throws SchedulerStopped for a spawn from outside the pool after shutdown,
-  // and InvalidArgument for `after` or `needs`: a child is joined by wait(),
-  // not by dependencies, and holds no resources (submit() a task that needs
-  // them, and wait for its handle inside the child).
+  // means the running task's priority (or normal outside the pool). There is
+  // no `after` or `needs` (SpawnOptions): a child is joined by wait(), not by
+  // dependencies, and holds no resources (submit() a task that needs them,
+  // and wait for its handle inside the child).
+  // Throws SchedulerStopped for a spawn from outside the pool after shutdown.
   template <class F>
-  void spawn(F&& fn, SubmitOptions options = {}) {
+  void spawn(F&& fn, SpawnOptions options = {}) {
     using Fn = std::decay_t<F>;
     if (detail::tls_context.parker != state_.owner_parker) detail::throw_not_owner();
-    if (!options.after.empty() || !options.needs.empty()) detail::throw_group_options();
-    detail::Task* t = detail::prepare_task(*state_.core, options.priority);
-    t->exec = &detail::exec_group_task<Fn>;
+    detail::Task* t =
+        detail::prepare_task(*state_.core, options.priority, detail::TaskKind::group, &detail::exec_group_task<Fn>);
     t->group = &state_;
-    t->kind = detail::TaskKind::group;
     try {
       detail::emplace_payload<Fn>(t, std::forward<F>(fn));
     } catch (...) {

@@ -6,6 +6,7 @@
 
 #include <utility>
 
+#include "ordo/detail/access.hpp"
 #include "ordo/detail/task.hpp"
 #include "ordo/errors.hpp"
 
@@ -23,7 +24,7 @@ class TaskRef {
   TaskRef() noexcept = default;
   // Shares the handle's task; the handle stays usable (get() still works).
   template <class T>
-  TaskRef(const Handle<T>& h) : task_(h.node()) {  // NOLINT: implicit, so that `.after = {h1, h2}` reads naturally
+  TaskRef(const Handle<T>& h) : task_(detail::Access::node(h)) {  // NOLINT: implicit, so that `.after = {h1, h2}` reads naturally
     if (task_ == nullptr) throw Error("ordo: a dependency on an empty handle");
     task_->refs.fetch_add(1, std::memory_order_relaxed);  // the caller's handle keeps it alive meanwhile
   }
@@ -39,12 +40,18 @@ class TaskRef {
     if (task_) detail::release_task(task_);
   }
 
-  detail::Task* node() const noexcept { return task_; }
-  // Gives up ownership of the reference (to a predecessor list).
-  detail::Task* release() noexcept { return std::exchange(task_, nullptr); }
+  // True when it names a task (a default-constructed or moved-from one does not).
+  bool valid() const noexcept { return task_ != nullptr; }
 
  private:
+  friend struct detail::Access;
   detail::Task* task_ = nullptr;
 };
+
+namespace detail {
+inline Task* Access::node(const TaskRef& ref) noexcept { return ref.task_; }
+// Gives up ownership of the reference (to a predecessor list).
+inline Task* Access::release(TaskRef& ref) noexcept { return std::exchange(ref.task_, nullptr); }
+}  // namespace detail
 
 }  // namespace ordo

@@ -1,16 +1,17 @@
 // ordo::Workflow — a whole dependency graph declared in one place.
 //
-// Build it once (named or anonymous nodes, `after` / `before` edges, optional
+// Build it once (named or anonymous nodes, `after` edges, optional
 // per-node priority and resource needs, other workflows as nodes), then run it any number of
 // times, also concurrently; every run has its own handle and per-node status.
 // Validation rejects cycles (naming one), unknown names and duplicate names.
 // to_dot() / to_mermaid() draw the graph, with per-node status when given a run.
 //
-// Thread-safety: building (node, after, before, precede) is single-threaded
+// Thread-safety: building (node, after) is single-threaded
 // and must be finished before the first run; after that every const member may
 // be called from any thread. A Workflow must outlive its runs.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -20,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ordo/detail/deadline.hpp"
 #include "ordo/errors.hpp"
 #include "ordo/priority.hpp"
 #include "ordo/resource.hpp"
@@ -55,12 +57,18 @@ struct WorkflowRunOptions {
 
 // A node of a workflow under construction. Cheap to copy; valid while its
 // workflow is.
+//
+// Edges have one spelling: at the node that waits, `node.after(x)` — the
+// predecessor named (resolved when the workflow is validated, so it may be
+// declared later) or given as a NodeRef. docs/workflows.md says why.
 class NodeRef {
  public:
-  NodeRef& after(std::string_view name);  // `name` must finish before this node starts
+  // `name` must finish before this node starts. Throws nothing now; an
+  // unknown name is reported (InvalidGraph) when the workflow is validated.
+  NodeRef& after(std::string_view name);
+  // `other` must finish before this node starts. Throws InvalidGraph when
+  // `other` belongs to another workflow.
   NodeRef& after(NodeRef other);
-  NodeRef& before(std::string_view name);  // this node must finish before `name` starts
-  NodeRef& before(NodeRef other);
   std::size_t index() const noexcept { return index_; }
 
  private:
@@ -90,8 +98,6 @@ class Workflow {
 
   // The node called `name`; throws InvalidGraph if there is none.
   NodeRef operator[](std::string_view name);
-  // Edge: `from` finishes before `to` starts.
-  void precede(NodeRef from, NodeRef to);
 
   const std::string& name() const noexcept;
   std::size_t size() const noexcept;
@@ -132,6 +138,17 @@ class WorkflowRun {
   // Blocks until every node succeeded, failed or was cancelled. On a worker
   // the wait helps run other tasks.
   void wait() const;
+  // Like wait(), for at most `timeout` / until `deadline` (as
+  // Handle::wait_for / wait_until). True when the run has completed; false
+  // when the time ran out first, and the run goes on (wait or get() later).
+  template <class Rep, class Period>
+  bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
+    return wait_until_ns(detail::deadline_after(timeout));
+  }
+  template <class Clock, class Duration>
+  bool wait_until(const std::chrono::time_point<Clock, Duration>& deadline) const {
+    return wait_until_ns(detail::steady_deadline(deadline));
+  }
   // Waits, then rethrows the first node exception (TaskCancelled if nodes
   // were cancelled by shutdown without any failing).
   void get() const;
@@ -143,6 +160,7 @@ class WorkflowRun {
  private:
   friend class Workflow;
   explicit WorkflowRun(detail::RunState* state) noexcept : state_(state) {}
+  bool wait_until_ns(std::int64_t deadline_ns) const;  // steady clock; detail::kNoDeadlineNs: never
   detail::RunState* state_ = nullptr;
 };
 

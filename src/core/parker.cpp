@@ -1,6 +1,10 @@
 #include "core/parker.hpp"
 
+#include <ctime>
 #include <mutex>
+#include <thread>
+
+#include "util/clock.hpp"
 
 #if defined(__linux__)
 #include <linux/futex.h>
@@ -21,9 +25,25 @@ void futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected) noexce
 void futex_wake_one(std::atomic<std::uint32_t>* word) noexcept {
   syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
 }
+// Sleeps while *word == expected, at most until `deadline_ns` on
+// CLOCK_MONOTONIC (the clock of std::chrono::steady_clock on Linux):
+// FUTEX_WAIT_BITSET takes an absolute time, so a spurious return and a new
+// wait do not stretch the deadline.
+void futex_wait_until(std::atomic<std::uint32_t>* word, std::uint32_t expected, std::int64_t deadline_ns) noexcept {
+  timespec at{};
+  at.tv_sec = static_cast<time_t>(deadline_ns / 1'000'000'000);
+  at.tv_nsec = static_cast<long>(deadline_ns % 1'000'000'000);
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT_BITSET_PRIVATE, expected, &at, nullptr,
+          FUTEX_BITSET_MATCH_ANY);
+}
 #else
 void futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected) noexcept { word->wait(expected); }
 void futex_wake_one(std::atomic<std::uint32_t>* word) noexcept { word->notify_one(); }
+// No timed atomic wait in the standard: poll, at a cost only to timed waits.
+void futex_wait_until(std::atomic<std::uint32_t>* word, std::uint32_t expected, std::int64_t deadline_ns) noexcept {
+  while (word->load(std::memory_order_relaxed) == expected && steady_now_ns() < deadline_ns)
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+}
 #endif
 
 }  // namespace
@@ -43,6 +63,31 @@ void Parker::park() noexcept {
     expected = kNotified;
     if (state_.compare_exchange_strong(expected, kEmpty, std::memory_order_acquire)) return;
     // spurious futex return: still kParked, sleep again
+  }
+}
+
+bool Parker::park_until(std::int64_t deadline_ns) noexcept {
+  // acquire (here and below) pairs with unpark()'s exchange, as in park().
+  if (state_.exchange(kEmpty, std::memory_order_acquire) == kNotified) return true;
+  std::uint32_t expected = kEmpty;
+  if (!state_.compare_exchange_strong(expected, kParked, std::memory_order_acquire)) {
+    state_.store(kEmpty, std::memory_order_relaxed);  // it was kNotified: consume the permit
+    return true;
+  }
+  for (;;) {
+    if (steady_now_ns() >= deadline_ns) {
+      // Leave kParked. If an unpark() got in first the word is kNotified:
+      // take that permit, so that the wake-up counts (and is not left over).
+      expected = kParked;
+      if (state_.compare_exchange_strong(expected, kEmpty, std::memory_order_acquire)) return false;
+      // The failed CAS read kNotified with acquire (only unpark() writes
+      // while we are parked): consume that permit.
+      state_.store(kEmpty, std::memory_order_relaxed);
+      return true;
+    }
+    futex_wait_until(&state_, kParked, deadline_ns);
+    expected = kNotified;
+    if (state_.compare_exchange_strong(expected, kEmpty, std::memory_order_acquire)) return true;
   }
 }
 

@@ -19,6 +19,12 @@ namespace ordo::detail {
 class Parker {
  public:
   void park() noexcept;
+  // park() that gives up at `deadline_ns` (steady clock, as steady_now_ns()).
+  // True when it consumed a permit (an unpark() reached it, or was left
+  // before), false when the deadline passed first. An unpark() that races
+  // the time-out is never lost: it is either consumed here (true) or left as
+  // the permit for the next park().
+  bool park_until(std::int64_t deadline_ns) noexcept;
   void unpark() noexcept;
 
   // The calling thread's parker, leased on first use and returned at thread exit.

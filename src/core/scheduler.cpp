@@ -11,7 +11,7 @@ namespace ordo {
 
 namespace detail {
 
-Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority) {
+std::uint8_t resolve_level(SchedulerCore& core, std::optional<Priority> priority) {
   std::uint8_t level;
   if (priority) {
     level = static_cast<std::uint8_t>(*priority);
@@ -25,17 +25,35 @@ Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority) {
   } else {
     level = core.default_level();
   }
+  return level;
+}
+
+// A pooled node keeps whatever its last use left in it, so every field a
+// kind reads is set here, also those that "should" already be zero (a
+// dependent refused while it was being built leaves its setup hold in deps).
+Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority, TaskKind kind, ExecFn exec) {
+  const std::uint8_t level = resolve_level(core, priority);
   Task* t = allocate_task();
-  // Only what every kind needs; handle tasks set their own fields (refs,
-  // state, successors, deps) in Scheduler::submit and make_dependent.
   // relaxed stores: published with the node by the queue handoff.
+  t->exec = exec;
+  t->kind = kind;
   t->level.store(level, std::memory_order_relaxed);
   t->core = &core;
   const bool aged = core.ages(level);
-  t->movable = aged;  // the ager may move it
-  if (aged) {
-    t->refs.store(1, std::memory_order_relaxed);  // the queue entry's
+  if (kind == TaskKind::handle) {
+    t->movable = true;  // set_priority may move it
     t->state.store(kQueued, std::memory_order_relaxed);
+    t->refs.store(2, std::memory_order_relaxed);  // the handle's and the queue entry's
+    t->waiter.store(nullptr, std::memory_order_relaxed);
+    t->successors = nullptr;  // overwrites the free-list link
+    t->preds = nullptr;
+    t->deps.store(0, std::memory_order_relaxed);  // nothing pending: raise_priority moves it, never re-levels it
+  } else {
+    t->movable = aged;  // the ager may move it
+    if (aged) {
+      t->refs.store(1, std::memory_order_relaxed);  // the queue entry's
+      t->state.store(kQueued, std::memory_order_relaxed);
+    }
   }
   t->enqueued_ns = (aged || (++tls_context.sample_tick & 63) == 0) ? steady_now_ns() : 0;
   return t;

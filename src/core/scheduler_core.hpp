@@ -43,10 +43,24 @@
 #include "observe/wait_histogram.hpp"
 #include "ordo/detail/thread_context.hpp"
 #include "core/worker_set.hpp"
+#include "util/clock.hpp"
 
 namespace ordo::detail {
 
 class SchedulerCore;
+
+// The deadline of a wait: none (the untimed waits compile to the loop they
+// always were, without a clock read), or a steady-clock time in nanoseconds.
+struct NoDeadline {
+  static constexpr bool timed = false;
+  std::int64_t ns = 0;
+  static constexpr bool passed() noexcept { return false; }
+};
+struct Deadline {
+  static constexpr bool timed = true;
+  std::int64_t ns;
+  bool passed() const noexcept { return steady_now_ns() >= ns; }
+};
 
 struct alignas(64) Worker {
   Worker(SchedulerCore& c, unsigned i, unsigned levels);
@@ -116,13 +130,16 @@ class SchedulerCore final : public TaskSink {
   bool ages(unsigned level) const noexcept { return (aged_levels_ >> level) & 1u; }
   void fill_stats(SchedulerStats& st) const;
 
-  // Helping wait of the calling thread until done() holds. On a worker (of any
-  // scheduler) runs other tasks meanwhile; elsewhere spins briefly, then parks.
-  // prepare_sleep() runs once, right before the first park; it must arrange
-  // that whoever makes done() true unparks this thread, and returns true if
-  // done() already holds.
-  template <class Done, class PrepareSleep>
-  static void wait_until(Done&& done, PrepareSleep&& prepare_sleep);
+  // Helping wait of the calling thread until done() holds, or `until` passed;
+  // returns done(). On a worker (of any scheduler) runs other tasks meanwhile
+  // (a task it runs may carry it past the deadline); elsewhere spins briefly,
+  // then parks. prepare_sleep() runs once, right before the first park; it
+  // must arrange that whoever makes done() true unparks this thread, and
+  // returns true if done() already holds. After a timed-out wait that
+  // arrangement may still unpark this thread later: parkers tolerate such
+  // spurious wake-ups, and every waiter re-checks its condition.
+  template <class Done, class PrepareSleep, class Until = NoDeadline>
+  static bool wait_until(Done&& done, PrepareSleep&& prepare_sleep, Until until = {});
 
   // Cumulative counters summed over workers (approximate while running).
   std::uint64_t stolen_total() const noexcept;
@@ -168,8 +185,8 @@ class SchedulerCore final : public TaskSink {
   // Parks w unless work or `extra_wake()` is visible after joining the sleep
   // set. True when a producer took w out of the set (a wake-up meant for new
   // work), false when w left it itself.
-  template <class ExtraWake>
-  bool park_worker(Worker& w, ExtraWake&& extra_wake);
+  template <class ExtraWake, class Until = NoDeadline>
+  bool park_worker(Worker& w, ExtraWake&& extra_wake, Until until = {});
   // Wakes a sleeper for the highest level with visible work: hands on a
   // wake-up that the worker it reached will not use.
   void pass_wake_on() noexcept;
@@ -218,47 +235,61 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
-template <class Done, class PrepareSleep>
-void SchedulerCore::wait_until(Done&& done, PrepareSleep&& prepare_sleep) {
-  if (done()) return;
+template <class Done, class PrepareSleep, class Until>
+bool SchedulerCore::wait_until(Done&& done, PrepareSleep&& prepare_sleep, Until until) {
+  if (done()) return true;
   Worker* w = tls_context.worker;
   bool prepared = false;
   if (w == nullptr) {  // not a worker: nothing to help with
     for (int i = 0; i < kSpinRounds * kPausesPerRound; ++i) {
-      if (done()) return;
+      if (done()) return true;
       cpu_relax();
     }
-    if (prepare_sleep()) return;
+    if (prepare_sleep()) return true;
     Parker* self = this_thread_parker();
-    while (!done()) self->park();
-    return;
+    while (!done()) {
+      if constexpr (Until::timed) {
+        // false: the deadline passed with no permit taken; a completion
+        // racing it is seen by the last look at done().
+        if (!self->park_until(until.ns)) return done();
+      } else {
+        self->park();
+      }
+    }
+    return true;
   }
   SchedulerCore& core = w->core;
+  auto stop = [&] { return done() || until.passed(); };
   for (;;) {
     if (Task* t = core.find_task(*w)) {
       core.run_task(*w, t);
-      if (done()) return;
+      if (done()) return true;
+      if (until.passed()) return false;
       continue;
     }
-    if (done()) return;
-    if (Task* t = core.spin_for_task(*w, done)) {
+    if (done()) return true;
+    if (until.passed()) return false;
+    if (Task* t = core.spin_for_task(*w, stop)) {
       core.run_task(*w, t);
-      if (done()) return;
+      if (done()) return true;
+      if (until.passed()) return false;
       continue;
     }
-    if (done()) return;
+    if (done()) return true;
+    if (until.passed()) return false;
     if (!prepared) {
       prepared = true;
-      if (prepare_sleep()) return;
+      if (prepare_sleep()) return true;
     }
-    const bool chosen_for_new_work = core.park_worker(*w, done);
-    if (done()) {
+    const bool chosen_for_new_work = core.park_worker(*w, stop, until);
+    if (stop()) {
       // A producer may have picked this worker from the sleep set after the
-      // awaited task woke it; it now goes back to its own task, so the
-      // wake-up must reach another sleeper or the new work could wait
-      // behind a long-running task while the rest of the pool sleeps.
+      // awaited task woke it (or the deadline passed); it now goes back to
+      // its own task, so the wake-up must reach another sleeper or the new
+      // work could wait behind a long-running task while the rest of the
+      // pool sleeps.
       if (chosen_for_new_work) core.pass_wake_on();
-      return;
+      return done();
     }
   }
 }
@@ -277,14 +308,18 @@ Task* SchedulerCore::spin_for_task(Worker& w, Stop&& stop) {
   return nullptr;
 }
 
-template <class ExtraWake>
-bool SchedulerCore::park_worker(Worker& w, ExtraWake&& extra_wake) {
+template <class ExtraWake, class Until>
+bool SchedulerCore::park_worker(Worker& w, ExtraWake&& extra_wake, Until until) {
   sleepers_.add(w.index);
   if (work_visible(w) || exit_.load(std::memory_order_seq_cst) || extra_wake()) {
     return !sleepers_.remove(w.index);
   }
   const std::int64_t slept_at = steady_now_ns();
-  w.parker->park();
+  if constexpr (Until::timed) {
+    w.parker->park_until(until.ns);  // a permit or the deadline: the caller looks at both
+  } else {
+    w.parker->park();
+  }
   // relaxed: a statistic; only this worker writes it.
   w.idle_ns.store(w.idle_ns.load(std::memory_order_relaxed) + static_cast<std::uint64_t>(steady_now_ns() - slept_at),
                   std::memory_order_relaxed);

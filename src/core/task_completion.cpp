@@ -31,7 +31,7 @@ void SchedulerCore::finish(Task* t, bool ran) noexcept {
     }
     case TaskKind::handle: {
       // relaxed: this thread ran the task, after the claim that ordered `held`.
-      NeedList* needs = t->preds != nullptr ? t->preds->needs : nullptr;
+      NeedList* needs = needs_of(t);
       if (needs != nullptr && needs->held.load(std::memory_order_relaxed)) {
         resources_.release(*needs);  // every exit path comes here: return, exception, cancel
       }
@@ -127,8 +127,7 @@ bool cancel_task(Task* t) {
   if ((t->state.load(std::memory_order_acquire) & kStateMask) != kQueued) {
     // Claimed: running, finished — or parked on resource groups, where it
     // still waits and can be taken off the lists and cancelled.
-    const bool parked = t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr &&
-                        t->core->resources().unpark_for_cancel(t);
+    const bool parked = needs_of(t) != nullptr && t->core->resources().unpark_for_cancel(t);
     release_task(t);  // ours, or (parked) the wait list's: ours goes to finish()
     if (!parked) return false;
     t->core->finish(t, t->exec(t, ExecMode::cancel));
@@ -163,12 +162,13 @@ bool reprioritise(Task* t, unsigned level) {
   if (relevel_if_waiting(t, level)) return true;
   if (core.move_task(t, -1, level)) return true;
   // Not queued: perhaps parked on resource groups, where it still waits.
-  return t->kind == TaskKind::handle && t->preds != nullptr && t->preds->needs != nullptr &&
-         core.resources().reorder_parked(t, level);
+  return needs_of(t) != nullptr && core.resources().reorder_parked(t, level);
 }
 
-void wait_for_task(Task* t) {
-  if (t == nullptr) throw_empty_handle("wait()");
+namespace {
+
+template <class Until>
+bool wait_for_task_impl(Task* t, Until until) {
   // Priority inheritance: a running task that waits for a lower-priority
   // queued one raises it (and what it waits for) to its own level.
   if (Task* waiting = tls_context.current; waiting != nullptr && t->kind == TaskKind::handle) {
@@ -182,7 +182,24 @@ void wait_for_task(Task* t) {
     std::uint32_t before = t->state.fetch_or(kWaiterBit, std::memory_order_acq_rel);
     return (before & kStateMask) >= kDone;
   };
-  SchedulerCore::wait_until(done, prepare_sleep);
+  // A timed wait that gives up leaves kWaiterBit and its parker behind: the
+  // completion then unparks a thread that no longer waits, which its next
+  // park() takes as a spurious wake-up. A later wait stores its own parker
+  // before its fetch_or, so the completion always wakes the latest waiter.
+  return SchedulerCore::wait_until(done, prepare_sleep, until);
+}
+
+}  // namespace
+
+void wait_for_task(Task* t) {
+  if (t == nullptr) throw_empty_handle("wait()");
+  wait_for_task_impl(t, NoDeadline{});
+}
+
+bool wait_for_task_until(Task* t, std::int64_t deadline_ns) {
+  if (t == nullptr) throw_empty_handle("wait_for()/wait_until()");
+  if (deadline_ns == kNoDeadlineNs) return wait_for_task_impl(t, NoDeadline{});
+  return wait_for_task_impl(t, Deadline{deadline_ns});
 }
 
 }  // namespace ordo::detail

@@ -22,12 +22,6 @@ namespace ordo::detail {
 
 GroupState::GroupState(SchedulerCore& c) : core(&c), owner_parker(this_thread_parker()) {}
 
-void throw_group_options() {
-  throw InvalidArgument(
-      "ordo: TaskGroup::spawn takes no `after` or `needs` (a child is joined by wait() and holds no resources); "
-      "submit() such a task and wait for its handle");
-}
-
 void throw_not_owner() {
   throw Error(
       "ordo: TaskGroup::spawn called from a thread that does not own the group; a child that spawns work "

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/scheduler_core.hpp"
+#include "ordo/detail/access.hpp"
 #include "durable/runtime.hpp"
 #include "journal/records.hpp"
 
@@ -27,11 +28,11 @@ DurableRuntime::DurableRuntime(Scheduler& scheduler, const std::string& director
   journal_ = Journal::open(directory, std::move(journal), [this](const RecordView& r) { replay(r); });
   // Ids are never reused, also those of tasks whose records compaction dropped.
   next_id_ = std::max(next_id_, journal_->recovery().highest_task + 1);
-  scheduler_.core().add_stats_source(this, [this](SchedulerStats& st) { st.durable.push_back(stats()); });
+  detail::Access::core(scheduler_).add_stats_source(this, [this](SchedulerStats& st) { st.durable.push_back(stats()); });
 }
 
 DurableRuntime::~DurableRuntime() {
-  scheduler_.core().remove_stats_source(this);
+  detail::Access::core(scheduler_).remove_stats_source(this);
   shutdown(ShutdownMode::drain);
 }
 

@@ -94,14 +94,8 @@ void add_successor(Task* pred, Task* succ, SuccMode mode) {
 
 void arm_dependent(Task* t) { release_one(t); }
 
-Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std::uint32_t preds) {
-  Task* t = prepare_task(core, priority);
-  t->kind = TaskKind::handle;
-  t->movable = true;
-  t->state.store(kQueued, std::memory_order_relaxed);
-  t->refs.store(2, std::memory_order_relaxed);  // the handle's and the queue entry's
-  t->waiter.store(nullptr, std::memory_order_relaxed);
-  t->successors = nullptr;  // overwrites the free-list link
+Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std::uint32_t preds, ExecFn exec) {
+  Task* t = prepare_task(core, priority, TaskKind::handle, exec);
   t->deps.store(1, std::memory_order_relaxed);  // the setup hold
   try {
     t->preds = PredList::make(preds);

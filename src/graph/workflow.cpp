@@ -20,21 +20,18 @@ const char* to_string(NodeStatus s) noexcept {
 }
 
 NodeRef& NodeRef::after(std::string_view name) {
-  wf_->graph_->named_edges.push_back({std::string(name), static_cast<std::uint32_t>(index_), true});
+  wf_->graph_->named_edges.push_back({std::string(name), static_cast<std::uint32_t>(index_)});
   wf_->graph_->invalidate();
   return *this;
 }
+
 NodeRef& NodeRef::after(NodeRef other) {
-  wf_->precede(other, *this);
-  return *this;
-}
-NodeRef& NodeRef::before(std::string_view name) {
-  wf_->graph_->named_edges.push_back({std::string(name), static_cast<std::uint32_t>(index_), false});
-  wf_->graph_->invalidate();
-  return *this;
-}
-NodeRef& NodeRef::before(NodeRef other) {
-  wf_->precede(*this, other);
+  detail::WorkflowGraph& g = *wf_->graph_;
+  if (other.wf_ != wf_) {
+    throw InvalidGraph("ordo: workflow '" + g.name + "': an edge joins nodes of different workflows");
+  }
+  g.edges.emplace_back(static_cast<std::uint32_t>(other.index_), static_cast<std::uint32_t>(index_));
+  g.invalidate();
   return *this;
 }
 
@@ -109,14 +106,6 @@ NodeRef Workflow::operator[](std::string_view name) {
   return NodeRef(this, it->second);
 }
 
-void Workflow::precede(NodeRef from, NodeRef to) {
-  if (from.wf_ != this || to.wf_ != this) {
-    throw InvalidGraph("ordo: workflow '" + graph_->name + "': an edge joins nodes of different workflows");
-  }
-  graph_->edges.emplace_back(static_cast<std::uint32_t>(from.index()), static_cast<std::uint32_t>(to.index()));
-  graph_->invalidate();
-}
-
 const std::string& Workflow::name() const noexcept { return graph_->name; }
 std::size_t Workflow::size() const noexcept { return graph_->size(); }
 void Workflow::validate() const { graph_->compile(); }
@@ -162,10 +151,10 @@ void WorkflowGraph::compile() {
   for (const NamedEdge& e : named_edges) {
     auto it = by_name.find(e.name);
     if (it == by_name.end()) {
-      throw InvalidGraph("ordo: workflow '" + name + "': node '" + display_name(e.node) + "' is " +
-                         (e.name_is_from ? "after" : "before") + " unknown node '" + e.name + "'");
+      throw InvalidGraph("ordo: workflow '" + name + "': node '" + display_name(e.node) + "' is after unknown node '" +
+                         e.name + "'");
     }
-    all.push_back(e.name_is_from ? std::pair{it->second, e.node} : std::pair{e.node, it->second});
+    all.emplace_back(it->second, e.node);
   }
   for (auto [from, to] : all) {
     if (from == to) {

@@ -30,9 +30,8 @@ struct WorkflowGraph {
   std::unordered_map<std::uint32_t, const Workflow*> nested;
   std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;  // (from, to)
   struct NamedEdge {
-    std::string name;    // the other end, resolved at compile time
-    std::uint32_t node;  // this end
-    bool name_is_from;   // true: name -> node; false: node -> name
+    std::string name;    // the predecessor, resolved at compile time
+    std::uint32_t node;  // the node that waits for it
   };
   std::vector<NamedEdge> named_edges;
 

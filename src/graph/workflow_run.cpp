@@ -148,8 +148,7 @@ bool exec_node_with_needs(Task* t, ExecMode mode) noexcept;
 void queue_node_with_needs(RunState* run, std::uint32_t node, const std::vector<Need>& needs) {
   Task* t = nullptr;
   try {
-    t = make_dependent(*run->core, Priority{run->level_of(node)}, 0);
-    t->exec = &exec_node_with_needs;
+    t = make_dependent(*run->core, Priority{run->level_of(node)}, 0, &exec_node_with_needs);
     t->refs.store(1, std::memory_order_relaxed);  // the queue entry's alone
     // Validated when the run started; a limit lowered since makes the node
     // wait (parked, holding no worker) as it would a task, not fail.
@@ -169,9 +168,7 @@ void queue_node(RunState* run, std::uint32_t node) {
     queue_node_with_needs(run, node, *needs);
     return;
   }
-  Task* t = prepare_task(*run->core, Priority{run->level_of(node)});
-  t->exec = &exec_node;
-  t->kind = TaskKind::detached;
+  Task* t = prepare_task(*run->core, Priority{run->level_of(node)}, TaskKind::detached, &exec_node);
   emplace_payload<NodeJob>(t, NodeJob{run, node});
   if (!run->core->submit(t)) {  // only from outside the pool, after shutdown began
     destroy_payload<NodeJob>(t);
@@ -333,11 +330,9 @@ WorkflowRun Workflow::run(Scheduler& scheduler, WorkflowRunOptions options) cons
   using namespace detail;
   WorkflowGraph& g = *graph_;
   g.compile();
-  SchedulerCore& core = scheduler.core();
+  SchedulerCore& core = Access::core(scheduler);
   // Validates the priority and resolves an unset one exactly as submit() does.
-  Task* probe = prepare_task(core, options.priority);
-  const std::uint8_t run_level = probe->level.load(std::memory_order_relaxed);
-  free_task(probe);
+  const std::uint8_t run_level = resolve_level(core, options.priority);
   for (std::uint32_t i = 0; i < g.size(); ++i) {
     if (g.levels[i] != kNoLevel && g.levels[i] >= core.level_count()) {
       throw InvalidArgument("ordo: workflow '" + g.name + "' node '" + g.display_name(i) + "' has priority level " +
@@ -380,9 +375,7 @@ WorkflowRun Workflow::run(Scheduler& scheduler, WorkflowRunOptions options) cons
     // Many roots from outside the pool: one launcher task queues them from a
     // worker, where each is a cheap push onto its own deque (and stealable),
     // instead of one injection-queue round trip per root from this thread.
-    Task* t = prepare_task(core, Priority{run_level});
-    t->exec = &exec_launcher;
-    t->kind = TaskKind::detached;
+    Task* t = prepare_task(core, Priority{run_level}, TaskKind::detached, &exec_launcher);
     emplace_payload<RunState*>(t, run);
     if (core.submit(t)) return handle;
     destroy_payload<RunState*>(t);
@@ -416,7 +409,9 @@ bool WorkflowRun::ready() const noexcept {
   return state_ != nullptr && (state_->state.load(std::memory_order_acquire) & detail::kStateMask) == detail::kDone;
 }
 
-void WorkflowRun::wait() const {
+void WorkflowRun::wait() const { wait_until_ns(detail::kNoDeadlineNs); }
+
+bool WorkflowRun::wait_until_ns(std::int64_t deadline_ns) const {
   require(state_);
   detail::RunState* run = state_;
   auto done = [run] { return (run->state.load(std::memory_order_acquire) & detail::kStateMask) == detail::kDone; };
@@ -426,7 +421,10 @@ void WorkflowRun::wait() const {
     const std::uint32_t before = run->state.fetch_or(detail::kWaiterBit, std::memory_order_acq_rel);
     return (before & detail::kStateMask) == detail::kDone;
   };
-  detail::SchedulerCore::wait_until(done, prepare_sleep);
+  // A wait that times out leaves its parker as the run's waiter: the
+  // completion's unpark is then a spurious wake-up that parkers tolerate.
+  if (deadline_ns == detail::kNoDeadlineNs) return detail::SchedulerCore::wait_until(done, prepare_sleep);
+  return detail::SchedulerCore::wait_until(done, prepare_sleep, detail::Deadline{deadline_ns});
 }
 
 void WorkflowRun::get() const {

@@ -311,7 +311,7 @@ class Program {
         Node* parent = random_valid();
         if (parent == nullptr) return submit_plain();
         Node* n = new_node(Node::Mode::all, {parent});
-        SubmitOptions o;
+        ThenOptions o;
         if (chance(0.5)) o.priority = level();
         o.needs = random_needs(*n);
         n->handle = std::move(parent->handle).then([this, n](int) { return body(*n); }, std::move(o));

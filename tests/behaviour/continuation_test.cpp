@@ -398,5 +398,58 @@ TEST(Continuation, ThenHonoursNeeds) {
   EXPECT_EQ(db.stats().in_use, 0u);
 }
 
+template <class Options>
+concept ThenAccepts = requires(Handle<int> h, Options options) { std::move(h).then([](int x) { return x; }, options); };
+template <class Options>
+concept HasAfter = requires(Options o) { o.after; };
+
+// then() used to take SubmitOptions and refuse `after` at run time; now its
+// options have no `after`, and it honours what they have (priority here;
+// needs in ThenHonoursNeeds).
+TEST(Continuation, ThenTakesNoAfterAndHonoursItsPriority) {
+  static_assert(ThenAccepts<ThenOptions>);
+  static_assert(!ThenAccepts<SubmitOptions>, "then must not take options it would ignore");
+  static_assert(!HasAfter<ThenOptions>);
+  Scheduler s{{.workers = 1}};
+  auto next = s.submit([] { return 1; }, {.priority = low}).then([&s](int x) {
+    return std::pair{x, s.stats().per_level[0].running};
+  }, {.priority = high});
+  auto [value, running_high] = next.get();
+  EXPECT_EQ(value, 1);
+  EXPECT_EQ(running_high, 1u) << "the continuation did not run at the priority it was given";
+}
+
+// A callable whose copy throws: submitting it by lvalue fails while the
+// dependent's node is being set up, after its setup hold was counted.
+struct ThrowsWhenCopied {
+  ThrowsWhenCopied() = default;
+  ThrowsWhenCopied(const ThrowsWhenCopied&) { throw std::runtime_error("copy refused"); }
+  ThrowsWhenCopied(ThrowsWhenCopied&&) noexcept = default;
+  int operator()() const { return 0; }
+};
+
+// The node of a refused dependent goes back to this thread's pool and is the
+// next one taken. A plain task built on it must not inherit the refused
+// dependent's count of pending predecessors: a high dependent raising it
+// would then take it for a task still waiting, re-level it in place, and its
+// queue entry would be skipped as stale — the task would never run.
+TEST(Continuation, ARefusedDependentLeavesNothingBehindForTheNextTaskOnItsNode) {
+  Scheduler s{{.workers = 1}};
+  for (int i = 0; i < 20; ++i) {
+    Gate gate;
+    auto blocker = s.submit([&gate] { gate.hold(); return 1; });
+    gate.wait_entered();
+    ThrowsWhenCopied fn;
+    EXPECT_THROW((void)s.submit(fn, {.after = {blocker}}), std::runtime_error);
+    auto plain = s.submit([] { return 7; }, {.priority = low});
+    auto dependent = s.submit([] { return 8; }, {.priority = high, .after = {plain}});
+    gate.open.store(true);
+    ASSERT_TRUE(plain.wait_for(std::chrono::seconds(10))) << "iteration " << i << ": the raised task never ran";
+    EXPECT_EQ(plain.get(), 7);
+    EXPECT_EQ(dependent.get(), 8);
+    EXPECT_EQ(blocker.get(), 1);
+  }
+}
+
 }  // namespace
 }  // namespace ordo

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "ordo/ordo.hpp"
@@ -120,13 +121,27 @@ TEST(Scheduler, ConcurrentExternalSubmittersAllRunExactlyOnce) {
   EXPECT_EQ(sum.load(), n * (n - 1) / 2);
 }
 
+// The level a task runs at is observed through stats(): per_level[l].running
+// counts workers whose innermost running task is at level l, and
+// per_level[l].completed counts tasks run at l. The outer task does not wait
+// for the inner ones (a wait from a high task would raise them, hiding what
+// they were submitted at): they run after it, on the only worker.
 TEST(Scheduler, TasksSubmittedFromInsideTasksRunAndInheritPriority) {
-  Scheduler s{{.workers = 2}};
-  auto outer = s.submit([&s] {
-    auto inner = s.submit([] { return 5; });
-    return inner.get() + 1;  // a helping wait inside a worker
+  Scheduler s{{.workers = 1}};
+  auto running_at = [&s](Priority p) { return s.stats().per_level[static_cast<unsigned>(p)].running; };
+  auto outer = s.submit([&] {
+    auto inherits = s.submit([&] { return running_at(high); });  // no priority: inherits high
+    auto explicit_low = s.submit([&] { return running_at(low); }, {.priority = low});
+    return std::pair{std::move(inherits), std::move(explicit_low)};
   }, {.priority = high});
-  EXPECT_EQ(outer.get(), 6);
+  auto [inherits, explicit_low] = outer.get();
+  EXPECT_EQ(inherits.get(), 1u) << "a task submitted inside a high task without a priority did not run at high";
+  EXPECT_EQ(explicit_low.get(), 1u) << "an explicit priority inside a task must win over inheritance";
+  s.submit([] {}).get();  // from outside the pool, no priority: normal
+  const SchedulerStats st = s.stats();
+  EXPECT_EQ(st.per_level[static_cast<unsigned>(high)].completed, 2u);
+  EXPECT_EQ(st.per_level[static_cast<unsigned>(normal)].completed, 1u);
+  EXPECT_EQ(st.per_level[static_cast<unsigned>(low)].completed, 1u);
 }
 
 TEST(Scheduler, WaitingOnAHandleInsideTheOnlyWorkerHelpsInsteadOfDeadlocking) {
@@ -139,6 +154,105 @@ TEST(Scheduler, WaitingOnAHandleInsideTheOnlyWorkerHelpsInsteadOfDeadlocking) {
     return total;
   });
   EXPECT_EQ(h.get(), 4950);
+}
+
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+TEST(Scheduler, WaitForReturnsTrueWhenTheTaskFinishesInTime) {
+  Scheduler s{{.workers = 2}};
+  const auto started = Clock::now();
+  for (int i = 0; i < static_cast<int>(200 * test::kScale); ++i) {
+    auto h = s.submit([i] { return i; });
+    ASSERT_TRUE(h.wait_for(20s)) << "iteration " << i << ": a finished task was reported as timed out";
+    EXPECT_TRUE(h.ready());
+    EXPECT_EQ(h.get(), i);
+  }
+  auto h = s.submit([] { return 7; });
+  EXPECT_TRUE(h.wait_until(Clock::now() + 20s));
+  EXPECT_TRUE(h.wait_until(std::chrono::system_clock::now() + 20s));  // another clock
+  EXPECT_TRUE(h.wait_for(std::chrono::hours::max()));                  // saturates, never overflows
+  EXPECT_EQ(h.get(), 7);
+  EXPECT_LT(Clock::now() - started, 20s);
+}
+
+TEST(Scheduler, WaitForATaskHeldByAGateTimesOutAndTheHandleStaysUsable) {
+  Scheduler s{{.workers = 2}};
+  test::Gate gate;
+  auto h = s.submit([&gate] {
+    gate.hold();
+    return 42;
+  });
+  gate.wait_entered();
+  auto before = Clock::now();
+  EXPECT_FALSE(h.wait_for(100ms));
+  auto waited = Clock::now() - before;
+  EXPECT_GE(waited, 100ms);
+  EXPECT_LT(waited, 10s);
+  before = Clock::now();
+  EXPECT_FALSE(h.wait_until(Clock::now() + 50ms));
+  EXPECT_GE(Clock::now() - before, 50ms);
+  EXPECT_FALSE(h.wait_for(0ms));  // looks once
+  EXPECT_FALSE(h.ready());
+  gate.open.store(true);
+  EXPECT_TRUE(h.wait_for(20s)) << "the completion after a timed-out wait was not seen";
+  EXPECT_EQ(h.get(), 42);
+  Handle<int> empty;
+  EXPECT_THROW((void)empty.wait_for(1ms), InvalidArgument);
+}
+
+TEST(Scheduler, TimedWaitOnAWorkerHelpsThenTimesOutAndTheHandleStaysUsable) {
+  Scheduler s{{.workers = 2}};
+  test::Gate gate;
+  auto held = std::make_shared<Handle<int>>(s.submit([&gate] {
+    gate.hold();
+    return 5;
+  }));
+  gate.wait_entered();  // it runs on one worker; the waiter below runs on the other
+  auto waiter = s.submit([held, &s] {
+    auto helped = s.submit([] { return 1; });  // on this worker's deque: the helping wait runs it
+    const auto before = Clock::now();
+    const bool finished = held->wait_for(100ms);
+    const auto waited = Clock::now() - before;
+    return std::tuple{finished, waited, helped.ready()};
+  });
+  ASSERT_TRUE(waiter.wait_for(20s)) << "a timed wait on a worker did not return";
+  auto [finished, waited, helped_ran] = waiter.get();
+  EXPECT_FALSE(finished);
+  EXPECT_GE(waited, 100ms);
+  EXPECT_LT(waited, 10s);
+  EXPECT_TRUE(helped_ran) << "the timed wait did not help with the work queued on its worker";
+  gate.open.store(true);
+  EXPECT_EQ(held->get(), 5);
+}
+
+TEST(Scheduler, TimedWaitsRacingCompletionsNeverLoseAWakeUp) {
+  Scheduler s{{.workers = 2}};
+  const auto limit = Clock::now() + 60s;
+  auto race = [&s, limit](int i) {
+    auto h = s.submit([i] {
+      const auto until = Clock::now() + std::chrono::microseconds(i % 40);
+      while (Clock::now() < until) {
+      }
+      return i;
+    });
+    // Deadlines around the completion: each time-out races an unpark.
+    while (!h.wait_for(std::chrono::microseconds(i % 23))) {
+      if (Clock::now() > limit) return false;
+    }
+    return h.get() == i && h.valid() == false;
+  };
+  for (int i = 0; i < static_cast<int>(500 * test::kScale); ++i) {
+    ASSERT_TRUE(race(i)) << "iteration " << i << " from outside the pool";
+  }
+  // The same from inside a task: timed parks of a worker.
+  auto inside = s.submit([&] {
+    for (int i = 0; i < static_cast<int>(200 * test::kScale); ++i)
+      if (!race(i)) return i;
+    return -1;
+  });
+  ASSERT_TRUE(inside.wait_for(60s));
+  EXPECT_EQ(inside.get(), -1);
 }
 
 TEST(Scheduler, HandleOutlivesItsScheduler) {

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -131,18 +132,34 @@ TEST(TaskGroup, ExternalOwnerIsWokenByTheLastChild) {
 }
 
 
-TEST(TaskGroup, SpawnWithAfterOrNeedsIsRefusedRatherThanIgnored) {
-  Scheduler s{{.workers = 2}};
-  auto db = s.resource_group("db", 1);
-  auto first = s.submit([] { return 1; });
-  TaskGroup g(s);
+template <class Options>
+concept SpawnAccepts = requires(TaskGroup& g, Options options) { g.spawn([] {}, options); };
+template <class Options>
+concept HasAfter = requires(Options o) { o.after; };
+template <class Options>
+concept HasNeeds = requires(Options o) { o.needs; };
+
+// spawn() used to take SubmitOptions and refuse `after` and `needs` at run
+// time; now it cannot be given them at all, and honours what it takes.
+TEST(TaskGroup, SpawnTakesNoAfterOrNeedsAndHonoursItsPriority) {
+  static_assert(SpawnAccepts<SpawnOptions>);
+  static_assert(!SpawnAccepts<SubmitOptions>, "spawn must not take options it would ignore");
+  static_assert(!HasAfter<SpawnOptions> && !HasNeeds<SpawnOptions>);
+  Scheduler s{{.workers = 1}};
   std::atomic<int> ran{0};
-  EXPECT_THROW(g.spawn([&] { ran++; }, {.needs = {{db, 1}}}), InvalidArgument);
-  EXPECT_THROW(g.spawn([&] { ran++; }, {.after = {first}}), InvalidArgument);
-  g.spawn([&] { ran++; }, {.priority = high});
-  g.wait();
+  std::atomic<int> level_seen{-1};
+  auto outer = s.submit([&] {
+    TaskGroup g(s);
+    g.spawn([&] {
+      ran++;
+      level_seen = static_cast<int>(s.stats().per_level[0].running);
+    }, {.priority = high});
+    g.wait();
+  }, {.priority = low});
+  ASSERT_TRUE(outer.wait_for(std::chrono::seconds(20)));
+  outer.get();
   EXPECT_EQ(ran.load(), 1);
-  EXPECT_EQ(first.get(), 1);
+  EXPECT_EQ(level_seen.load(), 1) << "the child did not run at the priority it was spawned with";
 }
 }  // namespace
 }  // namespace ordo

@@ -41,14 +41,17 @@ TEST(Workflow, DiamondRunsInDependencyOrder) {
   EXPECT_EQ(run.count(NodeStatus::succeeded), 4u);
 }
 
-TEST(Workflow, EdgesMayNameNodesDeclaredLaterAndUseBefore) {
+TEST(Workflow, EdgesMayNameNodesDeclaredLaterOrUseTheirRefs) {
   Scheduler s{{.workers = 2}};
   std::atomic<int> step{0};
   int seen_by_b = -1, seen_by_c = -1;
   Workflow wf("forward");
   wf.node("c", [&] { seen_by_c = step.fetch_add(1); }).after("b");
-  wf.node("a", [&] { step.fetch_add(1); }).before("b");
-  wf.node("b", [&] { seen_by_b = step.fetch_add(1); });
+  NodeRef a = wf.node("a", [&] { step.fetch_add(1); });
+  wf.node("b", [&] { seen_by_b = step.fetch_add(1); }).after(a);
+  Workflow other("other");
+  NodeRef stranger = other.node("x", [] {});
+  EXPECT_THROW(wf["c"].after(stranger), InvalidGraph);
   wf.run(s).get();
   EXPECT_EQ(seen_by_b, 1);
   EXPECT_EQ(seen_by_c, 2);
@@ -78,7 +81,7 @@ TEST(Workflow, CycleIsRejectedWithTheCycleNamed) {
 TEST(Workflow, SelfLoopUnknownAndDuplicateNamesAreRejected) {
   Workflow self("self");
   auto n = self.node("x", [] {});
-  self.precede(n, n);
+  n.after(n);
   EXPECT_THROW(self.validate(), InvalidGraph);
 
   Workflow unknown("typo");
@@ -144,7 +147,7 @@ TEST(Workflow, LongChainsRunAndCancelWithoutDeepRecursion) {
   NodeRef prev = chain.node([&] { ++counter; });
   for (int i = 1; i < n; ++i) {
     NodeRef next = chain.node([&] { ++counter; });
-    chain.precede(prev, next);
+    next.after(prev);
     prev = next;
   }
   chain.run(s).get();
@@ -155,7 +158,7 @@ TEST(Workflow, LongChainsRunAndCancelWithoutDeepRecursion) {
   prev = head;
   for (int i = 1; i < n; ++i) {
     NodeRef next = failing.node([&] { ++counter; });
-    failing.precede(prev, next);
+    next.after(prev);
     prev = next;
   }
   auto run = failing.run(s);
@@ -219,7 +222,7 @@ TEST(Workflow, RandomDagsMatchASerialTopologicalExecution) {
     std::vector<NodeRef> nodes;
     for (int j = 0; j < n; ++j) nodes.push_back(wf.node([&, j] { compute(got, j); }));
     for (int j = 0; j < n; ++j)
-      for (int p : preds[j]) wf.precede(nodes[p], nodes[j]);
+      for (int p : preds[j]) nodes[j].after(nodes[p]);
     wf.run(s).get();
     ASSERT_EQ(got, expected) << "seed " << seed;
   }
@@ -284,6 +287,37 @@ TEST(Workflow, LowPredecessorOfAHighNodeInheritsHighPriority) {
   EXPECT_EQ(order[1], "render");
 }
 
+TEST(Workflow, RunWaitForTimesOutWhileANodeIsHeldThenCompletes) {
+  using namespace std::chrono_literals;
+  using Clock = std::chrono::steady_clock;
+  Scheduler s{{.workers = 2}};
+  Gate gate;
+  std::atomic<int> ran{0};
+  Workflow wf("held");
+  wf.node("first", [&] { ran.fetch_add(1); });
+  wf.node("held", [&] { gate.hold(); ran.fetch_add(1); }).after("first");
+  wf.node("last", [&] { ran.fetch_add(1); }).after("held");
+  WorkflowRun run = wf.run(s);
+  gate.wait_entered();
+  const auto before = Clock::now();
+  EXPECT_FALSE(run.wait_for(100ms));
+  const auto waited = Clock::now() - before;
+  EXPECT_GE(waited, 100ms);
+  EXPECT_LT(waited, 10s);
+  EXPECT_FALSE(run.wait_until(Clock::now() + 20ms));
+  EXPECT_FALSE(run.ready());
+  gate.open.store(true);
+  EXPECT_TRUE(run.wait_for(20s)) << "the run's completion after a timed-out wait was not seen";
+  EXPECT_NO_THROW(run.get());
+  EXPECT_EQ(ran.load(), 3);
+  // Finished in time, also from inside a task (a helping timed wait).
+  for (int i = 0; i < 100; ++i) {
+    auto inner = s.submit([&] { return wf.run(s).wait_for(20s); });
+    ASSERT_TRUE(inner.get()) << "iteration " << i;
+  }
+  gate.open.store(true);
+}
+
 TEST(Workflow, EmptyWorkflowCompletesAtOnce) {
   Scheduler s{{.workers = 1}};
   Workflow wf("empty");
@@ -300,7 +334,7 @@ TEST(Workflow, NodeNeedsCapConcurrencyAcrossConcurrentRuns) {
   auto fan_in = wf.node("report", [] {});
   auto fan_out = wf.node("start", [] {});
   for (int i = 0; i < 16; ++i) {
-    wf.node("query" + std::to_string(i), [&] {
+    auto query = wf.node("query" + std::to_string(i), [&] {
       const int now = ++in_db;
       int seen = most.load();
       while (now > seen && !most.compare_exchange_weak(seen, now)) {
@@ -308,7 +342,8 @@ TEST(Workflow, NodeNeedsCapConcurrencyAcrossConcurrentRuns) {
       for (int k = 0; k < 20; ++k) std::this_thread::yield();  // stay inside long enough to overlap
       --in_db;
       ++ran;
-    }, {.needs = {{db, 1}}}).after(fan_out).before(fan_in);
+    }, {.needs = {{db, 1}}}).after(fan_out);
+    fan_in.after(query);
   }
   constexpr int kRuns = 10 * static_cast<int>(test::kScale);
   std::vector<WorkflowRun> runs;

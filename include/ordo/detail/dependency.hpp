@@ -36,6 +36,12 @@ struct PredList {
   static void destroy(PredList* list) noexcept;
 };
 
+// What a task needs of resource groups, or null: only handle tasks carry
+// needs, in their extras. The one spelling of "does this task take permits".
+inline NeedList* needs_of(const Task* t) noexcept {
+  return t->kind == TaskKind::handle && t->preds != nullptr ? t->preds->needs : nullptr;
+}
+
 enum class SuccMode : std::uint8_t { all, any };
 
 // Makes `succ` wait for `pred`. The caller has counted `pred` in succ->deps
@@ -55,9 +61,9 @@ bool relevel_if_waiting(Task* t, unsigned level);
 // a reference): counts, links to every predecessor, raises lower-priority
 // predecessors, then releases the setup hold (queuing it if all are done).
 void link_and_arm(Task* t, SuccMode mode);
-// A handle task's node with `preds` empty predecessor slots, the setup hold
-// counted, refs for the handle and the queue entry. Throws like prepare_task.
-Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std::uint32_t preds);
+// A handle task's node (prepare_task) with `preds` empty predecessor slots
+// and the setup hold counted. Throws like prepare_task.
+Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std::uint32_t preds, ExecFn exec);
 // Frees a dependent whose payload could not be built (nothing was linked yet).
 void discard_dependent(Task* t) noexcept;
 // Validates `needs` (InvalidArgument) and attaches them to a dependent's extras.

@@ -137,10 +137,21 @@ void destroy_payload(Task* t) noexcept {
 // released at once.
 inline SuccNode* const kSuccessorsClosed = reinterpret_cast<SuccNode*>(std::uintptr_t{1});
 
-// Validates the priority (InvalidArgument if beyond the configured levels),
-// resolves an unset one (inherit from the running task, else normal) and takes
-// a node from the calling thread's pool with its level set.
-Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority);
+using ExecFn = bool (*)(Task*, ExecMode) noexcept;
+
+// The level a submission runs at: `priority` validated (InvalidArgument if
+// beyond the configured levels), or, unset, the running task's level when
+// called from inside a task of `core`, else the default (normal).
+std::uint8_t resolve_level(SchedulerCore& core, std::optional<Priority> priority);
+
+// The one place a task node is initialised: takes a node from the calling
+// thread's pool and sets every field its kind uses — exec, kind, level (as
+// resolve_level), core, movability, wait sampling; for a handle task also its
+// state (queued), two references (the handle's and the queue entry's), no
+// waiter, no successors, no predecessors and no pending count. The caller
+// constructs the payload, and sets `group` for a group task; make_dependent()
+// adds predecessor slots to a handle task. Throws like resolve_level.
+Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority, TaskKind kind, ExecFn exec);
 
 // Queues a prepared node: onto the calling worker's own deque when called from
 // a worker of `core`, else onto the injection queue of its level. Returns false,

@@ -1,0 +1,151 @@
+// SchedulerCore's end and its numbers: shutdown (the phases, the drain's
+// termination detection in shutdown_loop, joining) and the stats snapshot.
+#include <algorithm>
+
+#include "core/scheduler_core.hpp"
+
+namespace ordo::detail {
+
+// Termination detection while draining or cancelling. Every worker counts as
+// busy (busy_ starts at the number of workers) until it finds nothing here;
+// an idle worker counts itself busy again *before* it looks for work, so a
+// task is always either queued where an active worker will see it, running on
+// a busy worker, or announced in an injection queue. Hence busy_ == 0 with
+// every injection queue empty and closed means no task exists or can appear.
+void SchedulerCore::shutdown_loop(Worker& w) {
+  // While stopping every worker serves every level: reservations would
+  // otherwise leave lower-level tasks behind a worker that will not run them.
+  w.max_level.store(static_cast<std::uint8_t>(levels_ - 1), std::memory_order_relaxed);
+  // idle_parked: idle, and the drain waits for a parked task to come back
+  // (its rate tokens are due later); last_parked_task_left() wakes us.
+  enum class Next { exit, idle, idle_parked, busy };
+  // resources_.limit_changes() when the hopeless waiters were last looked
+  // for: a later set_limit() may have made another one hopeless.
+  std::uint64_t limits_judged = 0;
+  // Called holding our busy count; gives it up unless the answer is `busy`.
+  auto try_finish = [this, &limits_judged]() -> Next {
+    if (busy_.fetch_sub(1, std::memory_order_seq_cst) != 1 || !injection_empty()) return Next::idle;
+    if (resources_.parked() != 0) {
+      // Nothing runs, so no permit is held: a waiter that needs no more
+      // than each group's limit waits only for rate tokens, and the resource
+      // timer requeues it (announced before it stops counting as parked).
+      // One that needs more than a (lowered) limit can never run: cancel it,
+      // holding a busy count again while its completion, and whatever that
+      // releases, runs on this worker.
+      busy_.fetch_add(1, std::memory_order_seq_cst);
+      limits_judged = resources_.limit_changes();
+      if (resources_.cancel_parked(ResourceManager::Which::unsatisfiable) != 0) return Next::busy;
+      busy_.fetch_sub(1, std::memory_order_seq_cst);
+      return Next::idle_parked;
+    }
+    exit_.store(true, std::memory_order_seq_cst);
+    wake_all();
+    return Next::exit;
+  };
+  for (;;) {  // busy: our count is in busy_
+    while (Task* t = find_task(w)) run_task(w, t);
+    Next next = try_finish();
+    while (next == Next::idle || next == Next::idle_parked) {  // our count is not in busy_
+      if (exit_.load(std::memory_order_seq_cst)) return;
+      if (next == Next::idle_parked) {
+        // seq_cst: pairs with unpark_one()'s decrement and set_limit()'s
+        // count, read after joining the sleepers that both then wake.
+        park_worker(w, [this, &limits_judged] {
+          return resources_.parked() == 0 || resources_.limit_changes() != limits_judged;
+        });
+      } else {
+        park_worker(w, [] { return false; });
+      }
+      if (exit_.load(std::memory_order_seq_cst)) return;
+      busy_.fetch_add(1, std::memory_order_seq_cst);
+      if (Task* t = find_task(w)) {
+        run_task(w, t);
+        next = Next::busy;
+      } else {
+        next = try_finish();
+      }
+    }
+    if (next == Next::exit) return;
+  }
+}
+
+void SchedulerCore::stop(ShutdownMode mode) {
+  std::lock_guard lock(stop_mu_);
+  if (stopped_) return;
+  stopped_ = true;
+  phase_.store(mode == ShutdownMode::cancel ? kCancelling : kDraining, std::memory_order_seq_cst);
+  for (unsigned l = 0; l < levels_; ++l) injection_[l].announced.fetch_or(kClosed, std::memory_order_seq_cst);
+  if (mode == ShutdownMode::cancel) resources_.cancel_parked(ResourceManager::Which::all);
+  // Workers parked before the phase change would sleep on: wake them all. A
+  // worker that has not parked yet re-reads the phase (seq_cst) after joining
+  // the sleep set, so it cannot miss both the store above and this wake-up.
+  wake_all();
+  for (auto& w : workers_) {
+    if (w->thread.joinable()) w->thread.join();
+  }
+  if (ager_) ager_->stop();  // drops its references; every task it tracked has run or been cancelled
+  resources_.stop();
+}
+
+void SchedulerCore::fill_stats(SchedulerStats& st) const {
+  st.workers = worker_count();
+  st.levels = levels_;
+  st.steals = 0;
+  st.tasks_run = 0;
+  st.workers_parked = parked_count();
+  st.promoted = promoted_.load(std::memory_order_relaxed);
+  st.per_level.assign(levels_, LevelStats{});
+  st.per_worker.assign(workers_.size(), WorkerStats{});
+  std::vector<WaitHistogram::Merged> merged(levels_);
+  for (unsigned l = 0; l < levels_; ++l) st.per_level[l].queued = injection_[l].announced.load(std::memory_order_relaxed) / 2;
+  // Each counter is read once and every total is summed from those reads, so
+  // the snapshot adds up: tasks_run == sum of per-worker == sum of per-level.
+  for (std::size_t i = 0; i < workers_.size(); ++i) {
+    const Worker& w = *workers_[i];
+    WorkerStats& ws = st.per_worker[i];
+    ws.steals = w.stolen.load(std::memory_order_relaxed);
+    ws.idle_ms = static_cast<double>(w.idle_ns.load(std::memory_order_relaxed)) / 1e6;
+    ws.parked = sleepers_.contains(w.index);
+    const int running = w.running_level.load(std::memory_order_relaxed);
+    for (unsigned l = 0; l < levels_; ++l) {
+      LevelStats& ls = st.per_level[l];
+      const std::uint64_t done = w.per_level[l].completed.load(std::memory_order_relaxed);
+      ws.tasks_run += done;
+      ls.completed += done;
+      ls.queued += static_cast<std::uint64_t>(w.deques[l].size_hint());
+      if (running == static_cast<int>(l)) ++ls.running;
+      w.per_level[l].waits.merge_into(merged[l]);
+    }
+    st.tasks_run += ws.tasks_run;
+    st.steals += ws.steals;
+  }
+  for (unsigned l = 0; l < levels_; ++l) {
+    LevelStats& ls = st.per_level[l];
+    ls.wait_samples = merged[l].total;
+    ls.wait_p50_us = merged[l].quantile_ns(0.50) / 1000.0;
+    ls.wait_p90_us = merged[l].quantile_ns(0.90) / 1000.0;
+    ls.wait_p99_us = merged[l].quantile_ns(0.99) / 1000.0;
+    ls.wait_max_us = static_cast<double>(merged[l].max) / 1000.0;
+  }
+  st.resources = resources_.all_stats();
+  std::lock_guard lock(stats_sources_mu_);
+  for (const auto& [owner, fill] : stats_sources_) fill(st);
+}
+
+void SchedulerCore::add_stats_source(const void* owner, std::function<void(SchedulerStats&)> fill) {
+  std::lock_guard lock(stats_sources_mu_);
+  stats_sources_.emplace_back(owner, std::move(fill));
+}
+
+void SchedulerCore::remove_stats_source(const void* owner) noexcept {
+  std::lock_guard lock(stats_sources_mu_);
+  std::erase_if(stats_sources_, [&](const auto& s) { return s.first == owner; });
+}
+
+std::uint64_t SchedulerCore::stolen_total() const noexcept {
+  std::uint64_t sum = 0;
+  for (const auto& w : workers_) sum += w->stolen.load(std::memory_order_relaxed);
+  return sum;
+}
+
+}  // namespace ordo::detail
