@@ -78,7 +78,9 @@ void require_body(const detail::WorkflowGraph& g, const std::function<void()>& b
 
 NodeRef Workflow::node(std::function<void()> body, NodeOptions options) {
   auto& g = *graph_;
-  require_body(g, body, "#" + std::to_string(g.bodies.size()));
+  std::string label = "#";  // not "#" + to_string(): GCC 12 warns falsely (-Wrestrict) on that
+  label += std::to_string(g.bodies.size());
+  require_body(g, body, label);
   return NodeRef(this, append_node(g, {}, std::move(body), std::move(options)));
 }
 
