@@ -49,6 +49,13 @@ namespace ordo::detail {
 
 class SchedulerCore;
 
+// A test-only fault point (no public option): while positive, the draining
+// worker that judges whether the scheduler is done pauses this many
+// microseconds between its reads of the places a task can be, widening the
+// window in which another thread moves a task between them. Relaxed: a
+// number on its own, publishing nothing.
+inline std::atomic<int> drain_judge_pause_us{0};
+
 // The deadline of a wait: none (the untimed waits compile to the loop they
 // always were, without a clock read), or a steady-clock time in nanoseconds.
 struct NoDeadline {
@@ -213,7 +220,13 @@ class SchedulerCore final : public TaskSink {
   ResourceManager resources_{*this};
   std::atomic<std::uint64_t> promoted_{0};
   alignas(64) std::atomic<int> phase_{kAccepting};
-  std::atomic<int> busy_{0};      // workers not idle; counted only once stopping
+  // Once stopping: the low 32 bits count the workers not idle; every entry
+  // into busy (kBusyEntry) also adds one to the high 32 bits, so that the
+  // worker that made the count 0 can tell whether anyone became busy, even
+  // briefly, while it looked for the end (shutdown_loop).
+  static constexpr std::uint64_t kBusyCount = 0xffff'ffffu;
+  static constexpr std::uint64_t kBusyEntry = (std::uint64_t{1} << 32) + 1;
+  std::atomic<std::uint64_t> busy_{0};
   std::atomic<bool> exit_{false};  // drain/cancel complete: workers return
   std::mutex stop_mu_;
   bool stopped_ = false;

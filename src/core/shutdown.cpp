@@ -1,6 +1,8 @@
 // SchedulerCore's end and its numbers: shutdown (the phases, the drain's
 // termination detection in shutdown_loop, joining) and the stats snapshot.
 #include <algorithm>
+#include <chrono>
+#include <thread>
 
 #include "core/scheduler_core.hpp"
 
@@ -8,10 +10,26 @@ namespace ordo::detail {
 
 // Termination detection while draining or cancelling. Every worker counts as
 // busy (busy_ starts at the number of workers) until it finds nothing here;
-// an idle worker counts itself busy again *before* it looks for work, so a
-// task is always either queued where an active worker will see it, running on
-// a busy worker, or announced in an injection queue. Hence busy_ == 0 with
-// every injection queue empty and closed means no task exists or can appear.
+// an idle worker counts itself busy again *before* it looks for work. A task
+// is always in one of these places: queued where an active worker will see
+// it, announced in an injection queue, held by a busy worker (running it,
+// parking it, releasing its dependents), or parked on resource groups.
+//
+// Only the worker that makes the busy count 0 judges the end, and it reads
+// the places one at a time, so a task may move between two of its reads:
+//  - parked -> announced happens off the workers (the rate timer, a cancel
+//    or a release on another thread): the mover announces first and stops
+//    counting the task as parked after. Hence "parked" is read before the
+//    queues: nothing parked then means anything parked earlier is announced
+//    by now (or was taken by a worker, see the next point);
+//  - announced -> held -> parked happens on a worker, which must count
+//    itself busy first. The count alone is not enough: another worker can
+//    become busy, take the last announced task and still be parking it when
+//    the queues and the parked count are both read as empty. Hence the
+//    entry counter in busy_: the end is reached only if no worker became
+//    busy between the count reaching 0 and the last read.
+// (Both races ended a drain with a task still queued: issue 12, the chaos
+// test's "level 1 queued=1, no worker parked".)
 void SchedulerCore::shutdown_loop(Worker& w) {
   // While stopping every worker serves every level: reservations would
   // otherwise leave lower-level tasks behind a worker that will not run them.
@@ -24,20 +42,30 @@ void SchedulerCore::shutdown_loop(Worker& w) {
   std::uint64_t limits_judged = 0;
   // Called holding our busy count; gives it up unless the answer is `busy`.
   auto try_finish = [this, &limits_judged]() -> Next {
-    if (busy_.fetch_sub(1, std::memory_order_seq_cst) != 1 || !injection_empty()) return Next::idle;
-    if (resources_.parked() != 0) {
+    const std::uint64_t before = busy_.fetch_sub(1, std::memory_order_seq_cst);
+    if ((before & kBusyCount) != 1) return Next::idle;
+    const std::uint64_t quiet = before - 1;  // nobody busy, and the entries so far
+    // Parked first, then the queues: see above.
+    const bool some_parked = resources_.parked() != 0;
+    if (const int pause = drain_judge_pause_us.load(std::memory_order_relaxed); pause > 0) [[unlikely]]
+      std::this_thread::sleep_for(std::chrono::microseconds(pause));
+    if (!injection_empty()) return Next::idle;
+    if (some_parked) {
       // Nothing runs, so no permit is held: a waiter that needs no more
       // than each group's limit waits only for rate tokens, and the resource
       // timer requeues it (announced before it stops counting as parked).
       // One that needs more than a (lowered) limit can never run: cancel it,
       // holding a busy count again while its completion, and whatever that
       // releases, runs on this worker.
-      busy_.fetch_add(1, std::memory_order_seq_cst);
+      busy_.fetch_add(kBusyEntry, std::memory_order_seq_cst);
       limits_judged = resources_.limit_changes();
       if (resources_.cancel_parked(ResourceManager::Which::unsatisfiable) != 0) return Next::busy;
       busy_.fetch_sub(1, std::memory_order_seq_cst);
       return Next::idle_parked;
     }
+    // Someone became busy meanwhile and may hold a task we did not see: it
+    // judges the end itself when it next makes the count 0.
+    if (busy_.load(std::memory_order_seq_cst) != quiet) return Next::idle;
     exit_.store(true, std::memory_order_seq_cst);
     wake_all();
     return Next::exit;
@@ -57,7 +85,7 @@ void SchedulerCore::shutdown_loop(Worker& w) {
         park_worker(w, [] { return false; });
       }
       if (exit_.load(std::memory_order_seq_cst)) return;
-      busy_.fetch_add(1, std::memory_order_seq_cst);
+      busy_.fetch_add(kBusyEntry, std::memory_order_seq_cst);
       if (Task* t = find_task(w)) {
         run_task(w, t);
         next = Next::busy;

@@ -13,7 +13,8 @@ namespace ordo::detail {
 
 void SchedulerCore::start() {
   // Workers count as busy until the shutdown loop sees them idle.
-  busy_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  // relaxed: std::thread creation below publishes it to the workers.
+  busy_.store(workers_.size(), std::memory_order_relaxed);
   for (auto& w : workers_) {
     Worker* raw = w.get();
     raw->thread = std::thread([this, raw] { worker_main(*raw); });

@@ -128,16 +128,21 @@ class Program {
     check_after_the_end();
   }
 
-  // The watchdog's view: a one-line summary and the live stats.
+  // The watchdog's view: a one-line summary and the live stats. The
+  // watchdog runs on its own thread while the driver builds the program, so
+  // it reads only what the driver publishes under log_mu_.
   std::string describe() const {
-    std::string out = "workers=" + std::to_string(workers_) + " levels=" + std::to_string(levels_) +
-                      " nodes=" + std::to_string(nodes_.size()) + " last ops:";
     std::lock_guard lock(log_mu_);
-    out = "waiting for " + waiting_on_ + "\n  " + out;
+    std::string out = "waiting for " + waiting_on_ + "\n  " + shape_ + " nodes=" + std::to_string(node_count_) +
+                      " last ops:";
     for (const auto& s : log_) out += " " + s;
     return out;
   }
-  Scheduler* scheduler() const { return scheduler_.get(); }
+  // Null until configured. stats() may be called on any thread.
+  Scheduler* scheduler() const {
+    std::lock_guard lock(log_mu_);
+    return watched_;
+  }
 
  private:
   int pick(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
@@ -177,6 +182,13 @@ class Program {
       o.reserved.push_back({Priority{0}, static_cast<unsigned>(pick(1, static_cast<int>(workers_) - 1))});
     }
     scheduler_ = std::make_unique<Scheduler>(o);
+    {
+      std::lock_guard lock(log_mu_);
+      watched_ = scheduler_.get();
+      shape_ = "workers=" + std::to_string(workers_) + " levels=" + std::to_string(levels_) +
+               (o.policy == Policy::weighted ? " weighted" : "") + (o.age_bounds.empty() ? "" : " ageing") +
+               (o.reserved.empty() ? "" : " reserved");
+    }
     const int counting = pick(0, 3);
     for (int g = 0; g < counting; ++g) {
       auto m = std::make_unique<CountingModel>();
@@ -224,6 +236,10 @@ class Program {
     n->throws = chance(0.08);
     n->spin_us = chance(0.3) ? pick(0, 60) : 0;
     nodes_.push_back(std::move(n));
+    {
+      std::lock_guard lock(log_mu_);
+      node_count_ = nodes_.size();
+    }
     return nodes_.back().get();
   }
 
@@ -632,6 +648,9 @@ class Program {
   mutable std::mutex log_mu_;
   std::vector<std::string> log_;
   std::string waiting_on_ = "nothing";
+  std::string shape_ = "not configured yet";  // log_mu_
+  std::size_t node_count_ = 0;                 // log_mu_
+  Scheduler* watched_ = nullptr;               // log_mu_; lives as long as the Program
 
  public:
   ~Program() {
@@ -661,9 +680,17 @@ TEST(Chaos, RandomProgramsOverTheWholeApiKeepEveryInvariant) {
       std::fprintf(stderr, "chaos: program %llu of ORDO_SEED=%llu hung for 60 s\n  %s\n",
                    static_cast<unsigned long long>(current_index), static_cast<unsigned long long>(seed),
                    current->describe().c_str());
-      const auto st = current->scheduler()->stats();
+      Scheduler* s = current->scheduler();
+      if (s == nullptr) {
+        std::fprintf(stderr, "  (no scheduler yet)\n");
+        std::abort();
+      }
+      const auto st = s->stats();
       std::fprintf(stderr, "  stats: tasks_run=%llu parked workers=%u\n", static_cast<unsigned long long>(st.tasks_run),
                    st.workers_parked);
+      for (std::size_t w = 0; w < st.per_worker.size(); ++w)
+        std::fprintf(stderr, "  worker %zu: parked=%d tasks_run=%llu\n", w, st.per_worker[w].parked ? 1 : 0,
+                     static_cast<unsigned long long>(st.per_worker[w].tasks_run));
       for (const auto& r : st.resources)
         std::fprintf(stderr, "  group %s: limit=%llu in_use=%llu waiting=%llu\n", r.name.c_str(),
                      static_cast<unsigned long long>(r.limit), static_cast<unsigned long long>(r.in_use),

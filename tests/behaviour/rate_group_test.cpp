@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/scheduler_core.hpp"  // the test-only fault point drain_judge_pause_us
 #include "ordo/ordo.hpp"
 #include "test_support.hpp"
 
@@ -85,6 +86,40 @@ TEST(RateGroup, DrainWaitsForTokensInsteadOfCancelling) {
   }  // the destructor drains: every task runs once its token is due
   EXPECT_EQ(ran.load(), 6);
   EXPECT_GE(std::chrono::steady_clock::now() - start, 25ms - 500us);
+}
+
+// The rate timer requeues a granted waiter from its own thread, which no
+// worker's busy count covers: the task is announced in an injection queue
+// and only then stops counting as parked. A draining worker that judged
+// "nothing queued" before the announcement and "nothing parked" after the
+// decrement ended the drain with the task still queued: shutdown(drain)
+// returned, the task never ran (found by the chaos test under TSan: level 1
+// queued=1, no worker left). Tokens every 20 us keep the timer granting
+// while the workers finish each granted task and look for the end; the
+// fault point widens the window between the judging worker's reads from a
+// few instructions to 100 us.
+TEST(RateGroup, DrainNeverEndsWhileTheTimerRequeuesAGrantedWaiter) {
+  using namespace std::chrono_literals;
+  constexpr int kRounds = 10 * static_cast<int>(test::kScale);
+  constexpr int kTasks = 100;
+  struct PauseOff {
+    ~PauseOff() { detail::drain_judge_pause_us.store(0); }
+  } pause_off;
+  detail::drain_judge_pause_us.store(100);
+  for (int round = 0; round < kRounds; ++round) {
+    auto s = std::make_unique<Scheduler>(SchedulerOptions{.workers = 2});
+    auto api = s->rate_group("api", 1, 20us, 1);
+    std::atomic<int> ran{0};
+    std::vector<Handle<void>> hs;
+    for (int i = 0; i < kTasks; ++i) hs.push_back(s->submit([&] { ran++; }, {.needs = {{api, 1}}}));
+    must_finish("shutdown(drain) with rate waiters", [&] { s->shutdown(ShutdownMode::drain); });
+    const int ran_at_return = ran.load();
+    std::size_t unresolved = 0;
+    for (auto& h : hs) unresolved += h.ready() ? 0 : 1;
+    ASSERT_EQ(ran_at_return, kTasks) << "round " << round << ": shutdown(drain) returned with " << unresolved
+                                     << " handles unresolved, " << api.stats().waiting << " parked";
+    must_finish("destroying the drained scheduler", [&] { s.reset(); });
+  }
 }
 
 TEST(RateGroup, DrainCancelsOnlyWaitersALoweredLimitCanNeverGrant) {
