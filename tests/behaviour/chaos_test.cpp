@@ -1,6 +1,7 @@
 // The randomized model checker of the in-process API: random programs over
 // submit/post, then/when_all/when_any/after, set_priority and cancel at random
-// moments, task groups with nested helping waits, counting groups with
+// moments, task groups with nested helping waits, timed waits (wait_for on
+// handles, on workflow runs, and inside tasks), counting groups with
 // weighted needs, rate groups, tasks needing several groups, set_limit up and
 // down, reserve() changes, concurrent workflow runs, and shutdown (drain or
 // cancel) at a random point. While a program runs and after it ends, it checks:
@@ -64,6 +65,7 @@ struct Node {
   int spin_us = 0;
   int children = 0;       // TaskGroup children spawned (and waited for, helping)
   bool nested_get = false;  // submits a subtask and get()s it (helping wait)
+  int nested_wait_for_us = -1;  // >= 0: a timed wait of that long on the subtask first
   std::vector<std::pair<int, std::uint64_t>> counting;  // group index, amount
   std::vector<std::pair<int, std::uint64_t>> rate;
   std::atomic<int> runs{0};
@@ -262,6 +264,7 @@ class Program {
     if (needs.empty()) {
       n.children = chance(0.15) ? pick(1, 4) : 0;
       n.nested_get = chance(0.1);
+      if (n.nested_get && chance(0.5)) n.nested_wait_for_us = pick(0, 200);
     }
     return needs;
   }
@@ -307,7 +310,11 @@ class Program {
     }
     if (n.nested_get) {
       try {
-        if (scheduler_->submit([] { return 5; }).get() != 5) fail("a nested subtask returned the wrong value");
+        auto sub = scheduler_->submit([] { return 5; });
+        // A timed helping wait on a worker: true means finished, and only then.
+        if (n.nested_wait_for_us >= 0 && sub.wait_for(std::chrono::microseconds(n.nested_wait_for_us)) && !sub.ready())
+          fail("a nested wait_for said finished before the subtask was");
+        if (sub.get() != 5) fail("a nested subtask returned the wrong value");
       } catch (const TaskCancelled&) {  // shutdown(cancel) may cancel it
       }
     }
@@ -371,6 +378,16 @@ class Program {
         for (Node* n : valid_handles()) {  // observe without consuming
           (void)n->handle.ready();
           (void)n->handle.status();
+          // A timed wait never says "finished" early, and leaves the handle usable.
+          if (n->handle.wait_for(std::chrono::microseconds(pick(0, 300))) && !n->handle.ready())
+            fail("task " + std::to_string(n->id) + ": wait_for said finished before it was");
+          break;
+        }
+        for (auto& m : workflows_) {
+          if (m->runs.empty()) continue;
+          WorkflowRun& run = m->runs[static_cast<std::size_t>(pick(0, static_cast<int>(m->runs.size()) - 1))];
+          if (run.wait_for(std::chrono::microseconds(pick(0, 300))) && !run.ready())
+            fail("a workflow run's wait_for said finished before it was");
           break;
         }
       } else {
