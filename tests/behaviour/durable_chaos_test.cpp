@@ -16,6 +16,9 @@
 // - the dead set holds exactly the tasks whose attempts ran out: each with
 //   max_attempts attempts, none completed since its last retry; a task that
 //   failed max_attempts times is dead or discarded;
+// - status by id agrees after each drain: no task scheduled or retrying, each
+//   task of that boot completed (key retained) or dead, the dead set and
+//   status() alike;
 // - a failing program is named by its seed (ORDO_SEED reproduces the
 //   programs; the kill points depend on timing too).
 //
@@ -174,6 +177,8 @@ std::string args_of(const TaskSpec& t, std::int64_t not_before_ns = 0) {
     d.define("node", handler, {.retry = quick});
     d.start();
     std::mt19937 pause_rng(static_cast<unsigned>(boot));
+    std::vector<TaskId> accepted;    // tasks enqueued in this boot
+    std::set<TaskId> discarded;      // taken out of the dead set in this boot
     for (std::size_t i = first_op; i < program.ops.size(); ++i) {
       const Op& op = program.ops[i];
       switch (op.kind) {
@@ -185,7 +190,9 @@ std::string args_of(const TaskSpec& t, std::int64_t not_before_ns = 0) {
             o.run_at = std::chrono::system_clock::now() + std::chrono::milliseconds(t.delay_ms);
             not_before = std::chrono::duration_cast<std::chrono::nanoseconds>(o.run_at->time_since_epoch()).count();
           }
-          log_line(fd, "acc " + t.label + " " + std::to_string(d.enqueue("task", args_of(t, not_before), o)));
+          const TaskId id = d.enqueue("task", args_of(t, not_before), o);
+          accepted.push_back(id);
+          log_line(fd, "acc " + t.label + " " + std::to_string(id));
           break;
         }
         case Op::flow: {
@@ -204,6 +211,7 @@ std::string args_of(const TaskSpec& t, std::int64_t not_before_ns = 0) {
           const TaskId id = dead[op.pick % dead.size()].id;
           const bool retry = op.pick % 2 == 0;
           log_line(fd, std::string(retry ? "retrying " : "discarding ") + std::to_string(id));
+          if (!retry) discarded.insert(id);
           static_cast<void>(retry ? d.retry_dead(id) : d.discard_dead(id));
           break;
         }
@@ -222,6 +230,19 @@ std::string args_of(const TaskSpec& t, std::int64_t not_before_ns = 0) {
       log_line(fd, "op " + std::to_string(i));
     }
     d.shutdown(ShutdownMode::drain);
+    // Status by id agrees with the drain: nothing waits for a time any more,
+    // every task of this boot completed (its key retained) or is dead, and
+    // the dead set and status() say the same.
+    if (!d.scheduled().empty() || !d.retrying().empty()) log_line(fd, "bad-status scheduled or retrying tasks after a drain");
+    for (const DeadTask& dj : d.dead()) {
+      if (d.status(dj.id).state != DurableTaskStatus::State::dead)
+        log_line(fd, "bad-status dead task " + std::to_string(dj.id) + " is " + to_string(d.status(dj.id).state));
+    }
+    for (const TaskId id : accepted) {
+      const auto state = d.status(id).state;
+      if (!discarded.count(id) && state != DurableTaskStatus::State::completed && state != DurableTaskStatus::State::dead)
+        log_line(fd, "bad-status task " + std::to_string(id) + " is " + to_string(state) + " after a drain");
+    }
     for (const DeadTask& dj : d.dead()) {
       if (dj.type != "node") continue;
       log_line(fd, "discarding " + std::to_string(dj.id));
@@ -349,6 +370,8 @@ void check_log(const Program& program, const std::string& log, const std::set<in
       unsigned attempts = 0;
       f >> id >> attempts;
       final_dead[id] = attempts;
+    } else if (what == "bad-status") {
+      ADD_FAILURE() << line << " (line " << line_no << ")";
     } else if (what == "early") {
       ADD_FAILURE() << line << ": ran before its time (line " << line_no << ")";
     } else if (what == "unfinished-workflows") {
