@@ -9,8 +9,13 @@
 // finished, and runs them again — at least once, never lost. See
 // docs/durability.md.
 //
-// Life of a DurableTasks: construct it on a scheduler and a journal directory
-// (the journal is replayed into memory, nothing runs yet); define() every type;
+// Where tasks are kept is chosen at construction: a journal directory (one
+// process, the embedded default) or a PostgreSQL database shared by a fleet of
+// processes (ordo::postgres(), include/ordo/postgres.hpp, docs/postgres.md).
+//
+// Life of a DurableTasks: construct it on a scheduler and a store (a journal
+// is replayed into memory; a database's schema is migrated; nothing runs
+// yet); define() every type;
 // start() queues what the journal holds; enqueue() from then on; shutdown()
 // (or the destructor, which drains) before the scheduler goes away.
 //
@@ -38,15 +43,35 @@
 #include "ordo/resource.hpp"
 #include "ordo/stats.hpp"
 
+struct pg_conn;  // libpq's connection (PGconn); only the PostgreSQL store hands one out
+
 namespace ordo {
 
 class Scheduler;
+struct PostgresStore;
 namespace detail {
-class DurableRuntime;
-struct JournaledTask;
+class DurableBackend;
 }  // namespace detail
 
 using TaskId = std::uint64_t;
+
+namespace detail {
+// The store's side of one running attempt, behind a TaskContext. Each store
+// implements it; valid while the handler runs.
+class AttemptView {
+ public:
+  virtual TaskId id() const noexcept = 0;
+  virtual const std::string& type() const noexcept = 0;
+  virtual unsigned attempt() const noexcept = 0;
+  virtual std::string_view args() const noexcept = 0;
+  virtual std::span<const std::byte> last_checkpoint() const noexcept = 0;
+  virtual void checkpoint(std::span<const std::byte> bytes) = 0;
+  virtual pg_conn* transaction() = 0;
+
+ protected:
+  ~AttemptView() = default;
+};
+}  // namespace detail
 
 // A journal holds a task whose type this process has not defined.
 class UnknownTaskType : public Error {
@@ -75,9 +100,17 @@ class TaskContext {
   // attempt, or this one), empty if none.
   std::span<const std::byte> last_checkpoint() const noexcept;
   // Records progress: returns once it is durable under the journal's mode
-  // (sync: on disk; async/none: written to the OS). A re-run attempt reads it
-  // back from last_checkpoint(). Throws what Journal::append throws.
+  // (sync: on disk; async/none: written to the OS), or committed in the
+  // database. A re-run attempt reads it back from last_checkpoint(). Throws
+  // what Journal::append throws; on PostgreSQL, LeaseLost when this attempt
+  // no longer holds the task (its lease ran out and it was taken back).
   void checkpoint(std::span<const std::byte> bytes);
+  // PostgreSQL store, a type defined with `transactional`: the connection on
+  // which this attempt's transaction is open. What the handler does on it
+  // commits together with the task's completion, or not at all (the attempt
+  // failed, or lost its lease): effects exactly once. Do not COMMIT or
+  // ROLLBACK it yourself. Throws Error for any other task.
+  pg_conn* transaction();
 
   // Typed helpers for trivially copyable progress markers (an index, a struct).
   template <class T>
@@ -101,11 +134,10 @@ class TaskContext {
   }
 
  private:
-  friend class detail::DurableRuntime;
+  friend class detail::DurableBackend;
   [[noreturn]] void throw_checkpoint_size(std::size_t stored, std::size_t wanted) const;
-  TaskContext(detail::DurableRuntime& rt, detail::JournaledTask& task) : rt_(rt), task_(task) {}
-  detail::DurableRuntime& rt_;
-  detail::JournaledTask& task_;
+  explicit TaskContext(detail::AttemptView& attempt) : attempt_(attempt) {}
+  detail::AttemptView& attempt_;
 };
 
 using TaskHandler = std::function<void(TaskContext&, std::span<const std::byte> args)>;
@@ -124,6 +156,17 @@ struct RetryPolicy {
 struct TaskTypeOptions {
   RetryPolicy retry{};
   std::optional<Priority> priority{};  // unset: normal
+  // PostgreSQL store only: each attempt runs inside a database transaction
+  // that also records its completion (TaskContext::transaction()).
+  bool transactional = false;
+};
+
+// A share of a global resource group: a limit kept in the PostgreSQL store
+// and counted across every process of the fleet (DurableTasks::
+// set_global_limit / set_global_rate).
+struct GlobalNeed {
+  std::string group;
+  unsigned count = 1;
 };
 
 struct EnqueueOptions {
@@ -140,6 +183,10 @@ struct EnqueueOptions {
   // scheduler of the next process must have a group of that name
   // (UnknownResourceGroup otherwise).
   std::vector<Need> needs{};
+  // PostgreSQL store only: global groups, all granted (server-side, in one
+  // transaction) before the task is claimed by any process, and held until
+  // its attempt ends or its lease runs out.
+  std::vector<GlobalNeed> global_needs{};
 };
 
 // A DAG of durable task types, declared in one place and journaled as a
@@ -230,6 +277,11 @@ class DurableTasks {
   // runs until start(). Throws what Journal::open throws.
   DurableTasks(Scheduler& scheduler, const std::string& directory, JournalOptions journal = {},
                DurableOptions options = {});
+  // Keeps the tasks in a PostgreSQL database shared with other processes
+  // (ordo::postgres(conninfo)): connects, creates or migrates the schema.
+  // Throws StoreError when the database cannot be reached or its schema is
+  // newer than this ordo; Error when ordo was built without PostgreSQL.
+  DurableTasks(Scheduler& scheduler, const PostgresStore& store, DurableOptions options = {});
   // shutdown(drain) if not called. Never throws.
   ~DurableTasks();
 
@@ -250,6 +302,20 @@ class DurableTasks {
   TaskId enqueue(std::string_view type, std::string_view args, EnqueueOptions options = {}) {
     return enqueue(type, std::as_bytes(std::span<const char>(args.data(), args.size())), std::move(options));
   }
+
+  // PostgreSQL store: enqueues inside the caller's open transaction on
+  // `transaction` (the task exists exactly when that transaction commits).
+  // Any thread, before or after start(). Throws Error on the journal store.
+  TaskId enqueue_in(pg_conn* transaction, std::string_view type, std::string_view args,
+                    EnqueueOptions options = {});
+
+  // PostgreSQL store: creates global counting group `name` or changes its
+  // limit (fleet-wide; holders above a lowered limit keep their permits, no
+  // new one is granted until they are back under it). Any thread.
+  void set_global_limit(const std::string& name, unsigned limit);
+  // PostgreSQL store: a global rate group, `per_second` grants with bursts of
+  // `burst`, timed by the server's clock.
+  void set_global_rate(const std::string& name, double per_second, unsigned burst = 1);
 
   // After start(). Journals the whole workflow (one durable batch) and queues
   // its roots; returns the workflow's id. With an idempotency key, a
@@ -292,13 +358,14 @@ class DurableTasks {
   bool shutdown_for(std::chrono::milliseconds timeout, ShutdownMode mode = ShutdownMode::drain);
 
   DurableStats stats() const;
-  Journal& journal() noexcept;
+  // The journal store's journal. Throws Error on the PostgreSQL store.
+  Journal& journal();
 
   DurableTasks(const DurableTasks&) = delete;
   DurableTasks& operator=(const DurableTasks&) = delete;
 
  private:
-  std::unique_ptr<detail::DurableRuntime> rt_;
+  std::unique_ptr<detail::DurableBackend> rt_;
 };
 
 }  // namespace ordo

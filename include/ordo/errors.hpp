@@ -43,4 +43,23 @@ class SchedulerStopped : public Error {
   SchedulerStopped() : Error("ordo: scheduler is shutting down and accepts no new external submissions") {}
 };
 
+// A durable store failed to do what was asked: the database could not be
+// reached (after retrying), a statement failed, the schema is newer than this
+// ordo. The message carries the server's own words. Nothing the call was to
+// accept was acknowledged.
+class StoreError : public Error {
+ public:
+  using Error::Error;
+};
+
+// PostgreSQL store: this attempt no longer holds its task. Its lease ran out
+// (the process was paused, or cut off from the database) and the task went
+// back to the queue, perhaps to another process; the fence (the attempt
+// number) rejected this attempt's checkpoint. Let it propagate: the attempt's
+// outcome is not recorded, the task's current holder decides.
+class LeaseLost : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace ordo

@@ -21,19 +21,42 @@ std::span<const std::byte> as_span(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
 
+// A TaskContext's view of an attempt on the journal store.
+class JournalAttempt final : public AttemptView {
+ public:
+  JournalAttempt(DurableRuntime& rt, JournaledTask& task) : rt_(rt), task_(task) {}
+  TaskId id() const noexcept override { return task_.id; }
+  const std::string& type() const noexcept override { return task_.type; }
+  unsigned attempt() const noexcept override { return task_.attempts; }
+  std::string_view args() const noexcept override { return task_.args; }
+  std::span<const std::byte> last_checkpoint() const noexcept override { return as_span(task_.checkpoint()); }
+  void checkpoint(std::span<const std::byte> bytes) override { rt_.checkpoint(task_, bytes); }
+  pg_conn* transaction() override {
+    throw Error("ordo: TaskContext::transaction(): task " + std::to_string(task_.id) +
+                " is kept in a journal, not in PostgreSQL");
+  }
+
+ private:
+  DurableRuntime& rt_;
+  JournaledTask& task_;
+};
+
 }  // namespace
 
-std::int64_t DurableRuntime::backoff_ns(JournaledTask& task, unsigned attempt) {
-  const RetryPolicy& p = type_of(task)->options.retry;  // run() found the type
+std::int64_t retry_delay_ns(const RetryPolicy& p, unsigned attempt, std::uint64_t& rng) noexcept {
   double ns = static_cast<double>(std::chrono::nanoseconds(p.initial_backoff).count()) *
               std::pow(p.multiplier, static_cast<double>(attempt - 1));
   ns = std::min(ns, static_cast<double>(std::chrono::nanoseconds(p.max_backoff).count()));
-  rng_ ^= rng_ << 13;  // xorshift64 (mu_ held): jitter, not cryptography
-  rng_ ^= rng_ >> 7;
-  rng_ ^= rng_ << 17;
-  const double unit = static_cast<double>(rng_ >> 11) / static_cast<double>(1ull << 53);  // [0, 1)
+  rng ^= rng << 13;  // xorshift64: jitter, not cryptography
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  const double unit = static_cast<double>(rng >> 11) / static_cast<double>(1ull << 53);  // [0, 1)
   ns *= 1.0 + p.jitter * (2.0 * unit - 1.0);
   return static_cast<std::int64_t>(std::max(0.0, ns));
+}
+
+std::int64_t DurableRuntime::backoff_ns(JournaledTask& task, unsigned attempt) {
+  return retry_delay_ns(type_of(task)->options.retry, attempt, rng_);  // run() found the type; mu_ guards rng_
 }
 
 void DurableRuntime::run(TaskId id) {
@@ -75,7 +98,8 @@ void DurableRuntime::run(TaskId id) {
     journal_lost_locked(task);
     return;
   }
-  TaskContext ctx(*this, task);
+  JournalAttempt view(*this, task);
+  TaskContext ctx = context_for(view);
   std::string error;
   bool ok = false;
   const DurableRuntime* outer = std::exchange(t_in_handler_of, this);  // a helping wait may nest runs

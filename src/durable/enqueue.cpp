@@ -64,6 +64,14 @@ TaskId DurableRuntime::enqueue(std::string_view type, std::span<const std::byte>
   auto type_it = types_.find(std::string(type));
   if (type_it == types_.end()) throw InvalidArgument("ordo: no durable task type named '" + std::string(type) + "'");
   if (options.needs.size() > records::kMaxNeeds) throw InvalidArgument("ordo: a durable task may need at most 255 groups");
+  if (!options.global_needs.empty()) {
+    throw InvalidArgument("ordo: durable task needs global group '" + options.global_needs.front().group +
+                          "': global groups need the PostgreSQL store (this one is a journal)");
+  }
+  if (type_it->second.options.transactional) {
+    throw InvalidArgument("ordo: durable type '" + std::string(type) +
+                          "' is transactional: that needs the PostgreSQL store (this one is a journal)");
+  }
   std::vector<std::pair<std::string, std::uint64_t>> needs;  // journaled by name, resolved by name at each start
   needs.reserve(options.needs.size());
   for (const Need& need : options.needs) {

@@ -33,7 +33,7 @@ DurableRuntime::DurableRuntime(Scheduler& scheduler, const std::string& director
 
 DurableRuntime::~DurableRuntime() {
   detail::Access::core(scheduler_).remove_stats_source(this);
-  shutdown(ShutdownMode::drain);
+  shutdown(ShutdownMode::drain, std::nullopt);
 }
 
 bool DurableRuntime::key_taken_locked(const std::string& key, TaskId& existing) const {
@@ -132,19 +132,32 @@ DurableStats DurableRuntime::stats() const {
 
 }  // namespace detail
 
-TaskId TaskContext::id() const noexcept { return task_.id; }
-const std::string& TaskContext::type() const noexcept { return task_.type; }
-unsigned TaskContext::attempt() const noexcept { return task_.attempts; }
-std::string_view TaskContext::args_text() const noexcept { return task_.args; }
+TaskId TaskContext::id() const noexcept { return attempt_.id(); }
+const std::string& TaskContext::type() const noexcept { return attempt_.type(); }
+unsigned TaskContext::attempt() const noexcept { return attempt_.attempt(); }
+std::string_view TaskContext::args_text() const noexcept { return attempt_.args(); }
 void TaskContext::throw_checkpoint_size(std::size_t stored, std::size_t wanted) const {
-  throw InvalidArgument("ordo: durable task " + std::to_string(task_.id) + " resumes from a checkpoint of " +
+  throw InvalidArgument("ordo: durable task " + std::to_string(attempt_.id()) + " resumes from a checkpoint of " +
                         std::to_string(stored) + " bytes, but resume_from<T> asked for a T of " +
                         std::to_string(wanted) + " bytes (read last_checkpoint() to convert an older checkpoint)");
 }
-std::span<const std::byte> TaskContext::last_checkpoint() const noexcept {
-  return {reinterpret_cast<const std::byte*>(task_.checkpoint().data()), task_.checkpoint().size()};
+std::span<const std::byte> TaskContext::last_checkpoint() const noexcept { return attempt_.last_checkpoint(); }
+void TaskContext::checkpoint(std::span<const std::byte> bytes) { attempt_.checkpoint(bytes); }
+pg_conn* TaskContext::transaction() { return attempt_.transaction(); }
+
+namespace detail {
+
+TaskId DurableBackend::enqueue_in(pg_conn*, std::string_view, std::string_view, EnqueueOptions) {
+  throw Error("ordo: DurableTasks::enqueue_in needs the PostgreSQL store (this one is a journal)");
 }
-void TaskContext::checkpoint(std::span<const std::byte> bytes) { rt_.checkpoint(task_, bytes); }
+void DurableBackend::set_global_limit(const std::string& name, unsigned) {
+  throw Error("ordo: global group '" + name + "' needs the PostgreSQL store (this one is a journal)");
+}
+void DurableBackend::set_global_rate(const std::string& name, double, unsigned) {
+  throw Error("ordo: global group '" + name + "' needs the PostgreSQL store (this one is a journal)");
+}
+
+}  // namespace detail
 
 DurableTasks::DurableTasks(Scheduler& scheduler, const std::string& directory, JournalOptions journal,
                            DurableOptions options)
@@ -157,13 +170,21 @@ DurableRecovery DurableTasks::start() { return rt_->start(); }
 TaskId DurableTasks::enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) {
   return rt_->enqueue(type, args, std::move(options));
 }
+TaskId DurableTasks::enqueue_in(pg_conn* transaction, std::string_view type, std::string_view args,
+                                EnqueueOptions options) {
+  return rt_->enqueue_in(transaction, type, args, std::move(options));
+}
+void DurableTasks::set_global_limit(const std::string& name, unsigned limit) { rt_->set_global_limit(name, limit); }
+void DurableTasks::set_global_rate(const std::string& name, double per_second, unsigned burst) {
+  rt_->set_global_rate(name, per_second, burst);
+}
 TaskId DurableTasks::enqueue_workflow(const DurableWorkflow& workflow, std::string idempotency_key) {
   return rt_->enqueue_workflow(workflow, std::move(idempotency_key));
 }
 std::vector<DeadTask> DurableTasks::dead() const { return rt_->dead(); }
 bool DurableTasks::retry_dead(TaskId id) { return rt_->retry_dead(id); }
 bool DurableTasks::discard_dead(TaskId id) { return rt_->discard_dead(id); }
-void DurableTasks::shutdown(ShutdownMode mode) { rt_->shutdown(mode); }
+void DurableTasks::shutdown(ShutdownMode mode) { rt_->shutdown(mode, std::nullopt); }
 bool DurableTasks::shutdown_for(std::chrono::milliseconds timeout, ShutdownMode mode) {
   return rt_->shutdown(mode, std::chrono::steady_clock::now() + timeout);
 }
@@ -171,7 +192,10 @@ DurableTaskStatus DurableTasks::status(TaskId id) const { return rt_->status(id)
 std::vector<DurableTaskStatus> DurableTasks::scheduled() const { return rt_->waiting(false); }
 std::vector<DurableTaskStatus> DurableTasks::retrying() const { return rt_->waiting(true); }
 DurableStats DurableTasks::stats() const { return rt_->stats(); }
-Journal& DurableTasks::journal() noexcept { return rt_->journal(); }
+Journal& DurableTasks::journal() {
+  Journal* journal = rt_->journal();
+  if (journal == nullptr) throw Error("ordo: DurableTasks::journal(): this store is PostgreSQL, not a journal");
+  return *journal;
+}
 
 }  // namespace ordo
-

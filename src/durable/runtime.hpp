@@ -23,6 +23,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "durable/backend.hpp"
 #include "ordo/durable.hpp"
 #include "ordo/scheduler.hpp"
 #include "util/clock.hpp"
@@ -97,27 +98,23 @@ struct TaskType {
   TaskTypeOptions options;
 };
 
-class DurableRuntime {
+class DurableRuntime final : public DurableBackend {
  public:
   DurableRuntime(Scheduler& scheduler, const std::string& directory, JournalOptions journal, DurableOptions options);
   ~DurableRuntime();
 
-  void define(std::string type, TaskHandler handler, TaskTypeOptions options);
-  DurableRecovery start();
-  TaskId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options);
-  TaskId enqueue_workflow(const DurableWorkflow& workflow, std::string key);
-  std::vector<DeadTask> dead() const;
-  DurableTaskStatus status(TaskId id) const;
-  // The tasks waiting for a time: retrying ones (true) or scheduled ones.
-  std::vector<DurableTaskStatus> waiting(bool retrying) const;
-  bool retry_dead(TaskId id);
-  bool discard_dead(TaskId id);
-  // Waits until `deadline` at most (none: for as long as it takes). True
-  // once the shutdown is done; false when the time ran out or when called
-  // from inside a handler (the shutdown has begun either way).
-  bool shutdown(ShutdownMode mode, std::optional<std::chrono::steady_clock::time_point> deadline = {}) noexcept;
-  DurableStats stats() const;
-  Journal& journal() noexcept { return *journal_; }
+  void define(std::string type, TaskHandler handler, TaskTypeOptions options) override;
+  DurableRecovery start() override;
+  TaskId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) override;
+  TaskId enqueue_workflow(const DurableWorkflow& workflow, std::string key) override;
+  std::vector<DeadTask> dead() const override;
+  DurableTaskStatus status(TaskId id) const override;
+  std::vector<DurableTaskStatus> waiting(bool retrying) const override;
+  bool retry_dead(TaskId id) override;
+  bool discard_dead(TaskId id) override;
+  bool shutdown(ShutdownMode mode, std::optional<std::chrono::steady_clock::time_point> deadline) noexcept override;
+  DurableStats stats() const override;
+  Journal* journal() noexcept override { return journal_.get(); }
   void checkpoint(JournaledTask& task, std::span<const std::byte> bytes);
 
   // A posted task's runner: runs it, or, dropped unrun (scheduler cancel),

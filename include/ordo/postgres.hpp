@@ -1,0 +1,50 @@
+// ordo::postgres — durable tasks kept in a PostgreSQL database, shared by a
+// fleet of processes: one queue, one dead set, global resource groups and
+// priorities that hold across machines. See docs/postgres.md.
+//
+//   ordo::DurableTasks jobs(sched, ordo::postgres("host=db dbname=app"));
+//
+// Available when ordo was built with ORDO_POSTGRES (the default); otherwise
+// constructing a DurableTasks on it throws Error.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+namespace ordo {
+
+struct PostgresStore {
+  // A libpq connection string ("host=/run/pg dbname=app", "postgresql://...").
+  std::string conninfo;
+  // The schema ordo's tables live in; created and migrated on first use.
+  std::string schema = "ordo";
+  // How long a claimed task stays this process's without a renewal. A
+  // process that dies (kill -9, machine lost) gives its tasks and global
+  // permits back this long after its last renewal. Renewed every lease / 3.
+  std::chrono::milliseconds lease{std::chrono::seconds(5)};
+  // Wake-ups come by LISTEN/NOTIFY; this is the fallback poll when none
+  // arrives (lost notification, delayed tasks falling due, expired leases).
+  std::chrono::milliseconds poll{std::chrono::seconds(1)};
+  // Most tasks claimed in one round trip.
+  unsigned claim_batch = 128;
+  // Most claimed tasks this process holds at once (queued locally or
+  // running); 0: 8 per worker of the scheduler.
+  unsigned max_held = 0;
+  // A waiting task rises one level per `ageing` of waiting, as the local
+  // scheduler's strict-with-ageing rule; 0: strictly by level.
+  std::chrono::milliseconds ageing{std::chrono::seconds(10)};
+  // Shown as the holder of leases and permits; empty: host:pid.
+  std::string worker_name;
+  // Connections kept for `transactional` task types (one per handler
+  // running at once); 0: the scheduler's worker count.
+  unsigned transaction_connections = 0;
+};
+
+// The PostgreSQL store with default options and this connection string.
+inline PostgresStore postgres(std::string conninfo) {
+  PostgresStore store;
+  store.conninfo = std::move(conninfo);
+  return store;
+}
+
+}  // namespace ordo

@@ -1,0 +1,364 @@
+// PostgreSQL store: life (connect and migrate, start, shutdown), and the
+// claimer, heartbeat and finisher threads.
+#include "postgres/pg_runtime.hpp"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <random>
+
+#include "postgres/schema.hpp"
+
+namespace ordo::detail {
+namespace {
+
+// How long a thread keeps trying to reach a server that went away (a
+// restart) before it gives the step up.
+constexpr std::chrono::seconds kReconnectPatience{30};
+
+std::string default_owner() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+  std::random_device entropy;
+  char tag[9];
+  std::snprintf(tag, sizeof tag, "%08x", entropy());
+  return std::string(host) + ":" + std::to_string(getpid()) + ":" + tag;
+}
+
+}  // namespace
+
+std::string PgRuntime::sql(const char* text) const { return pg::in_schema(text, store_.schema); }
+
+PgRuntime::PgRuntime(Scheduler& scheduler, const PostgresStore& store, DurableOptions options)
+    : scheduler_(scheduler), store_(store), options_(options) {
+  pg::checked_identifier(store_.schema, "PostgresStore::schema");
+  if (store_.lease < std::chrono::milliseconds(100)) {
+    throw InvalidArgument("ordo: PostgresStore::lease of " + std::to_string(store_.lease.count()) +
+                          " ms is below the 100 ms a heartbeat needs");
+  }
+  if (store_.poll <= std::chrono::milliseconds(0)) throw InvalidArgument("ordo: PostgresStore::poll must be positive");
+  if (store_.claim_batch == 0) throw InvalidArgument("ordo: PostgresStore::claim_batch must be at least 1");
+  owner_ = store_.worker_name.empty() ? default_owner() : store_.worker_name;
+  max_held_ = store_.max_held != 0 ? store_.max_held : 8 * std::max(1u, scheduler_.worker_count());
+  retain_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(options_.key_retention).count();
+  admin_ = std::make_unique<pg::Connection>(store_.conninfo);
+  pg::migrate(*admin_, store_.schema);
+  enqueue_conn_ = std::make_unique<pg::Connection>(store_.conninfo);
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw StoreError("ordo: postgres: eventfd failed");
+}
+
+PgRuntime::~PgRuntime() {
+  shutdown(ShutdownMode::drain, std::nullopt);
+  if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+void PgRuntime::define(std::string type, TaskHandler handler, TaskTypeOptions options) {
+  if (started_) throw Error("ordo: DurableTasks::define('" + type + "') after start()");
+  if (type.empty()) throw InvalidArgument("ordo: a durable task type needs a name");
+  if (types_.count(type)) throw InvalidArgument("ordo: durable task type '" + type + "' is defined twice");
+  if (options.retry.max_attempts == 0) {
+    throw InvalidArgument("ordo: durable task type '" + type + "' has max_attempts 0 (at least 1)");
+  }
+  types_.emplace(std::move(type), Type{std::move(handler), options});
+}
+
+DurableRecovery PgRuntime::start() {
+  {
+    std::lock_guard lock(mu_);
+    if (started_) throw Error("ordo: DurableTasks::start() called twice");
+    started_ = true;
+  }
+  // Only types with a handler are claimed here; one without is enqueued only.
+  std::vector<std::string> runnable;
+  for (const auto& [name, type] : types_) {
+    if (type.handler) runnable.push_back(name);
+  }
+  type_list_ = pg::array_literal(runnable);
+  DurableRecovery found;
+  const pg::Result r = admin(sql(
+      "SELECT count(*) FILTER (WHERE state IN ('available', 'running', 'blocked')),"
+      " count(*) FILTER (WHERE state = 'running'),"
+      " count(*) FILTER (WHERE state = 'available' AND run_at > now()),"
+      " count(*) FILTER (WHERE state = 'dead'),"
+      " count(*) FILTER (WHERE state = 'completed'),"
+      " (SELECT count(*) FROM @S.workflows WHERE state = 'running') FROM @S.jobs"));
+  found.requeued = static_cast<std::uint64_t>(r.int64(0, 0));
+  found.interrupted = static_cast<std::uint64_t>(r.int64(0, 1));
+  found.delayed = static_cast<std::uint64_t>(r.int64(0, 2));
+  found.dead = static_cast<std::uint64_t>(r.int64(0, 3));
+  found.keys = static_cast<std::uint64_t>(r.int64(0, 4));
+  found.workflows = static_cast<std::uint64_t>(r.int64(0, 5));
+  claimer_ = std::thread([this] { claim_loop(); });
+  heartbeat_ = std::thread([this] { heartbeat_loop(); });
+  finisher_ = std::thread([this] { finish_loop(); });
+  return found;
+}
+
+pg::Result PgRuntime::admin(const std::string& text, const std::vector<pg::Param>& params) const {
+  std::lock_guard lock(admin_mu_);
+  for (int tries = 0;; ++tries) {
+    try {
+      if (admin_->broken()) admin_->reconnect(kReconnectPatience);
+      return admin_->exec(text, params);
+    } catch (const pg::StatementError& e) {
+      // Each admin statement stands alone (autocommit) and is safe to run
+      // again after a lost connection or a deadlock.
+      if (tries >= 2 || (!admin_->broken() && !e.transient())) throw;
+    }
+  }
+}
+
+void PgRuntime::wake_claimer() noexcept {
+  const std::uint64_t one = 1;
+  [[maybe_unused]] const auto n = write(wake_fd_, &one, sizeof one);  // a full counter still wakes
+}
+
+void PgRuntime::claim_loop() {
+  std::unique_ptr<pg::Connection> conn;
+  const std::string listen = "LISTEN " + store_.schema + "_ready";
+  for (;;) {
+    std::size_t room = 0;
+    bool draining = false;
+    {
+      std::lock_guard lock(mu_);
+      if (threads_done_) return;
+      if (!cancelling_ && held_.size() < max_held_) room = max_held_ - held_.size();
+      draining = stopping_ && !cancelling_;
+    }
+    std::int64_t next_due_ms = -1;
+    try {
+      if (!conn || conn->broken()) {
+        conn.reset();
+        conn = std::make_unique<pg::Connection>(store_.conninfo);
+        conn->exec(listen);
+      }
+      conn->drain_notifications();
+      const std::size_t asked = std::min<std::size_t>(room, store_.claim_batch);
+      const std::size_t got = asked > 0 ? claim_and_post(*conn, asked) : 0;
+      if (got == asked && asked > 0) continue;  // more may be ready
+      if (draining) {
+        bool idle = false;
+        {
+          std::lock_guard lock(mu_);
+          idle = held_.empty();
+        }
+        if (idle && store_drained(*conn)) {
+          std::lock_guard lock(mu_);
+          if (held_.empty()) {
+            drained_ = true;
+            changed_.notify_all();
+          }
+        }
+      }
+      const pg::Result due = conn->exec(sql("SELECT @S.next_due_ms()"));
+      if (!due.is_null(0, 0)) next_due_ms = std::max<std::int64_t>(1, due.int64(0, 0));
+    } catch (const StoreError&) {
+      // Lost connection (or a restarting server): connect again next round,
+      // after the poll interval.
+      if (conn && conn->broken()) conn.reset();
+    }
+    std::int64_t wait_ms = store_.poll.count();
+    if (next_due_ms >= 0) wait_ms = std::min(wait_ms, next_due_ms);
+    pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {conn ? conn->socket() : -1, POLLIN, 0}};
+    ::poll(fds, conn ? 2 : 1, static_cast<int>(wait_ms));
+    std::uint64_t count = 0;
+    [[maybe_unused]] const auto n = read(wake_fd_, &count, sizeof count);
+  }
+}
+
+bool PgRuntime::store_drained(pg::Connection& conn) {
+  const pg::Result r = conn.exec(
+      sql("SELECT NOT EXISTS (SELECT 1 FROM @S.jobs WHERE state IN ('available', 'blocked') AND type = ANY($1::text[]))"),
+      {type_list_});
+  return r.boolean(0, 0);
+}
+
+void PgRuntime::heartbeat_loop() {
+  std::unique_ptr<pg::Connection> conn;
+  const auto period = std::max(std::chrono::milliseconds(20), store_.lease / 3);
+  std::vector<std::int64_t> ids;
+  std::vector<std::int64_t> attempts;
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      heartbeat_cv_.wait_for(lock, period, [this] { return threads_done_; });
+      if (threads_done_) return;
+      ids.clear();
+      attempts.clear();
+      for (const auto& [id, held] : held_) {
+        if (held.lost) continue;
+        ids.push_back(static_cast<std::int64_t>(id));
+        attempts.push_back(held.attempt);
+      }
+    }
+    try {
+      if (!conn || conn->broken()) {
+        conn.reset();
+        conn = std::make_unique<pg::Connection>(store_.conninfo);
+      }
+      if (!ids.empty()) {
+        const pg::Result r = conn->exec(sql("SELECT * FROM @S.renew($1::bigint[], $2::integer[], $3)"),
+                                        {pg::int_array_literal(ids), pg::int_array_literal(attempts),
+                                         pg::Param(static_cast<std::int64_t>(store_.lease.count()))});
+        std::vector<TaskId> renewed;
+        renewed.reserve(static_cast<std::size_t>(r.rows()));
+        for (int i = 0; i < r.rows(); ++i) renewed.push_back(static_cast<TaskId>(r.int64(i, 0)));
+        std::sort(renewed.begin(), renewed.end());
+        std::lock_guard lock(mu_);
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+          const auto id = static_cast<TaskId>(ids[i]);
+          if (std::binary_search(renewed.begin(), renewed.end(), id)) continue;
+          auto it = held_.find(id);
+          if (it != held_.end() && it->second.attempt == static_cast<unsigned>(attempts[i])) it->second.lost = true;
+        }
+      }
+      conn->exec(sql("SELECT @S.reap()"));
+    } catch (const StoreError&) {
+      if (conn && conn->broken()) conn.reset();  // next period reconnects
+    }
+  }
+}
+
+void PgRuntime::finish_loop() {
+  std::unique_ptr<pg::Connection> conn;
+  for (;;) {
+    std::vector<Outcome> batch;
+    std::vector<std::pair<TaskId, unsigned>> releases;
+    {
+      std::unique_lock lock(mu_);
+      finisher_cv_.wait(lock, [this] { return threads_done_ || !outcomes_.empty() || !releases_.empty(); });
+      if (outcomes_.empty() && releases_.empty()) return;  // threads_done_
+      batch.swap(outcomes_);
+      releases.swap(releases_);
+    }
+    std::vector<TaskId> recorded;
+    bool gave_up = false;
+    try {
+      if (!conn) conn = std::make_unique<pg::Connection>(store_.conninfo);
+      if (!batch.empty()) {
+        std::vector<std::int64_t> ids, attempts, backoffs;
+        std::vector<std::string> oks;
+        std::vector<std::optional<std::string>> errors;
+        for (const Outcome& o : batch) {
+          ids.push_back(static_cast<std::int64_t>(o.id));
+          attempts.push_back(o.attempt);
+          oks.push_back(o.ok ? "t" : "f");
+          errors.push_back(o.ok ? std::nullopt : std::optional<std::string>(o.error));
+          backoffs.push_back(o.backoff_ms);
+        }
+        // Safe to repeat: the fence makes a second run of an outcome that
+        // did commit a no-op.
+        const pg::Result r = pg::with_reconnect(*conn, kReconnectPatience, [&] {
+          return conn->exec(sql("SELECT * FROM @S.finish($1::bigint[], $2::integer[], $3::boolean[], $4::text[],"
+                                " $5::bigint[], $6)"),
+                            {pg::int_array_literal(ids), pg::int_array_literal(attempts), pg::array_literal(oks),
+                             pg::array_literal(errors), pg::int_array_literal(backoffs), pg::Param(retain_ms_)});
+        });
+        for (int i = 0; i < r.rows(); ++i) recorded.push_back(static_cast<TaskId>(r.int64(i, 0)));
+      }
+      if (!releases.empty()) {
+        std::vector<std::int64_t> ids, attempts;
+        for (const auto& [id, attempt] : releases) {
+          ids.push_back(static_cast<std::int64_t>(id));
+          attempts.push_back(attempt);
+        }
+        pg::with_reconnect(*conn, kReconnectPatience, [&] {
+          return conn->exec(sql("SELECT * FROM @S.release($1::bigint[], $2::integer[])"),
+                            {pg::int_array_literal(ids), pg::int_array_literal(attempts)});
+        });
+      }
+    } catch (const StoreError&) {
+      // The server stayed away: these outcomes are not recorded. The leases
+      // run out and the tasks run again elsewhere (at least once).
+      gave_up = true;
+      if (conn && conn->broken()) conn.reset();
+    }
+    std::sort(recorded.begin(), recorded.end());
+    {
+      std::lock_guard lock(mu_);
+      for (const Outcome& o : batch) {
+        held_.erase(o.id);
+        if (gave_up) continue;
+        if (!std::binary_search(recorded.begin(), recorded.end(), o.id)) {
+          ++fenced_;
+        } else if (o.ok) {
+          ++completed_;
+        }
+      }
+      for (const auto& [id, attempt] : releases) held_.erase(id);
+      changed_.notify_all();
+    }
+    wake_claimer();
+  }
+}
+
+bool PgRuntime::shutdown(ShutdownMode mode, std::optional<std::chrono::steady_clock::time_point> deadline) noexcept {
+  std::unique_lock lock(mu_);
+  if (stopped_) return true;
+  stopping_ = true;
+  if (mode == ShutdownMode::cancel) cancelling_ = true;
+  const bool started = started_;
+  lock.unlock();
+  wake_claimer();
+  if (t_in_pg_handler_of == this) return false;  // the handler's own attempt is still running
+  lock.lock();
+  const auto settled = [this] {
+    return threads_done_ || (held_.empty() && (cancelling_ || drained_));
+  };
+  if (started) {
+    if (deadline) {
+      if (!changed_.wait_until(lock, *deadline, settled)) return false;
+    } else {
+      changed_.wait(lock, settled);
+    }
+  }
+  if (stopped_) return true;
+  threads_done_ = true;
+  stopped_ = true;
+  finisher_cv_.notify_all();
+  heartbeat_cv_.notify_all();
+  lock.unlock();
+  wake_claimer();
+  for (std::thread* t : {&claimer_, &heartbeat_, &finisher_}) {
+    if (t->joinable()) t->join();
+  }
+  return true;
+}
+
+DurableStats PgRuntime::stats() const {
+  DurableStats s;
+  try {
+    const pg::Result r = admin(sql(
+        "SELECT count(*) FILTER (WHERE state IN ('available', 'running', 'blocked')),"
+        " count(*) FILTER (WHERE state = 'available' AND run_at > now() AND retrying),"
+        " count(*) FILTER (WHERE state = 'available' AND run_at > now() AND NOT retrying),"
+        " count(*) FILTER (WHERE state = 'dead'),"
+        " (SELECT count(*) FROM @S.workflows WHERE state = 'running') FROM @S.jobs"));
+    s.live = static_cast<std::uint64_t>(r.int64(0, 0));
+    s.retrying = static_cast<std::uint64_t>(r.int64(0, 1));
+    s.delayed = static_cast<std::uint64_t>(r.int64(0, 2));
+    s.dead = static_cast<std::uint64_t>(r.int64(0, 3));
+    s.workflows = static_cast<std::uint64_t>(r.int64(0, 4));
+  } catch (const StoreError&) {
+    // The fleet-wide counts stay 0 while the server is away; this process's own follow.
+  }
+  std::lock_guard lock(mu_);
+  s.running = running_;
+  s.completed = completed_;
+  s.failed_attempts = failed_attempts_;
+  s.accepting = started_ && !stopping_;
+  s.directory = "postgres schema " + store_.schema;
+  return s;
+}
+
+}  // namespace ordo::detail
+
+namespace ordo {
+
+DurableTasks::DurableTasks(Scheduler& scheduler, const PostgresStore& store, DurableOptions options)
+    : rt_(std::make_unique<detail::PgRuntime>(scheduler, store, options)) {}
+
+}  // namespace ordo

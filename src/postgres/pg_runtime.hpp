@@ -1,0 +1,170 @@
+// PgRuntime: ordo::DurableTasks on a PostgreSQL database shared by a fleet.
+//
+// The database is the truth: a task is claimed (FOR UPDATE SKIP LOCKED, by
+// effective level then age, with its global permits) by one process at a
+// time under a lease that a heartbeat renews; the attempt number is the
+// fence every outcome, checkpoint and renewal is checked against. This
+// process holds in memory only the tasks it has claimed (held_).
+//
+// Threads: the claimer (claims while there is room, LISTENs for
+// notifications, polls as a fallback), the heartbeat (renews leases, reaps
+// expired ones of any process, forgets retained keys), the finisher
+// (records outcomes in batches), and enqueueing callers, one of which at a
+// time commits the batch of everyone waiting (group commit). Each thread
+// has its own connection; admin_ serves the rest under admin_mu_.
+//
+// Thread-safety: mu_ guards held_, outcomes_ and the flags and counters;
+// types_ is written before start() and read-only after. No statement runs
+// under mu_. Invariants: a task is in held_ from its claim until its outcome
+// is committed (or found fenced), and its lease is renewed all that while;
+// `posted_` counts held tasks handed to the scheduler whose runner has not
+// run or been dropped.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "durable/backend.hpp"
+#include "ordo/postgres.hpp"
+#include "ordo/scheduler.hpp"
+#include "postgres/connection.hpp"
+
+namespace ordo::detail {
+
+class PgRuntime final : public DurableBackend {
+ public:
+  PgRuntime(Scheduler& scheduler, const PostgresStore& store, DurableOptions options);
+  ~PgRuntime() override;
+
+  void define(std::string type, TaskHandler handler, TaskTypeOptions options) override;
+  DurableRecovery start() override;
+  TaskId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) override;
+  TaskId enqueue_in(pg_conn* transaction, std::string_view type, std::string_view args,
+                    EnqueueOptions options) override;
+  TaskId enqueue_workflow(const DurableWorkflow& workflow, std::string key) override;
+  void set_global_limit(const std::string& name, unsigned limit) override;
+  void set_global_rate(const std::string& name, double per_second, unsigned burst) override;
+  std::vector<DeadTask> dead() const override;
+  DurableTaskStatus status(TaskId id) const override;
+  std::vector<DurableTaskStatus> waiting(bool retrying) const override;
+  bool retry_dead(TaskId id) override;
+  bool discard_dead(TaskId id) override;
+  bool shutdown(ShutdownMode mode, std::optional<std::chrono::steady_clock::time_point> deadline) noexcept override;
+  DurableStats stats() const override;
+
+  // A posted task's runner: runs its attempt, or, dropped unrun, gives the
+  // claim back.
+  void run(TaskId id);
+  void dropped(TaskId id) noexcept;
+
+  struct Type {
+    TaskHandler handler;
+    TaskTypeOptions options;
+  };
+  // A claimed task.
+  struct Held {
+    TaskId id = 0;
+    unsigned attempt = 0;  // the fence: claims of this task so far, fleet-wide
+    unsigned base = 0;     // attempt - base is the attempt number the user sees
+    unsigned max_attempts = 0;
+    std::uint8_t level = 1;
+    const Type* kind = nullptr;
+    std::string type;
+    std::string args;
+    std::string checkpoint;
+    std::string last_error;
+    std::string needs;   // local groups, "name=count" lines
+    bool lost = false;   // a renewal found the lease gone: this attempt no longer holds the task
+    bool started = false;
+  };
+  struct EnqueueRequest;  // one enqueue waiting for its batch (pg_enqueue.cpp)
+  // Runs `sql` on the admin connection (reconnecting once if it was lost).
+  pg::Result admin(const std::string& sql, const std::vector<pg::Param>& params = {}) const;
+  void checkpoint(Held& held, std::span<const std::byte> bytes);
+  std::string sql(const char* text) const;  // with the schema and channel filled in
+
+ private:
+  struct Outcome {
+    TaskId id;
+    unsigned attempt;
+    bool ok;
+    std::string error;
+    std::int64_t backoff_ms;
+  };
+
+  void claim_loop();
+  void heartbeat_loop();
+  void finish_loop();
+  // Claims up to `room` tasks and posts them; returns how many.
+  std::size_t claim_and_post(pg::Connection& conn, std::size_t room);
+  // True when the store holds nothing this process could still run (drain).
+  bool store_drained(pg::Connection& conn);
+  void wake_claimer() noexcept;
+  void commit_enqueues(std::vector<EnqueueRequest*>& batch);
+  EnqueueRequest make_request(std::string_view type, std::string_view args, const EnqueueOptions& options) const;
+  std::int64_t backoff_ms(const Held& held, unsigned attempt);
+  void run_transactional(Held& held, const Type& type);
+  std::unique_ptr<pg::Connection> take_transaction_connection();
+  void give_back(std::unique_ptr<pg::Connection> conn);
+
+  Scheduler& scheduler_;
+  const PostgresStore store_;
+  const DurableOptions options_;
+  std::string owner_;
+  std::string type_list_;  // the defined types as an array literal (what claims may take)
+  std::unordered_map<std::string, Type> types_;
+  unsigned max_held_ = 0;
+  std::int64_t retain_ms_ = 0;
+
+  mutable std::mutex admin_mu_;
+  std::unique_ptr<pg::Connection> admin_;
+
+  std::mutex enqueue_mu_;
+  std::condition_variable enqueue_done_;
+  std::vector<EnqueueRequest*> enqueue_pending_;
+  bool enqueue_leader_ = false;
+  std::unique_ptr<pg::Connection> enqueue_conn_;  // the leader's
+  std::uint64_t enqueue_batches_ = 0;
+
+  std::mutex tx_mu_;
+  std::vector<std::unique_ptr<pg::Connection>> tx_free_;
+
+  mutable std::mutex mu_;
+  std::condition_variable changed_;      // held_ shrank, or the drain verdict changed (shutdown waits)
+  std::condition_variable finisher_cv_;  // outcomes to record, or stopping
+  std::condition_variable heartbeat_cv_;
+  std::unordered_map<TaskId, Held> held_;
+  std::vector<Outcome> outcomes_;
+  std::vector<std::pair<TaskId, unsigned>> releases_;  // claims to give back unrun
+  std::uint64_t posted_ = 0;
+  std::uint64_t running_ = 0;
+  std::uint64_t completed_ = 0;
+  std::uint64_t failed_attempts_ = 0;
+  std::uint64_t fenced_ = 0;  // outcomes the fence rejected
+  bool started_ = false;
+  bool stopping_ = false;
+  bool cancelling_ = false;
+  bool drained_ = false;   // the claimer found nothing left to run (drain)
+  bool threads_done_ = false;
+  bool stopped_ = false;
+  std::uint64_t rng_ = 0x2545f4914f6cdd1dull;  // backoff jitter (mu_)
+  int wake_fd_ = -1;                            // eventfd: wakes the claimer's poll()
+  std::thread claimer_;
+  std::thread heartbeat_;
+  std::thread finisher_;
+};
+
+// The PostgreSQL runtime whose handler this thread is running, if any:
+// shutdown() from there must not wait for that very handler.
+extern thread_local const PgRuntime* t_in_pg_handler_of;
+
+}  // namespace ordo::detail

@@ -1,0 +1,12 @@
+// Built instead of the PostgreSQL store when ordo is configured with
+// -DORDO_POSTGRES=OFF: the constructor says so.
+#include "ordo/durable.hpp"
+#include "ordo/postgres.hpp"
+
+namespace ordo {
+
+DurableTasks::DurableTasks(Scheduler&, const PostgresStore&, DurableOptions) {
+  throw Error("ordo: this ordo was built without PostgreSQL (ORDO_POSTGRES=OFF): rebuild with libpq-dev installed");
+}
+
+}  // namespace ordo

@@ -1,0 +1,198 @@
+// Durable tasks on the PostgreSQL store, within one test process: each test
+// has a database of its own on the fixture's server, and where a test needs
+// a fleet it runs several DurableTasks (each with its own scheduler) on it.
+// Tests that kill or stop processes are in pg_fleet_test.cpp.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "ordo/durable.hpp"
+#include "ordo/postgres.hpp"
+#include "ordo/scheduler.hpp"
+#include "pg_support.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using namespace ordo::test;
+
+ordo::PostgresStore store_for(const ScratchDatabase& db, std::chrono::milliseconds lease = 2000ms) {
+  ordo::PostgresStore store = ordo::postgres(db.conninfo());
+  store.lease = lease;
+  store.poll = 200ms;
+  return store;
+}
+
+std::int64_t count_of(PgConn& conn, const std::string& sql) { return std::stoll(conn.scalar(sql)); }
+
+TEST(PgDurable, EveryEnqueuedTaskRunsOnceAndLeavesNoRow) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 2});
+  ordo::DurableTasks jobs(sched, store_for(db));
+  std::mutex mu;
+  std::multiset<std::string> seen;
+  jobs.define("note", [&](ordo::TaskContext& ctx, std::span<const std::byte>) {
+    std::lock_guard lock(mu);
+    seen.insert(std::string(ctx.args_text()));
+  });
+  jobs.start();
+  constexpr int kTasks = 600;
+  std::vector<std::thread> producers;
+  for (int t = 0; t < 4; ++t) {
+    producers.emplace_back([&, t] {
+      for (int i = t; i < kTasks; i += 4) jobs.enqueue("note", std::to_string(i));
+    });
+  }
+  for (auto& p : producers) p.join();
+  jobs.shutdown();
+  ASSERT_EQ(seen.size(), static_cast<std::size_t>(kTasks));
+  for (int i = 0; i < kTasks; ++i) EXPECT_EQ(seen.count(std::to_string(i)), 1u) << "task " << i;
+  PgConn conn(db.conninfo());
+  EXPECT_EQ(count_of(conn, "SELECT count(*) FROM ordo.jobs"), 0);
+  EXPECT_EQ(jobs.stats().completed, static_cast<std::uint64_t>(kTasks));
+}
+
+TEST(PgDurable, APoisonTaskEndsInTheDeadSetAfterItsAttemptsAndCanBeRetried) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 2});
+  ordo::DurableTasks jobs(sched, store_for(db));
+  std::atomic<int> runs{0};
+  std::atomic<bool> heal{false};
+  ordo::TaskTypeOptions options;
+  options.retry.max_attempts = 3;
+  options.retry.initial_backoff = 10ms;
+  jobs.define("poison", [&](ordo::TaskContext& ctx, std::span<const std::byte>) {
+    ++runs;
+    if (!heal) throw std::runtime_error("bad input at attempt " + std::to_string(ctx.attempt()));
+  }, options);
+  jobs.start();
+  const ordo::TaskId id = jobs.enqueue("poison", "x");
+  ASSERT_TRUE(eventually([&] { return jobs.status(id).state == ordo::DurableTaskStatus::State::dead; }, 20s))
+      << "state " << ordo::to_string(jobs.status(id).state);
+  EXPECT_EQ(runs.load(), 3);
+  const auto dead = jobs.dead();
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].id, id);
+  EXPECT_EQ(dead[0].attempts, 3u);
+  EXPECT_EQ(dead[0].last_error, "bad input at attempt 3");
+  heal = true;
+  ASSERT_TRUE(jobs.retry_dead(id));
+  EXPECT_FALSE(jobs.retry_dead(id)) << "no longer dead";
+  jobs.shutdown();
+  EXPECT_EQ(runs.load(), 4);
+  EXPECT_EQ(jobs.status(id).state, ordo::DurableTaskStatus::State::unknown);
+}
+
+TEST(PgDurable, TheSameIdempotencyKeyFromTwoProcessesAtOnceGivesOneTask) {
+  ScratchDatabase db;
+  for (int round = 0; round < 20; ++round) {
+    ordo::Scheduler s1({.workers = 1}), s2({.workers = 1});
+    ordo::DurableTasks a(s1, store_for(db)), b(s2, store_for(db));
+    std::atomic<int> runs{0};
+    for (auto* d : {&a, &b}) d->define("once", [&](ordo::TaskContext&, std::span<const std::byte>) { ++runs; });
+    a.start();
+    b.start();
+    const std::string key = "order-" + std::to_string(round);
+    ordo::TaskId ida = 0, idb = 0;
+    Gate go;
+    std::thread ta([&] { go.hold(); ida = a.enqueue("once", "", {.idempotency_key = key}); });
+    std::thread tb([&] { go.hold(); idb = b.enqueue("once", "", {.idempotency_key = key}); });
+    go.open = true;
+    ta.join();
+    tb.join();
+    EXPECT_EQ(ida, idb) << "round " << round;
+    a.shutdown();
+    b.shutdown();
+    EXPECT_EQ(runs.load(), 1) << "round " << round;
+    EXPECT_EQ(a.status(ida).state, ordo::DurableTaskStatus::State::completed) << "its key is retained";
+  }
+}
+
+TEST(PgDurable, ADelayedTaskIsScheduledThenRuns) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 1});
+  ordo::DurableTasks jobs(sched, store_for(db));
+  std::atomic<bool> ran{false};
+  jobs.define("later", [&](ordo::TaskContext&, std::span<const std::byte>) { ran = true; });
+  jobs.start();
+  const ordo::TaskId id = jobs.enqueue("later", "", {.delay = 400ms});
+  const auto s = jobs.status(id);
+  EXPECT_EQ(s.state, ordo::DurableTaskStatus::State::scheduled);
+  EXPECT_EQ(jobs.scheduled().size(), 1u);
+  EXPECT_FALSE(ran.load());
+  ASSERT_TRUE(eventually([&] { return ran.load(); }, 10s));
+  jobs.shutdown();
+}
+
+TEST(PgDurable, ACheckpointIsReadBackByTheNextAttempt) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 1});
+  ordo::DurableTasks jobs(sched, store_for(db));
+  std::vector<int> resumed;
+  ordo::TaskTypeOptions options;
+  options.retry.initial_backoff = 1ms;
+  jobs.define("steps", [&](ordo::TaskContext& ctx, std::span<const std::byte>) {
+    const int from = ctx.resume_from<int>(0);
+    resumed.push_back(from);
+    ctx.checkpoint(from + 10);
+    if (ctx.attempt() < 3) throw std::runtime_error("not yet");
+  }, options);
+  jobs.start();
+  jobs.enqueue("steps", "");
+  jobs.shutdown();
+  EXPECT_EQ(resumed, (std::vector<int>{0, 10, 20}));
+}
+
+TEST(PgDurable, AGlobalGroupIsNeverHeldByMoreThanItsLimitAcrossProcesses) {
+  ScratchDatabase db;
+  constexpr int kLimit = 3;
+  std::atomic<int> inside{0}, most{0}, runs{0};
+  std::vector<std::unique_ptr<ordo::Scheduler>> scheds;
+  std::vector<std::unique_ptr<ordo::DurableTasks>> fleet;
+  for (int p = 0; p < 3; ++p) {
+    scheds.push_back(std::make_unique<ordo::Scheduler>(ordo::SchedulerOptions{.workers = 2}));
+    fleet.push_back(std::make_unique<ordo::DurableTasks>(*scheds.back(), store_for(db)));
+    fleet.back()->define("db", [&](ordo::TaskContext&, std::span<const std::byte>) {
+      const int now = ++inside;
+      int seen = most.load();
+      while (now > seen && !most.compare_exchange_weak(seen, now)) {
+      }
+      std::this_thread::sleep_for(2ms);  // holds the permit for a while: overlap is what is tested
+      --inside;
+      ++runs;
+    });
+  }
+  fleet[0]->set_global_limit("db", kLimit);
+  for (auto& d : fleet) d->start();
+  for (int i = 0; i < 200; ++i) fleet[static_cast<std::size_t>(i % 3)]->enqueue("db", "", {.global_needs = {{"db", 1}}});
+  for (auto& d : fleet) d->shutdown();
+  EXPECT_EQ(runs.load(), 200);
+  EXPECT_LE(most.load(), kLimit);
+  PgConn conn(db.conninfo());
+  EXPECT_LE(count_of(conn, "SELECT peak FROM ordo.groups WHERE name = 'db'"), kLimit);
+  EXPECT_EQ(count_of(conn, "SELECT in_use FROM ordo.groups WHERE name = 'db'"), 0);
+  EXPECT_EQ(count_of(conn, "SELECT count(*) FROM ordo.holders"), 0);
+}
+
+TEST(PgDurable, AnUndefinedGlobalGroupIsRefusedNamingItAndLosesNothingElse) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 1});
+  ordo::DurableTasks jobs(sched, store_for(db));
+  jobs.define("t", [](ordo::TaskContext&, std::span<const std::byte>) {});
+  jobs.start();
+  try {
+    jobs.enqueue("t", "", {.global_needs = {{"nowhere", 1}}});
+    FAIL() << "an undefined global group was accepted";
+  } catch (const ordo::StoreError& e) {
+    EXPECT_NE(std::string(e.what()).find("nowhere"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(jobs.enqueue("t", ""));
+  EXPECT_THROW(jobs.enqueue("missing-type", ""), ordo::InvalidArgument);
+  jobs.shutdown();
+}
+
+}  // namespace
