@@ -195,4 +195,94 @@ TEST(PgDurable, AnUndefinedGlobalGroupIsRefusedNamingItAndLosesNothingElse) {
   jobs.shutdown();
 }
 
+TEST(PgDurable, EnqueueInsideTheCallersTransactionExistsExactlyWhenItCommits) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 1});
+  ordo::DurableTasks jobs(sched, store_for(db));
+  std::atomic<int> runs{0};
+  jobs.define("mail", [&](ordo::TaskContext&, std::span<const std::byte>) { ++runs; });
+  jobs.start();
+  PgConn app(db.conninfo());
+  app.exec("CREATE TABLE orders (id integer)");
+  app.exec("BEGIN");
+  app.exec("INSERT INTO orders VALUES (1)");
+  const ordo::TaskId dropped = jobs.enqueue_in(app.get(), "mail", "order 1");
+  app.exec("ROLLBACK");
+  app.exec("BEGIN");
+  app.exec("INSERT INTO orders VALUES (2)");
+  const ordo::TaskId kept = jobs.enqueue_in(app.get(), "mail", "order 2");
+  EXPECT_EQ(jobs.status(kept).state, ordo::DurableTaskStatus::State::unknown) << "visible before its commit";
+  app.exec("COMMIT");
+  jobs.shutdown();
+  EXPECT_EQ(runs.load(), 1);
+  EXPECT_EQ(jobs.status(dropped).state, ordo::DurableTaskStatus::State::unknown);
+  EXPECT_THROW(jobs.enqueue_in(nullptr, "mail", ""), ordo::InvalidArgument);
+}
+
+TEST(PgDurable, ATransactionalAttemptCommitsItsWorkWithItsCompletionOrNotAtAll) {
+  ScratchDatabase db;
+  PgConn app(db.conninfo());
+  app.exec("CREATE TABLE effects (job bigint, attempt integer)");
+  ordo::Scheduler sched({.workers = 2});
+  ordo::DurableTasks jobs(sched, store_for(db));
+  ordo::TaskTypeOptions options;
+  options.transactional = true;
+  options.retry.initial_backoff = 1ms;
+  jobs.define("pay", [&](ordo::TaskContext& ctx, std::span<const std::byte>) {
+    const std::string sql = "INSERT INTO effects VALUES (" + std::to_string(ctx.id()) + ", " +
+                            std::to_string(ctx.attempt()) + ")";
+    PGresult* r = PQexec(ctx.transaction(), sql.c_str());
+    const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) throw std::runtime_error("insert failed");
+    if (ctx.attempt() < 3) throw std::runtime_error("fails after its write");  // the write must roll back
+  }, options);
+  jobs.define("plain", [&](ordo::TaskContext& ctx, std::span<const std::byte>) {
+    EXPECT_THROW(ctx.transaction(), ordo::Error);
+  });
+  jobs.start();
+  std::vector<ordo::TaskId> ids;
+  for (int i = 0; i < 20; ++i) ids.push_back(jobs.enqueue("pay", ""));
+  jobs.enqueue("plain", "");
+  jobs.shutdown();
+  EXPECT_EQ(count_of(app, "SELECT count(*) FROM effects"), 20);
+  EXPECT_EQ(count_of(app, "SELECT count(DISTINCT job) FROM effects"), 20);
+  EXPECT_EQ(count_of(app, "SELECT count(*) FROM effects WHERE attempt <> 3"), 0) << "a failed attempt's write committed";
+}
+
+TEST(PgDurable, AStaleAttemptIsFencedAndItsCheckpointRejected) {
+  ScratchDatabase db;
+  ordo::Scheduler s1({.workers = 1}), s2({.workers = 1});
+  ordo::DurableTasks first(s1, store_for(db)), second(s2, store_for(db));
+  PgConn admin(db.conninfo());
+  Gate stalled;
+  std::atomic<int> completions{0};
+  std::atomic<bool> lease_lost_seen{false};
+  first.define("job", [&](ordo::TaskContext& ctx, std::span<const std::byte>) {
+    stalled.hold();  // as if paused past its lease
+    try {
+      ctx.checkpoint(1);
+    } catch (const ordo::LeaseLost&) {
+      lease_lost_seen = true;
+      throw;
+    }
+    ++completions;
+  });
+  second.define("job", [&](ordo::TaskContext&, std::span<const std::byte>) { ++completions; });
+  first.start();
+  const ordo::TaskId id = first.enqueue("job", "");
+  stalled.wait_entered();
+  // The lease runs out (as the server sees it) and a reaper takes the task back.
+  admin.exec("UPDATE ordo.jobs SET lease_until = now() - interval '1 second' WHERE id = " + std::to_string(id));
+  admin.exec("SELECT ordo.reap()");
+  second.start();
+  ASSERT_TRUE(eventually([&] { return completions.load() == 1; }, 15s)) << "the second process never ran it";
+  stalled.open = true;
+  first.shutdown();
+  second.shutdown();
+  EXPECT_TRUE(lease_lost_seen.load());
+  EXPECT_EQ(completions.load(), 1);
+  EXPECT_EQ(count_of(admin, "SELECT count(*) FROM ordo.jobs"), 0);
+}
+
 }  // namespace
