@@ -253,7 +253,9 @@ TEST(PgDurable, ATransactionalAttemptCommitsItsWorkWithItsCompletionOrNotAtAll) 
 TEST(PgDurable, AStaleAttemptIsFencedAndItsCheckpointRejected) {
   ScratchDatabase db;
   ordo::Scheduler s1({.workers = 1}), s2({.workers = 1});
-  ordo::DurableTasks first(s1, store_for(db)), second(s2, store_for(db));
+  ordo::PostgresStore one_at_a_time = store_for(db);
+  one_at_a_time.max_held = 1;  // the stalled attempt keeps `first` from claiming the task back
+  ordo::DurableTasks first(s1, one_at_a_time), second(s2, store_for(db));
   PgConn admin(db.conninfo());
   Gate stalled;
   std::atomic<int> completions{0};
