@@ -175,6 +175,7 @@ TaskId PgRuntime::enqueue(std::string_view type, std::span<const std::byte> args
     lock.unlock();
     commit_enqueues(batch);
     lock.lock();
+    for (EnqueueRequest* r : batch) r->done = true;  // under enqueue_mu_: what the waiters read
     enqueue_leader_ = false;
     enqueue_done_.notify_all();
   }
@@ -305,7 +306,6 @@ void PgRuntime::commit_enqueues(std::vector<EnqueueRequest*>& batch) {
   } catch (...) {
     for (EnqueueRequest* r : batch) r->error = std::current_exception();
   }
-  for (EnqueueRequest* r : batch) r->done = true;
 }
 
 TaskId PgRuntime::enqueue_in(pg_conn* transaction, std::string_view type, std::string_view args, EnqueueOptions options) {
