@@ -204,6 +204,15 @@ BEGIN
       WHERE j.state = 'available' AND j.level = lv.l AND j.run_at <= now() AND j.type = ANY(p_types)
       ORDER BY j.run_at LIMIT p_n + 16 FOR UPDATE SKIP LOCKED) AS k;
   IF cand IS NULL THEN RETURN; END IF;
+  IF NOT EXISTS (SELECT 1 FROM @S.jobs x WHERE x.id = ANY(cand) AND x.global_groups IS NOT NULL) THEN
+    -- No candidate needs a global group: the first p_n are claimed in one statement.
+    RETURN QUERY UPDATE @S.jobs j SET state = 'running', attempt = j.attempt + 1, owner = p_owner,
+        lease_until = now() + p_lease_ms * interval '1 millisecond'
+      WHERE j.id = ANY(cand[1:p_n])
+      RETURNING j.id, j.type, j.args, j.level, j.attempt, j.attempt_base, j.max_attempts, j.checkpoint, j.needs,
+                j.last_error;
+    RETURN;
+  END IF;
   -- Every group any candidate needs, locked in name order before any is taken.
   PERFORM 1 FROM @S.groups WHERE name IN (SELECT unnest(x.global_groups) FROM @S.jobs x WHERE x.id = ANY(cand))
     ORDER BY name FOR UPDATE;
