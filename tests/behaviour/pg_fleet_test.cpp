@@ -137,6 +137,9 @@ TEST(PgFleet, AStoppedHolderPastItsLeaseIsFencedOnResume) {
   sql.exec("INSERT INTO fleet_gates VALUES (" + xs + ", 2)");
   ASSERT_TRUE(poll_until([&] { return count_of(sql, "SELECT count(*) FROM ordo.jobs") == 0; }, 20s))
       << "jobs left: " << table_text(sql, "SELECT id, state, owner, attempt FROM ordo.jobs");
+  ASSERT_TRUE(poll_until([&] { return count_of(sql, "SELECT count(*) FROM fleet_events WHERE kind = 'end' AND job_id = " +
+                                                         xs + " AND attempt = 2") == 1; }, 20s))
+      << "attempt 2 of job " << x << " never ended";
   EXPECT_EQ(table_text(sql, "SELECT attempt, worker FROM fleet_effects WHERE job_id = " + xs),
             "(2," + fresh + ")")
       << "job " << x << " must be completed once, by the attempt that held it (2, on " << fresh << ")";
@@ -158,49 +161,50 @@ TEST(PgFleet, TwoReapersAtOnceRaiseTheAttemptByExactlyOne) {
   }
   PgConn sql(db.conninfo());
   sql.exec("SELECT ordo.set_group('db', 'count', 1000, NULL)");
-  // 20 jobs needing db (the reapers serialise on the group's row) and 20 needing nothing
-  // (they race on the job rows, SKIP LOCKED).
-  constexpr int kHalf = 20;
-  const auto enqueue = [&](const std::string& groups, const std::string& counts) {
-    sql.exec("SELECT ordo.enqueue(NULL, array_fill('tx'::text, ARRAY[" + std::to_string(kHalf) +
-             "]), array_fill('\\x'::bytea, ARRAY[" + std::to_string(kHalf) + "]), array_fill(1, ARRAY[" +
-             std::to_string(kHalf) + "]), array_fill(1000, ARRAY[" + std::to_string(kHalf) +
-             "]), array_fill(NULL::bigint, ARRAY[" + std::to_string(kHalf) + "]), array_fill(NULL::timestamptz, ARRAY[" +
-             std::to_string(kHalf) + "]), array_fill(NULL::text, ARRAY[" + std::to_string(kHalf) +
-             "]), array_fill(NULL::text, ARRAY[" + std::to_string(kHalf) + "]), array_fill(" + groups + ", ARRAY[" +
-             std::to_string(kHalf) + "]), array_fill(" + counts + ", ARRAY[" + std::to_string(kHalf) + "]))");
+  // 20 jobs of type `plain` needing nothing (the reapers race on the job rows: SKIP
+  // LOCKED) and 20 of type `tx` needing db (they serialise on the group's row first).
+  constexpr int kJobs = 20;
+  const auto enqueue = [&](const std::string& type, const std::string& groups, const std::string& counts) {
+    const std::string n = "ARRAY[" + std::to_string(kJobs) + "]";
+    sql.exec("SELECT ordo.enqueue(NULL, array_fill('" + type + "'::text, " + n + "), array_fill('\\x'::bytea, " + n +
+             "), array_fill(1, " + n + "), array_fill(1000, " + n + "), array_fill(NULL::bigint, " + n +
+             "), array_fill(NULL::timestamptz, " + n + "), array_fill(NULL::text, " + n + "), array_fill(NULL::text, " + n +
+             "), array_fill(" + groups + ", " + n + "), array_fill(" + counts + ", " + n + "))");
   };
-  enqueue("'{db}'::text", "'{1}'::text");
-  enqueue("NULL::text", "NULL::text");
+  enqueue("plain", "NULL::text", "NULL::text");
+  enqueue("tx", "'{db}'::text", "'{1}'::text");
   PgConn reaper_a(db.conninfo());
   PgConn reaper_b(db.conninfo());
-  for (int round = 1; round <= 25; ++round) {
-    ASSERT_EQ(count_of(sql, "SELECT count(*) FROM ordo.claim('ghost', 100, 1, 0, 3, ARRAY['tx'])"), 2 * kHalf)
-        << "round " << round;
-    ASSERT_EQ(count_of(sql, "SELECT count(*) FROM ordo.jobs WHERE attempt <> " + std::to_string(round)), 0)
-        << "round " << round << ": a claim must raise each attempt by one: "
-        << table_text(sql, "SELECT id, attempt FROM ordo.jobs");
-    ASSERT_TRUE(poll_until([&] {
-      return count_of(sql, "SELECT count(*) FROM ordo.jobs WHERE state = 'running' AND lease_until < now()") == 2 * kHalf;
-    }, 10s)) << "the 1 ms leases never ran out";
-    std::atomic<int> ready{0};
-    std::int64_t reaped_a = 0, reaped_b = 0;
-    const auto reap = [&](PgConn& conn, std::int64_t& reaped) {
-      ready.fetch_add(1);
-      while (ready.load() < 2) {
-      }
-      reaped = count_of(conn, "SELECT ordo.reap()");
-    };
-    std::thread a([&] { reap(reaper_a, reaped_a); });
-    std::thread b([&] { reap(reaper_b, reaped_b); });
-    a.join();
-    b.join();
-    EXPECT_EQ(reaped_a + reaped_b, 2 * kHalf) << "round " << round << ": " << reaped_a << " + " << reaped_b;
-    EXPECT_EQ(count_of(sql, "SELECT count(*) FROM ordo.jobs WHERE state <> 'available'"), 0) << "round " << round;
-    EXPECT_EQ(count_of(sql, "SELECT in_use FROM ordo.groups WHERE name = 'db'"), 0)
-        << "round " << round << ": permits given back once per job";
-    EXPECT_EQ(count_of(sql, "SELECT count(*) FROM ordo.holders"), 0) << "round " << round;
-    if (HasFailure()) return;
+  for (const std::string type : {"plain", "tx"}) {
+    for (int round = 1; round <= 20; ++round) {
+      const std::string where = "FROM ordo.jobs WHERE type = '" + type + "'";
+      ASSERT_EQ(count_of(sql, "SELECT count(*) FROM ordo.claim('ghost', 100, 1, 0, 3, ARRAY['" + type + "'])"), kJobs)
+          << type << " round " << round;
+      ASSERT_EQ(count_of(sql, "SELECT count(*) " + where + " AND attempt <> " + std::to_string(round)), 0)
+          << type << " round " << round << ": a claim must raise each attempt by one: "
+          << table_text(sql, "SELECT id, attempt " + where);
+      ASSERT_TRUE(poll_until([&] {
+        return count_of(sql, "SELECT count(*) " + where + " AND state = 'running' AND lease_until < now()") == kJobs;
+      }, 10s)) << "the 1 ms leases never ran out";
+      std::atomic<int> ready{0};
+      std::int64_t reaped_a = 0, reaped_b = 0;
+      const auto reap = [&](PgConn& conn, std::int64_t& reaped) {
+        ready.fetch_add(1);
+        while (ready.load() < 2) {
+        }
+        reaped = count_of(conn, "SELECT ordo.reap()");
+      };
+      std::thread a([&] { reap(reaper_a, reaped_a); });
+      std::thread b([&] { reap(reaper_b, reaped_b); });
+      a.join();
+      b.join();
+      EXPECT_EQ(reaped_a + reaped_b, kJobs) << type << " round " << round << ": " << reaped_a << " + " << reaped_b;
+      EXPECT_EQ(count_of(sql, "SELECT count(*) FROM ordo.jobs WHERE state <> 'available'"), 0) << type << " round " << round;
+      EXPECT_EQ(count_of(sql, "SELECT in_use FROM ordo.groups WHERE name = 'db'"), 0)
+          << type << " round " << round << ": permits given back once per job";
+      EXPECT_EQ(count_of(sql, "SELECT count(*) FROM ordo.holders"), 0) << type << " round " << round;
+      if (HasFailure()) return;
+    }
   }
 }
 
