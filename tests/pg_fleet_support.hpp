@@ -55,6 +55,7 @@ struct WorkerOptions {
   unsigned workers = 2;
   std::chrono::milliseconds lease{1000};
   std::chrono::milliseconds poll{200};
+  unsigned max_held = 0;  // PostgresStore::max_held; 0: its default
   // A libfaketime offset ("-5m") for the process's wall clock; empty: the real clock.
   std::string clock_offset{};
 };
@@ -77,7 +78,8 @@ class Fleet {
     std::vector<std::string> args = {ORDO_PG_FLEET_WORKER, "--conninfo", conninfo_, "--name", name,
                                      "--workers", std::to_string(options.workers),
                                      "--lease-ms", std::to_string(options.lease.count()),
-                                     "--poll-ms", std::to_string(options.poll.count())};
+                                     "--poll-ms", std::to_string(options.poll.count()),
+                                     "--max-held", std::to_string(options.max_held)};
     std::vector<std::string> env;
     for (char** e = environ; *e != nullptr; ++e) {
       if (options.clock_offset.empty() || std::strncmp(*e, "ASAN_OPTIONS=", 13) != 0) env.emplace_back(*e);
