@@ -6,6 +6,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -64,9 +65,22 @@ struct WorkerOptions {
 class Fleet {
  public:
   explicit Fleet(std::string conninfo) : conninfo_(std::move(conninfo)) {}
+  // Kills the workers still running. One that exited by itself (a crash, a sanitizer's
+  // report) fails the test: the others taking over its jobs would hide it.
   ~Fleet() {
     for (std::size_t i = 0; i < workers_.size(); ++i) {
-      if (workers_[i].alive) reap(i, SIGKILL);
+      if (!workers_[i].alive) continue;
+      int status = 0;
+      if (::waitpid(workers_[i].pid, &status, WNOHANG) == workers_[i].pid) {
+        ADD_FAILURE() << "worker " << workers_[i].name << " exited by itself ("
+                      << (WIFEXITED(status) ? "status " + std::to_string(WEXITSTATUS(status))
+                                            : "signal " + std::to_string(WTERMSIG(status)))
+                      << "; its stderr is above)";
+        ::close(workers_[i].out);
+        workers_[i].alive = false;
+        continue;
+      }
+      reap(i, SIGKILL);
     }
   }
   Fleet(const Fleet&) = delete;
