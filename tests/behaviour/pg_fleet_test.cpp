@@ -53,9 +53,7 @@ TEST(PgFleet, KilledHoldersJobsRunElsewhereAndItsPermitsReturnWithinTheLease) {
   q.jobs.set_global_limit("db", 3);
   constexpr auto kLease = 1000ms;
   Fleet fleet(db.conninfo());
-  // A process holds no more jobs than it has threads: a job claimed ahead (with its
-  // permits) would wait in the local queue, and a gated one would never start.
-  for (int i = 0; i < 3; ++i) fleet.spawn("w" + std::to_string(i), {.workers = 2, .lease = kLease, .max_held = 2});
+  for (int i = 0; i < 3; ++i) fleet.spawn("w" + std::to_string(i), {.workers = 2, .lease = kLease});
   // Three jobs that hold db's 3 permits until their gate opens, so who holds what stays
   // put while the test picks a holder and kills it; 21 more queue behind them.
   std::vector<ordo::TaskId> ids;
@@ -324,6 +322,32 @@ TEST(PgFleet, ALimitLoweredAndRaisedWhileSaturatedNeitherWedgesNorOverGrants) {
   EXPECT_LE(count_of(sql, "SELECT peak FROM fleet_gauge"), 3) << "over-granted at limit 3";
   EXPECT_EQ(effects_not_once(sql, ids), "");
   EXPECT_EQ(in_use(), 0);
+}
+
+// A process claims ahead of its threads (PostgresStore::max_held); a job so claimed that
+// needs a global group must not sit in the local queue holding a permit that another
+// process, with a thread free, could run it with.
+TEST(PgFleet, AJobWaitingForAThreadHoldsNoGlobalPermit) {
+  ScratchDatabase db;
+  PgConn sql(db.conninfo());
+  Enqueuer q(db.conninfo());
+  sql.exec(kFleetSchema);
+  q.jobs.set_global_limit("db", 2);
+  Fleet fleet(db.conninfo());
+  fleet.spawn("busy", {.workers = 1});
+  std::vector<ordo::TaskId> ids;
+  ids.push_back(q.jobs.enqueue("tx", "gate", needing("db", 10)));
+  ASSERT_TRUE(poll_until([&] { return count_of(sql, "SELECT count(*) FROM fleet_events") == 1; }, 20s));
+  ids.push_back(q.jobs.enqueue("tx", "gate", needing("db", 10)));
+  // On a notification "busy" (room for 8) claims it at once; "idle" takes longer to start.
+  fleet.spawn("idle", {.workers = 1});
+  EXPECT_TRUE(poll_until([&] { return count_of(sql, "SELECT count(*) FROM fleet_events") == 2; }, 10s))
+      << "the second job never started, while a process had a thread free: "
+      << table_text(sql, "SELECT id, state, owner FROM ordo.jobs") << " holders: "
+      << table_text(sql, "SELECT job_id, owner FROM ordo.holders");
+  sql.exec("INSERT INTO fleet_gates SELECT unnest(" + id_list(ids) + "), NULL");
+  ASSERT_TRUE(poll_until([&] { return count_of(sql, "SELECT count(*) FROM ordo.jobs") == 0; }, 20s));
+  EXPECT_EQ(effects_not_once(sql, ids), "");
 }
 
 // 9. BullMQ #3122, #2644: a workflow whose node failed for good waits for ever.
