@@ -195,7 +195,10 @@ BEGIN
     EXIT WHEN got >= p_n;
     SELECT x.global_groups AS g, x.global_counts AS n, x.attempt AS a INTO c FROM @S.jobs x WHERE x.id = cid;
     IF c.g IS NOT NULL THEN
-      CONTINUE WHEN global_got >= p_global_room OR NOT @S.take_permits(cid, c.a + 1, p_owner, c.g, c.n);
+      -- Two statements: SQL does not promise to skip take_permits (which takes
+      -- them) once the room check alone decides.
+      CONTINUE WHEN global_got >= p_global_room;
+      CONTINUE WHEN NOT @S.take_permits(cid, c.a + 1, p_owner, c.g, c.n);
       global_got := global_got + 1;
     END IF;
     RETURN QUERY UPDATE @S.jobs j SET state = 'running', attempt = j.attempt + 1, owner = p_owner,
