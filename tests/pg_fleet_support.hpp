@@ -89,7 +89,9 @@ class Fleet {
   // Starts worker `name`; returns its index once it printed "ready". Throws PgError when
   // it exits or stays silent instead.
   std::size_t spawn(const std::string& name, const WorkerOptions& options = {}) {
-    std::vector<std::string> args = {ORDO_PG_FLEET_WORKER, "--conninfo", conninfo_, "--name", name,
+    // Its connections carry its name, so that the test can tell when they are all gone.
+    std::vector<std::string> args = {ORDO_PG_FLEET_WORKER, "--conninfo", conninfo_ + " application_name=" + name,
+                                     "--name", name,
                                      "--workers", std::to_string(options.workers),
                                      "--lease-ms", std::to_string(options.lease.count()),
                                      "--poll-ms", std::to_string(options.poll.count()),
@@ -136,12 +138,19 @@ class Fleet {
     return index;
   }
 
-  // kill -9, then takes the worker's rows out of fleet_gauge's current count (its
-  // permits are not granted to anyone else before its lease runs out, long after this).
+  // kill -9; then, once the server has ended every session of the worker (a statement
+  // it had sent may still commit until then), takes its rows out of fleet_gauge's
+  // current count. Its permits are not granted to anyone else before its lease runs out.
   void kill9(std::size_t i) {
     reap(i, SIGKILL);
-    PgConn(conninfo_).exec("WITH d AS (DELETE FROM fleet_active WHERE worker = '" + workers_[i].name +
-                           "' RETURNING 1) UPDATE fleet_gauge SET cur = cur - (SELECT count(*) FROM d)");
+    PgConn conn(conninfo_);
+    const std::string name = workers_[i].name;
+    const bool gone = poll_until([&] {
+      return conn.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = '" + name + "'") == "0";
+    }, std::chrono::seconds(20));
+    if (!gone) throw PgError("the sessions of killed worker " + name + " never ended");
+    conn.exec("WITH d AS (DELETE FROM fleet_active WHERE worker = '" + name +
+              "' RETURNING 1) UPDATE fleet_gauge SET cur = cur - (SELECT count(*) FROM d)");
   }
   void stop(std::size_t i) { ::kill(workers_[i].pid, SIGSTOP); }
   void resume(std::size_t i) { ::kill(workers_[i].pid, SIGCONT); }

@@ -63,8 +63,8 @@ TEST(PgFleet, KilledHoldersJobsRunElsewhereAndItsPermitsReturnWithinTheLease) {
       << "the gated jobs did not all start";
   for (int i = 0; i < 21; ++i) ids.push_back(q.jobs.enqueue("tx", "sleep=100 track", needing("db", 10)));
   const std::string victim = sql.scalar("SELECT min(owner) FROM ordo.holders");
-  fleet.kill9(fleet.index_of(victim));
   const auto killed_at = std::chrono::steady_clock::now();
+  fleet.kill9(fleet.index_of(victim));
   const std::string held = sql.scalar("SELECT string_agg(job_id::text, ',') FROM ordo.holders WHERE owner = '" + victim + "'");
   sql.exec("INSERT INTO fleet_gates SELECT unnest(" + id_list({ids[0], ids[1], ids[2]}) + "), NULL");
 
@@ -471,6 +471,7 @@ TEST(PgFleet, AFleetSurvivesAHundredRandomKills) {
   PgConn sql(db.conninfo());
   Enqueuer q(db.conninfo());
   sql.exec(kFleetSchema);
+  q.jobs.set_global_limit("db", 2);
   const WorkerOptions options{.workers = 2, .lease = 500ms, .poll = 100ms};
   Fleet fleet(db.conninfo());
   std::size_t slot[3];
@@ -479,7 +480,11 @@ TEST(PgFleet, AFleetSurvivesAHundredRandomKills) {
   std::vector<ordo::TaskId> ids;
   for (int round = 1; round <= 100; ++round) {
     std::vector<ordo::TaskId> batch;
-    for (int i = 0; i < 4; ++i) batch.push_back(q.jobs.enqueue("tx", "sleep=20", needing("", 1000)));
+    // Half of them need db: its permits too must come back from every killed holder.
+    for (int i = 0; i < 4; ++i) {
+      batch.push_back(i % 2 == 0 ? q.jobs.enqueue("tx", "sleep=20", needing("", 1000))
+                                 : q.jobs.enqueue("tx", "sleep=20 track", needing("db", 1000)));
+    }
     ids.insert(ids.end(), batch.begin(), batch.end());
     ASSERT_TRUE(poll_until([&] { return count_of(sql, "SELECT count(*) FROM fleet_events WHERE job_id = ANY(" +
                                                            id_list(batch) + ")") > 0; }, 30s))
@@ -493,6 +498,9 @@ TEST(PgFleet, AFleetSurvivesAHundredRandomKills) {
   EXPECT_EQ(effects_not_once(sql, ids), "") << "jobs lost (:0) or effects duplicated (:2..)";
   EXPECT_GT(count_of(sql, "SELECT count(*) FROM fleet_events WHERE kind = 'start' AND attempt > 1"), 0)
       << "no kill ever hit a job in flight: the test proved nothing";
+  EXPECT_LE(count_of(sql, "SELECT peak FROM fleet_gauge"), 2) << "more db holders ran at once than the limit";
+  EXPECT_EQ(count_of(sql, "SELECT in_use FROM ordo.groups WHERE name = 'db'"), 0);
+  EXPECT_EQ(count_of(sql, "SELECT count(*) FROM ordo.holders"), 0);
 }
 
 }  // namespace
