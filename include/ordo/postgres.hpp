@@ -28,7 +28,9 @@ struct PostgresStore {
   // Most tasks claimed in one round trip.
   unsigned claim_batch = 128;
   // Most claimed tasks this process holds at once (queued locally or
-  // running); 0: 8 per worker of the scheduler.
+  // running); 0: 8 per worker of the scheduler. Tasks needing global groups
+  // are claimed only for threads with nothing else of this store to run, so
+  // a global permit is never held by a task waiting for a thread.
   unsigned max_held = 0;
   // A waiting task rises one level per `ageing` of waiting, as the local
   // scheduler's strict-with-ageing rule; 0: strictly by level.

@@ -187,13 +187,14 @@ $$;
 
 -- Claims up to p_n ready jobs for p_owner: by effective level (a job rises
 -- one level per p_ageing_ms of waiting), then by age; a job needing global
--- groups only with all its permits.
+-- groups only with all its permits, and at most p_global_room of those (the
+-- claimer's idle threads: a permit is not held by a job waiting for a thread).
 CREATE FUNCTION @S.claim(p_owner text, p_n integer, p_lease_ms bigint, p_ageing_ms bigint, p_levels integer,
-                         p_types text[])
+                         p_types text[], p_global_room integer DEFAULT 2147483647)
 RETURNS TABLE (o_id bigint, o_type text, o_args bytea, o_level smallint, o_attempt integer, o_base integer,
                o_max integer, o_checkpoint bytea, o_needs text, o_error text)
 LANGUAGE plpgsql AS $$
-DECLARE c record; cid bigint; got integer := 0; cand bigint[];
+DECLARE c record; cid bigint; got integer := 0; global_got integer := 0; cand bigint[];
 BEGIN
   SELECT array_agg(k.id ORDER BY greatest(0, k.level - CASE WHEN p_ageing_ms > 0
            THEN floor(extract(epoch FROM now() - k.run_at) * 1000 / p_ageing_ms)::integer ELSE 0 END), k.run_at, k.id)
@@ -220,7 +221,11 @@ BEGIN
     EXIT WHEN got >= p_n;
     SELECT x.global_groups AS g, x.global_counts AS n, x.attempt AS a INTO c FROM @S.jobs x WHERE x.id = cid;
     IF c.g IS NOT NULL THEN
+      -- Two statements: SQL does not promise to skip take_permits (which takes
+      -- them) once the room check alone decides.
+      CONTINUE WHEN global_got >= p_global_room;
       CONTINUE WHEN NOT @S.take_permits(cid, c.a + 1, p_owner, c.g, c.n);
+      global_got := global_got + 1;
     END IF;
     RETURN QUERY UPDATE @S.jobs j SET state = 'running', attempt = j.attempt + 1, owner = p_owner,
         lease_until = now() + p_lease_ms * interval '1 millisecond'
