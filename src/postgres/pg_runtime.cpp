@@ -170,8 +170,15 @@ void PgRuntime::claim_loop() {
 }
 
 bool PgRuntime::store_drained(pg::Connection& conn) {
+  // As on the journal, a workflow node behind a dead one (directly or not)
+  // is not waited for: only a retry of that node can release it.
   const pg::Result r = conn.exec(
-      sql("SELECT NOT EXISTS (SELECT 1 FROM @S.jobs WHERE state IN ('available', 'blocked') AND type = ANY($1::text[]))"),
+      sql("WITH RECURSIVE stuck(flow_id, node) AS ("
+          "  SELECT flow_id, flow_node FROM @S.jobs WHERE state = 'dead' AND flow_id IS NOT NULL"
+          "  UNION"
+          "  SELECT e.flow_id, e.to_node FROM @S.flow_edges e JOIN stuck s ON e.flow_id = s.flow_id AND e.from_node = s.node)"
+          "SELECT NOT EXISTS (SELECT 1 FROM @S.jobs j WHERE j.type = ANY($1::text[]) AND (j.state = 'available'"
+          "  OR (j.state = 'blocked' AND NOT EXISTS (SELECT 1 FROM stuck s WHERE s.flow_id = j.flow_id AND s.node = j.flow_node))))"),
       {type_list_});
   return r.boolean(0, 0);
 }
