@@ -191,7 +191,7 @@ void PgRuntime::commit_enqueues(std::vector<EnqueueRequest*>& batch) {
   const auto call = [&](const std::vector<EnqueueRequest*>& part) {
     // The token makes a re-run after a lost connection return the first
     // run's ids instead of enqueueing twice.
-    const std::string token = owner_ + "/" + std::to_string(++enqueue_batches_);
+    const std::string token = enqueue_token_prefix_ + std::to_string(++enqueue_batches_);
     const pg::Result r = pg::with_reconnect(*enqueue_conn_, std::chrono::seconds(30),
                                         [&] { return enqueue_conn_->exec(sql(kEnqueueCall), enqueue_params(token, part)); });
     const std::vector<TaskId> ids = parse_ids(r.text(0, 0));

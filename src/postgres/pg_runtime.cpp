@@ -18,13 +18,17 @@ namespace {
 // restart) before it gives the step up.
 constexpr std::chrono::seconds kReconnectPatience{30};
 
+std::string random_tag() {
+  std::random_device entropy;
+  char tag[17];
+  std::snprintf(tag, sizeof tag, "%08x%08x", entropy(), entropy());
+  return tag;
+}
+
 std::string default_owner() {
   char host[256] = {};
   if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
-  std::random_device entropy;
-  char tag[9];
-  std::snprintf(tag, sizeof tag, "%08x", entropy());
-  return std::string(host) + ":" + std::to_string(getpid()) + ":" + tag;
+  return std::string(host) + ":" + std::to_string(getpid()) + ":" + random_tag().substr(0, 8);
 }
 
 }  // namespace
@@ -41,6 +45,7 @@ PgRuntime::PgRuntime(Scheduler& scheduler, const PostgresStore& store, DurableOp
   if (store_.poll <= std::chrono::milliseconds(0)) throw InvalidArgument("ordo: PostgresStore::poll must be positive");
   if (store_.claim_batch == 0) throw InvalidArgument("ordo: PostgresStore::claim_batch must be at least 1");
   owner_ = store_.worker_name.empty() ? default_owner() : store_.worker_name;
+  enqueue_token_prefix_ = owner_ + "/" + random_tag() + "/";
   max_held_ = store_.max_held != 0 ? store_.max_held : 8 * std::max(1u, scheduler_.worker_count());
   retain_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(options_.key_retention).count();
   admin_ = std::make_unique<pg::Connection>(store_.conninfo);

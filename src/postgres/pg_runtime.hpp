@@ -134,6 +134,10 @@ class PgRuntime final : public DurableBackend {
   bool enqueue_leader_ = false;
   std::unique_ptr<pg::Connection> enqueue_conn_;  // the leader's
   std::uint64_t enqueue_batches_ = 0;
+  // Names this DurableTasks' enqueue batches (replay tokens): random per
+  // instance, since worker_name is the user's and may repeat across restarts
+  // or processes — a reused token returns another batch's ids.
+  std::string enqueue_token_prefix_;
 
   std::mutex tx_mu_;
   std::vector<std::unique_ptr<pg::Connection>> tx_free_;
