@@ -102,11 +102,14 @@ DurableRecovery PgRuntime::start() {
   return found;
 }
 
-pg::Result PgRuntime::admin(const std::string& text, const std::vector<pg::Param>& params) const {
+pg::Result PgRuntime::admin(const std::string& text, const std::vector<pg::Param>& params,
+                            std::chrono::milliseconds patience) const {
   std::lock_guard lock(admin_mu_);
   for (int tries = 0;; ++tries) {
+    // Outside the try: a reconnect that failed for all its patience ends the
+    // call (trying again would only multiply the wait for a server that is away).
+    if (admin_->broken()) admin_->reconnect(patience);
     try {
-      if (admin_->broken()) admin_->reconnect(kReconnectPatience);
       return admin_->exec(text, params);
     } catch (const pg::StatementError& e) {
       // Each admin statement stands alone (autocommit) and is safe to run
@@ -348,7 +351,8 @@ DurableStats PgRuntime::stats() const {
         " count(*) FILTER (WHERE state = 'available' AND run_at > now() AND retrying),"
         " count(*) FILTER (WHERE state = 'available' AND run_at > now() AND NOT retrying),"
         " count(*) FILTER (WHERE state = 'dead'),"
-        " (SELECT count(*) FROM @S.workflows WHERE state = 'running') FROM @S.jobs"));
+        " (SELECT count(*) FROM @S.workflows WHERE state = 'running') FROM @S.jobs"),
+        {}, std::chrono::milliseconds(0));
     s.live = static_cast<std::uint64_t>(r.int64(0, 0));
     s.retrying = static_cast<std::uint64_t>(r.int64(0, 1));
     s.delayed = static_cast<std::uint64_t>(r.int64(0, 2));

@@ -87,8 +87,11 @@ class PgRuntime final : public DurableBackend {
     bool started = false;
   };
   struct EnqueueRequest;  // one enqueue waiting for its batch (pg_enqueue.cpp)
-  // Runs `sql` on the admin connection (reconnecting once if it was lost).
-  pg::Result admin(const std::string& sql, const std::vector<pg::Param>& params = {}) const;
+  // Runs `sql` on the admin connection. A lost connection is reconnected,
+  // trying for up to `patience` once per call (then StoreError): stats()
+  // passes 0, one attempt, so that it answers while the server is away.
+  pg::Result admin(const std::string& sql, const std::vector<pg::Param>& params = {},
+                   std::chrono::milliseconds patience = std::chrono::seconds(30)) const;
   void checkpoint(Held& held, std::span<const std::byte> bytes);
   std::string sql(const char* text) const;  // with the schema and channel filled in
 
