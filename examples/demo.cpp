@@ -7,7 +7,10 @@
 //  3. a workflow declared in one place: fan-out, fan-in, a continuation,
 //     drawn as Mermaid (and a cycle refused before anything runs);
 //  4. durable jobs: a process killed with SIGKILL mid-way, a restart that
-//     finishes the work, and the count of what was lost or duplicated.
+//     finishes the work, and the count of what was lost or duplicated;
+//  5. a fleet on PostgreSQL (with --pg-conninfo; scripts/demo.sh starts a
+//     throwaway server and passes it): three worker processes, one queue, a
+//     global `db` group of 4, one worker killed with SIGKILL.
 //
 // --trace FILE writes the whole run as a Perfetto timeline; --metrics-port
 // serves the live stats to Prometheus; --help lists everything.
@@ -26,6 +29,9 @@
 #include <CLI/CLI.hpp>
 
 #include "demo_durable.hpp"
+#if ORDO_HAS_POSTGRES
+#include "demo_fleet.hpp"
+#endif
 #include "demo_metrics.hpp"
 #include "demo_progress.hpp"
 #include "ordo/ordo.hpp"
@@ -242,8 +248,8 @@ SummaryRow workflow_story(ordo::Scheduler& sched) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"ordo-demo: the four stories of ordo (priorities, resource groups, workflows, durable jobs) on real "
-               "work, with live progress and a summary table"};
+  CLI::App app{"ordo-demo: the stories of ordo (priorities, resource groups, workflows, durable jobs, a fleet on "
+               "PostgreSQL) on real work, with live progress and a summary table"};
   demo::DurableStoryOptions durable;
   std::string trace_path;
   int metrics_port = 0;
@@ -266,7 +272,32 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--jobs", durable.jobs, "durable jobs in story 4 (default 100)")->check(CLI::PositiveNumber);
   app.add_flag("--quiet-child", durable.quiet, "(internal) the crashing first run of story 4")->group("");
+  std::string pg_conninfo, pg_worker;
+  bool fleet_only = false;
+  int fleet_jobs = 240;
+  app.add_option("--pg-conninfo", pg_conninfo,
+                 "a PostgreSQL server for story 5, the fleet (it works in a database of its own there, dropped at "
+                 "the end); without it story 5 is skipped. scripts/demo.sh starts a throwaway server and passes it");
+  app.add_flag("--pg-fleet", fleet_only, "run only story 5 (needs --pg-conninfo)");
+  app.add_option("--fleet-jobs", fleet_jobs, "jobs in story 5 (default 240)")->check(CLI::Range(30, 100000));
+  app.add_option("--pg-worker", pg_worker, "(internal) a worker process of story 5, named so")->group("");
   CLI11_PARSE(app, argc, argv);
+#if ORDO_HAS_POSTGRES
+  if (!pg_worker.empty()) return demo::fleet_worker(pg_conninfo, pg_worker);
+#endif
+  if (fleet_only) {
+#if ORDO_HAS_POSTGRES
+    if (pg_conninfo.empty()) {
+      std::fprintf(stderr, "ordo-demo: --pg-fleet needs --pg-conninfo (or run scripts/demo.sh --pg-fleet)\n");
+      return 2;
+    }
+    std::printf("ordo-demo: a fleet of processes on PostgreSQL\n");
+    return demo::fleet_story({.conninfo = pg_conninfo, .jobs = fleet_jobs}).exit_code;
+#else
+    std::fprintf(stderr, "ordo-demo: built without PostgreSQL (ORDO_POSTGRES=OFF): no fleet story\n");
+    return 2;
+#endif
+  }
   if (!durable.journal_dir.empty()) {
     if (!durable.quiet) std::printf("ordo-demo: durable jobs on a journal that outlives this process\n");
     return demo::durable_story(durable).exit_code;
@@ -306,6 +337,24 @@ int main(int argc, char** argv) {
   rows.push_back({"4. durable jobs", fmt("%s; jobs=%d completed=%d lost=%d duplicated=%d",
                                          d.crashed ? "killed mid-way, resumed" : "did not crash", d.jobs, d.completed,
                                          d.lost, d.duplicated)});
+  int fleet_exit = 0;
+  std::printf("\n5. A fleet of processes on PostgreSQL, one killed\n");
+#if ORDO_HAS_POSTGRES
+  if (!pg_conninfo.empty()) {
+    const demo::FleetStoryResult f = demo::fleet_story({.conninfo = pg_conninfo, .jobs = fleet_jobs});
+    fleet_exit = f.exit_code;
+    rows.push_back({"5. a fleet on PostgreSQL",
+                    fmt("%s; enqueued=%ld completed=%ld lost=%ld duplicated=%ld db peak %ld/4, failover %.0f ms",
+                        f.killed ? "1 of 3 killed" : "NOT killed", f.enqueued, f.completed, f.lost, f.duplicated,
+                        std::max(f.peak_groups, f.peak_handlers), f.failover_ms)});
+  } else {
+    std::printf("  skipped: no --pg-conninfo (scripts/demo.sh starts a throwaway PostgreSQL and runs it)\n");
+    rows.push_back({"5. a fleet on PostgreSQL", "skipped (no --pg-conninfo)"});
+  }
+#else
+  std::printf("  skipped: ordo was built without PostgreSQL (ORDO_POSTGRES=OFF)\n");
+  rows.push_back({"5. a fleet on PostgreSQL", "skipped (built without PostgreSQL)"});
+#endif
 
   const ordo::SchedulerStats st = sched.stats();
   std::printf("\nSummary (%.1f s)\n", ms_since(started) / 1000.0);
@@ -338,5 +387,5 @@ int main(int argc, char** argv) {
     metrics.reset();
   }
   sched.shutdown();
-  return d.exit_code;
+  return d.exit_code != 0 ? d.exit_code : fleet_exit;
 }

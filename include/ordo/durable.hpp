@@ -286,6 +286,9 @@ class DurableTasks {
   ~DurableTasks();
 
   // Before start(). Throws InvalidArgument for an empty or duplicate name.
+  // An empty handler: on the PostgreSQL store the type is enqueue-only in
+  // this process (other processes run it; docs/postgres.md); the journal
+  // store refuses it with InvalidArgument.
   void define(std::string type, TaskHandler handler, TaskTypeOptions options = {});
   // Queues every live task of the journal with its priority, needs, attempt
   // count and last checkpoint. Throws UnknownTaskType, UnknownResourceGroup

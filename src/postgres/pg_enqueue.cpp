@@ -232,7 +232,7 @@ void PgRuntime::flush_loop() {
           part.push_back(r.get());
           ids.push_back(static_cast<std::int64_t>(r->id));
         }
-        const std::string token = owner_ + "/a" + std::to_string(++async_batches_);
+        const std::string token = enqueue_token_prefix_ + "a" + std::to_string(++async_batches_);
         const bool notify = notify_due();
         pg::with_reconnect(*conn, std::chrono::seconds(30),
                            [&] { return conn->exec(sql(kEnqueueCall), enqueue_params(token, notify, part, ids)); });
@@ -276,7 +276,7 @@ void PgRuntime::commit_enqueues(std::vector<EnqueueRequest*>& batch) {
   const auto call = [&](const std::vector<EnqueueRequest*>& part) {
     // The token makes a re-run after a lost connection return the first
     // run's ids instead of enqueueing twice.
-    const std::string token = owner_ + "/" + std::to_string(++enqueue_batches_);
+    const std::string token = enqueue_token_prefix_ + std::to_string(++enqueue_batches_);
     const bool notify = notify_due();
     const pg::Result r = pg::with_reconnect(*enqueue_conn_, std::chrono::seconds(30), [&] {
       return enqueue_conn_->exec(sql(kEnqueueCall), enqueue_params(token, notify, part));

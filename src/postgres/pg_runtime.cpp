@@ -18,13 +18,17 @@ namespace {
 // restart) before it gives the step up.
 constexpr std::chrono::seconds kReconnectPatience{30};
 
+std::string random_tag() {
+  std::random_device entropy;
+  char tag[17];
+  std::snprintf(tag, sizeof tag, "%08x%08x", entropy(), entropy());
+  return tag;
+}
+
 std::string default_owner() {
   char host[256] = {};
   if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
-  std::random_device entropy;
-  char tag[9];
-  std::snprintf(tag, sizeof tag, "%08x", entropy());
-  return std::string(host) + ":" + std::to_string(getpid()) + ":" + tag;
+  return std::string(host) + ":" + std::to_string(getpid()) + ":" + random_tag().substr(0, 8);
 }
 
 }  // namespace
@@ -41,6 +45,7 @@ PgRuntime::PgRuntime(Scheduler& scheduler, const PostgresStore& store, DurableOp
   if (store_.poll <= std::chrono::milliseconds(0)) throw InvalidArgument("ordo: PostgresStore::poll must be positive");
   if (store_.claim_batch == 0) throw InvalidArgument("ordo: PostgresStore::claim_batch must be at least 1");
   owner_ = store_.worker_name.empty() ? default_owner() : store_.worker_name;
+  enqueue_token_prefix_ = owner_ + "/" + random_tag() + "/";
   max_held_ = store_.max_held != 0 ? store_.max_held : 8 * std::max(1u, scheduler_.worker_count());
   retain_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(options_.key_retention).count();
   admin_ = std::make_unique<pg::Connection>(store_.conninfo);
@@ -98,11 +103,14 @@ DurableRecovery PgRuntime::start() {
   return found;
 }
 
-pg::Result PgRuntime::admin(const std::string& text, const std::vector<pg::Param>& params) const {
+pg::Result PgRuntime::admin(const std::string& text, const std::vector<pg::Param>& params,
+                            std::chrono::milliseconds patience) const {
   std::lock_guard lock(admin_mu_);
   for (int tries = 0;; ++tries) {
+    // Outside the try: a reconnect that failed for all its patience ends the
+    // call (trying again would only multiply the wait for a server that is away).
+    if (admin_->broken()) admin_->reconnect(patience);
     try {
-      if (admin_->broken()) admin_->reconnect(kReconnectPatience);
       return admin_->exec(text, params);
     } catch (const pg::StatementError& e) {
       // Each admin statement stands alone (autocommit) and is safe to run
@@ -181,8 +189,15 @@ void PgRuntime::claim_loop() {
 }
 
 bool PgRuntime::store_drained(pg::Connection& conn) {
+  // As on the journal, a workflow node behind a dead one (directly or not)
+  // is not waited for: only a retry of that node can release it.
   const pg::Result r = conn.exec(
-      sql("SELECT NOT EXISTS (SELECT 1 FROM @S.jobs WHERE state IN ('available', 'blocked') AND type = ANY($1::text[]))"),
+      sql("WITH RECURSIVE stuck(flow_id, node) AS ("
+          "  SELECT flow_id, flow_node FROM @S.jobs WHERE state = 'dead' AND flow_id IS NOT NULL"
+          "  UNION"
+          "  SELECT e.flow_id, e.to_node FROM @S.flow_edges e JOIN stuck s ON e.flow_id = s.flow_id AND e.from_node = s.node)"
+          "SELECT NOT EXISTS (SELECT 1 FROM @S.jobs j WHERE j.type = ANY($1::text[]) AND (j.state = 'available'"
+          "  OR (j.state = 'blocked' AND NOT EXISTS (SELECT 1 FROM stuck s WHERE s.flow_id = j.flow_id AND s.node = j.flow_node))))"),
       {type_list_});
   return r.boolean(0, 0);
 }
@@ -354,7 +369,8 @@ DurableStats PgRuntime::stats() const {
         " count(*) FILTER (WHERE state = 'available' AND run_at > now() AND retrying),"
         " count(*) FILTER (WHERE state = 'available' AND run_at > now() AND NOT retrying),"
         " count(*) FILTER (WHERE state = 'dead'),"
-        " (SELECT count(*) FROM @S.workflows WHERE state = 'running') FROM @S.jobs"));
+        " (SELECT count(*) FROM @S.workflows WHERE state = 'running') FROM @S.jobs"),
+        {}, std::chrono::milliseconds(0));
     s.live = static_cast<std::uint64_t>(r.int64(0, 0));
     s.retrying = static_cast<std::uint64_t>(r.int64(0, 1));
     s.delayed = static_cast<std::uint64_t>(r.int64(0, 2));

@@ -103,8 +103,11 @@ class PgRuntime final : public DurableBackend {
     std::exception_ptr error;
     bool done = false;
   };
-  // Runs `sql` on the admin connection (reconnecting once if it was lost).
-  pg::Result admin(const std::string& sql, const std::vector<pg::Param>& params = {}) const;
+  // Runs `sql` on the admin connection. A lost connection is reconnected,
+  // trying for up to `patience` once per call (then StoreError): stats()
+  // passes 0, one attempt, so that it answers while the server is away.
+  pg::Result admin(const std::string& sql, const std::vector<pg::Param>& params = {},
+                   std::chrono::milliseconds patience = std::chrono::seconds(30)) const;
   void checkpoint(Held& held, std::span<const std::byte> bytes);
   std::string sql(const char* text) const;  // with the schema and channel filled in
 
@@ -157,6 +160,10 @@ class PgRuntime final : public DurableBackend {
   bool enqueue_leader_ = false;
   std::unique_ptr<pg::Connection> enqueue_conn_;  // the leader's
   std::uint64_t enqueue_batches_ = 0;
+  // Names this DurableTasks' enqueue batches (replay tokens): random per
+  // instance, since worker_name is the user's and may repeat across restarts
+  // or processes — a reused token returns another batch's ids.
+  std::string enqueue_token_prefix_;
   std::atomic<std::int64_t> last_notify_ns_{0};
 
   // Asynchronous enqueues: ids reserved ahead, tasks waiting for the

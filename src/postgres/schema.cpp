@@ -319,7 +319,9 @@ END $$;
 
 -- Takes back the jobs whose lease ran out (their holder died or stalled):
 -- available again, or dead when that was their last attempt; their permits
--- return. Also forgets retained keys whose time is up.
+-- return. A job keeps its run_at, so it goes back where it was in the queue
+-- (and keeps its age for ageing), not behind everything enqueued since.
+-- Also forgets retained keys whose time is up.
 CREATE FUNCTION @S.reap() RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE j record; n integer := 0;
 BEGIN
@@ -329,7 +331,7 @@ BEGIN
            WHERE state = 'running' AND lease_until < now() ORDER BY lease_until FOR UPDATE SKIP LOCKED LOOP
     PERFORM @S.give_back(j.id);
     UPDATE @S.jobs SET state = CASE WHEN j.attempt - j.attempt_base >= j.max_attempts THEN 'dead' ELSE 'available' END,
-           owner = NULL, lease_until = NULL, run_at = now(),
+           owner = NULL, lease_until = NULL,
            last_error = 'attempt ' || j.attempt || ' lost its lease (holder ' || coalesce(j.owner, '?') || ' stopped renewing)'
       WHERE id = j.id;
     n := n + 1;

@@ -1,0 +1,85 @@
+// The PostgreSQL store while its database cannot be reached. The outage is
+// made without stopping the shared server: the test's own database stops
+// accepting connections and the store's sessions are terminated, which is
+// what a client sees of a server that went away.
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "ordo/durable.hpp"
+#include "ordo/postgres.hpp"
+#include "ordo/scheduler.hpp"
+#include "pg_support.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using namespace ordo::test;
+using Clock = std::chrono::steady_clock;
+
+// Cuts every session of `db` and refuses new ones until destroyed.
+class Outage {
+ public:
+  explicit Outage(const ScratchDatabase& db) : db_(db) {
+    PgConn server(pg_test_conninfo());
+    server.exec("ALTER DATABASE " + db_.name() + " ALLOW_CONNECTIONS false");
+    server.exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '" + db_.name() + "'");
+  }
+  ~Outage() {
+    try {
+      PgConn(pg_test_conninfo()).exec("ALTER DATABASE " + db_.name() + " ALLOW_CONNECTIONS true");
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "Outage: could not end it: %s\n", e.what());
+    }
+  }
+  Outage(const Outage&) = delete;
+  Outage& operator=(const Outage&) = delete;
+
+ private:
+  const ScratchDatabase& db_;
+};
+
+TEST(PgUnreachable, StatsAnswerAtOnceWithTheStoresCountsAsZero) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 1});
+  ordo::PostgresStore store = ordo::postgres(db.conninfo());
+  store.poll = 100ms;
+  ordo::DurableTasks jobs(sched, store);
+  jobs.define("later", ordo::TaskHandler{});
+  jobs.start();
+  jobs.enqueue("later", "x");
+  ASSERT_EQ(jobs.stats().live, 1u);
+  {
+    Outage outage(db);
+    // A metrics scrape must not hang for the length of a reconnect patience.
+    const auto started = Clock::now();
+    const ordo::DurableStats st = jobs.stats();
+    const auto took = Clock::now() - started;
+    EXPECT_LT(took, 3s) << "stats() took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                        << " ms while the database was away";
+    EXPECT_EQ(st.live, 0u);
+    EXPECT_TRUE(st.accepting);
+  }
+  // Back: the next call reconnects and counts again.
+  EXPECT_TRUE(eventually([&] { return jobs.stats().live == 1u; }, 20s));
+  jobs.shutdown(ordo::ShutdownMode::cancel);
+}
+
+TEST(PgUnreachable, StatusThrowsStoreErrorWithinOneReconnectPatience) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 1});
+  ordo::DurableTasks jobs(sched, ordo::postgres(db.conninfo()));
+  jobs.define("later", ordo::TaskHandler{});
+  jobs.start();
+  const ordo::TaskId id = jobs.enqueue("later", "x");
+  Outage outage(db);
+  const auto started = Clock::now();
+  EXPECT_THROW(jobs.status(id), ordo::StoreError);
+  const auto took = Clock::now() - started;
+  // 30 s of reconnecting, once: not once per retry of the statement.
+  EXPECT_LT(took, 45s) << "status() took " << std::chrono::duration_cast<std::chrono::seconds>(took).count() << " s";
+  jobs.shutdown(ordo::ShutdownMode::cancel);
+}
+
+}  // namespace
