@@ -351,9 +351,9 @@ void global_group_ordo(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * n);
 }
 
-BENCHMARK_CAPTURE(whole_job_ordo, sync, false)->Name("whole_job/ordo")->Arg(4000)->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(whole_job_ordo, async, true)->Name("whole_job/ordo_async")->Arg(4000)->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(whole_job_classic)->Name("whole_job/classic")->Arg(4000)->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(whole_job_ordo, sync, false)->Name("whole_job/ordo")->Arg(20000)->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(whole_job_ordo, async, true)->Name("whole_job/ordo_async")->Arg(20000)->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(whole_job_classic)->Name("whole_job/classic")->Arg(20000)->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(start_latency_ordo)->Name("start_latency/ordo")->Arg(200)->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(failover_ordo)->Name("failover/ordo")->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(global_group_ordo)->Name("global_group/ordo")->Arg(2000)->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);

@@ -43,6 +43,10 @@ struct PostgresStore {
   // A task with an idempotency key or global needs is always committed
   // first: its id, or its groups, are the database's to decide.
   bool async_enqueue = false;
+  // Connections for synchronous enqueues: callers share them in lanes (a
+  // thread keeps to one), each committing its waiting callers' tasks in one
+  // transaction; the lanes commit side by side.
+  unsigned enqueue_connections = 4;
   // Shown as the holder of leases and permits; empty: host:pid.
   std::string worker_name;
   // Connections kept for `transactional` task types (one per handler

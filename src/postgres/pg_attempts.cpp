@@ -232,6 +232,7 @@ void PgRuntime::run_transactional(Held& held, const Type& type) {
       if (r.rows() == 1) {
         tx->run_script("COMMIT");
         recorded = true;
+        owe_wake();  // its permits and successors, fleet-wide
       } else {
         tx->run_script("ROLLBACK");
         fenced = true;

@@ -6,7 +6,6 @@
 #include "ordo/resource.hpp"
 #include "ordo/workflow.hpp"
 #include "postgres/pg_runtime.hpp"
-#include "util/clock.hpp"
 
 namespace ordo::detail {
 
@@ -161,33 +160,29 @@ TaskId PgRuntime::enqueue(std::string_view type, std::span<const std::byte> args
     if (async) ++unflushed_;
   }
   if (async) return enqueue_async(std::move(req));
-  std::unique_lock lock(enqueue_mu_);
-  enqueue_pending_.push_back(&req);
+  static std::atomic<unsigned> threads_seen{0};
+  thread_local const unsigned my_lane = threads_seen.fetch_add(1, std::memory_order_relaxed);  // a counter only
+  EnqueueLane& lane = *lanes_[my_lane % lanes_.size()];
+  std::unique_lock lock(lane.mu);
+  lane.pending.push_back(&req);
   while (!req.done) {
-    if (enqueue_leader_) {
-      enqueue_done_.wait(lock);
+    if (lane.leader) {
+      lane.done.wait(lock);
       continue;
     }
-    // Leader: commits everyone waiting in one transaction (group commit).
-    enqueue_leader_ = true;
+    // Leader: commits everyone waiting in this lane in one transaction.
+    lane.leader = true;
     std::vector<EnqueueRequest*> batch;
-    batch.swap(enqueue_pending_);
+    batch.swap(lane.pending);
     lock.unlock();
-    commit_enqueues(batch);
+    commit_enqueues(lane, batch);
     lock.lock();
-    for (EnqueueRequest* r : batch) r->done = true;  // under enqueue_mu_: what the waiters read
-    enqueue_leader_ = false;
-    enqueue_done_.notify_all();
+    for (EnqueueRequest* r : batch) r->done = true;  // under lane.mu: what the waiters read
+    lane.leader = false;
+    lane.done.notify_all();
   }
   if (req.error) std::rethrow_exception(req.error);
   return req.id;
-}
-
-bool PgRuntime::notify_due() noexcept {
-  const std::int64_t now = steady_now_ns();
-  std::int64_t last = last_notify_ns_.load(std::memory_order_relaxed);  // a hint: a race costs one extra NOTIFY
-  if (now - last < 1000000) return false;
-  return last_notify_ns_.compare_exchange_strong(last, now, std::memory_order_relaxed);
 }
 
 TaskId PgRuntime::enqueue_async(EnqueueRequest req) {
@@ -233,13 +228,9 @@ void PgRuntime::flush_loop() {
           ids.push_back(static_cast<std::int64_t>(r->id));
         }
         const std::string token = enqueue_token_prefix_ + "a" + std::to_string(++async_batches_);
-        const bool notify = notify_due();
         pg::with_reconnect(*conn, std::chrono::seconds(30),
-                           [&] { return conn->exec(sql(kEnqueueCall), enqueue_params(token, notify, part, ids)); });
-        if (!notify) {
-          std::lock_guard lock(async_mu_);
-          if (async_pending_.empty()) conn->exec(sql("SELECT @S.wake()"));  // the burst's end is announced
-        }
+                           [&] { return conn->exec(sql(kEnqueueCall), enqueue_params(token, false, part, ids)); });
+        owe_wake();
       }
       if (reserve) {
         const pg::Result r = pg::with_reconnect(*conn, std::chrono::seconds(30), [&] {
@@ -272,26 +263,23 @@ void PgRuntime::flush_loop() {
   }
 }
 
-void PgRuntime::commit_enqueues(std::vector<EnqueueRequest*>& batch) {
+void PgRuntime::commit_enqueues(EnqueueLane& lane, std::vector<EnqueueRequest*>& batch) {
   const auto call = [&](const std::vector<EnqueueRequest*>& part) {
+    if (!lane.conn) lane.conn = std::make_unique<pg::Connection>(store_.conninfo);
     // The token makes a re-run after a lost connection return the first
     // run's ids instead of enqueueing twice.
-    const std::string token = enqueue_token_prefix_ + std::to_string(++enqueue_batches_);
-    const bool notify = notify_due();
-    const pg::Result r = pg::with_reconnect(*enqueue_conn_, std::chrono::seconds(30), [&] {
-      return enqueue_conn_->exec(sql(kEnqueueCall), enqueue_params(token, notify, part));
+    const std::string token = enqueue_token_prefix_ + std::to_string(++enqueue_batches_);  // unique, not ordered
+    const pg::Result r = pg::with_reconnect(*lane.conn, std::chrono::seconds(30), [&] {
+      return lane.conn->exec(sql(kEnqueueCall), enqueue_params(token, false, part));
     });
-    if (!notify) {
-      std::lock_guard lock(enqueue_mu_);
-      if (enqueue_pending_.empty()) enqueue_conn_->exec(sql("SELECT @S.wake()"));  // the burst's end is announced
-    }
+    owe_wake();
     const std::vector<TaskId> ids = parse_ids(r.text(0, 0));
     for (std::size_t i = 0; i < part.size() && i < ids.size(); ++i) part[i]->id = ids[i];
   };
   try {
     call(batch);
   } catch (const pg::StatementError& e) {
-    if (batch.size() == 1 || enqueue_conn_->broken()) {
+    if (batch.size() == 1 || !lane.conn || lane.conn->broken()) {
       for (EnqueueRequest* r : batch) r->error = std::current_exception();
     } else {
       // One bad task (an undefined global group) must not fail the others.

@@ -50,7 +50,7 @@ PgRuntime::PgRuntime(Scheduler& scheduler, const PostgresStore& store, DurableOp
   retain_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(options_.key_retention).count();
   admin_ = std::make_unique<pg::Connection>(store_.conninfo);
   pg::migrate(*admin_, store_.schema);
-  enqueue_conn_ = std::make_unique<pg::Connection>(store_.conninfo);
+  for (unsigned i = 0; i < std::max(1u, store_.enqueue_connections); ++i) lanes_.push_back(std::make_unique<EnqueueLane>());
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw StoreError("ordo: postgres: eventfd failed");
 }
@@ -100,6 +100,7 @@ DurableRecovery PgRuntime::start() {
   heartbeat_ = std::thread([this] { heartbeat_loop(); });
   finisher_ = std::thread([this] { finish_loop(); });
   if (store_.async_enqueue) flusher_ = std::thread([this] { flush_loop(); });
+  notifier_ = std::thread([this] { notify_loop(); });
   return found;
 }
 
@@ -126,6 +127,35 @@ void PgRuntime::note_store_error(const std::exception& e) const noexcept {
   try {
     last_store_error_ = e.what();
   } catch (...) {  // no memory for the message: the count still tells
+  }
+}
+
+void PgRuntime::owe_wake() noexcept {
+  {
+    std::lock_guard lock(notify_mu_);
+    wake_owed_ = true;
+  }
+  notify_cv_.notify_one();
+}
+
+void PgRuntime::notify_loop() {
+  std::unique_ptr<pg::Connection> conn;
+  for (;;) {
+    {
+      std::unique_lock lock(notify_mu_);
+      notify_cv_.wait(lock, [this] { return wake_owed_ || notifier_done_; });
+      if (!wake_owed_) return;  // notifier_done_
+      wake_owed_ = false;
+    }
+    try {
+      if (!conn || conn->broken()) conn = std::make_unique<pg::Connection>(store_.conninfo);
+      conn->exec(sql("SELECT @S.wake()"));  // no WAL: the transaction writes nothing
+    } catch (const StoreError& e) {
+      note_store_error(e);  // the claimers' poll is the fallback
+      conn.reset();
+    }
+    // Wakes owed during this millisecond ride on the next NOTIFY.
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
 
@@ -319,6 +349,7 @@ void PgRuntime::finish_loop() {
       for (const auto& [id, attempt] : releases) held_.erase(id);
       changed_.notify_all();
     }
+    owe_wake();  // permits, successors or retries the batch may have freed, fleet-wide
     wake_claimer();
   }
 }
@@ -358,6 +389,12 @@ bool PgRuntime::shutdown(ShutdownMode mode, std::optional<std::chrono::steady_cl
   for (std::thread* t : {&flusher_, &claimer_, &heartbeat_, &finisher_}) {
     if (t->joinable()) t->join();
   }
+  {
+    std::lock_guard notify(notify_mu_);  // last: the others owe it wakes until they end
+    notifier_done_ = true;
+  }
+  notify_cv_.notify_one();
+  if (notifier_.joinable()) notifier_.join();
   return true;
 }
 

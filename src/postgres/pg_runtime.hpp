@@ -130,11 +130,15 @@ class PgRuntime final : public DurableBackend {
   void wake_claimer() noexcept;
   // Counts a background failure for stats() (takes mu_).
   void note_store_error(const std::exception& e) const noexcept;
-  void commit_enqueues(std::vector<EnqueueRequest*>& batch);
+  struct EnqueueLane;
+  void commit_enqueues(EnqueueLane& lane, std::vector<EnqueueRequest*>& batch);
   TaskId enqueue_async(EnqueueRequest req);
-  // Whether the next enqueue commit should NOTIFY: at most about once a
-  // millisecond (a batch that does not is followed, at a burst's end, by wake()).
-  bool notify_due() noexcept;
+  // The fleet's claimers are to be woken (new tasks, freed permits): the
+  // notifier sends one NOTIFY for every wake owed meanwhile. Enqueues and
+  // outcomes never NOTIFY in their own transactions: the server serialises
+  // the commits of notifying transactions, WAL flush included.
+  void owe_wake() noexcept;
+  void notify_loop();
   void flush_loop();
   EnqueueRequest make_request(std::string_view type, std::string_view args, const EnqueueOptions& options) const;
   std::int64_t backoff_ms(const Held& held, unsigned attempt);
@@ -154,17 +158,28 @@ class PgRuntime final : public DurableBackend {
   mutable std::mutex admin_mu_;
   std::unique_ptr<pg::Connection> admin_;
 
-  std::mutex enqueue_mu_;
-  std::condition_variable enqueue_done_;
-  std::vector<EnqueueRequest*> enqueue_pending_;
-  bool enqueue_leader_ = false;
-  std::unique_ptr<pg::Connection> enqueue_conn_;  // the leader's
-  std::uint64_t enqueue_batches_ = 0;
+  // Synchronous enqueues go through lanes, a connection each: a caller
+  // keeps to one lane, and in each lane one caller at a time commits the
+  // batch of everyone waiting there (group commit); the lanes' commits run
+  // side by side, and the server flushes their WAL together.
+  struct EnqueueLane {
+    std::mutex mu;
+    std::condition_variable done;
+    std::vector<EnqueueRequest*> pending;
+    bool leader = false;
+    std::unique_ptr<pg::Connection> conn;  // the leader's; connected on first use
+  };
+  std::vector<std::unique_ptr<EnqueueLane>> lanes_;
+  std::atomic<std::uint64_t> enqueue_batches_{0};
   // Names this DurableTasks' enqueue batches (replay tokens): random per
   // instance, since worker_name is the user's and may repeat across restarts
   // or processes — a reused token returns another batch's ids.
   std::string enqueue_token_prefix_;
-  std::atomic<std::int64_t> last_notify_ns_{0};
+  std::mutex notify_mu_;
+  std::condition_variable notify_cv_;
+  bool wake_owed_ = false;
+  bool notifier_done_ = false;
+  std::thread notifier_;
 
   // Asynchronous enqueues: ids reserved ahead, tasks waiting for the
   // flusher's next commit (async_mu_).

@@ -127,9 +127,10 @@ END $$;
 -- Enqueues a batch. p_token names the batch: run again after a lost
 -- connection, the same token returns the ids of the first run. p_ids are
 -- ids the caller reserved (reserve_ids), or NULL to draw them here.
--- p_notify: whether this commit wakes the fleet (NOTIFY serialises the
--- commits of notifying transactions server-wide: callers send it at most
--- about once a millisecond, and once at the end of a burst).
+-- p_notify: whether this commit wakes the fleet. NOTIFY serialises the
+-- commits of notifying transactions server-wide, WAL flush included, so
+-- ordo's own batches pass false and send wake() after their commit; an
+-- enqueue inside a caller's transaction passes true.
 CREATE FUNCTION @S.enqueue(p_token text, p_notify boolean, p_ids bigint[], p_types text[], p_args bytea[], p_levels integer[],
     p_max integer[], p_delay_ms bigint[], p_run_at timestamptz[], p_keys text[], p_needs text[], p_groups text[],
     p_counts text[])
@@ -278,7 +279,7 @@ END $$;
 CREATE FUNCTION @S.finish(p_ids bigint[], p_attempts integer[], p_ok boolean[], p_errors text[],
                           p_backoff_ms bigint[], p_retain_ms bigint)
 RETURNS SETOF bigint LANGUAGE plpgsql AS $$
-DECLARE i integer; j record; wake boolean := false; done bigint[];
+DECLARE i integer; j record; done bigint[];
 BEGIN
   -- The common case in one statement: a plain job that succeeded leaves no row.
   WITH d AS (
@@ -294,11 +295,11 @@ BEGIN
     CONTINUE WHEN p_ids[i] = ANY(done);
     SELECT * INTO j FROM @S.jobs WHERE id = p_ids[i] AND attempt = p_attempts[i] AND state = 'running' FOR UPDATE;
     CONTINUE WHEN NOT FOUND;  -- fenced: the lease ran out, the job went back (perhaps to another holder)
-    IF @S.give_back(j.id) THEN wake := true; END IF;
+    PERFORM @S.give_back(j.id);
     IF p_ok[i] THEN
       IF j.flow_id IS NOT NULL THEN
         UPDATE @S.jobs SET state = 'completed', owner = NULL, lease_until = NULL WHERE id = j.id;
-        IF @S.node_done(j.flow_id, j.flow_node, p_retain_ms) THEN wake := true; END IF;
+        PERFORM @S.node_done(j.flow_id, j.flow_node, p_retain_ms);
       ELSIF j.idem_key IS NOT NULL THEN
         UPDATE @S.jobs SET state = 'completed', owner = NULL, lease_until = NULL, args = '',
                key_until = now() + p_retain_ms * interval '1 millisecond' WHERE id = j.id;
@@ -310,11 +311,10 @@ BEGIN
     ELSE
       UPDATE @S.jobs SET state = 'available', owner = NULL, lease_until = NULL, last_error = p_errors[i],
              retrying = true, run_at = now() + p_backoff_ms[i] * interval '1 millisecond' WHERE id = j.id;
-      wake := true;
     END IF;
     RETURN NEXT j.id;
   END LOOP;
-  IF wake THEN PERFORM pg_notify('@C', ''); END IF;
+  -- No NOTIFY here: the client sends one after the commit (wake()).
 END $$;
 
 -- Takes back the jobs whose lease ran out (their holder died or stalled):
