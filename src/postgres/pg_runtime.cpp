@@ -170,8 +170,13 @@ void PgRuntime::claim_loop() {
 }
 
 bool PgRuntime::store_drained(pg::Connection& conn) {
+  // A blocked node counts while its workflow can still move (a node of it is
+  // available or running): one whose workflow has only dead nodes left
+  // waits for a retry_dead, as on the journal store (docs/durability.md).
   const pg::Result r = conn.exec(
-      sql("SELECT NOT EXISTS (SELECT 1 FROM @S.jobs WHERE state IN ('available', 'blocked') AND type = ANY($1::text[]))"),
+      sql("SELECT NOT EXISTS (SELECT 1 FROM @S.jobs WHERE state = 'available' AND type = ANY($1::text[]))"
+          " AND NOT EXISTS (SELECT 1 FROM @S.jobs b WHERE b.state = 'blocked' AND b.type = ANY($1::text[])"
+          " AND EXISTS (SELECT 1 FROM @S.jobs l WHERE l.flow_id = b.flow_id AND l.state IN ('available', 'running')))"),
       {type_list_});
   return r.boolean(0, 0);
 }
