@@ -257,7 +257,7 @@ void handle(const Child& c, TaskContext& ctx) {
   const auto probe = row_of(conn, std::string("SELECT ") + kServerNowUs + ", coalesce((SELECT flow_id FROM ordo.jobs WHERE id = " +
                                       id + "), 0), (SELECT count(*) FROM ordo.holders WHERE job_id = " + id + ")");
   const long long now_us = std::stoll(probe.at(0));
-  if (now_us < not_before_us) c.log("early " + label + " " + id + " " + std::to_string(not_before_us - now_us) + "us");
+  if (now_us < not_before_us) c.log("early " + label + " " + id + " started " + std::to_string(not_before_us - now_us) + " us before its time");
   if (std::stoul(probe.at(2)) != needs) c.log("bad-permits " + label + " " + id + " holds " + probe.at(2) + " of " + std::to_string(needs));
   const std::uint32_t read = ctx.type() == "steps" ? ctx.resume_from<std::uint32_t>(0) : 0;
   const std::string attempt = std::to_string(ctx.attempt());
@@ -521,6 +521,21 @@ void prepare(const Program& program, const std::string& conninfo) {
       RETURN NULL;
     END $$;
     CREATE TRIGGER chaos_groups AFTER UPDATE ON ordo.groups FOR EACH ROW EXECUTE FUNCTION chaos.on_group();
+    -- At each commit that changed a group: its in_use is what its holders hold. Every
+    -- change of a group's holders runs under that group's row lock, so nothing moves
+    -- between this check and the commit.
+    CREATE FUNCTION chaos.on_group_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE counted integer; held integer;
+    BEGIN
+      SELECT in_use INTO counted FROM ordo.groups WHERE name = NEW.name;
+      SELECT coalesce(sum(count), 0) INTO held FROM ordo.holders WHERE group_name = NEW.name;
+      IF NEW.kind = 'count' AND counted <> held THEN
+        INSERT INTO chaos.violations VALUES ('group ' || NEW.name || ': in_use ' || counted || ' but its holders hold ' || held);
+      END IF;
+      RETURN NULL;
+    END $$;
+    CREATE CONSTRAINT TRIGGER chaos_group_commit AFTER UPDATE ON ordo.groups DEFERRABLE INITIALLY DEFERRED
+      FOR EACH ROW EXECUTE FUNCTION chaos.on_group_commit();
   )SQL");
 }
 
@@ -813,12 +828,21 @@ void run_program(std::uint64_t seed, Totals& totals) {
   int victim_boot = 0;
   const auto kill_gap = [&] { return std::chrono::milliseconds(5 + rng() % (kLease.count() + 100)); };
   auto kill_at = std::chrono::steady_clock::now() + kill_gap();
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(test::kScale == 1 ? 300 : 90);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(test::kScale == 1 ? 240 : 40);
   std::string failure;
+  test::PgConn watch(db.conninfo());
+  auto next_look = std::chrono::steady_clock::now();
   for (unsigned done = 0; done < program.workers && failure.empty();) {
     if (std::chrono::steady_clock::now() > give_up) {
       failure = "the fleet did not finish its programs in time: a hang";
       break;
+    }
+    if (std::chrono::steady_clock::now() >= next_look) {  // a broken count stops the program at once
+      next_look += 200ms;
+      if (watch.scalar("SELECT count(*) FROM chaos.violations") != "0") {
+        failure = "the database broke an invariant while the fleet ran";
+        break;
+      }
     }
     for (unsigned w = 0; w < program.workers; ++w) {
       if (finished[w]) continue;
@@ -860,7 +884,12 @@ void run_program(std::uint64_t seed, Totals& totals) {
     else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) failure = "the sweeper failed (see child-error in the log)";
   }
   if (!failure.empty()) {
-    ADD_FAILURE() << failure;
+    test::PgConn conn(db.conninfo());
+    ADD_FAILURE() << failure << "; jobs by state: "
+                  << conn.scalar("SELECT coalesce(string_agg(state || ' ' || n, ', '), 'none') FROM "
+                                 "(SELECT state, count(*) AS n FROM ordo.jobs GROUP BY state) s")
+                  << "; groups: " << conn.scalar("SELECT string_agg(name || ' in_use ' || in_use || ' limit ' || lim, ', ') FROM ordo.groups")
+                  << "; violations: " << conn.scalar("SELECT coalesce(string_agg(what, '; '), 'none') FROM chaos.violations");
   } else {
     check(program, log, killed, db.conninfo(), totals);
   }
