@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(cmake g++ make libtbb-dev libconcurrentqueue-dev libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libsqlite3-dev python3
-  postgresql libpq-dev)
+  postgresql libpq-dev faketime)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,7 +7,9 @@
 #                                         write its conninfo to BUILD_DIR/pg_conninfo.txt
 #   tests/pg_fixture.sh stop BUILD_DIR    stop it, remove its directory and the file
 #
-# With ORDO_PG_CONNINFO set, the tests use that server and both do nothing.
+# Both also stop the private clusters of tests that were killed (a timeout) before
+# they could stop them. With ORDO_PG_CONNINFO set, the tests use that server and no
+# shared cluster is started or stopped.
 set -euo pipefail
 
 [ $# -eq 2 ] || { echo "usage: tests/pg_fixture.sh start|stop BUILD_DIR" >&2; exit 2; }
@@ -15,8 +17,25 @@ action=$1
 file="$2/pg_conninfo.txt"
 pg_sh="$(cd "$(dirname "$0")/.." && pwd)/scripts/pg.sh"
 
+markers="$2/pg_private_clusters"
+
+# Private clusters (ThrowawayCluster, tests/pg_support.hpp) of tests killed before they
+# could stop them: each left a marker named after its /tmp directory.
+stop_private_clusters() {
+  local marker
+  for marker in "$markers"/ordo-pg.*; do
+    [ -e "$marker" ] || continue
+    echo "stopping the private cluster a killed test left behind: /tmp/${marker##*/}"
+    bash "$pg_sh" stop "/tmp/${marker##*/}"
+    rm -f "$marker"
+  done
+  rmdir "$markers" 2> /dev/null || true
+}
+# Before any test of this run, and after the last.
+stop_private_clusters
+
 if [ -n "${ORDO_PG_CONNINFO:-}" ]; then
-  echo "ORDO_PG_CONNINFO is set: the tests use that server, no cluster is started or stopped"
+  echo "ORDO_PG_CONNINFO is set: the tests use that server, no shared cluster is started or stopped"
   exit 0
 fi
 

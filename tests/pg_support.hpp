@@ -10,6 +10,7 @@
 
 #include <libpq-fe.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -215,7 +216,9 @@ inline std::string shell_quoted(const std::string& text) {
 #ifdef ORDO_PG_SCRIPT
 // A PostgreSQL cluster of the test's own (scripts/pg.sh on a fresh /tmp/ordo-pg.XXXXXX),
 // for tests that crash, restart or stop a server: the fixture's cluster serves tests
-// running in parallel. Stopped and removed on destruction. Thread-safety: conninfo() and
+// running in parallel. Stopped and removed on destruction. A test killed before that (a
+// ctest timeout, a crash) leaves a marker in ORDO_PG_PRIVATE_CLUSTERS (set by ctest), by
+// which the `pg` fixture's cleanup stops the cluster. Thread-safety: conninfo() and
 // directory() may be read from many threads; restart() from one thread at a time.
 class ThrowawayCluster {
  public:
@@ -223,16 +226,24 @@ class ThrowawayCluster {
     char path[] = "/tmp/ordo-pg.XXXXXX";
     if (::mkdtemp(path) == nullptr) throw PgError("mkdtemp /tmp/ordo-pg.XXXXXX failed");
     directory_ = path;
+    // Before the start, so that a kill during it leaves the marker too.
+    if (const char* markers = std::getenv("ORDO_PG_PRIVATE_CLUSTERS"); markers != nullptr && *markers != '\0') {
+      marker_ = std::string(markers) + "/" + directory_.substr(directory_.rfind('/') + 1);
+      ::mkdir(markers, 0700);  // EEXIST when another test made it: fine; the open below reports the rest
+      if (!std::ofstream(marker_)) throw PgError("cannot create the marker " + marker_);
+    }
     const ShellRun started = pg_sh("start");
     if (started.exit_status != 0) {
-      pg_sh("stop");
+      if (pg_sh("stop").exit_status == 0 && !marker_.empty()) ::unlink(marker_.c_str());
       throw PgError("scripts/pg.sh start " + directory_ + " failed (its message is above)");
     }
     conninfo_ = started.output.substr(0, started.output.find('\n'));
   }
   ~ThrowawayCluster() {
     try {
-      if (pg_sh("stop").exit_status != 0) {
+      if (pg_sh("stop").exit_status == 0) {
+        if (!marker_.empty()) ::unlink(marker_.c_str());
+      } else {
         std::fprintf(stderr, "ThrowawayCluster: scripts/pg.sh stop %s failed\n", directory_.c_str());
       }
     } catch (const std::exception& e) {
@@ -260,6 +271,7 @@ class ThrowawayCluster {
 
   std::string directory_;
   std::string conninfo_;
+  std::string marker_;  // empty: no ORDO_PG_PRIVATE_CLUSTERS
 };
 #endif
 

@@ -28,11 +28,21 @@ struct PostgresStore {
   // Most tasks claimed in one round trip.
   unsigned claim_batch = 128;
   // Most claimed tasks this process holds at once (queued locally or
-  // running); 0: 8 per worker of the scheduler.
+  // running); 0: 8 per worker of the scheduler. Tasks needing global groups
+  // are claimed only for threads with nothing else of this store to run, so
+  // a global permit is never held by a task waiting for a thread.
   unsigned max_held = 0;
   // A waiting task rises one level per `ageing` of waiting, as the local
   // scheduler's strict-with-ageing rule; 0: strictly by level.
   std::chrono::milliseconds ageing{std::chrono::seconds(10)};
+  // false: enqueue() returns once its task is committed (group commit:
+  // concurrent callers share a transaction). true: it returns at once with
+  // an id reserved ahead, and a background thread commits the tasks in
+  // batches within milliseconds; a process that dies first loses the tasks
+  // not yet committed (as the journal's async mode loses its unsynced tail).
+  // A task with an idempotency key or global needs is always committed
+  // first: its id, or its groups, are the database's to decide.
+  bool async_enqueue = false;
   // Shown as the holder of leases and permits; empty: host:pid.
   std::string worker_name;
   // Connections kept for `transactional` task types (one per handler

@@ -32,6 +32,11 @@ struct DurableStats {
   std::string directory;
   std::uint64_t journal_bytes = 0;  // segments and snapshot on disk
   double last_fsync_us = 0;         // latency of the journal's latest fdatasync
+  // PostgreSQL store: failures of its background work (claims, renewals,
+  // outcomes, asynchronous enqueues) since start, and the latest one's
+  // message; each was retried or left to the lease, as docs/postgres.md says.
+  std::uint64_t store_errors = 0;
+  std::string last_store_error;
 };
 
 // One priority level in a stats snapshot.

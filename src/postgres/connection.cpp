@@ -43,6 +43,11 @@ void Connection::connect() {
   if (PQstatus(conn_) != CONNECTION_OK) {
     std::string why = conn_ != nullptr ? PQerrorMessage(conn_) : "out of memory";
     while (!why.empty() && why.back() == '\n') why.pop_back();
+    // A failed PGconn still holds its buffers, and a constructor that throws
+    // from here never runs the destructor: every try against a server that
+    // is restarting leaked one.
+    PQfinish(conn_);
+    conn_ = nullptr;
     throw StatementError("ordo: postgres: cannot connect: " + why, "");
   }
   // Notices (a schema that exists already, ...) are not the user's business.

@@ -1,5 +1,6 @@
 // PostgreSQL store: claimed tasks onto the scheduler, one attempt (plain or
 // inside a transaction that records its completion), checkpoints.
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 
@@ -80,11 +81,20 @@ std::vector<Need> resolve_needs(Scheduler& scheduler, const std::string& lines, 
 }  // namespace
 
 std::size_t PgRuntime::claim_and_post(pg::Connection& conn, std::size_t room) {
+  // Threads with nothing of ours to run: only that many jobs needing global
+  // groups are claimed. One claimed beyond them would hold its permits while
+  // it waits for a thread, and a process with a thread free could not run it.
+  std::int64_t idle_threads = 0;
+  {
+    std::lock_guard lock(mu_);
+    idle_threads = std::max<std::int64_t>(0, static_cast<std::int64_t>(scheduler_.worker_count()) -
+                                                 static_cast<std::int64_t>(posted_ + running_));
+  }
   const pg::Result r = conn.exec(
-      sql("SELECT * FROM @S.claim($1, $2, $3, $4, $5, $6::text[])"),
+      sql("SELECT * FROM @S.claim($1, $2, $3, $4, $5, $6::text[], $7)"),
       {pg::Param(owner_), pg::Param(static_cast<std::int64_t>(room)),
        pg::Param(static_cast<std::int64_t>(store_.lease.count())), pg::Param(static_cast<std::int64_t>(store_.ageing.count())),
-       pg::Param(static_cast<std::int64_t>(scheduler_.level_count())), pg::Param(type_list_)});
+       pg::Param(static_cast<std::int64_t>(scheduler_.level_count())), pg::Param(type_list_), pg::Param(idle_threads)});
   struct Posting {
     TaskId id;
     SubmitOptions options;

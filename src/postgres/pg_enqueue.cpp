@@ -6,25 +6,10 @@
 #include "ordo/resource.hpp"
 #include "ordo/workflow.hpp"
 #include "postgres/pg_runtime.hpp"
+#include "util/clock.hpp"
 
 namespace ordo::detail {
 
-// One enqueue waiting for its batch to commit.
-struct PgRuntime::EnqueueRequest {
-  std::string type;
-  std::string args;
-  std::int64_t level = 1;
-  std::int64_t max_attempts = 3;
-  std::optional<std::string> delay_ms;
-  std::optional<std::string> run_at;  // timestamptz text, UTC
-  std::optional<std::string> key;
-  std::optional<std::string> needs;   // local groups, "name=count" lines
-  std::optional<std::string> groups;  // global groups, an array literal
-  std::optional<std::string> counts;
-  TaskId id = 0;
-  std::exception_ptr error;
-  bool done = false;
-};
 
 namespace {
 
@@ -122,7 +107,10 @@ PgRuntime::EnqueueRequest PgRuntime::make_request(std::string_view type, std::st
 namespace {
 
 // The parameters of one @S.enqueue call for `batch`.
-std::vector<pg::Param> enqueue_params(const std::string& token, const std::vector<PgRuntime::EnqueueRequest*>& batch) {
+// `reserved`: the ids the tasks were given already (asynchronous enqueues), or empty.
+std::vector<pg::Param> enqueue_params(const std::string& token, bool notify,
+                                      const std::vector<PgRuntime::EnqueueRequest*>& batch,
+                                      const std::vector<std::int64_t>& reserved = {}) {
   std::vector<std::string> types;
   std::vector<std::string> args;
   std::vector<std::int64_t> levels;
@@ -141,6 +129,8 @@ std::vector<pg::Param> enqueue_params(const std::string& token, const std::vecto
     counts.push_back(r->counts);
   }
   return {token.empty() ? pg::Param::null() : pg::Param(token),
+          pg::Param(notify ? "t" : "f"),
+          reserved.empty() ? pg::Param::null() : pg::Param(pg::int_array_literal(reserved)),
           pg::array_literal(types),
           pg::array_literal(args),
           pg::int_array_literal(levels),
@@ -154,19 +144,24 @@ std::vector<pg::Param> enqueue_params(const std::string& token, const std::vecto
 }
 
 constexpr const char* kEnqueueCall =
-    "SELECT @S.enqueue($1, $2::text[], $3::bytea[], $4::integer[], $5::integer[], $6::bigint[], $7::timestamptz[],"
-    " $8::text[], $9::text[], $10::text[], $11::text[])";
+    "SELECT @S.enqueue($1, $2, $3::bigint[], $4::text[], $5::bytea[], $6::integer[], $7::integer[], $8::bigint[],"
+    " $9::timestamptz[], $10::text[], $11::text[], $12::text[], $13::text[])";
 
 }  // namespace
 
 TaskId PgRuntime::enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) {
   EnqueueRequest req = make_request(type, {reinterpret_cast<const char*>(args.data()), args.size()}, options);
-  std::unique_lock lock(enqueue_mu_);
+  // Asynchronous: the id is one reserved already, the commit follows
+  // (a key, or a global group to check, needs the database's answer first).
+  const bool async = store_.async_enqueue && !req.key && !req.groups;
   {
     std::lock_guard state(mu_);
     if (!started_) throw Error("ordo: DurableTasks::enqueue before start()");
     if (stopping_) throw Error("ordo: DurableTasks is shutting down and accepts no new tasks");
+    if (async) ++unflushed_;
   }
+  if (async) return enqueue_async(std::move(req));
+  std::unique_lock lock(enqueue_mu_);
   enqueue_pending_.push_back(&req);
   while (!req.done) {
     if (enqueue_leader_) {
@@ -180,6 +175,7 @@ TaskId PgRuntime::enqueue(std::string_view type, std::span<const std::byte> args
     lock.unlock();
     commit_enqueues(batch);
     lock.lock();
+    for (EnqueueRequest* r : batch) r->done = true;  // under enqueue_mu_: what the waiters read
     enqueue_leader_ = false;
     enqueue_done_.notify_all();
   }
@@ -187,13 +183,108 @@ TaskId PgRuntime::enqueue(std::string_view type, std::span<const std::byte> args
   return req.id;
 }
 
+bool PgRuntime::notify_due() noexcept {
+  const std::int64_t now = steady_now_ns();
+  std::int64_t last = last_notify_ns_.load(std::memory_order_relaxed);  // a hint: a race costs one extra NOTIFY
+  if (now - last < 1000000) return false;
+  return last_notify_ns_.compare_exchange_strong(last, now, std::memory_order_relaxed);
+}
+
+TaskId PgRuntime::enqueue_async(EnqueueRequest req) {
+  std::unique_lock lock(async_mu_);
+  async_cv_.wait(lock, [this] { return !reserved_ids_.empty() || async_failed_; });
+  if (reserved_ids_.empty()) {
+    lock.unlock();
+    std::lock_guard state(mu_);
+    --unflushed_;
+    changed_.notify_all();
+    throw StoreError("ordo: postgres: no task id could be reserved: " + async_error_);
+  }
+  req.id = reserved_ids_.back();
+  reserved_ids_.pop_back();
+  const TaskId id = req.id;
+  async_pending_.push_back(std::make_unique<EnqueueRequest>(std::move(req)));
+  if (async_pending_.size() == 1 || reserved_ids_.size() < kReserveLow) async_cv_.notify_all();
+  return id;
+}
+
+void PgRuntime::flush_loop() {
+  std::unique_ptr<pg::Connection> conn;
+  for (;;) {
+    std::vector<std::unique_ptr<EnqueueRequest>> batch;
+    bool reserve = false;
+    {
+      std::unique_lock lock(async_mu_);
+      async_cv_.wait(lock, [this] {
+        return flusher_done_ || !async_pending_.empty() || reserved_ids_.size() < kReserveLow;
+      });
+      if (flusher_done_ && async_pending_.empty()) return;
+      batch.swap(async_pending_);
+      reserve = reserved_ids_.size() < kReserveLow;
+    }
+    std::string error;
+    try {
+      if (!conn) conn = std::make_unique<pg::Connection>(store_.conninfo);
+      if (!batch.empty()) {
+        std::vector<EnqueueRequest*> part;
+        std::vector<std::int64_t> ids;
+        for (auto& r : batch) {
+          part.push_back(r.get());
+          ids.push_back(static_cast<std::int64_t>(r->id));
+        }
+        const std::string token = owner_ + "/a" + std::to_string(++async_batches_);
+        const bool notify = notify_due();
+        pg::with_reconnect(*conn, std::chrono::seconds(30),
+                           [&] { return conn->exec(sql(kEnqueueCall), enqueue_params(token, notify, part, ids)); });
+        if (!notify) {
+          std::lock_guard lock(async_mu_);
+          if (async_pending_.empty()) conn->exec(sql("SELECT @S.wake()"));  // the burst's end is announced
+        }
+      }
+      if (reserve) {
+        const pg::Result r = pg::with_reconnect(*conn, std::chrono::seconds(30), [&] {
+          return conn->exec(sql("SELECT * FROM @S.reserve_ids($1)"), {pg::Param(static_cast<std::int64_t>(kReserveBlock))});
+        });
+        std::lock_guard lock(async_mu_);
+        for (int i = r.rows() - 1; i >= 0; --i) reserved_ids_.push_back(static_cast<TaskId>(r.int64(i, 0)));
+        async_failed_ = false;
+        async_cv_.notify_all();
+      }
+    } catch (const std::exception& e) {
+      // The server stayed away (or refused the batch): these tasks are lost,
+      // as an asynchronous journal loses its unsynced tail.
+      error = e.what();
+      note_store_error(e);
+      if (conn && conn->broken()) conn.reset();
+    }
+    {
+      std::lock_guard lock(async_mu_);
+      if (!error.empty()) {
+        async_error_ = error;
+        if (reserved_ids_.empty()) async_failed_ = true;  // waiting callers are told, not left waiting
+        async_cv_.notify_all();
+      }
+    }
+    std::lock_guard state(mu_);
+    if (!error.empty()) async_lost_ += batch.size();
+    unflushed_ -= batch.size();
+    changed_.notify_all();
+  }
+}
+
 void PgRuntime::commit_enqueues(std::vector<EnqueueRequest*>& batch) {
   const auto call = [&](const std::vector<EnqueueRequest*>& part) {
     // The token makes a re-run after a lost connection return the first
     // run's ids instead of enqueueing twice.
     const std::string token = owner_ + "/" + std::to_string(++enqueue_batches_);
-    const pg::Result r = pg::with_reconnect(*enqueue_conn_, std::chrono::seconds(30),
-                                        [&] { return enqueue_conn_->exec(sql(kEnqueueCall), enqueue_params(token, part)); });
+    const bool notify = notify_due();
+    const pg::Result r = pg::with_reconnect(*enqueue_conn_, std::chrono::seconds(30), [&] {
+      return enqueue_conn_->exec(sql(kEnqueueCall), enqueue_params(token, notify, part));
+    });
+    if (!notify) {
+      std::lock_guard lock(enqueue_mu_);
+      if (enqueue_pending_.empty()) enqueue_conn_->exec(sql("SELECT @S.wake()"));  // the burst's end is announced
+    }
     const std::vector<TaskId> ids = parse_ids(r.text(0, 0));
     for (std::size_t i = 0; i < part.size() && i < ids.size(); ++i) part[i]->id = ids[i];
   };
@@ -215,14 +306,13 @@ void PgRuntime::commit_enqueues(std::vector<EnqueueRequest*>& batch) {
   } catch (...) {
     for (EnqueueRequest* r : batch) r->error = std::current_exception();
   }
-  for (EnqueueRequest* r : batch) r->done = true;
 }
 
 TaskId PgRuntime::enqueue_in(pg_conn* transaction, std::string_view type, std::string_view args, EnqueueOptions options) {
   if (transaction == nullptr) throw InvalidArgument("ordo: DurableTasks::enqueue_in needs a connection (got null)");
   EnqueueRequest req = make_request(type, args, options);
   pg::Connection conn = pg::Connection::borrow(transaction);
-  const pg::Result r = conn.exec(sql(kEnqueueCall), enqueue_params({}, {&req}));
+  const pg::Result r = conn.exec(sql(kEnqueueCall), enqueue_params({}, true, {&req}));
   const std::vector<TaskId> ids = parse_ids(r.text(0, 0));
   if (ids.size() != 1) throw StoreError("ordo: postgres: enqueue returned no id");
   return ids.front();

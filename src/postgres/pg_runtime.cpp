@@ -94,6 +94,7 @@ DurableRecovery PgRuntime::start() {
   claimer_ = std::thread([this] { claim_loop(); });
   heartbeat_ = std::thread([this] { heartbeat_loop(); });
   finisher_ = std::thread([this] { finish_loop(); });
+  if (store_.async_enqueue) flusher_ = std::thread([this] { flush_loop(); });
   return found;
 }
 
@@ -108,6 +109,15 @@ pg::Result PgRuntime::admin(const std::string& text, const std::vector<pg::Param
       // again after a lost connection or a deadlock.
       if (tries >= 2 || (!admin_->broken() && !e.transient())) throw;
     }
+  }
+}
+
+void PgRuntime::note_store_error(const std::exception& e) const noexcept {
+  std::lock_guard lock(mu_);
+  ++store_errors_;
+  try {
+    last_store_error_ = e.what();
+  } catch (...) {  // no memory for the message: the count still tells
   }
 }
 
@@ -143,11 +153,11 @@ void PgRuntime::claim_loop() {
         bool idle = false;
         {
           std::lock_guard lock(mu_);
-          idle = held_.empty();
+          idle = held_.empty() && unflushed_ == 0;
         }
         if (idle && store_drained(*conn)) {
           std::lock_guard lock(mu_);
-          if (held_.empty()) {
+          if (held_.empty() && unflushed_ == 0) {
             drained_ = true;
             changed_.notify_all();
           }
@@ -155,9 +165,10 @@ void PgRuntime::claim_loop() {
       }
       const pg::Result due = conn->exec(sql("SELECT @S.next_due_ms()"));
       if (!due.is_null(0, 0)) next_due_ms = std::max<std::int64_t>(1, due.int64(0, 0));
-    } catch (const StoreError&) {
+    } catch (const StoreError& e) {
       // Lost connection (or a restarting server): connect again next round,
       // after the poll interval.
+      note_store_error(e);
       if (conn && conn->broken()) conn.reset();
     }
     std::int64_t wait_ms = store_.poll.count();
@@ -221,7 +232,8 @@ void PgRuntime::heartbeat_loop() {
         }
       }
       conn->exec(sql("SELECT @S.reap()"));
-    } catch (const StoreError&) {
+    } catch (const StoreError& e) {
+      note_store_error(e);
       if (conn && conn->broken()) conn.reset();  // next period reconnects
     }
   }
@@ -275,9 +287,10 @@ void PgRuntime::finish_loop() {
                             {pg::int_array_literal(ids), pg::int_array_literal(attempts)});
         });
       }
-    } catch (const StoreError&) {
+    } catch (const StoreError& e) {
       // The server stayed away: these outcomes are not recorded. The leases
       // run out and the tasks run again elsewhere (at least once).
+      note_store_error(e);
       gave_up = true;
       if (conn && conn->broken()) conn.reset();
     }
@@ -311,7 +324,7 @@ bool PgRuntime::shutdown(ShutdownMode mode, std::optional<std::chrono::steady_cl
   if (t_in_pg_handler_of == this) return false;  // the handler's own attempt is still running
   lock.lock();
   const auto settled = [this] {
-    return threads_done_ || (held_.empty() && (cancelling_ || drained_));
+    return threads_done_ || (held_.empty() && unflushed_ == 0 && (cancelling_ || drained_));
   };
   if (started) {
     if (deadline) {
@@ -326,8 +339,13 @@ bool PgRuntime::shutdown(ShutdownMode mode, std::optional<std::chrono::steady_cl
   finisher_cv_.notify_all();
   heartbeat_cv_.notify_all();
   lock.unlock();
+  {
+    std::lock_guard async(async_mu_);
+    flusher_done_ = true;
+    async_cv_.notify_all();
+  }
   wake_claimer();
-  for (std::thread* t : {&claimer_, &heartbeat_, &finisher_}) {
+  for (std::thread* t : {&flusher_, &claimer_, &heartbeat_, &finisher_}) {
     if (t->joinable()) t->join();
   }
   return true;
@@ -347,8 +365,9 @@ DurableStats PgRuntime::stats() const {
     s.delayed = static_cast<std::uint64_t>(r.int64(0, 2));
     s.dead = static_cast<std::uint64_t>(r.int64(0, 3));
     s.workflows = static_cast<std::uint64_t>(r.int64(0, 4));
-  } catch (const StoreError&) {
+  } catch (const StoreError& e) {
     // The fleet-wide counts stay 0 while the server is away; this process's own follow.
+    note_store_error(e);
   }
   std::lock_guard lock(mu_);
   s.running = running_;
@@ -356,6 +375,8 @@ DurableStats PgRuntime::stats() const {
   s.failed_attempts = failed_attempts_;
   s.accepting = started_ && !stopping_;
   s.directory = "postgres schema " + store_.schema;
+  s.store_errors = store_errors_;
+  s.last_store_error = last_store_error_;
   return s;
 }
 

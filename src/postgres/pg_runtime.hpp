@@ -25,6 +25,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -86,7 +87,22 @@ class PgRuntime final : public DurableBackend {
     bool lost = false;   // a renewal found the lease gone: this attempt no longer holds the task
     bool started = false;
   };
-  struct EnqueueRequest;  // one enqueue waiting for its batch (pg_enqueue.cpp)
+  // One enqueue waiting for its batch to commit.
+  struct EnqueueRequest {
+    std::string type;
+    std::string args;
+    std::int64_t level = 1;
+    std::int64_t max_attempts = 3;
+    std::optional<std::string> delay_ms;
+    std::optional<std::string> run_at;  // timestamptz text, UTC
+    std::optional<std::string> key;
+    std::optional<std::string> needs;   // local groups, "name=count" lines
+    std::optional<std::string> groups;  // global groups, an array literal
+    std::optional<std::string> counts;
+    TaskId id = 0;
+    std::exception_ptr error;
+    bool done = false;
+  };
   // Runs `sql` on the admin connection (reconnecting once if it was lost).
   pg::Result admin(const std::string& sql, const std::vector<pg::Param>& params = {}) const;
   void checkpoint(Held& held, std::span<const std::byte> bytes);
@@ -109,7 +125,14 @@ class PgRuntime final : public DurableBackend {
   // True when the store holds nothing this process could still run (drain).
   bool store_drained(pg::Connection& conn);
   void wake_claimer() noexcept;
+  // Counts a background failure for stats() (takes mu_).
+  void note_store_error(const std::exception& e) const noexcept;
   void commit_enqueues(std::vector<EnqueueRequest*>& batch);
+  TaskId enqueue_async(EnqueueRequest req);
+  // Whether the next enqueue commit should NOTIFY: at most about once a
+  // millisecond (a batch that does not is followed, at a burst's end, by wake()).
+  bool notify_due() noexcept;
+  void flush_loop();
   EnqueueRequest make_request(std::string_view type, std::string_view args, const EnqueueOptions& options) const;
   std::int64_t backoff_ms(const Held& held, unsigned attempt);
   void run_transactional(Held& held, const Type& type);
@@ -134,6 +157,21 @@ class PgRuntime final : public DurableBackend {
   bool enqueue_leader_ = false;
   std::unique_ptr<pg::Connection> enqueue_conn_;  // the leader's
   std::uint64_t enqueue_batches_ = 0;
+  std::atomic<std::int64_t> last_notify_ns_{0};
+
+  // Asynchronous enqueues: ids reserved ahead, tasks waiting for the
+  // flusher's next commit (async_mu_).
+  static constexpr std::size_t kReserveBlock = 4096;
+  static constexpr std::size_t kReserveLow = 1024;
+  std::mutex async_mu_;
+  std::condition_variable async_cv_;  // pending tasks or ids running low (flusher); ids reserved (callers)
+  std::vector<TaskId> reserved_ids_;
+  std::vector<std::unique_ptr<EnqueueRequest>> async_pending_;
+  std::uint64_t async_batches_ = 0;
+  bool async_failed_ = false;  // the last reservation failed with no id left: callers throw
+  std::string async_error_;
+  bool flusher_done_ = false;
+  std::thread flusher_;
 
   std::mutex tx_mu_;
   std::vector<std::unique_ptr<pg::Connection>> tx_free_;
@@ -150,6 +188,10 @@ class PgRuntime final : public DurableBackend {
   std::uint64_t completed_ = 0;
   std::uint64_t failed_attempts_ = 0;
   std::uint64_t fenced_ = 0;  // outcomes the fence rejected
+  std::uint64_t unflushed_ = 0;   // asynchronous enqueues accepted, not yet committed (or lost)
+  std::uint64_t async_lost_ = 0;  // asynchronous enqueues whose commit failed
+  mutable std::uint64_t store_errors_ = 0;  // stats() counts its own failure too
+  mutable std::string last_store_error_;
   bool started_ = false;
   bool stopping_ = false;
   bool cancelling_ = false;

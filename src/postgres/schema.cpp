@@ -125,23 +125,32 @@ BEGIN
 END $$;
 
 -- Enqueues a batch. p_token names the batch: run again after a lost
--- connection, the same token returns the ids of the first run.
-CREATE FUNCTION @S.enqueue(p_token text, p_types text[], p_args bytea[], p_levels integer[], p_max integer[],
-    p_delay_ms bigint[], p_run_at timestamptz[], p_keys text[], p_needs text[], p_groups text[], p_counts text[])
+-- connection, the same token returns the ids of the first run. p_ids are
+-- ids the caller reserved (reserve_ids), or NULL to draw them here.
+-- p_notify: whether this commit wakes the fleet (NOTIFY serialises the
+-- commits of notifying transactions server-wide: callers send it at most
+-- about once a millisecond, and once at the end of a burst).
+CREATE FUNCTION @S.enqueue(p_token text, p_notify boolean, p_ids bigint[], p_types text[], p_args bytea[], p_levels integer[],
+    p_max integer[], p_delay_ms bigint[], p_run_at timestamptz[], p_keys text[], p_needs text[], p_groups text[],
+    p_counts text[])
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE ids bigint[]; i integer; n integer := coalesce(array_length(p_types, 1), 0); got bigint; missing text;
+        keyed boolean;
 BEGIN
   IF p_token IS NOT NULL THEN
     SELECT b.ids INTO ids FROM @S.enqueue_batches b WHERE b.token = p_token;
     IF FOUND THEN RETURN ids; END IF;
   END IF;
-  SELECT u.g INTO missing FROM unnest(p_groups) AS t(gs), unnest(t.gs::text[]) AS u(g)
-    WHERE NOT EXISTS (SELECT 1 FROM @S.groups WHERE name = u.g) LIMIT 1;
-  IF missing IS NOT NULL THEN
-    RAISE EXCEPTION 'ordo: a durable task needs global group "%", which is not defined (set_global_limit or set_global_rate first)', missing
-      USING ERRCODE = '22023';
+  IF EXISTS (SELECT 1 FROM unnest(p_groups) AS t(gs) WHERE t.gs IS NOT NULL) THEN
+    SELECT u.g INTO missing FROM unnest(p_groups) AS t(gs), unnest(t.gs::text[]) AS u(g)
+      WHERE NOT EXISTS (SELECT 1 FROM @S.groups WHERE name = u.g) LIMIT 1;
+    IF missing IS NOT NULL THEN
+      RAISE EXCEPTION 'ordo: a durable task needs global group "%", which is not defined (set_global_limit or set_global_rate first)', missing
+        USING ERRCODE = '22023';
+    END IF;
   END IF;
-  ids := ARRAY(SELECT nextval(pg_get_serial_sequence('@S.jobs', 'id')) FROM generate_series(1, n));
+  ids := coalesce(p_ids, ARRAY(SELECT nextval('@S.jobs_id_seq') FROM generate_series(1, n)));
+  keyed := EXISTS (SELECT 1 FROM unnest(p_keys) AS k(key) WHERE k.key IS NOT NULL);
   INSERT INTO @S.jobs (id, type, args, state, level, max_attempts, run_at, delayed, idem_key, needs, global_groups, global_counts)
     SELECT ids[u.ord], u.t, u.a, 'available', u.l, u.m,
            CASE WHEN u.d IS NOT NULL THEN now() + u.d * interval '1 millisecond' ELSE coalesce(u.r, now()) END,
@@ -149,7 +158,7 @@ BEGIN
     FROM unnest(p_types, p_args, p_levels, p_max, p_delay_ms, p_run_at, p_keys, p_needs, p_groups, p_counts)
          WITH ORDINALITY AS u(t, a, l, m, d, r, k, nd, g, c, ord)
     WHERE u.k IS NULL;
-  FOR i IN 1 .. n LOOP
+  FOR i IN 1 .. CASE WHEN keyed THEN n ELSE 0 END LOOP
     CONTINUE WHEN p_keys[i] IS NULL;
     DELETE FROM @S.jobs WHERE idem_key = p_keys[i] AND state = 'completed' AND key_until < now();
     got := NULL;
@@ -164,19 +173,28 @@ BEGIN
     END IF;
   END LOOP;
   IF p_token IS NOT NULL THEN INSERT INTO @S.enqueue_batches (token, ids) VALUES (p_token, ids); END IF;
-  PERFORM pg_notify('@C', '');
+  IF p_notify THEN PERFORM pg_notify('@C', ''); END IF;
   RETURN ids;
 END $$;
 
+-- Wakes the fleet's claimers (a transaction of its own, which writes no WAL).
+CREATE FUNCTION @S.wake() RETURNS void LANGUAGE sql AS $$ SELECT pg_notify('@C', ''); $$;
+
+-- Ids for a client to hand out before its tasks are committed (asynchronous enqueues).
+CREATE FUNCTION @S.reserve_ids(p_n integer) RETURNS SETOF bigint LANGUAGE sql AS $$
+  SELECT nextval('@S.jobs_id_seq') FROM generate_series(1, p_n);
+$$;
+
 -- Claims up to p_n ready jobs for p_owner: by effective level (a job rises
 -- one level per p_ageing_ms of waiting), then by age; a job needing global
--- groups only with all its permits.
+-- groups only with all its permits, and at most p_global_room of those (the
+-- claimer's idle threads: a permit is not held by a job waiting for a thread).
 CREATE FUNCTION @S.claim(p_owner text, p_n integer, p_lease_ms bigint, p_ageing_ms bigint, p_levels integer,
-                         p_types text[])
+                         p_types text[], p_global_room integer DEFAULT 2147483647)
 RETURNS TABLE (o_id bigint, o_type text, o_args bytea, o_level smallint, o_attempt integer, o_base integer,
                o_max integer, o_checkpoint bytea, o_needs text, o_error text)
 LANGUAGE plpgsql AS $$
-DECLARE c record; cid bigint; got integer := 0; cand bigint[];
+DECLARE c record; cid bigint; got integer := 0; global_got integer := 0; cand bigint[];
 BEGIN
   SELECT array_agg(k.id ORDER BY greatest(0, k.level - CASE WHEN p_ageing_ms > 0
            THEN floor(extract(epoch FROM now() - k.run_at) * 1000 / p_ageing_ms)::integer ELSE 0 END), k.run_at, k.id)
@@ -187,6 +205,15 @@ BEGIN
       WHERE j.state = 'available' AND j.level = lv.l AND j.run_at <= now() AND j.type = ANY(p_types)
       ORDER BY j.run_at LIMIT p_n + 16 FOR UPDATE SKIP LOCKED) AS k;
   IF cand IS NULL THEN RETURN; END IF;
+  IF NOT EXISTS (SELECT 1 FROM @S.jobs x WHERE x.id = ANY(cand) AND x.global_groups IS NOT NULL) THEN
+    -- No candidate needs a global group: the first p_n are claimed in one statement.
+    RETURN QUERY UPDATE @S.jobs j SET state = 'running', attempt = j.attempt + 1, owner = p_owner,
+        lease_until = now() + p_lease_ms * interval '1 millisecond'
+      WHERE j.id = ANY(cand[1:p_n])
+      RETURNING j.id, j.type, j.args, j.level, j.attempt, j.attempt_base, j.max_attempts, j.checkpoint, j.needs,
+                j.last_error;
+    RETURN;
+  END IF;
   -- Every group any candidate needs, locked in name order before any is taken.
   PERFORM 1 FROM @S.groups WHERE name IN (SELECT unnest(x.global_groups) FROM @S.jobs x WHERE x.id = ANY(cand))
     ORDER BY name FOR UPDATE;
@@ -194,7 +221,11 @@ BEGIN
     EXIT WHEN got >= p_n;
     SELECT x.global_groups AS g, x.global_counts AS n, x.attempt AS a INTO c FROM @S.jobs x WHERE x.id = cid;
     IF c.g IS NOT NULL THEN
+      -- Two statements: SQL does not promise to skip take_permits (which takes
+      -- them) once the room check alone decides.
+      CONTINUE WHEN global_got >= p_global_room;
       CONTINUE WHEN NOT @S.take_permits(cid, c.a + 1, p_owner, c.g, c.n);
+      global_got := global_got + 1;
     END IF;
     RETURN QUERY UPDATE @S.jobs j SET state = 'running', attempt = j.attempt + 1, owner = p_owner,
         lease_until = now() + p_lease_ms * interval '1 millisecond'
@@ -335,7 +366,7 @@ BEGIN
   IF p_key IS NOT NULL THEN
     DELETE FROM @S.workflows WHERE idem_key = p_key AND state = 'completed' AND key_until < now();
   END IF;
-  fid := nextval(pg_get_serial_sequence('@S.jobs', 'id'));
+  fid := nextval('@S.jobs_id_seq');
   INSERT INTO @S.workflows (id, name, idem_key, state, nodes, remaining) VALUES (fid, p_name, p_key, 'running', n, n)
     ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL DO NOTHING;
   IF NOT FOUND THEN

@@ -253,7 +253,9 @@ TEST(PgDurable, ATransactionalAttemptCommitsItsWorkWithItsCompletionOrNotAtAll) 
 TEST(PgDurable, AStaleAttemptIsFencedAndItsCheckpointRejected) {
   ScratchDatabase db;
   ordo::Scheduler s1({.workers = 1}), s2({.workers = 1});
-  ordo::DurableTasks first(s1, store_for(db)), second(s2, store_for(db));
+  ordo::PostgresStore one_at_a_time = store_for(db);
+  one_at_a_time.max_held = 1;  // the stalled attempt keeps `first` from claiming the task back
+  ordo::DurableTasks first(s1, one_at_a_time), second(s2, store_for(db));
   PgConn admin(db.conninfo());
   Gate stalled;
   std::atomic<int> completions{0};
@@ -283,6 +285,48 @@ TEST(PgDurable, AStaleAttemptIsFencedAndItsCheckpointRejected) {
   EXPECT_TRUE(lease_lost_seen.load());
   EXPECT_EQ(completions.load(), 1);
   EXPECT_EQ(count_of(admin, "SELECT count(*) FROM ordo.jobs"), 0);
+}
+
+// Claims take the most urgent effective level first, then the oldest; with
+// ageing a waiting task rises a level per `ageing` of waiting.
+std::vector<std::string> run_order(const ScratchDatabase& db, std::chrono::milliseconds ageing,
+                                   std::chrono::milliseconds between) {
+  ordo::Scheduler producer_sched({.workers = 1});
+  ordo::DurableTasks producer(producer_sched, store_for(db));
+  producer.define("t", {});  // enqueue-only
+  producer.start();
+  for (int i = 0; i < 5; ++i) producer.enqueue("t", "low", {.priority = ordo::low});
+  std::this_thread::sleep_for(between);  // the low tasks' age when the high ones arrive: the point of the test
+  for (int i = 0; i < 5; ++i) producer.enqueue("t", "high", {.priority = ordo::high});
+  producer.shutdown();
+  ordo::Scheduler sched({.workers = 1});
+  ordo::PostgresStore one = store_for(db);
+  one.max_held = 1;
+  one.claim_batch = 1;
+  one.ageing = ageing;
+  ordo::DurableTasks worker(sched, one);
+  std::mutex mu;
+  std::vector<std::string> order;
+  worker.define("t", [&](ordo::TaskContext& ctx, std::span<const std::byte>) {
+    std::lock_guard lock(mu);
+    order.emplace_back(ctx.args_text());
+  });
+  worker.start();
+  worker.shutdown();
+  return order;
+}
+
+TEST(PgDurable, ClaimsTakeHighBeforeLowAndLowWorkAgesAcrossTheFleet) {
+  const std::vector<std::string> strict = {"high", "high", "high", "high", "high", "low", "low", "low", "low", "low"};
+  const std::vector<std::string> aged = {"low", "low", "low", "low", "low", "high", "high", "high", "high", "high"};
+  {
+    ScratchDatabase db;
+    EXPECT_EQ(run_order(db, 0ms, 300ms), strict) << "strict: the low tasks' age must not count";
+  }
+  {
+    ScratchDatabase db;
+    EXPECT_EQ(run_order(db, 50ms, 300ms), aged) << "low tasks waiting 6 steps of 50 ms rank with high ones, and are older";
+  }
 }
 
 TEST(PgDurable, ADrainDoesNotWaitForWorkflowNodesBehindADeadNode) {
