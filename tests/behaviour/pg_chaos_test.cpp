@@ -639,6 +639,8 @@ void check(const Program& program, const std::string& log, const std::set<std::s
       for (const Run& r : j.runs) {
         EXPECT_TRUE(!r.ok || excused(j, r)) << label << " ran again after it completed in " << r.tag
                                             << ", which was not killed and kept its lease" << where;
+        EXPECT_TRUE(r.tag != tag || r.ok || r.failed) << label << " ran again in " << tag
+                                                      << " while its attempt " << r.attempt << " still ran there" << where;
       }
       if (node_of.count(label)) {
         const auto& [spec, k] = node_of[label];
@@ -668,6 +670,15 @@ void check(const Program& program, const std::string& log, const std::set<std::s
       }
       EXPECT_TRUE(found) << what << " without its run" << where;
       if (what == "ok" && node_of.count(label)) node_ok.insert({label, j.flow});
+    } else if (what == "cp-lost") {  // the attempt ends by throwing LeaseLost
+      TaskId id = 0;
+      f >> id;
+      for (auto r = jobs[id].runs.rbegin(); r != jobs[id].runs.rend(); ++r) {
+        if (r->tag == tag && !r->ok && !r->failed) {
+          r->failed = true;
+          break;
+        }
+      }
     } else if (what == "cping" || what == "cp") {
       TaskId id = 0;
       std::uint32_t value = 0;
@@ -714,7 +725,7 @@ void check(const Program& program, const std::string& log, const std::set<std::s
       jobs[id].final_status = state;
     } else if (what == "end") {
       ended = tag == "sweep";
-    } else if (what != "boot" && what != "retried" && what != "discarded" && what != "cp-lost") {
+    } else if (what != "boot" && what != "retried" && what != "discarded") {
       ADD_FAILURE() << "the log reports a failure" << where;
     }
   }
@@ -863,8 +874,10 @@ void run_program(std::uint64_t seed, Totals& totals) {
       if (got == 0) continue;
       finished[w] = true;
       ++done;
-      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        failure = "worker " + std::to_string(w) + " failed (status " + std::to_string(status) + "; see child-error in the log)";
+      if (WIFSIGNALED(status)) {
+        failure = "worker " + std::to_string(w) + " died of signal " + std::to_string(WTERMSIG(status));
+      } else if (WEXITSTATUS(status) != 0) {
+        failure = "worker " + std::to_string(w) + " exited with " + std::to_string(WEXITSTATUS(status)) + " (see child-error in the log)";
       }
     }
     std::this_thread::sleep_for(1ms);
