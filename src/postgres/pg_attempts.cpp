@@ -85,16 +85,23 @@ std::size_t PgRuntime::claim_and_post(pg::Connection& conn, std::size_t room) {
   // groups are claimed. One claimed beyond them would hold its permits while
   // it waits for a thread, and a process with a thread free could not run it.
   std::int64_t idle_threads = 0;
+  // Tasks held here are not claimed again: one that is available lost its
+  // lease while its attempt still runs here (claim's p_held). held_ only
+  // grows on this thread, so every id it holds at the claim is in the list.
+  std::vector<std::int64_t> held_ids;
   {
     std::lock_guard lock(mu_);
     idle_threads = std::max<std::int64_t>(0, static_cast<std::int64_t>(scheduler_.worker_count()) -
                                                  static_cast<std::int64_t>(posted_ + running_));
+    held_ids.reserve(held_.size());
+    for (const auto& [id, held] : held_) held_ids.push_back(static_cast<std::int64_t>(id));
   }
   const pg::Result r = conn.exec(
-      sql("SELECT * FROM @S.claim($1, $2, $3, $4, $5, $6::text[], $7)"),
+      sql("SELECT * FROM @S.claim($1, $2, $3, $4, $5, $6::text[], $7, $8::bigint[])"),
       {pg::Param(owner_), pg::Param(static_cast<std::int64_t>(room)),
        pg::Param(static_cast<std::int64_t>(store_.lease.count())), pg::Param(static_cast<std::int64_t>(store_.ageing.count())),
-       pg::Param(static_cast<std::int64_t>(scheduler_.level_count())), pg::Param(type_list_), pg::Param(idle_threads)});
+       pg::Param(static_cast<std::int64_t>(scheduler_.level_count())), pg::Param(type_list_), pg::Param(idle_threads),
+       pg::int_array_literal(held_ids)});
   struct Posting {
     TaskId id;
     SubmitOptions options;

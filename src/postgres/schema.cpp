@@ -190,8 +190,12 @@ $$;
 -- one level per p_ageing_ms of waiting), then by age; a job needing global
 -- groups only with all its permits, and at most p_global_room of those (the
 -- claimer's idle threads: a permit is not held by a job waiting for a thread).
+-- p_held: the jobs the claimer holds already. One of those that is available
+-- lost its lease while its attempt still runs there: claimed by that process
+-- again, the new attempt would wait for the old one (or run beside it), so
+-- another process takes it, or that one once its attempt ended.
 CREATE FUNCTION @S.claim(p_owner text, p_n integer, p_lease_ms bigint, p_ageing_ms bigint, p_levels integer,
-                         p_types text[], p_global_room integer DEFAULT 2147483647)
+                         p_types text[], p_global_room integer DEFAULT 2147483647, p_held bigint[] DEFAULT '{}')
 RETURNS TABLE (o_id bigint, o_type text, o_args bytea, o_level smallint, o_attempt integer, o_base integer,
                o_max integer, o_checkpoint bytea, o_needs text, o_error text)
 LANGUAGE plpgsql AS $$
@@ -204,6 +208,7 @@ BEGIN
     CROSS JOIN LATERAL (
       SELECT j.id, j.level, j.run_at FROM @S.jobs j
       WHERE j.state = 'available' AND j.level = lv.l AND j.run_at <= now() AND j.type = ANY(p_types)
+        AND j.id <> ALL(p_held)
       ORDER BY j.run_at LIMIT p_n + 16 FOR UPDATE SKIP LOCKED) AS k;
   IF cand IS NULL THEN RETURN; END IF;
   IF NOT EXISTS (SELECT 1 FROM @S.jobs x WHERE x.id = ANY(cand) AND x.global_groups IS NOT NULL) THEN

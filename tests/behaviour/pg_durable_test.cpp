@@ -329,4 +329,83 @@ TEST(PgDurable, ClaimsTakeHighBeforeLowAndLowWorkAgesAcrossTheFleet) {
   }
 }
 
+TEST(PgDurable, ADrainDoesNotWaitForWorkflowNodesBehindADeadNode) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 1});
+  ordo::DurableTasks jobs(sched, store_for(db));
+  ordo::TaskTypeOptions options;
+  options.retry.max_attempts = 1;
+  jobs.define("step", [](ordo::TaskContext& ctx, std::span<const std::byte>) {
+    if (ctx.args_text() == "broken") throw std::runtime_error("always fails");
+  }, options);
+  jobs.start();
+  ordo::DurableWorkflow wf("etl");
+  wf.node("extract", "step", "broken").node("load", "step", "", {"extract"});
+  jobs.enqueue_workflow(wf);
+  // As on the journal store (docs/durability.md, Shutdown): a node waiting
+  // for a dead one waits for a retry_dead that only a caller can give, so it
+  // does not keep a drain.
+  if (!jobs.shutdown_for(20s)) {
+    jobs.shutdown(ordo::ShutdownMode::cancel);  // ends the drain, so that the test fails rather than hangs
+    FAIL() << "the drain waited for a node behind a dead one";
+  }
+  ASSERT_EQ(jobs.dead().size(), 1u);
+  PgConn conn(db.conninfo());
+  EXPECT_EQ(count_of(conn, "SELECT count(*) FROM ordo.jobs WHERE state = 'blocked'"), 1) << "the blocked node is kept";
+}
+
+TEST(PgDurable, AProcessDoesNotClaimAgainATaskWhoseLostAttemptItStillRuns) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 2});
+  ordo::DurableTasks jobs(sched, store_for(db, 1000ms));
+  PgConn admin(db.conninfo());
+  Gate stalled;
+  std::mutex mu;
+  std::vector<unsigned> attempts;  // as each call of "job" begins
+  std::atomic<int> inside{0}, overlapped{0};
+  std::atomic<bool> other_ran{false};
+  ordo::TaskTypeOptions options;
+  options.retry.max_attempts = 2;
+  jobs.define("job", [&](ordo::TaskContext& ctx, std::span<const std::byte>) {
+    if (++inside > 1) ++overlapped;
+    bool first = false;
+    {
+      std::lock_guard lock(mu);
+      attempts.push_back(ctx.attempt());
+      first = attempts.size() == 1;
+    }
+    if (first) stalled.hold();  // as if paused past its lease
+    --inside;
+  }, options);
+  jobs.define("other", [&](ordo::TaskContext&, std::span<const std::byte>) { other_ran = true; });
+  jobs.start();
+  struct Opener {  // a failed assertion must not leave the drain waiting for the stalled attempt
+    Gate& gate;
+    ~Opener() { gate.open = true; }
+  } opener{stalled};
+  const ordo::TaskId id = jobs.enqueue("job", "");
+  stalled.wait_entered();
+  // The lease runs out and the task is taken back while its attempt still
+  // runs here. A task enqueued after it, in the same level, is claimed only
+  // by a claim that passed over it (claims take the oldest first).
+  admin.exec("UPDATE ordo.jobs SET lease_until = now() - interval '1 second' WHERE id = " + std::to_string(id));
+  admin.exec("SELECT ordo.reap()");
+  jobs.enqueue("other", "");
+  ASSERT_TRUE(eventually([&] { return other_ran.load(); }, 15s)) << "the later task never ran";
+  // Claimed here again, the new attempt would run beside the lost one (on
+  // the Held its handler uses), or sit unrenewed until its lease ran out and
+  // cost the task an attempt it never ran. Another process may take it.
+  EXPECT_EQ(count_of(admin, "SELECT count(*) FROM ordo.jobs WHERE state = 'available' AND id = " + std::to_string(id)), 1)
+      << "the process still running the lost attempt claimed the task again";
+  stalled.open = true;
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard lock(mu);
+    return attempts.size() >= 2 && jobs.status(id).state == ordo::DurableTaskStatus::State::unknown;
+  }, 15s)) << "the next attempt never completed; the task is " << ordo::to_string(jobs.status(id).state);
+  jobs.shutdown();
+  std::lock_guard lock(mu);
+  EXPECT_EQ(attempts, (std::vector<unsigned>{1, 2}));
+  EXPECT_EQ(overlapped.load(), 0) << "two attempts of one task ran at once in one process";
+}
+
 }  // namespace
