@@ -186,10 +186,19 @@ void PgRuntime::run(TaskId id) {
     return;
   }
   PgAttempt view(*this, held, nullptr);
-  TaskContext ctx = context_for(view);
   std::string error;
+  const bool ok = call_handler(held, type, view, error);
+  lock.lock();
+  --running_;
+  if (!ok) ++failed_attempts_;
+  outcomes_.push_back({id, held.attempt, ok, error, ok ? 0 : backoff_ms(held, held.attempt - held.base)});
+  finisher_cv_.notify_one();
+}
+
+bool PgRuntime::call_handler(Held& held, const Type& type, AttemptView& view, std::string& error) {
+  TaskContext ctx = context_for(view);
   bool ok = false;
-  const PgRuntime* outer = std::exchange(t_in_pg_handler_of, this);
+  const PgRuntime* outer = std::exchange(t_in_pg_handler_of, this);  // a helping wait may nest runs
   try {
     trace_label(held.type);
     type.handler(ctx, {reinterpret_cast<const std::byte*>(held.args.data()), held.args.size()});
@@ -200,11 +209,7 @@ void PgRuntime::run(TaskId id) {
     error = "a non-standard exception";
   }
   t_in_pg_handler_of = outer;
-  lock.lock();
-  --running_;
-  if (!ok) ++failed_attempts_;
-  outcomes_.push_back({id, held.attempt, ok, error, ok ? 0 : backoff_ms(held, held.attempt - held.base)});
-  finisher_cv_.notify_one();
+  return ok;
 }
 
 void PgRuntime::run_transactional(Held& held, const Type& type) {
@@ -217,18 +222,7 @@ void PgRuntime::run_transactional(Held& held, const Type& type) {
     tx = take_transaction_connection();
     tx->run_script("BEGIN");
     PgAttempt view(*this, held, tx.get());
-    TaskContext ctx = context_for(view);
-    const PgRuntime* outer = std::exchange(t_in_pg_handler_of, this);
-    try {
-      trace_label(held.type);
-      type.handler(ctx, {reinterpret_cast<const std::byte*>(held.args.data()), held.args.size()});
-      ok = true;
-    } catch (const std::exception& e) {
-      error = e.what();
-    } catch (...) {
-      error = "a non-standard exception";
-    }
-    t_in_pg_handler_of = outer;
+    ok = call_handler(held, type, view, error);
     if (ok) {
       // The fenced completion in the handler's own transaction: committed
       // together with its work, or (fenced) neither is.

@@ -143,6 +143,8 @@ class PgRuntime final : public DurableBackend {
   EnqueueRequest make_request(std::string_view type, std::string_view args, const EnqueueOptions& options) const;
   std::int64_t backoff_ms(const Held& held, unsigned attempt);
   void run_transactional(Held& held, const Type& type);
+  // Runs the handler on `view`; false with `error` set when it threw.
+  bool call_handler(Held& held, const Type& type, AttemptView& view, std::string& error);
   std::unique_ptr<pg::Connection> take_transaction_connection();
   void give_back(std::unique_ptr<pg::Connection> conn);
 

@@ -329,31 +329,6 @@ TEST(PgDurable, ClaimsTakeHighBeforeLowAndLowWorkAgesAcrossTheFleet) {
   }
 }
 
-TEST(PgDurable, ADrainDoesNotWaitForWorkflowNodesBehindADeadNode) {
-  ScratchDatabase db;
-  ordo::Scheduler sched({.workers = 1});
-  ordo::DurableTasks jobs(sched, store_for(db));
-  ordo::TaskTypeOptions options;
-  options.retry.max_attempts = 1;
-  jobs.define("step", [](ordo::TaskContext& ctx, std::span<const std::byte>) {
-    if (ctx.args_text() == "broken") throw std::runtime_error("always fails");
-  }, options);
-  jobs.start();
-  ordo::DurableWorkflow wf("etl");
-  wf.node("extract", "step", "broken").node("load", "step", "", {"extract"});
-  jobs.enqueue_workflow(wf);
-  // As on the journal store (docs/durability.md, Shutdown): a node waiting
-  // for a dead one waits for a retry_dead that only a caller can give, so it
-  // does not keep a drain.
-  if (!jobs.shutdown_for(20s)) {
-    jobs.shutdown(ordo::ShutdownMode::cancel);  // ends the drain, so that the test fails rather than hangs
-    FAIL() << "the drain waited for a node behind a dead one";
-  }
-  ASSERT_EQ(jobs.dead().size(), 1u);
-  PgConn conn(db.conninfo());
-  EXPECT_EQ(count_of(conn, "SELECT count(*) FROM ordo.jobs WHERE state = 'blocked'"), 1) << "the blocked node is kept";
-}
-
 TEST(PgDurable, AProcessDoesNotClaimAgainATaskWhoseLostAttemptItStillRuns) {
   ScratchDatabase db;
   ordo::Scheduler sched({.workers = 2});
