@@ -23,7 +23,7 @@ struct PgRuntime::EnqueueRequest {
   std::optional<std::string> counts;
   TaskId id = 0;
   std::exception_ptr error;
-  bool done = false;
+  bool done = false;  // under enqueue_mu_, set by the leader after id and error
 };
 
 namespace {
@@ -180,6 +180,9 @@ TaskId PgRuntime::enqueue(std::string_view type, std::span<const std::byte> args
     lock.unlock();
     commit_enqueues(batch);
     lock.lock();
+    // Under enqueue_mu_: the waiters read `done` (and then id and error,
+    // written before it) under it.
+    for (EnqueueRequest* r : batch) r->done = true;
     enqueue_leader_ = false;
     enqueue_done_.notify_all();
   }
@@ -215,7 +218,6 @@ void PgRuntime::commit_enqueues(std::vector<EnqueueRequest*>& batch) {
   } catch (...) {
     for (EnqueueRequest* r : batch) r->error = std::current_exception();
   }
-  for (EnqueueRequest* r : batch) r->done = true;
 }
 
 TaskId PgRuntime::enqueue_in(pg_conn* transaction, std::string_view type, std::string_view args, EnqueueOptions options) {
