@@ -19,13 +19,15 @@ namespace {
 struct PgRunner {
   PgRuntime* rt;
   TaskId id;
-  PgRunner(PgRuntime* rt, TaskId id) noexcept : rt(rt), id(id) {}
-  PgRunner(PgRunner&& other) noexcept : rt(std::exchange(other.rt, nullptr)), id(other.id) {}
+  unsigned attempt;
+  PgRunner(PgRuntime* rt, TaskId id, unsigned attempt) noexcept : rt(rt), id(id), attempt(attempt) {}
+  PgRunner(PgRunner&& other) noexcept
+      : rt(std::exchange(other.rt, nullptr)), id(other.id), attempt(other.attempt) {}
   PgRunner& operator=(PgRunner&&) = delete;
   ~PgRunner() {
-    if (rt != nullptr) rt->dropped(id);
+    if (rt != nullptr) rt->dropped(id, attempt);
   }
-  void operator()() { std::exchange(rt, nullptr)->run(id); }
+  void operator()() { std::exchange(rt, nullptr)->run(id, attempt); }
 };
 
 // A TaskContext's view of an attempt on the PostgreSQL store.
@@ -94,7 +96,7 @@ std::size_t PgRuntime::claim_and_post(pg::Connection& conn, std::size_t room) {
     idle_threads = std::max<std::int64_t>(0, static_cast<std::int64_t>(scheduler_.worker_count()) -
                                                  static_cast<std::int64_t>(posted_ + running_));
     held_ids.reserve(held_.size());
-    for (const auto& [id, held] : held_) held_ids.push_back(static_cast<std::int64_t>(id));
+    for (const auto& [key, held] : held_) held_ids.push_back(static_cast<std::int64_t>(key.id));
   }
   const pg::Result r = conn.exec(
       sql("SELECT * FROM @S.claim($1, $2, $3, $4, $5, $6::text[], $7, $8::bigint[])"),
@@ -104,6 +106,7 @@ std::size_t PgRuntime::claim_and_post(pg::Connection& conn, std::size_t room) {
        pg::int_array_literal(held_ids)});
   struct Posting {
     TaskId id;
+    unsigned attempt;
     SubmitOptions options;
     std::string refused;  // why it cannot run here
   };
@@ -125,9 +128,9 @@ std::size_t PgRuntime::claim_and_post(pg::Connection& conn, std::size_t room) {
       h.needs = std::string(r.text(i, 8));
       h.last_error = std::string(r.text(i, 9));
       h.kind = &types_.at(h.type);  // claims take only types defined here
-      Posting p{h.id, SubmitOptions{.priority = Priority{h.level}}, {}};
+      Posting p{h.id, h.attempt, SubmitOptions{.priority = Priority{h.level}}, {}};
       if (!h.needs.empty()) p.options.needs = resolve_needs(scheduler_, h.needs, p.refused);
-      held_.emplace(h.id, std::move(h));
+      held_.emplace(HeldKey{h.id, h.attempt}, std::move(h));
       if (p.refused.empty()) ++posted_;
       postings.push_back(std::move(p));
     }
@@ -135,7 +138,7 @@ std::size_t PgRuntime::claim_and_post(pg::Connection& conn, std::size_t room) {
   for (Posting& p : postings) {
     if (!p.refused.empty()) {
       std::lock_guard lock(mu_);
-      Held& h = held_.at(p.id);
+      Held& h = held_.at(HeldKey{p.id, p.attempt});
       outcomes_.push_back({p.id, h.attempt, false, "ordo: durable task " + std::to_string(p.id) + " " + p.refused,
                            backoff_ms(h, h.attempt - h.base)});
       ++failed_attempts_;
@@ -143,7 +146,7 @@ std::size_t PgRuntime::claim_and_post(pg::Connection& conn, std::size_t room) {
       continue;
     }
     try {
-      scheduler_.post(PgRunner(this, p.id), std::move(p.options));
+      scheduler_.post(PgRunner(this, p.id, p.attempt), std::move(p.options));
     } catch (...) {
       // Refused (the scheduler is stopping): the runner was dropped, which
       // gave the claim back.
@@ -157,19 +160,19 @@ std::int64_t PgRuntime::backoff_ms(const Held& held, unsigned attempt) {
   return retry_delay_ns(held.kind->options.retry, std::max(1u, attempt), rng_) / 1000000;
 }
 
-void PgRuntime::dropped(TaskId id) noexcept {
+void PgRuntime::dropped(TaskId id, unsigned attempt) noexcept {
   std::lock_guard lock(mu_);
   --posted_;
-  auto it = held_.find(id);
+  auto it = held_.find(HeldKey{id, attempt});
   if (it == held_.end()) return;
-  releases_.emplace_back(id, it->second.attempt);
+  releases_.emplace_back(id, attempt);
   finisher_cv_.notify_one();
 }
 
-void PgRuntime::run(TaskId id) {
+void PgRuntime::run(TaskId id, unsigned attempt) {
   std::unique_lock lock(mu_);
   --posted_;
-  Held& held = held_.at(id);  // in held_ until its outcome is recorded, which is below
+  Held& held = held_.at(HeldKey{id, attempt});  // in held_ until its outcome is recorded, which is below
   if (cancelling_ || held.lost) {
     // shutdown(cancel): back to the queue, uncounted. Lost: another process
     // may hold it already; the fence would reject anything this one did.
@@ -259,14 +262,14 @@ void PgRuntime::run_transactional(Held& held, const Type& type) {
   --running_;
   if (recorded) {
     ++completed_;
-    held_.erase(held.id);
+    held_.erase(HeldKey{held.id, held.attempt});
     changed_.notify_all();
     wake_claimer();
     return;
   }
   if (fenced) {
     ++fenced_;
-    held_.erase(held.id);
+    held_.erase(HeldKey{held.id, held.attempt});
     changed_.notify_all();
     wake_claimer();
     return;

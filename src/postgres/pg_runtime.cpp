@@ -244,10 +244,10 @@ void PgRuntime::heartbeat_loop() {
       if (threads_done_) return;
       ids.clear();
       attempts.clear();
-      for (const auto& [id, held] : held_) {
+      for (const auto& [key, held] : held_) {
         if (held.lost) continue;
-        ids.push_back(static_cast<std::int64_t>(id));
-        attempts.push_back(held.attempt);
+        ids.push_back(static_cast<std::int64_t>(key.id));
+        attempts.push_back(key.attempt);
       }
     }
     try {
@@ -259,16 +259,24 @@ void PgRuntime::heartbeat_loop() {
         const pg::Result r = conn->exec(sql("SELECT * FROM @S.renew($1::bigint[], $2::integer[], $3)"),
                                         {pg::int_array_literal(ids), pg::int_array_literal(attempts),
                                          pg::Param(static_cast<std::int64_t>(store_.lease.count()))});
+        // renew answers with ids. Two attempts of one job may be held here
+        // for a moment; only the newer can hold the job (attempts only rise),
+        // so an id in the answer renewed that one.
         std::vector<TaskId> renewed;
         renewed.reserve(static_cast<std::size_t>(r.rows()));
         for (int i = 0; i < r.rows(); ++i) renewed.push_back(static_cast<TaskId>(r.int64(i, 0)));
         std::sort(renewed.begin(), renewed.end());
+        std::unordered_map<TaskId, std::int64_t> newest;
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+          auto& a = newest[static_cast<TaskId>(ids[i])];
+          a = std::max(a, attempts[i]);
+        }
         std::lock_guard lock(mu_);
         for (std::size_t i = 0; i < ids.size(); ++i) {
           const auto id = static_cast<TaskId>(ids[i]);
-          if (std::binary_search(renewed.begin(), renewed.end(), id)) continue;
-          auto it = held_.find(id);
-          if (it != held_.end() && it->second.attempt == static_cast<unsigned>(attempts[i])) it->second.lost = true;
+          if (attempts[i] == newest[id] && std::binary_search(renewed.begin(), renewed.end(), id)) continue;
+          auto it = held_.find(HeldKey{id, static_cast<unsigned>(attempts[i])});
+          if (it != held_.end()) it->second.lost = true;
         }
       }
       conn->exec(sql("SELECT @S.reap()"));
@@ -338,7 +346,7 @@ void PgRuntime::finish_loop() {
     {
       std::lock_guard lock(mu_);
       for (const Outcome& o : batch) {
-        held_.erase(o.id);
+        held_.erase(HeldKey{o.id, o.attempt});
         if (gave_up) continue;
         if (!std::binary_search(recorded.begin(), recorded.end(), o.id)) {
           ++fenced_;
@@ -346,7 +354,7 @@ void PgRuntime::finish_loop() {
           ++completed_;
         }
       }
-      for (const auto& [id, attempt] : releases) held_.erase(id);
+      for (const auto& [id, attempt] : releases) held_.erase(HeldKey{id, attempt});
       changed_.notify_all();
     }
     owe_wake();  // permits, successors or retries the batch may have freed, fleet-wide

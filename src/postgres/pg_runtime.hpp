@@ -15,7 +15,7 @@
 //
 // Thread-safety: mu_ guards held_, outcomes_ and the flags and counters;
 // types_ is written before start() and read-only after. No statement runs
-// under mu_. Invariants: a task is in held_ from its claim until its outcome
+// under mu_. Invariants: an attempt is in held_ from its claim until its outcome
 // is committed (or found fenced), and its lease is renewed all that while;
 // `posted_` counts held tasks handed to the scheduler whose runner has not
 // run or been dropped.
@@ -64,8 +64,8 @@ class PgRuntime final : public DurableBackend {
 
   // A posted task's runner: runs its attempt, or, dropped unrun, gives the
   // claim back.
-  void run(TaskId id);
-  void dropped(TaskId id) noexcept;
+  void run(TaskId id, unsigned attempt);
+  void dropped(TaskId id, unsigned attempt) noexcept;
 
   struct Type {
     TaskHandler handler;
@@ -86,6 +86,20 @@ class PgRuntime final : public DurableBackend {
     std::string needs;   // local groups, "name=count" lines
     bool lost = false;   // a renewal found the lease gone: this attempt no longer holds the task
     bool started = false;
+  };
+  // A claimed attempt: held_ is keyed by job *and* attempt, because this
+  // process may claim a job again (its failure retried at once, or its lost
+  // lease reaped) before the previous attempt's entry is gone — while that
+  // attempt's outcome is being recorded, or its handler still runs.
+  struct HeldKey {
+    TaskId id;
+    unsigned attempt;
+    bool operator==(const HeldKey&) const = default;
+  };
+  struct HeldKeyHash {
+    std::size_t operator()(const HeldKey& k) const noexcept {
+      return std::hash<TaskId>()(k.id) ^ (std::hash<unsigned>()(k.attempt) * 0x9e3779b97f4a7c15ull);
+    }
   };
   // One enqueue waiting for its batch to commit.
   struct EnqueueRequest {
@@ -204,7 +218,7 @@ class PgRuntime final : public DurableBackend {
   std::condition_variable changed_;      // held_ shrank, or the drain verdict changed (shutdown waits)
   std::condition_variable finisher_cv_;  // outcomes to record, or stopping
   std::condition_variable heartbeat_cv_;
-  std::unordered_map<TaskId, Held> held_;
+  std::unordered_map<HeldKey, Held, HeldKeyHash> held_;
   std::vector<Outcome> outcomes_;
   std::vector<std::pair<TaskId, unsigned>> releases_;  // claims to give back unrun
   std::uint64_t posted_ = 0;
