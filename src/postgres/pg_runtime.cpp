@@ -254,6 +254,11 @@ void PgRuntime::heartbeat_loop() {
       if (!conn || conn->broken()) {
         conn.reset();
         conn = std::make_unique<pg::Connection>(store_.conninfo);
+        // Nothing here waits for a lock longer than a period: renew never
+        // waits, and a reap held up by another transaction's locks (one
+        // waiting for a deadlock to be found holds them for a second) would
+        // hold up the next renewal past the leases it keeps.
+        conn->exec("SET lock_timeout = " + std::to_string(period.count()));
       }
       if (!ids.empty()) {
         const pg::Result r = conn->exec(sql("SELECT * FROM @S.renew($1::bigint[], $2::integer[], $3)"),
@@ -279,7 +284,11 @@ void PgRuntime::heartbeat_loop() {
           if (it != held_.end()) it->second.lost = true;
         }
       }
-      conn->exec(sql("SELECT @S.reap()"));
+      try {
+        conn->exec(sql("SELECT @S.reap()"));
+      } catch (const pg::StatementError& e) {
+        if (e.sqlstate() != "55P03") throw;  // lock_timeout: this process reaps next period, or another does
+      }
     } catch (const StoreError& e) {
       note_store_error(e);
       if (conn && conn->broken()) conn.reset();  // next period reconnects

@@ -243,13 +243,20 @@ BEGIN
 END $$;
 
 -- Renews the leases of the attempts (id, attempt) that still hold their job;
--- returns those. An attempt missing from the answer has lost its job.
+-- returns those. An attempt missing from the answer has lost its job. Never
+-- waits: a row another transaction has locked (its outcome being recorded,
+-- an application's FOR UPDATE, a statement waiting for a deadlock to be
+-- found) is renewed next time, and counts as held; waiting for it would hold
+-- up the renewal of every other job of the process until their leases ran out.
 CREATE FUNCTION @S.renew(p_ids bigint[], p_attempts integer[], p_lease_ms bigint) RETURNS SETOF bigint
 LANGUAGE sql AS $$
-  UPDATE @S.jobs j SET lease_until = now() + p_lease_ms * interval '1 millisecond'
-    FROM unnest(p_ids, p_attempts) AS a(id, attempt)
-    WHERE j.id = a.id AND j.attempt = a.attempt AND j.state = 'running'
-    RETURNING j.id;
+  WITH free AS (
+    SELECT j.id FROM @S.jobs j JOIN unnest(p_ids, p_attempts) AS a(id, attempt) ON j.id = a.id AND j.attempt = a.attempt
+      WHERE j.state = 'running' FOR UPDATE OF j SKIP LOCKED),
+  renewed AS (
+    UPDATE @S.jobs j SET lease_until = now() + p_lease_ms * interval '1 millisecond' FROM free WHERE j.id = free.id)
+  SELECT j.id FROM @S.jobs j JOIN unnest(p_ids, p_attempts) AS a(id, attempt) ON j.id = a.id AND j.attempt = a.attempt
+    WHERE j.state = 'running';
 $$;
 
 -- A completed workflow node: successors whose predecessors are all done

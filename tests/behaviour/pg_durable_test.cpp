@@ -383,4 +383,41 @@ TEST(PgDurable, AProcessDoesNotClaimAgainATaskWhoseLostAttemptItStillRuns) {
   EXPECT_EQ(overlapped.load(), 0) << "two attempts of one task ran at once in one process";
 }
 
+TEST(PgDurable, AHeartbeatKeepsRenewingWhileAnotherTransactionLocksOneOfItsTasks) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 2});
+  ordo::DurableTasks jobs(sched, store_for(db, 600ms));
+  Gate first, second;
+  jobs.define("job", [&](ordo::TaskContext& ctx, std::span<const std::byte>) {
+    (ctx.args_text() == "a" ? first : second).hold();
+  });
+  jobs.start();
+  struct Opener {  // a failed assertion must not leave the drain waiting for the held attempts
+    Gate& a;
+    Gate& b;
+    ~Opener() { a.open = b.open = true; }
+  } opener{first, second};
+  const ordo::TaskId a = jobs.enqueue("job", "a");
+  const ordo::TaskId b = jobs.enqueue("job", "b");
+  first.wait_entered();
+  second.wait_entered();
+  // Another transaction holds task a's row (an application's SELECT ... FOR
+  // UPDATE, or one of ordo's own statements waiting for a deadlock to be
+  // found): the renewal of b must not wait for it, or b's lease runs out
+  // and another process runs b a second time.
+  PgConn locker(db.conninfo());
+  locker.exec("BEGIN");
+  locker.exec("SELECT 1 FROM ordo.jobs WHERE id = " + std::to_string(a) + " FOR UPDATE");
+  PgConn admin(db.conninfo());
+  const std::string lease_of_b =
+      "SELECT (extract(epoch FROM lease_until) * 1000000)::bigint FROM ordo.jobs WHERE id = " + std::to_string(b);
+  const std::int64_t before = count_of(admin, lease_of_b);
+  // Two renewal periods (lease / 3) later than it was.
+  const bool renewed = eventually([&] { return count_of(admin, lease_of_b) > before + 300000; }, 5s);
+  locker.exec("ROLLBACK");
+  EXPECT_TRUE(renewed) << "b's lease was not renewed while a's row was locked";
+  first.open = second.open = true;
+  jobs.shutdown();
+}
+
 }  // namespace
