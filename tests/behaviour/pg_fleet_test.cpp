@@ -166,7 +166,7 @@ TEST(PgFleet, TwoReapersAtOnceRaiseTheAttemptByExactlyOne) {
   constexpr int kJobs = 20;
   const auto enqueue = [&](const std::string& type, const std::string& groups, const std::string& counts) {
     const std::string n = "ARRAY[" + std::to_string(kJobs) + "]";
-    sql.exec("SELECT ordo.enqueue(NULL, array_fill('" + type + "'::text, " + n + "), array_fill('\\x'::bytea, " + n +
+    sql.exec("SELECT ordo.enqueue(NULL, true, NULL, array_fill('" + type + "'::text, " + n + "), array_fill('\\x'::bytea, " + n +
              "), array_fill(1, " + n + "), array_fill(1000, " + n + "), array_fill(NULL::bigint, " + n +
              "), array_fill(NULL::timestamptz, " + n + "), array_fill(NULL::text, " + n + "), array_fill(NULL::text, " + n +
              "), array_fill(" + groups + ", " + n + "), array_fill(" + counts + ", " + n + "))");
