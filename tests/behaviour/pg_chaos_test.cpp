@@ -37,6 +37,7 @@
 // - a running task holds its global permits; no grant ever takes a group
 //   above the limit in force (holders above a lowered limit keep theirs);
 //   in_use is back to 0, ordo.holders empty and peak within the limits;
+// - no statement deadlocked (pg_stat_database.deadlocks);
 // - the dead set is the tasks whose attempts ran out: each with
 //   max_attempts attempts, none completed since its last retry (except by
 //   an attempt cut short), every task that failed its last attempt is dead
@@ -810,6 +811,10 @@ void check(const Program& program, const std::string& log, const std::set<std::s
   EXPECT_EQ(conn.scalar("SELECT count(*) FROM ordo.groups g WHERE peak > (SELECT max(lim) FROM chaos.limits l WHERE l.grp = g.name)"), "0")
       << "a group's peak is above every limit it had";
   totals.grants += std::stoull(conn.scalar("SELECT count(*) FROM chaos.grants"));
+  // The fleet's statements take their locks in one order: none waited for
+  // another until the server's detector aborted it (the count may lag, never lead).
+  EXPECT_EQ(conn.scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"), "0")
+      << "statements on this database deadlocked (the server's log names them)";
   PGresult* r = PQexec(conn.get(), "SELECT job, count(*), min(attempt) FROM chaos.effects GROUP BY job");
   ASSERT_EQ(PQresultStatus(r), PGRES_TUPLES_OK);
   std::map<TaskId, std::pair<long, unsigned>> effects;
