@@ -74,6 +74,7 @@ struct Op {
 struct Program {
   unsigned workers = 2;
   std::vector<std::vector<Op>> ops;  // per worker
+  std::vector<bool> async_enqueue;   // per worker: PostgresStore::async_enqueue
   std::map<std::string, unsigned> initial_limits;
 };
 
@@ -88,6 +89,7 @@ inline Program generate(std::uint64_t seed) {
   p.workers = static_cast<unsigned>(2 + below(2));
   p.initial_limits = {{"g0", static_cast<unsigned>(kMinLimit + below(3))}, {"g1", static_cast<unsigned>(kMinLimit + below(2))}};
   p.ops.resize(p.workers);
+  for (unsigned w = 0; w < p.workers; ++w) p.async_enqueue.push_back(below(2) == 0);
   for (unsigned w = 0; w < p.workers; ++w) {
     const std::size_t n = 8 + below(18);
     for (std::size_t i = 0; i < n; ++i) {
@@ -194,6 +196,7 @@ struct Child {
   int fd = -1;
   std::string tag;  // "w<worker>b<boot>", or "sweep"
   std::string conninfo;
+  bool async_enqueue = false;
   void log(const std::string& line) const { log_line(fd, tag + " " + line); }
 };
 
@@ -245,15 +248,16 @@ inline void handle(const Child& c, TaskContext& ctx) {
   c.log("ok " + label + " " + id + " " + attempt);
 }
 
-inline PostgresStore store_of(const std::string& conninfo) {
+inline PostgresStore store_of(const std::string& conninfo, bool async_enqueue = false) {
   PostgresStore store = postgres(conninfo);
+  store.async_enqueue = async_enqueue;
   store.lease = kLease;
   store.poll = 100ms;
   return store;
 }
 
 inline std::unique_ptr<DurableTasks> open_tasks(Scheduler& s, const Child& c) {
-  auto d = std::make_unique<DurableTasks>(s, store_of(c.conninfo));
+  auto d = std::make_unique<DurableTasks>(s, store_of(c.conninfo, c.async_enqueue));
   const RetryPolicy quick{.max_attempts = kTypeMaxAttempts, .initial_backoff = 1ms, .max_backoff = 8ms};
   const auto handler = [&c](TaskContext& ctx, std::span<const std::byte>) { handle(c, ctx); };
   d->define("plain", handler, {.retry = quick});
@@ -289,7 +293,9 @@ inline void run_op(const Child& c, std::unique_ptr<DurableTasks>& d, Scheduler& 
       if (t.via == TaskSpec::enqueue) {
         const TaskId id = d->enqueue(t.type, args, o);
         accepted.push_back(id);
-        c.log("acc " + t.label + " " + std::to_string(id));
+        // Committed later (PostgresStore::async_enqueue): lost if this process dies first.
+        const bool later = c.async_enqueue && !t.keyed && t.needs.empty();
+        c.log("acc " + t.label + " " + std::to_string(id) + (later ? " async" : ""));
         break;
       }
       conn.exec("BEGIN");
@@ -365,6 +371,7 @@ inline void run_op(const Child& c, std::unique_ptr<DurableTasks>& d, Scheduler& 
   c.fd = ::open(log.c_str(), O_CREAT | O_WRONLY | O_APPEND | O_CLOEXEC, 0644);
   c.tag = "w" + std::to_string(worker) + "b" + std::to_string(boot);
   c.conninfo = conninfo;
+  c.async_enqueue = program.async_enqueue[worker];
   std::size_t first_op = 0;
   {
     const std::string mine = "w" + std::to_string(worker) + "b";
