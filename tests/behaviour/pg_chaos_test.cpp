@@ -23,7 +23,8 @@
 //   behind a discarded node — except an asynchronous enqueue (some workers
 //   run with PostgresStore::async_enqueue) whose process was killed before
 //   it committed the task; nothing is left live in ordo.jobs;
-// - a rolled-back enqueue_in never ran;
+// - a rolled-back enqueue_in never ran, and its transaction's own write is
+//   gone with it; a committed one's stays;
 // - a transactional task's effect (written via ctx.transaction()) exists
 //   exactly once for each completed task, never for a failed attempt, never
 //   for a dead or discarded task;
@@ -407,6 +408,17 @@ void check(const Program& program, const std::string& log, const std::set<std::s
       << "a grant took a group above its limit: " << conn.scalar("SELECT coalesce(min(grp || ' ' || before || '->' || after || ' limit ' || lim), '') FROM chaos.grants WHERE after > lim");
   EXPECT_EQ(conn.scalar("SELECT count(*) FROM ordo.groups g WHERE peak > (SELECT max(lim) FROM chaos.limits l WHERE l.grp = g.name)"), "0")
       << "a group's peak is above every limit it had";
+  // enqueue_in left the caller's transaction to the caller: its own row
+  // committed or rolled back with the task.
+  for (const std::string& label : rolled_back) {
+    EXPECT_EQ(conn.scalar("SELECT count(*) FROM chaos.app WHERE label = '" + label + "'"), "0")
+        << "the rolled-back transaction of " << label << "'s enqueue_in committed";
+  }
+  for (const auto& [id, j] : jobs) {
+    if (!j.accepted || !spec_of.count(j.label) || spec_of[j.label]->via != TaskSpec::committed_in) continue;
+    EXPECT_NE(conn.scalar("SELECT count(*) FROM chaos.app WHERE label = '" + j.label + "'"), "0")
+        << "the committed transaction of " << j.label << "'s enqueue_in lost its own row";
+  }
   totals.grants += std::stoull(conn.scalar("SELECT count(*) FROM chaos.grants"));
   // The fleet's statements take their locks in one order: none waited for
   // another until the server's detector aborted it (the count may lag, never lead).
