@@ -117,6 +117,10 @@ void prepare(const Program& program, const std::string& conninfo) {
     BEGIN
       IF NEW.lim <> OLD.lim THEN INSERT INTO chaos.limits VALUES (NEW.name, NEW.lim); END IF;
       IF NEW.in_use > OLD.in_use THEN INSERT INTO chaos.grants VALUES (NEW.name, OLD.in_use, NEW.in_use, NEW.lim); END IF;
+      IF NEW.kind = 'count' AND NEW.in_use > OLD.in_use AND NEW.in_use > NEW.lim THEN
+        INSERT INTO chaos.violations VALUES ('group ' || NEW.name || ': a grant took in_use from ' || OLD.in_use || ' to ' ||
+                                             NEW.in_use || ', above its limit ' || NEW.lim);
+      END IF;
       IF NEW.in_use < 0 THEN INSERT INTO chaos.violations VALUES ('group ' || NEW.name || ' in_use ' || NEW.in_use); END IF;
       RETURN NULL;
     END $$;
