@@ -301,6 +301,9 @@ BEGIN
     RETURNING x.id)
   SELECT coalesce(array_agg(d.id), '{}') INTO done FROM d;
   RETURN QUERY SELECT unnest(done);
+  -- Job rows before groups, as claim takes them (and in id order): a job
+  -- row held by a claim that waits for a group held here would deadlock.
+  PERFORM 1 FROM @S.jobs WHERE id = ANY(p_ids) AND id <> ALL(done) ORDER BY id FOR UPDATE;
   PERFORM 1 FROM @S.groups WHERE name IN (SELECT h.group_name FROM @S.holders h WHERE h.job_id = ANY(p_ids))
     ORDER BY name FOR UPDATE;
   FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
@@ -360,6 +363,7 @@ END $$;
 CREATE FUNCTION @S.release(p_ids bigint[], p_attempts integer[]) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
 DECLARE i integer;
 BEGIN
+  PERFORM 1 FROM @S.jobs WHERE id = ANY(p_ids) ORDER BY id FOR UPDATE;  -- rows before groups, as in finish
   PERFORM 1 FROM @S.groups WHERE name IN (SELECT h.group_name FROM @S.holders h WHERE h.job_id = ANY(p_ids))
     ORDER BY name FOR UPDATE;
   FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP

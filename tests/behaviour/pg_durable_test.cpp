@@ -420,4 +420,52 @@ TEST(PgDurable, AHeartbeatKeepsRenewingWhileAnotherTransactionLocksOneOfItsTasks
   jobs.shutdown();
 }
 
+TEST(PgDurable, RecordingAnOutcomeTakesTaskRowsBeforeGroupsAsClaimsDo) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 1});
+  ordo::DurableTasks jobs(sched, store_for(db));
+  jobs.define("t", {});  // enqueue-only: the test claims and reports itself, as a process would
+  jobs.set_global_limit("g", 10);
+  jobs.start();
+  const ordo::TaskId holder = jobs.enqueue("t", "", {.global_needs = {{"g", 1}}});
+  const ordo::TaskId keyed = jobs.enqueue("t", "", {.idempotency_key = "k"});
+  PgConn sql(db.conninfo());
+  ASSERT_EQ(count_of(sql, "SELECT count(*) FROM ordo.claim('ghost', 10, 60000, 0, 3, ARRAY['t'])"), 2);
+  // A claim elsewhere has locked `keyed`'s row (here, as a claim does, a
+  // candidate's row first) and will next lock group g, as claims do. The
+  // outcomes of both tasks are recorded meanwhile: that must wait for the
+  // row before it takes g, or the two wait for each other until the
+  // server's deadlock detector aborts one of them a second later.
+  PgConn claim(db.conninfo());
+  claim.exec("BEGIN");
+  claim.exec("SELECT 1 FROM ordo.jobs WHERE id = " + std::to_string(keyed) + " FOR UPDATE");
+  std::string finish_error;
+  std::thread finisher([&] {
+    try {
+      PgConn conn(db.conninfo());
+      conn.exec("SELECT * FROM ordo.finish(ARRAY[" + std::to_string(holder) + ", " + std::to_string(keyed) +
+                "], ARRAY[1, 1], ARRAY[true, true], ARRAY[NULL, NULL]::text[], ARRAY[0, 0]::bigint[], 60000)");
+    } catch (const std::exception& e) {
+      finish_error = e.what();
+    }
+  });
+  const bool waiting = eventually([&] {
+    return count_of(sql, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%ordo.finish(%'") == 1;
+  }, 10s);
+  std::string claim_error;
+  try {
+    claim.exec("SELECT 1 FROM ordo.groups WHERE name = 'g' FOR UPDATE");
+    claim.exec("COMMIT");
+  } catch (const std::exception& e) {
+    claim_error = e.what();
+  }
+  finisher.join();
+  ASSERT_TRUE(waiting) << "the outcome was recorded without waiting for the locked row";
+  EXPECT_EQ(claim_error, "") << "the claim was aborted";
+  EXPECT_EQ(finish_error, "") << "recording the outcomes was aborted";
+  EXPECT_EQ(count_of(sql, "SELECT count(*) FROM ordo.jobs WHERE state = 'completed' AND id = " + std::to_string(keyed)), 1);
+  EXPECT_EQ(count_of(sql, "SELECT in_use FROM ordo.groups WHERE name = 'g'"), 0);
+  jobs.shutdown();
+}
+
 }  // namespace
