@@ -249,17 +249,21 @@ void PgRuntime::flush_loop() {
       if (conn && conn->broken()) conn.reset();
     }
     {
-      std::lock_guard lock(async_mu_);
-      if (!error.empty()) {
-        async_error_ = error;
-        if (reserved_ids_.empty()) async_failed_ = true;  // waiting callers are told, not left waiting
-        async_cv_.notify_all();
-      }
+      std::lock_guard state(mu_);
+      if (!error.empty()) async_lost_ += batch.size();
+      unflushed_ -= batch.size();
+      changed_.notify_all();
     }
-    std::lock_guard state(mu_);
-    if (!error.empty()) async_lost_ += batch.size();
-    unflushed_ -= batch.size();
-    changed_.notify_all();
+    if (!error.empty()) {
+      std::unique_lock lock(async_mu_);
+      async_error_ = error;
+      if (reserved_ids_.empty()) async_failed_ = true;  // waiting callers are told, not left waiting
+      async_cv_.notify_all();
+      // The ids still run low, so the wait above would let the next try
+      // start at once: a database that refuses connections fast would be
+      // asked again and again without a pause.
+      async_cv_.wait_for(lock, std::chrono::milliseconds(100), [this] { return flusher_done_; });
+    }
   }
 }
 

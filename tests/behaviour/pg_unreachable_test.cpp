@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <thread>
 
 #include "ordo/durable.hpp"
 #include "ordo/postgres.hpp"
@@ -80,6 +81,31 @@ TEST(PgUnreachable, StatusThrowsStoreErrorWithinOneReconnectPatience) {
   // 30 s of reconnecting, once: not once per retry of the statement.
   EXPECT_LT(took, 45s) << "status() took " << std::chrono::duration_cast<std::chrono::seconds>(took).count() << " s";
   jobs.shutdown(ordo::ShutdownMode::cancel);
+}
+
+TEST(PgUnreachable, TheAsynchronousFlusherPacesItsRetriesWhileTheDatabaseIsAway) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 1});
+  ordo::PostgresStore store = ordo::postgres(db.conninfo());
+  store.async_enqueue = true;
+  ordo::DurableTasks jobs(sched, store);
+  jobs.define("later", ordo::TaskHandler{});
+  jobs.start();
+  jobs.enqueue("later", "x");  // returns once the first block of ids is reserved
+  Outage outage(db);
+  // Enough to bring the reserved ids below their refill mark: the flusher
+  // then has a batch to commit and ids to reserve, and neither can be done.
+  for (int i = 0; i < 3200; ++i) jobs.enqueue("later", "x");
+  // Its first try reconnects for its whole patience (30 s, a constant of the
+  // store); what is judged is what it does once that try has been given up,
+  // while the database stays away.
+  std::this_thread::sleep_for(32s);
+  const std::uint64_t before = jobs.stats().store_errors;
+  std::this_thread::sleep_for(2s);  // the window whose failures are counted
+  const std::uint64_t during = jobs.stats().store_errors - before;
+  // Paced at 100 ms, plus the stats() calls' own failures.
+  EXPECT_LT(during, 60u) << during << " failed tries in 2 s: the flusher spins on a database that is away";
+  jobs.shutdown_for(1s, ordo::ShutdownMode::cancel);
 }
 
 }  // namespace
