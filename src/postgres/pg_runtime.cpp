@@ -83,13 +83,23 @@ DurableRecovery PgRuntime::start() {
   }
   type_list_ = pg::array_literal(runnable);
   DurableRecovery found;
-  const pg::Result r = admin(sql(
+  std::optional<pg::Result> counted;
+  try {
+    counted.emplace(admin(sql(
       "SELECT count(*) FILTER (WHERE state IN ('available', 'running', 'blocked')),"
       " count(*) FILTER (WHERE state = 'running'),"
       " count(*) FILTER (WHERE state = 'available' AND run_at > now()),"
       " count(*) FILTER (WHERE state = 'dead'),"
       " count(*) FILTER (WHERE state = 'completed'),"
-      " (SELECT count(*) FROM @S.workflows WHERE state = 'running') FROM @S.jobs"));
+      " (SELECT count(*) FROM @S.workflows WHERE state = 'running') FROM @S.jobs")));
+  } catch (...) {
+    // Nothing started: a later start() may try again, and the destructor's
+    // drain has nothing to wait for.
+    std::lock_guard lock(mu_);
+    started_ = false;
+    throw;
+  }
+  const pg::Result& r = *counted;
   found.requeued = static_cast<std::uint64_t>(r.int64(0, 0));
   found.interrupted = static_cast<std::uint64_t>(r.int64(0, 1));
   found.delayed = static_cast<std::uint64_t>(r.int64(0, 2));

@@ -4,8 +4,10 @@
 // what a client sees of a server that went away.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <thread>
+#include <vector>
 
 #include "ordo/durable.hpp"
 #include "ordo/postgres.hpp"
@@ -106,6 +108,19 @@ TEST(PgUnreachable, TheAsynchronousFlusherPacesItsRetriesWhileTheDatabaseIsAway)
   // Paced at 100 ms, plus the stats() calls' own failures.
   EXPECT_LT(during, 60u) << during << " failed tries in 2 s: the flusher spins on a database that is away";
   jobs.shutdown_for(1s, ordo::ShutdownMode::cancel);
+}
+
+TEST(PgUnreachable, AStartThatCannotReachTheDatabaseThrowsAndLeavesNothingToWaitFor) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 1});
+  auto jobs = std::make_unique<ordo::DurableTasks>(sched, ordo::postgres(db.conninfo()));
+  jobs->define("later", ordo::TaskHandler{});
+  {
+    Outage outage(db);
+    EXPECT_THROW(jobs->start(), ordo::StoreError);
+  }
+  // Nothing was started: the destructor's drain has nothing to wait for.
+  must_finish("destroying a DurableTasks whose start() failed", [&] { jobs.reset(); }, 20s);
 }
 
 }  // namespace
