@@ -188,17 +188,25 @@ TaskId PgRuntime::enqueue(std::string_view type, std::span<const std::byte> args
 TaskId PgRuntime::enqueue_async(EnqueueRequest req) {
   std::unique_lock lock(async_mu_);
   async_cv_.wait(lock, [this] { return !reserved_ids_.empty() || async_failed_; });
-  if (reserved_ids_.empty()) {
+  const auto not_accepted = [&](std::exception_ptr why) {
     lock.unlock();
     std::lock_guard state(mu_);
-    --unflushed_;
+    --unflushed_;  // counted by enqueue() before it came here
     changed_.notify_all();
-    throw StoreError("ordo: postgres: no task id could be reserved: " + async_error_);
+    std::rethrow_exception(why);
+  };
+  if (reserved_ids_.empty()) {
+    // Built under async_mu_, which guards async_error_.
+    not_accepted(std::make_exception_ptr(StoreError("ordo: postgres: no task id could be reserved: " + async_error_)));
   }
-  req.id = reserved_ids_.back();
+  const TaskId id = reserved_ids_.back();
+  req.id = id;
+  try {
+    async_pending_.push_back(std::make_unique<EnqueueRequest>(std::move(req)));
+  } catch (...) {  // no memory: nothing was accepted, the id is simply not used
+    not_accepted(std::current_exception());
+  }
   reserved_ids_.pop_back();
-  const TaskId id = req.id;
-  async_pending_.push_back(std::make_unique<EnqueueRequest>(std::move(req)));
   if (async_pending_.size() == 1 || reserved_ids_.size() < kReserveLow) async_cv_.notify_all();
   return id;
 }
