@@ -4,6 +4,8 @@
 // search share push_local() and wake_one(), which the compiler inlines into
 // both: they stay in one file so that the hot paths compile as before.
 #include <array>
+#include <chrono>
+#include <thread>
 
 #include "core/scheduler_core.hpp"
 #include "ordo/handle.hpp"
@@ -180,6 +182,8 @@ bool SchedulerCore::submit(Task* t) {
   // then read the sleep set); also orders the announce before the enqueue.
   std::uint64_t before = inj.announced.fetch_add(2, std::memory_order_seq_cst);
   if (before & kClosed) {
+    if (const int pause = refused_submission_pause_us.load(std::memory_order_relaxed); pause > 0) [[unlikely]]
+      std::this_thread::sleep_for(std::chrono::microseconds(pause));
     inj.announced.fetch_sub(2, std::memory_order_seq_cst);
     wake_all();  // a draining worker may be waiting for this announcement to go away
     return false;

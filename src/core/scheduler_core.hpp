@@ -55,6 +55,11 @@ class SchedulerCore;
 // window in which another thread moves a task between them. Relaxed: a
 // number on its own, publishing nothing.
 inline std::atomic<int> drain_judge_pause_us{0};
+// Test-only fault points of the same kind: a submission refused by shutdown
+// pauses this long between announcing itself and withdrawing; a draining
+// worker that found nothing to do pauses this long before it parks.
+inline std::atomic<int> refused_submission_pause_us{0};
+inline std::atomic<int> drain_idle_pause_us{0};
 
 // The deadline of a wait: none (the untimed waits compile to the loop they
 // always were, without a clock read), or a steady-clock time in nanoseconds.

@@ -30,13 +30,20 @@ namespace ordo::detail {
 //    busy between the count reaching 0 and the last read.
 // (Both races ended a drain with a task still queued: issue 12, the chaos
 // test's "level 1 queued=1, no worker parked".)
+// An announcement is not always a task on its way: a submission refused by
+// the shutdown, or a move that lost its task, announces and then withdraws,
+// and wakes the sleepers after — possibly before the judge parks. So the
+// judge that sees an announcement stays busy and looks again rather than
+// going idle on it (the chaos test under TSan: the drain never ended, its
+// one worker parked, every queue empty).
 void SchedulerCore::shutdown_loop(Worker& w) {
   // While stopping every worker serves every level: reservations would
   // otherwise leave lower-level tasks behind a worker that will not run them.
   w.max_level.store(static_cast<std::uint8_t>(levels_ - 1), std::memory_order_relaxed);
   // idle_parked: idle, and the drain waits for a parked task to come back
   // (its rate tokens are due later); last_parked_task_left() wakes us.
-  enum class Next { exit, idle, idle_parked, busy };
+  // look_again: busy, after a pause for the thread whose announcement we saw.
+  enum class Next { exit, idle, idle_parked, busy, look_again };
   // resources_.limit_changes() when the hopeless waiters were last looked
   // for: a later set_limit() may have made another one hopeless.
   std::uint64_t limits_judged = 0;
@@ -49,7 +56,14 @@ void SchedulerCore::shutdown_loop(Worker& w) {
     const bool some_parked = resources_.parked() != 0;
     if (const int pause = drain_judge_pause_us.load(std::memory_order_relaxed); pause > 0) [[unlikely]]
       std::this_thread::sleep_for(std::chrono::microseconds(pause));
-    if (!injection_empty()) return Next::idle;
+    if (!injection_empty()) {
+      // An announcement: a task on its way into a queue — or a refused
+      // submission or a lost move about to withdraw it, whose wake-up may
+      // come before we park. Stay busy and look again: giving up the count
+      // here left nobody to judge the end (the drain never returned).
+      busy_.fetch_add(kBusyEntry, std::memory_order_seq_cst);
+      return Next::look_again;
+    }
     if (some_parked) {
       // Nothing runs, so no permit is held: a waiter that needs no more
       // than each group's limit waits only for rate tokens, and the resource
@@ -82,6 +96,8 @@ void SchedulerCore::shutdown_loop(Worker& w) {
           return resources_.parked() == 0 || resources_.limit_changes() != limits_judged;
         });
       } else {
+        if (const int pause = drain_idle_pause_us.load(std::memory_order_relaxed); pause > 0) [[unlikely]]
+          std::this_thread::sleep_for(std::chrono::microseconds(pause));
         park_worker(w, [] { return false; });
       }
       if (exit_.load(std::memory_order_seq_cst)) return;
@@ -94,6 +110,7 @@ void SchedulerCore::shutdown_loop(Worker& w) {
       }
     }
     if (next == Next::exit) return;
+    if (next == Next::look_again) std::this_thread::yield();
   }
 }
 

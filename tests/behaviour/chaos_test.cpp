@@ -20,7 +20,8 @@
 //  - the stats snapshot adds up.
 //
 // ORDO_SEED=<n> replays a run's programs (the interleavings differ), from
-// program ORDO_CHAOS_FIRST=<k> on;
+// program ORDO_CHAOS_FIRST=<k> on; ORDO_CHAOS_REPEAT=1 runs that one program
+// again and again (to catch a rare interleaving of a reported program);
 // ORDO_CHAOS_SECONDS=<s> sets the budget (default 20: a soak is a long one).
 // (Over 600 lines: the program generator and its model only make sense
 // together.)
@@ -683,6 +684,8 @@ TEST(Chaos, RandomProgramsOverTheWholeApiKeepEveryInvariant) {
   std::fflush(stdout);
   std::atomic<std::uint64_t> ops{0};
   std::uint64_t programs = env_u64("ORDO_CHAOS_FIRST", 0);  // replays from a reported program on
+  const std::uint64_t first = programs;
+  const bool repeat = env_u64("ORDO_CHAOS_REPEAT", 0) != 0;
   std::mutex current_mu;
   Program* current = nullptr;
   std::uint64_t current_index = 0;
@@ -723,11 +726,11 @@ TEST(Chaos, RandomProgramsOverTheWholeApiKeepEveryInvariant) {
   const auto deadline = Clock::now() + budget;
   std::string failure;
   while (Clock::now() < deadline && failure.empty()) {
-    Program program(seed + programs, failure, ops);
+    Program program(seed + (repeat ? first : programs), failure, ops);
     {
       std::lock_guard lock(current_mu);
       current = &program;
-      current_index = programs;
+      current_index = repeat ? first : programs;
       current_started = Clock::now();
     }
     program.run();
@@ -736,7 +739,7 @@ TEST(Chaos, RandomProgramsOverTheWholeApiKeepEveryInvariant) {
       current = nullptr;
     }
     if (!failure.empty()) {
-      ADD_FAILURE() << "program " << programs << " of ORDO_SEED=" << seed << ": " << failure << "\n  "
+      ADD_FAILURE() << "program " << (repeat ? first : programs) << " of ORDO_SEED=" << seed << ": " << failure << "\n  "
                     << program.describe();
     }
     ++programs;

@@ -1,10 +1,12 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <latch>
 #include <thread>
 #include <vector>
 
+#include "core/scheduler_core.hpp"  // the test-only fault points
 #include "ordo/ordo.hpp"
 #include "test_support.hpp"
 
@@ -70,6 +72,46 @@ TEST(Shutdown, CancelledGroupChildrenMakeWaitThrowTaskCancelled) {
   EXPECT_THROW(g.wait(), TaskCancelled);
   stopper.join();
   EXPECT_EQ(ran.load(), 0);
+}
+
+// A submission refused by a shutdown announces itself, sees the queue
+// closed, withdraws and wakes every sleeper. The last busy worker of a drain
+// could see that announcement, give up its busy count as if a task were on
+// its way, and park after the wake-up had passed: nobody was left to judge
+// the end and shutdown() never returned (the chaos test under TSan: worker
+// parked, every queue empty). The fault points hold the refusal between its
+// announce and its withdrawal, and the idle worker before it parks.
+TEST(Shutdown, ADrainEndsWhenItsLastWorkerSawARefusedSubmissionsAnnouncement) {
+  using namespace std::chrono_literals;
+  struct PausesOff {
+    ~PausesOff() {
+      detail::refused_submission_pause_us.store(0);
+      detail::drain_idle_pause_us.store(0);
+    }
+  } pauses_off;
+  detail::refused_submission_pause_us.store(20'000);
+  detail::drain_idle_pause_us.store(60'000);
+  for (int round = 0; round < 3; ++round) {
+    Scheduler s{{.workers = 1}};
+    std::atomic<int> ran{0};
+    std::atomic<bool> refused{false};
+    // Posts until refused: the refusal is the only one, and it lands while
+    // the worker is draining or judging.
+    std::thread poster([&] {
+      for (;;) {
+        try {
+          s.post([&] { ran++; });
+        } catch (const SchedulerStopped&) {
+          refused = true;
+          return;
+        }
+      }
+    });
+    while (ran.load() < 100) std::this_thread::yield();
+    test::must_finish("shutdown(drain) racing a refused submission", [&] { s.shutdown(ShutdownMode::drain); });
+    poster.join();
+    EXPECT_TRUE(refused.load());
+  }
 }
 
 TEST(Shutdown, ExternalSubmissionAfterShutdownIsRefused) {
