@@ -189,6 +189,14 @@ struct EnqueueOptions {
   std::vector<GlobalNeed> global_needs{};
 };
 
+// One task of DurableTasks::enqueue_many: what enqueue() takes. The views
+// need to last only for the call.
+struct NewTask {
+  std::string_view type;
+  std::string_view args{};  // bytes
+  EnqueueOptions options{};
+};
+
 // A DAG of durable task types, declared in one place and journaled as a
 // whole: after a crash it resumes midway — completed nodes are not run
 // again, an interrupted one is retried, the rest wait for their
@@ -299,12 +307,27 @@ class DurableTasks {
   // After start(). Returns once the ENQUEUE record is durable under the
   // journal's mode. Throws InvalidArgument (unknown type; a need of a
   // default-constructed group, of another scheduler's group, of 0 or more
-  // than the limit; a key or group name of 64 KiB or more), Error after shutdown;
-  // a call that throws leaves no task and no key behind.
+  // than the limit; a key or group name of 64 KiB or more; on PostgreSQL a
+  // global group not defined), Error after shutdown, StoreError when the
+  // database stays unreachable; a call that throws leaves no task and no key
+  // behind (on PostgreSQL, unless the connection was lost as it committed:
+  // docs/postgres.md, Operations).
   TaskId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options = {});
   TaskId enqueue(std::string_view type, std::string_view args, EnqueueOptions options = {}) {
     return enqueue(type, std::as_bytes(std::span<const char>(args.data(), args.size())), std::move(options));
   }
+
+  // After start(); any thread. Enqueues every task of `tasks` as one durable
+  // batch and returns their ids in order, once all of them are durable: one
+  // journal write and wait (one fdatasync in sync mode), or one PostgreSQL
+  // transaction (also with async_enqueue: this call always waits for the
+  // commit). Each task is checked as enqueue() checks it, all before any is
+  // accepted: a call that throws (the same errors as enqueue) leaves none of
+  // them and no key behind. A key already taken, or repeated within the
+  // batch, gives the id of the task that has it. On PostgreSQL the batch
+  // commits as a whole or not at all; on the journal a crash before the call
+  // returns may keep some of its tasks (each one whole).
+  std::vector<TaskId> enqueue_many(std::span<const NewTask> tasks);
 
   // PostgreSQL store: enqueues inside the caller's open transaction on
   // `transaction` (the task exists exactly when that transaction commits).

@@ -30,6 +30,7 @@ class DurableBackend {
   virtual void define(std::string type, TaskHandler handler, TaskTypeOptions options) = 0;
   virtual DurableRecovery start() = 0;
   virtual TaskId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) = 0;
+  virtual std::vector<TaskId> enqueue_many(std::span<const NewTask> batch) = 0;
   virtual TaskId enqueue_in(pg_conn* transaction, std::string_view type, std::string_view args,
                             EnqueueOptions options);
   virtual TaskId enqueue_workflow(const DurableWorkflow& workflow, std::string key) = 0;

@@ -170,6 +170,7 @@ DurableRecovery DurableTasks::start() { return rt_->start(); }
 TaskId DurableTasks::enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) {
   return rt_->enqueue(type, args, std::move(options));
 }
+std::vector<TaskId> DurableTasks::enqueue_many(std::span<const NewTask> tasks) { return rt_->enqueue_many(tasks); }
 TaskId DurableTasks::enqueue_in(pg_conn* transaction, std::string_view type, std::string_view args,
                                 EnqueueOptions options) {
   return rt_->enqueue_in(transaction, type, args, std::move(options));

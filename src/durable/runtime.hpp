@@ -106,6 +106,7 @@ class DurableRuntime final : public DurableBackend {
   void define(std::string type, TaskHandler handler, TaskTypeOptions options) override;
   DurableRecovery start() override;
   TaskId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) override;
+  std::vector<TaskId> enqueue_many(std::span<const NewTask> batch) override;
   TaskId enqueue_workflow(const DurableWorkflow& workflow, std::string key) override;
   std::vector<DeadTask> dead() const override;
   DurableTaskStatus status(TaskId id) const override;
@@ -123,6 +124,23 @@ class DurableRuntime final : public DurableBackend {
   void dropped(TaskId id) noexcept;
 
  private:
+  // An enqueue that passed every check; `args` is the caller's.
+  struct Accepted {
+    const TaskType* kind = nullptr;
+    std::vector<std::pair<std::string, std::uint64_t>> needs;
+    std::uint8_t level = 0;
+    unsigned max_attempts = 0;
+    std::int64_t due = 0;  // system clock, 0: now
+    std::span<const std::byte> args;
+  };
+  // Throws InvalidArgument naming what is wrong; takes no lock.
+  Accepted check_enqueue(std::string_view type, std::span<const std::byte> args, const EnqueueOptions& options) const;
+  // mu_ held. Null, with `existing` set, when `key` names a task already;
+  // else the new task, waiting (its needs moved out of `a`).
+  JournaledTask* admit_locked(std::string_view type, Accepted& a, const std::string& key, TaskId& existing);
+  Lsn append_enqueue(const JournaledTask& task, std::int64_t due);  // its ENQUEUE record, not waited for
+  void forget_enqueue_locked(JournaledTask& task) noexcept;  // its ENQUEUE failed: task and key go
+  void release_enqueue_locked(JournaledTask& task, std::int64_t due);  // durable: queued, or scheduled
   void replay(const RecordView& r);
   DurableTaskStatus describe_locked(const JournaledTask& task) const;
   void queue_locked(JournaledTask& task);  // marks it queued and notes it in postings_

@@ -142,6 +142,15 @@ std::vector<pg::Param> enqueue_params(const std::string& token, bool notify,
           pg::array_literal(counts)};
 }
 
+// What a caller of enqueue is told when the database refused its batch: the
+// function's own refusal of bad input (an undefined global group, SQLSTATE
+// 22023) is InvalidArgument, as the same mistake is in this process;
+// anything else stays a StoreError.
+std::exception_ptr refusal(const pg::StatementError& e) {
+  if (e.sqlstate() == "22023") return std::make_exception_ptr(InvalidArgument(e.what()));
+  return std::make_exception_ptr(e);
+}
+
 constexpr const char* kEnqueueCall =
     "SELECT @S.enqueue($1, $2, $3::bigint[], $4::text[], $5::bytea[], $6::integer[], $7::integer[], $8::bigint[],"
     " $9::timestamptz[], $10::text[], $11::text[], $12::text[], $13::text[])";
@@ -160,11 +169,38 @@ TaskId PgRuntime::enqueue(std::string_view type, std::span<const std::byte> args
     if (async) ++unflushed_;
   }
   if (async) return enqueue_async(std::move(req));
+  commit_through_lane({&req, 1});
+  if (req.error) std::rethrow_exception(req.error);
+  return req.id;
+}
+
+std::vector<TaskId> PgRuntime::enqueue_many(std::span<const NewTask> batch) {
+  std::vector<EnqueueRequest> reqs;
+  reqs.reserve(batch.size());
+  for (const NewTask& t : batch) reqs.push_back(make_request(t.type, t.args, t.options));
+  {
+    std::lock_guard state(mu_);
+    if (!started_) throw Error("ordo: DurableTasks::enqueue_many before start()");
+    if (stopping_) throw Error("ordo: DurableTasks is shutting down and accepts no new tasks");
+  }
+  std::vector<TaskId> ids;
+  if (reqs.empty()) return ids;
+  reqs.front().unit = static_cast<std::uint32_t>(reqs.size());
+  for (std::size_t i = 1; i < reqs.size(); ++i) reqs[i].unit = 0;
+  commit_through_lane(reqs);
+  if (reqs.front().error) std::rethrow_exception(reqs.front().error);  // the unit failed as a whole
+  ids.reserve(reqs.size());
+  for (const EnqueueRequest& r : reqs) ids.push_back(r.id);
+  return ids;
+}
+
+void PgRuntime::commit_through_lane(std::span<EnqueueRequest> reqs) {
   static std::atomic<unsigned> threads_seen{0};
   thread_local const unsigned my_lane = threads_seen.fetch_add(1, std::memory_order_relaxed);  // a counter only
   EnqueueLane& lane = *lanes_[my_lane % lanes_.size()];
   std::unique_lock lock(lane.mu);
-  lane.pending.push_back(&req);
+  for (EnqueueRequest& r : reqs) lane.pending.push_back(&r);
+  EnqueueRequest& req = reqs.back();  // a unit's requests are done together
   while (!req.done) {
     if (lane.leader) {
       lane.done.wait(lock);
@@ -181,8 +217,6 @@ TaskId PgRuntime::enqueue(std::string_view type, std::span<const std::byte> args
     lane.leader = false;
     lane.done.notify_all();
   }
-  if (req.error) std::rethrow_exception(req.error);
-  return req.id;
 }
 
 TaskId PgRuntime::enqueue_async(EnqueueRequest req) {
@@ -291,16 +325,25 @@ void PgRuntime::commit_enqueues(EnqueueLane& lane, std::vector<EnqueueRequest*>&
   try {
     call(batch);
   } catch (const pg::StatementError& e) {
-    if (batch.size() == 1 || !lane.conn || lane.conn->broken()) {
-      for (EnqueueRequest* r : batch) r->error = std::current_exception();
+    if (batch.front()->unit == batch.size() || !lane.conn || lane.conn->broken()) {
+      for (EnqueueRequest* r : batch) r->error = refusal(e);
     } else {
-      // One bad task (an undefined global group) must not fail the others.
-      for (EnqueueRequest* r : batch) {
+      // One bad task (an undefined global group) must not fail the others:
+      // each unit (a lone enqueue, or one enqueue_many) again on its own.
+      for (std::size_t begin = 0; begin < batch.size();) {
+        const std::size_t end = begin + std::max<std::size_t>(1, batch[begin]->unit);
+        const std::vector<EnqueueRequest*> unit(batch.begin() + begin, batch.begin() + end);
+        std::exception_ptr error;
         try {
-          call({r});
+          call(unit);
+        } catch (const pg::StatementError& e) {
+          error = refusal(e);
         } catch (...) {
-          r->error = std::current_exception();
+          error = std::current_exception();
         }
+        for (EnqueueRequest* r : unit)
+          if (error) r->error = error;
+        begin = end;
       }
     }
   } catch (...) {
@@ -312,7 +355,13 @@ TaskId PgRuntime::enqueue_in(pg_conn* transaction, std::string_view type, std::s
   if (transaction == nullptr) throw InvalidArgument("ordo: DurableTasks::enqueue_in needs a connection (got null)");
   EnqueueRequest req = make_request(type, args, options);
   pg::Connection conn = pg::Connection::borrow(transaction);
-  const pg::Result r = conn.exec(sql(kEnqueueCall), enqueue_params({}, true, {&req}));
+  const pg::Result r = [&] {
+    try {
+      return conn.exec(sql(kEnqueueCall), enqueue_params({}, true, {&req}));
+    } catch (const pg::StatementError& e) {
+      std::rethrow_exception(refusal(e));
+    }
+  }();
   const std::vector<TaskId> ids = parse_ids(r.text(0, 0));
   if (ids.size() != 1) throw StoreError("ordo: postgres: enqueue returned no id");
   return ids.front();

@@ -49,6 +49,7 @@ class PgRuntime final : public DurableBackend {
   void define(std::string type, TaskHandler handler, TaskTypeOptions options) override;
   DurableRecovery start() override;
   TaskId enqueue(std::string_view type, std::span<const std::byte> args, EnqueueOptions options) override;
+  std::vector<TaskId> enqueue_many(std::span<const NewTask> batch) override;
   TaskId enqueue_in(pg_conn* transaction, std::string_view type, std::string_view args,
                     EnqueueOptions options) override;
   TaskId enqueue_workflow(const DurableWorkflow& workflow, std::string key) override;
@@ -116,6 +117,9 @@ class PgRuntime final : public DurableBackend {
     TaskId id = 0;
     std::exception_ptr error;
     bool done = false;
+    // Requests of one enqueue_many commit together or not at all: the first
+    // says how many follow it in the lane (1 for a lone enqueue, 0 inside).
+    std::uint32_t unit = 1;
   };
   // Runs `sql` on the admin connection. A lost connection is reconnected,
   // trying for up to `patience` once per call (then StoreError): stats()
@@ -145,6 +149,9 @@ class PgRuntime final : public DurableBackend {
   // Counts a background failure for stats() (takes mu_).
   void note_store_error(const std::exception& e) const noexcept;
   struct EnqueueLane;
+  // Queues `reqs` (one unit) in this thread's lane and waits until they are
+  // committed, leading the lane's commit if nobody is.
+  void commit_through_lane(std::span<EnqueueRequest> reqs);
   void commit_enqueues(EnqueueLane& lane, std::vector<EnqueueRequest*>& batch);
   TaskId enqueue_async(EnqueueRequest req);
   // The fleet's claimers are to be woken (new tasks, freed permits): the

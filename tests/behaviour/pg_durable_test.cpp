@@ -187,9 +187,18 @@ TEST(PgDurable, AnUndefinedGlobalGroupIsRefusedNamingItAndLosesNothingElse) {
   try {
     jobs.enqueue("t", "", {.global_needs = {{"nowhere", 1}}});
     FAIL() << "an undefined global group was accepted";
-  } catch (const ordo::StoreError& e) {
+  } catch (const ordo::InvalidArgument& e) {  // bad input, not a store failure
     EXPECT_NE(std::string(e.what()).find("nowhere"), std::string::npos) << e.what();
   }
+  PgConn conn(db.conninfo());
+  try {  // inside the caller's transaction too
+    conn.exec("BEGIN");
+    jobs.enqueue_in(conn.get(), "t", "", {.global_needs = {{"nowhere", 1}}});
+    FAIL() << "an undefined global group was accepted by enqueue_in";
+  } catch (const ordo::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("nowhere"), std::string::npos) << e.what();
+  }
+  conn.exec("ROLLBACK");
   EXPECT_NO_THROW(jobs.enqueue("t", ""));
   EXPECT_THROW(jobs.enqueue("missing-type", ""), ordo::InvalidArgument);
   jobs.shutdown();

@@ -1,8 +1,9 @@
-// ordo_bench_pg: durable tasks on PostgreSQL, whole jobs (enqueue -> claim ->
-// run an empty body -> complete) by ordo's store against the classic SKIP
-// LOCKED queue written plainly (one job per claim transaction, one per
-// completion), in the same binary and run. See docs/benchmarks.md,
-// "PostgreSQL". Worker processes are this binary started with --worker.
+// ordo_bench_cluster: durable tasks on PostgreSQL shared by several processes.
+// Whole jobs (enqueue -> claim -> run an empty body -> complete) by ordo's
+// store against the classic SKIP LOCKED queue written plainly (one job per
+// claim transaction, one per completion), in the same binary and run; then
+// start latency, failover and a global group. See docs/benchmarks.md,
+// "Beyond one machine". Worker processes are this binary started with --worker.
 //
 // The server: ORDO_PG_CONNINFO if set, else a throwaway cluster started with
 // scripts/pg.sh for the run. Each benchmark uses a database of its own.
@@ -191,15 +192,21 @@ int classic_worker(const std::string& conninfo, int threads) {
 // ---- benchmarks -----------------------------------------------------------
 
 constexpr int kSubmitters = 8;
+constexpr int kJobs = 20000;
+constexpr int kBatch = 100;  // tasks per enqueue_many call, and per classic_bulk transaction
 
-// async: enqueue returns before the commit (PostgresStore::async_enqueue).
-void whole_job_ordo(benchmark::State& state, bool async) {
-  const int n = static_cast<int>(state.range(0));
+// How ordo's submitters enqueue: one enqueue_many call per kBatch tasks
+// (returns after the commit), one enqueue per task (returns after the
+// commit), or one enqueue per task with PostgresStore::async_enqueue
+// (returns before the commit).
+enum class Submit { batch, single, async };
+
+void cluster_job_ordo(benchmark::State& state, Submit how) {
   for (auto _ : state) {
     Database db("ordo");
     ordo::Scheduler sched({.workers = 1});
     ordo::PostgresStore producer_store = store(db.conninfo());
-    producer_store.async_enqueue = async;
+    producer_store.async_enqueue = how == Submit::async;
     ordo::DurableTasks producer(sched, producer_store);
     producer.define("empty", {});  // enqueue-only here: the worker processes run it
     producer.start();
@@ -211,7 +218,15 @@ void whole_job_ordo(benchmark::State& state, bool async) {
     std::vector<std::thread> submitters;
     for (int s = 0; s < kSubmitters; ++s) {
       submitters.emplace_back([&, s] {
-        for (int i = s; i < n; i += kSubmitters) producer.enqueue("empty", "");
+        const int mine = kJobs / kSubmitters + (s < kJobs % kSubmitters ? 1 : 0);
+        if (how == Submit::batch) {
+          const std::vector<ordo::NewTask> batch(kBatch, ordo::NewTask{"empty"});
+          for (int done = 0; done < mine; done += kBatch) {
+            producer.enqueue_many(std::span(batch).first(static_cast<std::size_t>(std::min(kBatch, mine - done))));
+          }
+        } else {
+          for (int i = 0; i < mine; ++i) producer.enqueue("empty", "");
+        }
       });
     }
     for (auto& t : submitters) t.join();
@@ -221,14 +236,15 @@ void whole_job_ordo(benchmark::State& state, bool async) {
     if (!wait_zero(watch, "SELECT count(*) FROM ordo.jobs", 120s)) state.SkipWithError("jobs left undone");
     const auto t1 = Clock::now();
     state.SetIterationTime(std::chrono::duration<double>(t1 - t0).count());
-    state.counters["enqueue_per_s"] = n / std::chrono::duration<double>(enqueued - t0).count();
+    state.counters["enqueue_per_s"] = kJobs / std::chrono::duration<double>(enqueued - t0).count();
     producer.shutdown(ordo::ShutdownMode::cancel);
   }
-  state.SetItemsProcessed(state.iterations() * n);
+  state.SetItemsProcessed(state.iterations() * kJobs);
 }
 
-void whole_job_classic(benchmark::State& state) {
-  const int n = static_cast<int>(state.range(0));
+// bulk: the submitters insert kBatch jobs per transaction (one multi-row
+// INSERT); claims and completions stay one job per transaction.
+void cluster_job_classic(benchmark::State& state, bool bulk) {
   for (auto _ : state) {
     Database db("classic");
     Conn setup(db.conninfo());
@@ -243,7 +259,13 @@ void whole_job_classic(benchmark::State& state) {
     for (int s = 0; s < kSubmitters; ++s) {
       submitters.emplace_back([&, s] {
         Conn c(db.conninfo());
-        for (int i = s; i < n; i += kSubmitters) c.one("INSERT INTO classic_jobs DEFAULT VALUES");
+        const int mine = kJobs / kSubmitters + (s < kJobs % kSubmitters ? 1 : 0);
+        for (int done = 0; done < mine;) {
+          const int n = bulk ? std::min(kBatch, mine - done) : 1;
+          c.one(n == 1 ? std::string("INSERT INTO classic_jobs DEFAULT VALUES")
+                       : "INSERT INTO classic_jobs (args) SELECT '' FROM generate_series(1, " + std::to_string(n) + ")");
+          done += n;
+        }
       });
     }
     for (auto& t : submitters) t.join();
@@ -251,15 +273,15 @@ void whole_job_classic(benchmark::State& state) {
     if (!wait_zero(setup, "SELECT count(*) FROM classic_jobs", 300s)) state.SkipWithError("jobs left undone");
     const auto t1 = Clock::now();
     state.SetIterationTime(std::chrono::duration<double>(t1 - t0).count());
-    state.counters["enqueue_per_s"] = n / std::chrono::duration<double>(enqueued - t0).count();
+    state.counters["enqueue_per_s"] = kJobs / std::chrono::duration<double>(enqueued - t0).count();
   }
-  state.SetItemsProcessed(state.iterations() * n);
+  state.SetItemsProcessed(state.iterations() * kJobs);
 }
 
 // Enqueue-to-start latency on an idle fleet under moderate load: one job
 // every 5 ms, started by whichever worker a NOTIFY wakes first.
 void start_latency_ordo(benchmark::State& state) {
-  const int n = static_cast<int>(state.range(0));
+  const int n = 200;
   for (auto _ : state) {
     Database db("latency");
     Conn setup(db.conninfo());
@@ -319,7 +341,7 @@ void failover_ordo(benchmark::State& state) {
     const double seconds = std::chrono::duration<double>(Clock::now() - killed).count();
     state.SetIterationTime(seconds);
     state.counters["lease_ms"] = lease_ms;
-    state.counters["takeover_ms"] = seconds * 1000;
+    state.counters["failover_ms"] = seconds * 1000;
     producer.shutdown(ordo::ShutdownMode::cancel);
   }
 }
@@ -327,7 +349,7 @@ void failover_ordo(benchmark::State& state) {
 // A global group of 4 contended by two processes of 2 workers: grants per
 // second, and the most holders the database ever counted (the limit, never above).
 void global_group_ordo(benchmark::State& state) {
-  const int n = static_cast<int>(state.range(0));
+  const int n = 2000;
   for (auto _ : state) {
     Database db("group");
     ordo::Scheduler sched({.workers = 1});
@@ -351,12 +373,14 @@ void global_group_ordo(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * n);
 }
 
-BENCHMARK_CAPTURE(whole_job_ordo, sync, false)->Name("whole_job/ordo")->Arg(20000)->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(whole_job_ordo, async, true)->Name("whole_job/ordo_async")->Arg(20000)->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(whole_job_classic)->Name("whole_job/classic")->Arg(20000)->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(start_latency_ordo)->Name("start_latency/ordo")->Arg(200)->Iterations(1)->Unit(benchmark::kMillisecond);
-BENCHMARK(failover_ordo)->Name("failover/ordo")->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(global_group_ordo)->Name("global_group/ordo")->Arg(2000)->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(cluster_job_ordo, batch, Submit::batch)->Name("cluster_job/ordo_pg/threads:8")->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(cluster_job_ordo, single, Submit::single)->Name("cluster_job/ordo_pg_single/threads:8")->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(cluster_job_ordo, async, Submit::async)->Name("cluster_job/ordo_pg_async/threads:8")->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(cluster_job_classic, single, false)->Name("cluster_job/classic/threads:8")->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(cluster_job_classic, bulk, true)->Name("cluster_job/classic_bulk/threads:8")->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(start_latency_ordo)->Name("cluster_latency/ordo_pg")->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(failover_ordo)->Name("cluster_failover/ordo_pg")->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(global_group_ordo)->Name("global_group/ordo_pg")->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 void start_cluster() {
   char dir[] = "/tmp/ordo-pg.XXXXXX";
