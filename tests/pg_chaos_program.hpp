@@ -52,7 +52,8 @@ struct TaskSpec {
   bool keyed = true;
   unsigned slow = 0;          // 1: its first attempt runs for about a lease, 2: every attempt does
   std::vector<GlobalNeed> needs;
-  enum Via { enqueue, committed_in, rolled_back_in } via = enqueue;
+  // many: by one enqueue_many together with the op's batch_mates.
+  enum Via { enqueue, committed_in, rolled_back_in, many } via = enqueue;
   unsigned effective_max() const { return max_attempts != 0 ? max_attempts : kTypeMaxAttempts; }
 };
 
@@ -65,6 +66,7 @@ struct FlowSpec {
 struct Op {
   enum Kind { task, flow, dead_op, set_limit, status_op, steal, pause, restart } kind = task;
   TaskSpec task_spec;
+  std::vector<TaskSpec> batch_mates;  // via many: enqueued in the same call, after task_spec
   FlowSpec flow_spec;
   std::uint32_t pick = 0;  // dead_op: which dead task, even: retry, odd: discard; status_op: which task
   std::string group;
@@ -115,7 +117,13 @@ inline Program generate(std::uint64_t seed) {
           else t.needs = {{"g0", 1}, {"g1", 1}};
         }
         const auto via = below(10);
-        t.via = via < 7 ? TaskSpec::enqueue : via < 9 ? TaskSpec::committed_in : TaskSpec::rolled_back_in;
+        t.via = via < 5 ? TaskSpec::enqueue : via < 7 ? TaskSpec::many : via < 9 ? TaskSpec::committed_in : TaskSpec::rolled_back_in;
+        for (std::uint64_t k = 0, mates = t.via == TaskSpec::many ? below(4) : 0; k < mates; ++k) {
+          TaskSpec mate = t;
+          mate.label = label + "m" + std::to_string(k);
+          mate.fail_first = failing();
+          op.batch_mates.push_back(std::move(mate));
+        }
       } else if (r < 65) {
         op.kind = Op::flow;
         op.flow_spec.label = label;
@@ -290,6 +298,26 @@ inline void run_op(const Child& c, std::unique_ptr<DurableTasks>& d, Scheduler& 
         else o.delay = std::chrono::milliseconds(t.delay_ms);
       }
       const std::string args = args_of(t, not_before);
+      if (t.via == TaskSpec::many) {  // always committed before it returns, also with async_enqueue
+        std::vector<std::string> all_args = {args};
+        std::vector<EnqueueOptions> all_options = {o};
+        for (const TaskSpec& m : op.batch_mates) {
+          all_args.push_back(args_of(m, not_before));  // the same delay: taken before this call too
+          EnqueueOptions mo = o;
+          if (m.keyed) mo.idempotency_key = m.label;
+          all_options.push_back(std::move(mo));
+        }
+        std::vector<NewTask> batch;
+        batch.push_back({t.type, all_args[0], all_options[0]});
+        for (std::size_t k = 0; k < op.batch_mates.size(); ++k)
+          batch.push_back({op.batch_mates[k].type, all_args[k + 1], all_options[k + 1]});
+        const std::vector<TaskId> ids = d->enqueue_many(batch);
+        for (std::size_t k = 0; k < ids.size(); ++k) {
+          accepted.push_back(ids[k]);
+          c.log("acc " + (k == 0 ? t.label : op.batch_mates[k - 1].label) + " " + std::to_string(ids[k]));
+        }
+        break;
+      }
       if (t.via == TaskSpec::enqueue) {
         const TaskId id = d->enqueue(t.type, args, o);
         accepted.push_back(id);

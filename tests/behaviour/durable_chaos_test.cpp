@@ -1,5 +1,6 @@
 // The durable-task model checker: seeded random programs of enqueues (plain
-// tasks and workflows, under idempotency keys, some delayed), handlers that
+// tasks, alone or a few at once by enqueue_many, and workflows, under
+// idempotency keys, some delayed), handlers that
 // fail their first attempts or always, dead-set retries and discards,
 // compactions, graceful restarts (shutdown(cancel)) — run by a child process
 // that the parent kills with SIGKILL at random points and starts again on the
@@ -74,6 +75,9 @@ struct FlowSpec {
 struct Op {
   enum Kind { task, flow, dead_op, compact, pause, restart } kind;
   TaskSpec task_spec;
+  // A task op that starts a group: it and the next batch - 1 ops (all tasks)
+  // are enqueued by one enqueue_many. 0 inside a group.
+  std::size_t batch = 1;
   FlowSpec flow_spec;
   std::uint32_t pick = 0;  // dead_op: which dead task; even: retry, odd: discard
 };
@@ -98,9 +102,16 @@ Program generate(std::uint64_t seed) {
     const auto r = below(100);
     const std::string label = "p" + std::to_string(i);
     if (r < 55) {
-      op.kind = Op::task;
-      op.task_spec = {label, failing(), static_cast<unsigned>(2 + below(3)), below(5) == 0 ? static_cast<int>(below(30)) : 0,
-                      Priority{static_cast<std::uint8_t>(below(3))}};
+      const std::size_t group = below(4) == 0 ? 2 + below(3) : 1;
+      for (std::size_t g = 0; g < group; ++g) {
+        Op t{};
+        t.kind = Op::task;
+        t.batch = g == 0 ? group : 0;
+        t.task_spec = {g == 0 ? label : label + "b" + std::to_string(g), failing(), static_cast<unsigned>(2 + below(3)),
+                       below(5) == 0 ? static_cast<int>(below(30)) : 0, Priority{static_cast<std::uint8_t>(below(3))}};
+        p.ops.push_back(std::move(t));
+      }
+      continue;
     } else if (r < 75) {
       op.kind = Op::flow;
       op.flow_spec.label = label;
@@ -183,16 +194,34 @@ std::string args_of(const TaskSpec& t, std::int64_t not_before_ns = 0) {
       const Op& op = program.ops[i];
       switch (op.kind) {
         case Op::task: {
-          const TaskSpec& t = op.task_spec;
-          EnqueueOptions o{.priority = t.priority, .max_attempts = t.max_attempts, .idempotency_key = t.label};
-          std::int64_t not_before = 0;
-          if (t.delay_ms > 0) {
-            o.run_at = std::chrono::system_clock::now() + std::chrono::milliseconds(t.delay_ms);
-            not_before = std::chrono::duration_cast<std::chrono::nanoseconds>(o.run_at->time_since_epoch()).count();
+          // A group is one enqueue_many; a lone task one enqueue.
+          const std::size_t group = std::max<std::size_t>(1, op.batch);
+          std::vector<std::string> args;
+          std::vector<EnqueueOptions> options;
+          for (std::size_t k = 0; k < group; ++k) {
+            const TaskSpec& t = program.ops[i + k].task_spec;
+            EnqueueOptions o{.priority = t.priority, .max_attempts = t.max_attempts, .idempotency_key = t.label};
+            std::int64_t not_before = 0;
+            if (t.delay_ms > 0) {
+              o.run_at = std::chrono::system_clock::now() + std::chrono::milliseconds(t.delay_ms);
+              not_before = std::chrono::duration_cast<std::chrono::nanoseconds>(o.run_at->time_since_epoch()).count();
+            }
+            args.push_back(args_of(t, not_before));
+            options.push_back(std::move(o));
           }
-          const TaskId id = d.enqueue("task", args_of(t, not_before), o);
-          accepted.push_back(id);
-          log_line(fd, "acc " + t.label + " " + std::to_string(id));
+          std::vector<TaskId> ids;
+          if (group == 1) {
+            ids.push_back(d.enqueue("task", args[0], options[0]));
+          } else {
+            std::vector<NewTask> batch;
+            for (std::size_t k = 0; k < group; ++k) batch.push_back({"task", args[k], options[k]});
+            ids = d.enqueue_many(batch);
+          }
+          for (std::size_t k = 0; k < group; ++k) {
+            accepted.push_back(ids[k]);
+            log_line(fd, "acc " + program.ops[i + k].task_spec.label + " " + std::to_string(ids[k]));
+          }
+          i += group - 1;  // "op" names the group's last: a restart resumes after the whole group
           break;
         }
         case Op::flow: {

@@ -2,7 +2,7 @@
 //
 // The PostgreSQL store's model checker: seeded random programs run by a
 // fleet of 2 or 3 child processes on one database (a ScratchDatabase per
-// program) — enqueues (priorities, idempotency keys, delays from the
+// program) — enqueues, alone or a few by one enqueue_many (priorities, idempotency keys, delays from the
 // server's clock, max_attempts, global needs), enqueue_in inside a
 // transaction that commits or rolls back, plain, checkpointing and
 // transactional types whose handlers fail their first attempts or always,
@@ -157,6 +157,7 @@ void check(const Program& program, const std::string& log, const std::set<std::s
   for (const auto& ops : program.ops) {
     for (const Op& op : ops) {
       if (op.kind == Op::task) spec_of[op.task_spec.label] = &op.task_spec;
+      for (const TaskSpec& mate : op.batch_mates) spec_of[mate.label] = &mate;
       if (op.kind != Op::flow) continue;
       flows[op.flow_spec.label] = &op.flow_spec;
       for (std::uint32_t k = 0; k < op.flow_spec.nodes.size(); ++k) {
