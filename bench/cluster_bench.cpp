@@ -281,7 +281,7 @@ void cluster_job_classic(benchmark::State& state, bool bulk) {
 // Enqueue-to-start latency on an idle fleet under moderate load: one job
 // every 5 ms, started by whichever worker a NOTIFY wakes first.
 void start_latency_ordo(benchmark::State& state) {
-  const int n = 200;
+  const int n = 1000;
   for (auto _ : state) {
     Database db("latency");
     Conn setup(db.conninfo());
