@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_support.hpp"
 #include "ordo/durable.hpp"
 #include "ordo/postgres.hpp"
 #include "ordo/scheduler.hpp"

@@ -15,6 +15,7 @@
 
 #include <sqlite3.h>
 
+#include "bench_support.hpp"
 #include "journal/records.hpp"
 #include "ordo/ordo.hpp"
 

@@ -30,8 +30,12 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     rows = {}
     errors = 0
+    days = []
     for binary in args.binaries:
         for b in run(binary, args.out, extra):
+            if b["name"].startswith("probe/pingpong") and "roundtrip_ns" in b:
+                days.append((os.path.basename(binary), b["roundtrip_ns"]))
+                continue
             if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
                 continue
             if b.get("error_occurred"):
@@ -45,6 +49,9 @@ def main():
             rest = rest.replace("_median", "").split("/real_time")[0]
             rows.setdefault((workload, rest), {})[system] = b
     print()
+    for binary, ns in days:
+        kind = "a fast day" if ns < 200 else "a slow day"
+        print(f"{binary}: probe/pingpong round trip {ns:.0f} ns ({kind}: about 85 ns fast, 400 ns slow here)")
     print(f"{'workload':28} {'ordo variant':14} {'peer':12} {'ordo':>12} {'peer':>12} {'ordo/peer':>10}")
     for (workload, rest), systems in sorted(rows.items()):
         for ordo_sys in sorted(s for s in systems if s == "ordo" or s.startswith("ordo_")):

@@ -14,6 +14,7 @@
 #include <string>
 #include <thread>
 
+#include "bench_support.hpp"
 #include "ordo/ordo.hpp"
 
 namespace {
