@@ -24,11 +24,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-constexpr int kLowTasks = 200000;
-constexpr auto kLowTaskDuration = 20us;
-constexpr int kHighTasks = 1000;
-constexpr auto kHighInterval = 200us;
-
 unsigned pool_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
 
 void spin_for(std::chrono::nanoseconds d) {
@@ -42,73 +37,99 @@ double percentile_us(std::vector<double>& v, double q) {
   return v[static_cast<std::size_t>(q * static_cast<double>(v.size() - 1))];
 }
 
-// One flood: kLowTasks background tasks saturate the pool, then a separate
-// thread submits kHighTasks urgent tasks kHighInterval apart; each urgent task
-// records how long it waited to start. When the last one has run, the rest of
-// the flood is cut short (its tasks return at once) and drained.
+// What a flood is made of: low_tasks background tasks of low_duration
+// saturate the pool (queued at once), then a separate thread submits
+// high_tasks urgent tasks high_interval apart.
+struct FloodShape {
+  int low_tasks;
+  std::chrono::nanoseconds low_duration;
+  int high_tasks;
+  std::chrono::nanoseconds high_interval;
+};
+// priority_flood: many short low tasks, urgent ones 200 us apart.
+constexpr FloodShape kFlood{200000, 20us, 1000, 200us};
+
+// One flood of `shape`. Each urgent task records how long it waited to start;
+// the low tasks that ran in full while the urgent ones arrived give
+// low_per_s. When the last urgent task has run, the rest of the flood is cut
+// short (its tasks return at once) and drained.
 struct Flood {
+  explicit Flood(FloodShape shape) : shape(shape), waits_us(static_cast<std::size_t>(shape.high_tasks), 0.0) {}
+
+  const FloodShape shape;
   std::atomic<bool> abort_low{false};
-  std::atomic<int> low_done{0};
+  std::atomic<int> low_full{0};  // ran their whole duration
+  std::atomic<int> low_done{0};  // ran, or were cut short
   std::atomic<int> high_done{0};
-  std::vector<double> waits_us = std::vector<double>(kHighTasks, 0.0);
+  std::vector<double> waits_us;
+  double low_per_s = 0;
+  bool low_ran_out = false;  // every low task had finished before the last urgent one
 
   std::function<void()> low_task() {
     return [this] {
-      if (!abort_low.load(std::memory_order_relaxed)) spin_for(kLowTaskDuration);
+      if (!abort_low.load(std::memory_order_relaxed)) {
+        spin_for(shape.low_duration);
+        low_full.fetch_add(1, std::memory_order_relaxed);
+      }
       low_done.fetch_add(1, std::memory_order_relaxed);
     };
   }
   std::function<void()> high_task(int i) {
     const auto submitted = Clock::now();
     return [this, i, submitted] {
-      waits_us[i] = std::chrono::duration<double, std::micro>(Clock::now() - submitted).count();
+      waits_us[static_cast<std::size_t>(i)] = std::chrono::duration<double, std::micro>(Clock::now() - submitted).count();
       high_done.fetch_add(1, std::memory_order_release);
     };
   }
 
   template <class SubmitLow, class SubmitHigh>
   void run(SubmitLow&& submit_low, SubmitHigh&& submit_high) {
-    for (int i = 0; i < kLowTasks; ++i) submit_low(low_task());
+    for (int i = 0; i < shape.low_tasks; ++i) submit_low(low_task());
+    const int low_before = low_full.load();
+    const auto t0 = Clock::now();
     std::thread submitter([&] {
-      for (int i = 0; i < kHighTasks; ++i) {
+      for (int i = 0; i < shape.high_tasks; ++i) {
         submit_high(high_task(i));
-        std::this_thread::sleep_for(kHighInterval);
+        std::this_thread::sleep_for(shape.high_interval);
       }
     });
     submitter.join();
-    while (high_done.load(std::memory_order_acquire) < kHighTasks) std::this_thread::sleep_for(100us);
+    while (high_done.load(std::memory_order_acquire) < shape.high_tasks) std::this_thread::sleep_for(100us);
+    low_per_s = (low_full.load() - low_before) / std::chrono::duration<double>(Clock::now() - t0).count();
+    low_ran_out = low_done.load() >= shape.low_tasks;
     abort_low.store(true);
-    while (low_done.load() < kLowTasks) std::this_thread::sleep_for(100us);
+    while (low_done.load() < shape.low_tasks) std::this_thread::sleep_for(100us);
   }
 
-  void report(benchmark::State& state) {
-    if (high_done.load() != kHighTasks || low_done.load() != kLowTasks) {
+  // False (and the benchmark is failed) when a task is missing.
+  bool report(benchmark::State& state) {
+    if (high_done.load() != shape.high_tasks || low_done.load() != shape.low_tasks) {
       state.SkipWithError("not every task ran");
-      return;
+      return false;
     }
     state.counters["p50_us"] = percentile_us(waits_us, 0.50);
     state.counters["p99_us"] = percentile_us(waits_us, 0.99);
     state.counters["max_us"] = percentile_us(waits_us, 1.0);
-    state.SetItemsProcessed(kLowTasks + kHighTasks);
+    return true;
   }
 };
 
 void BM_priority_flood_ordo(benchmark::State& state) {
   for (auto _ : state) {
     ordo::Scheduler s{{.workers = pool_threads(), .levels = 3}};
-    Flood flood;
+    Flood flood(kFlood);
     flood.run([&](auto fn) { s.post(std::move(fn), {.priority = ordo::low}); },
               [&](auto fn) { s.post(std::move(fn), {.priority = ordo::high}); });
-    flood.report(state);
+    if (flood.report(state)) state.SetItemsProcessed(kFlood.low_tasks + kFlood.high_tasks);
   }
 }
 
 void BM_priority_flood_ordo_fifo(benchmark::State& state) {
   for (auto _ : state) {
     ordo::Scheduler s{{.workers = pool_threads(), .levels = 1}};
-    Flood flood;
+    Flood flood(kFlood);
     flood.run([&](auto fn) { s.post(std::move(fn)); }, [&](auto fn) { s.post(std::move(fn)); });
-    flood.report(state);
+    if (flood.report(state)) state.SetItemsProcessed(kFlood.low_tasks + kFlood.high_tasks);
   }
 }
 
@@ -117,20 +138,20 @@ void BM_priority_flood_tbb_arena(benchmark::State& state) {
   for (auto _ : state) {
     tbb::task_arena low_arena(n, 0, tbb::task_arena::priority::low);
     tbb::task_arena high_arena(n, 0, tbb::task_arena::priority::high);
-    Flood flood;
+    Flood flood(kFlood);
     flood.run([&](auto fn) { low_arena.enqueue(std::move(fn)); },
               [&](auto fn) { high_arena.enqueue(std::move(fn)); });
-    flood.report(state);
+    if (flood.report(state)) state.SetItemsProcessed(kFlood.low_tasks + kFlood.high_tasks);
   }
 }
 
 void BM_priority_flood_naive(benchmark::State& state) {
   for (auto _ : state) {
     ordo::bench::NaivePool pool(pool_threads());
-    Flood flood;
+    Flood flood(kFlood);
     flood.run([&](auto fn) { pool.submit(std::move(fn)); }, [&](auto fn) { pool.submit(std::move(fn)); });
     pool.wait_idle();
-    flood.report(state);
+    if (flood.report(state)) state.SetItemsProcessed(kFlood.low_tasks + kFlood.high_tasks);
   }
 }
 
@@ -139,77 +160,24 @@ void BM_priority_flood_naive(benchmark::State& state) {
 // waited to start. A scheduler that never preempts makes it wait for a low
 // task to end (about its length); a worker reserved for high work is idle
 // when it arrives. low_per_s is the low work done meanwhile: what the
-// reservation costs.
-constexpr int kReservedHighTasks = 500;
-constexpr auto kReservedHighInterval = 2ms;
-constexpr auto kReservedLowDuration = 1ms;
+// reservation costs. Twice the low work every worker could do while the
+// high tasks arrive is queued, so that none runs out of it.
+FloodShape reserved_shape() {
+  constexpr int kHighTasks = 500;
+  constexpr auto kInterval = 2ms;
+  constexpr auto kLowDuration = 1ms;
+  return {static_cast<int>(pool_threads()) * 2 * kHighTasks * static_cast<int>(kInterval / kLowDuration), kLowDuration,
+          kHighTasks, kInterval};
+}
 
-struct ReservedRun {
-  std::atomic<bool> stop_low{false};
-  std::atomic<int> low_done{0};      // ran their full millisecond
-  std::atomic<int> low_finished{0};  // ran, or were cut short at the end
-  std::atomic<int> high_done{0};
-  std::vector<double> waits_us = std::vector<double>(kReservedHighTasks, 0.0);
-  int low_submitted = 0;
-  double low_per_s = 0;
-  bool low_ran_out = false;
-
-  std::function<void()> low_task() {
-    return [this] {
-      if (!stop_low.load(std::memory_order_relaxed)) {
-        spin_for(kReservedLowDuration);
-        low_done.fetch_add(1, std::memory_order_relaxed);
-      }
-      low_finished.fetch_add(1, std::memory_order_relaxed);
-    };
+void report_reserved(Flood& r, benchmark::State& state) {
+  if (!r.report(state)) return;
+  if (r.low_ran_out) {
+    state.SkipWithError("the low work ran out before the last high task: the workers were not kept busy");
+    return;
   }
-  std::function<void()> high_task(int i) {
-    const auto submitted = Clock::now();
-    return [this, i, submitted] {
-      waits_us[i] = std::chrono::duration<double, std::micro>(Clock::now() - submitted).count();
-      high_done.fetch_add(1, std::memory_order_release);
-    };
-  }
-
-  template <class SubmitLow, class SubmitHigh>
-  void run(SubmitLow&& submit_low, SubmitHigh&& submit_high) {
-    // Twice what every worker could run while the high tasks arrive.
-    low_submitted = static_cast<int>(pool_threads()) * 2 * kReservedHighTasks *
-                    static_cast<int>(kReservedHighInterval / kReservedLowDuration);
-    for (int i = 0; i < low_submitted; ++i) submit_low(low_task());
-    std::this_thread::sleep_for(5ms);  // every worker is in a low task
-    const int low_before = low_done.load();
-    const auto t0 = Clock::now();
-    std::thread submitter([&] {
-      for (int i = 0; i < kReservedHighTasks; ++i) {
-        submit_high(high_task(i));
-        std::this_thread::sleep_for(kReservedHighInterval);
-      }
-    });
-    submitter.join();
-    while (high_done.load(std::memory_order_acquire) < kReservedHighTasks) std::this_thread::sleep_for(100us);
-    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    low_per_s = (low_done.load() - low_before) / seconds;
-    low_ran_out = low_finished.load() >= low_submitted;
-    stop_low.store(true);
-    while (low_finished.load() < low_submitted) std::this_thread::sleep_for(100us);
-  }
-
-  void report(benchmark::State& state) {
-    if (high_done.load() != kReservedHighTasks || low_finished.load() != low_submitted) {
-      state.SkipWithError("not every task ran");
-      return;
-    }
-    if (low_ran_out) {
-      state.SkipWithError("the low work ran out before the last high task: the workers were not kept busy");
-      return;
-    }
-    state.counters["p50_us"] = percentile_us(waits_us, 0.50);
-    state.counters["p99_us"] = percentile_us(waits_us, 0.99);
-    state.counters["max_us"] = percentile_us(waits_us, 1.0);
-    state.counters["low_per_s"] = low_per_s;
-  }
-};
+  state.counters["low_per_s"] = r.low_per_s;
+}
 
 void BM_priority_reserved_ordo(benchmark::State& state, bool reserved) {
   for (auto _ : state) {
@@ -221,10 +189,10 @@ void BM_priority_reserved_ordo(benchmark::State& state, bool reserved) {
       }
       s.reserve(ordo::high, 1);
     }
-    ReservedRun r;
+    Flood r(reserved_shape());
     r.run([&](auto fn) { s.post(std::move(fn), {.priority = ordo::low}); },
           [&](auto fn) { s.post(std::move(fn), {.priority = ordo::high}); });
-    r.report(state);
+    report_reserved(r, state);
   }
 }
 
@@ -233,9 +201,9 @@ void BM_priority_reserved_tbb_arena(benchmark::State& state) {
   for (auto _ : state) {
     tbb::task_arena low_arena(n, 0, tbb::task_arena::priority::low);
     tbb::task_arena high_arena(n, 0, tbb::task_arena::priority::high);
-    ReservedRun r;
+    Flood r(reserved_shape());
     r.run([&](auto fn) { low_arena.enqueue(std::move(fn)); }, [&](auto fn) { high_arena.enqueue(std::move(fn)); });
-    r.report(state);
+    report_reserved(r, state);
   }
 }
 

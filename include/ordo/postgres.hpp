@@ -52,6 +52,13 @@ struct PostgresStore {
   // Connections kept for `transactional` task types (one per handler
   // running at once); 0: the scheduler's worker count.
   unsigned transaction_connections = 0;
+  // How long a step whose connection was lost keeps reconnecting before it
+  // gives up: enqueue, enqueue_many, enqueue_workflow, status, the dead
+  // set's calls, set_global_* and checkpoints then throw StoreError; the
+  // asynchronous flusher drops its batch (counted in store_errors); the
+  // finisher drops outcomes, whose jobs run again once their leases are
+  // reaped. 0: one try. Claims and heartbeats simply try again next round.
+  std::chrono::milliseconds reconnect_patience{std::chrono::seconds(30)};
 };
 
 // The PostgreSQL store with default options and this connection string.

@@ -270,12 +270,12 @@ void PgRuntime::flush_loop() {
           ids.push_back(static_cast<std::int64_t>(r->id));
         }
         const std::string token = enqueue_token_prefix_ + "a" + std::to_string(++async_batches_);
-        pg::with_reconnect(*conn, std::chrono::seconds(30),
+        pg::with_reconnect(*conn, store_.reconnect_patience,
                            [&] { return conn->exec(sql(kEnqueueCall), enqueue_params(token, false, part, ids)); });
         owe_wake();
       }
       if (reserve) {
-        const pg::Result r = pg::with_reconnect(*conn, std::chrono::seconds(30), [&] {
+        const pg::Result r = pg::with_reconnect(*conn, store_.reconnect_patience, [&] {
           return conn->exec(sql("SELECT * FROM @S.reserve_ids($1)"), {pg::Param(static_cast<std::int64_t>(kReserveBlock))});
         });
         std::lock_guard lock(async_mu_);
@@ -315,7 +315,7 @@ void PgRuntime::commit_enqueues(EnqueueLane& lane, std::vector<EnqueueRequest*>&
     // The token makes a re-run after a lost connection return the first
     // run's ids instead of enqueueing twice.
     const std::string token = enqueue_token_prefix_ + std::to_string(++enqueue_batches_);  // unique, not ordered
-    const pg::Result r = pg::with_reconnect(*lane.conn, std::chrono::seconds(30), [&] {
+    const pg::Result r = pg::with_reconnect(*lane.conn, store_.reconnect_patience, [&] {
       return lane.conn->exec(sql(kEnqueueCall), enqueue_params(token, false, part));
     });
     owe_wake();

@@ -14,10 +14,6 @@
 namespace ordo::detail {
 namespace {
 
-// How long a thread keeps trying to reach a server that went away (a
-// restart) before it gives the step up.
-constexpr std::chrono::seconds kReconnectPatience{30};
-
 std::string random_tag() {
   std::random_device entropy;
   char tag[17];
@@ -44,6 +40,9 @@ PgRuntime::PgRuntime(Scheduler& scheduler, const PostgresStore& store, DurableOp
   }
   if (store_.poll <= std::chrono::milliseconds(0)) throw InvalidArgument("ordo: PostgresStore::poll must be positive");
   if (store_.claim_batch == 0) throw InvalidArgument("ordo: PostgresStore::claim_batch must be at least 1");
+  if (store_.reconnect_patience < std::chrono::milliseconds(0)) {
+    throw InvalidArgument("ordo: PostgresStore::reconnect_patience must not be negative");
+  }
   owner_ = store_.worker_name.empty() ? default_owner() : store_.worker_name;
   enqueue_token_prefix_ = owner_ + "/" + random_tag() + "/";
   max_held_ = store_.max_held != 0 ? store_.max_held : 8 * std::max(1u, scheduler_.worker_count());
@@ -115,7 +114,8 @@ DurableRecovery PgRuntime::start() {
 }
 
 pg::Result PgRuntime::admin(const std::string& text, const std::vector<pg::Param>& params,
-                            std::chrono::milliseconds patience) const {
+                            std::optional<std::chrono::milliseconds> patience_or_default) const {
+  const std::chrono::milliseconds patience = patience_or_default.value_or(store_.reconnect_patience);
   std::lock_guard lock(admin_mu_);
   for (int tries = 0;; ++tries) {
     // Outside the try: a reconnect that failed for all its patience ends the
@@ -335,7 +335,7 @@ void PgRuntime::finish_loop() {
         }
         // Safe to repeat: the fence makes a second run of an outcome that
         // did commit a no-op.
-        const pg::Result r = pg::with_reconnect(*conn, kReconnectPatience, [&] {
+        const pg::Result r = pg::with_reconnect(*conn, store_.reconnect_patience, [&] {
           return conn->exec(sql("SELECT * FROM @S.finish($1::bigint[], $2::integer[], $3::boolean[], $4::text[],"
                                 " $5::bigint[], $6)"),
                             {pg::int_array_literal(ids), pg::int_array_literal(attempts), pg::array_literal(oks),
@@ -349,7 +349,7 @@ void PgRuntime::finish_loop() {
           ids.push_back(static_cast<std::int64_t>(id));
           attempts.push_back(attempt);
         }
-        pg::with_reconnect(*conn, kReconnectPatience, [&] {
+        pg::with_reconnect(*conn, store_.reconnect_patience, [&] {
           return conn->exec(sql("SELECT * FROM @S.release($1::bigint[], $2::integer[])"),
                             {pg::int_array_literal(ids), pg::int_array_literal(attempts)});
         });

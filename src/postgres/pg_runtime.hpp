@@ -122,10 +122,11 @@ class PgRuntime final : public DurableBackend {
     std::uint32_t unit = 1;
   };
   // Runs `sql` on the admin connection. A lost connection is reconnected,
-  // trying for up to `patience` once per call (then StoreError): stats()
-  // passes 0, one attempt, so that it answers while the server is away.
+  // trying for up to `patience` once per call (then StoreError); unset:
+  // PostgresStore::reconnect_patience. stats() passes 0, one attempt, so
+  // that it answers while the server is away.
   pg::Result admin(const std::string& sql, const std::vector<pg::Param>& params = {},
-                   std::chrono::milliseconds patience = std::chrono::seconds(30)) const;
+                   std::optional<std::chrono::milliseconds> patience = std::nullopt) const;
   void checkpoint(Held& held, std::span<const std::byte> bytes);
   std::string sql(const char* text) const;  // with the schema and channel filled in
 

@@ -72,7 +72,9 @@ TEST(PgUnreachable, StatsAnswerAtOnceWithTheStoresCountsAsZero) {
 TEST(PgUnreachable, StatusThrowsStoreErrorWithinOneReconnectPatience) {
   ScratchDatabase db;
   ordo::Scheduler sched({.workers = 1});
-  ordo::DurableTasks jobs(sched, ordo::postgres(db.conninfo()));
+  ordo::PostgresStore store = ordo::postgres(db.conninfo());
+  store.reconnect_patience = 3s;
+  ordo::DurableTasks jobs(sched, store);
   jobs.define("later", ordo::TaskHandler{});
   jobs.start();
   const ordo::TaskId id = jobs.enqueue("later", "x");
@@ -80,9 +82,18 @@ TEST(PgUnreachable, StatusThrowsStoreErrorWithinOneReconnectPatience) {
   const auto started = Clock::now();
   EXPECT_THROW(jobs.status(id), ordo::StoreError);
   const auto took = Clock::now() - started;
-  // 30 s of reconnecting, once: not once per retry of the statement.
-  EXPECT_LT(took, 45s) << "status() took " << std::chrono::duration_cast<std::chrono::seconds>(took).count() << " s";
+  // One patience of reconnecting, once: not once per retry of the statement.
+  EXPECT_GE(took, 2500ms) << "status() gave up before its patience";
+  EXPECT_LT(took, 8s) << "status() took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
   jobs.shutdown(ordo::ShutdownMode::cancel);
+}
+
+TEST(PgUnreachable, ANegativeReconnectPatienceIsRefused) {
+  ScratchDatabase db;
+  ordo::Scheduler sched({.workers = 1});
+  ordo::PostgresStore store = ordo::postgres(db.conninfo());
+  store.reconnect_patience = -1ms;
+  EXPECT_THROW(ordo::DurableTasks(sched, store), ordo::InvalidArgument);
 }
 
 TEST(PgUnreachable, TheAsynchronousFlusherPacesItsRetriesWhileTheDatabaseIsAway) {
@@ -90,6 +101,7 @@ TEST(PgUnreachable, TheAsynchronousFlusherPacesItsRetriesWhileTheDatabaseIsAway)
   ordo::Scheduler sched({.workers = 1});
   ordo::PostgresStore store = ordo::postgres(db.conninfo());
   store.async_enqueue = true;
+  store.reconnect_patience = 2s;
   ordo::DurableTasks jobs(sched, store);
   jobs.define("later", ordo::TaskHandler{});
   jobs.start();
@@ -98,10 +110,10 @@ TEST(PgUnreachable, TheAsynchronousFlusherPacesItsRetriesWhileTheDatabaseIsAway)
   // Enough to bring the reserved ids below their refill mark: the flusher
   // then has a batch to commit and ids to reserve, and neither can be done.
   for (int i = 0; i < 3200; ++i) jobs.enqueue("later", "x");
-  // Its first try reconnects for its whole patience (30 s, a constant of the
-  // store); what is judged is what it does once that try has been given up,
-  // while the database stays away.
-  std::this_thread::sleep_for(32s);
+  // Its first try reconnects for its whole patience (2 s); what is judged
+  // is what it does once that try has been given up, while the database
+  // stays away.
+  std::this_thread::sleep_for(4s);
   const std::uint64_t before = jobs.stats().store_errors;
   std::this_thread::sleep_for(2s);  // the window whose failures are counted
   const std::uint64_t during = jobs.stats().store_errors - before;
