@@ -32,6 +32,10 @@ std::string Result::bytes(int row, int col) const {
   return out;
 }
 
+namespace {
+constexpr const char* kDefaultConnectTimeoutSeconds = "10";
+}  // namespace
+
 Connection::Connection(std::string conninfo) : conninfo_(std::move(conninfo)) { connect(); }
 Connection::~Connection() {
   if (conn_ != nullptr && owned_) PQfinish(conn_);
@@ -39,7 +43,13 @@ Connection::~Connection() {
 
 void Connection::connect() {
   if (conn_ != nullptr) PQfinish(conn_);
-  conn_ = PQconnectdb(conninfo_.c_str());
+  // A default connect_timeout, placed before the conninfo so that one the
+  // conninfo sets wins: without any, a server that takes the TCP connection
+  // and never answers holds the connect (and every reconnect patience) for
+  // ever. Expanding `dbname` accepts both key=value strings and URIs.
+  const char* const keywords[] = {"connect_timeout", "dbname", nullptr};
+  const char* const values[] = {kDefaultConnectTimeoutSeconds, conninfo_.c_str(), nullptr};
+  conn_ = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
   if (PQstatus(conn_) != CONNECTION_OK) {
     std::string why = conn_ != nullptr ? PQerrorMessage(conn_) : "out of memory";
     while (!why.empty() && why.back() == '\n') why.pop_back();

@@ -2,7 +2,11 @@
 // made without stopping the shared server: the test's own database stops
 // accepting connections and the store's sessions are terminated, which is
 // what a client sees of a server that went away.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -120,6 +124,37 @@ TEST(PgUnreachable, TheAsynchronousFlusherPacesItsRetriesWhileTheDatabaseIsAway)
   // Paced at 100 ms, plus the stats() calls' own failures.
   EXPECT_LT(during, 60u) << during << " failed tries in 2 s: the flusher spins on a database that is away";
   jobs.shutdown_for(1s, ordo::ShutdownMode::cancel);
+}
+
+// A server that takes the TCP connection and never answers (a wedged
+// server, a proxy in front of a dead one): libpq alone would wait for ever.
+// ordo connects with a connect_timeout of 10 s unless the conninfo sets one.
+TEST(PgUnreachable, AServerThatNeverAnswersIsAnErrorWithinTheDefaultConnectTimeout) {
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;  // any free port
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  ASSERT_EQ(::listen(listener, 8), 0);  // the kernel completes the handshakes; nobody ever accepts
+  socklen_t length = sizeof address;
+  ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length), 0);
+  const std::string conninfo = "host=127.0.0.1 port=" + std::to_string(ntohs(address.sin_port)) + " dbname=ordo user=ordo";
+  ordo::Scheduler sched({.workers = 1});
+  const auto started = Clock::now();
+  must_finish("constructing a DurableTasks against a server that never answers", [&] {
+    EXPECT_THROW(ordo::DurableTasks(sched, ordo::postgres(conninfo)), ordo::StoreError);
+  }, 25s);
+  const auto took = Clock::now() - started;
+  EXPECT_GE(took, 9s) << "gave up before the 10 s default";
+  // The conninfo's own connect_timeout wins over the default.
+  const auto started_short = Clock::now();
+  must_finish("the same with connect_timeout=2", [&] {
+    EXPECT_THROW(ordo::DurableTasks(sched, ordo::postgres(conninfo + " connect_timeout=2")), ordo::StoreError);
+  }, 8s);
+  EXPECT_LT(Clock::now() - started_short, 6s);
+  ::close(listener);
 }
 
 TEST(PgUnreachable, AStartThatCannotReachTheDatabaseThrowsAndLeavesNothingToWaitFor) {
