@@ -57,7 +57,11 @@ Task* SchedulerCore::find_task(Worker& w) {
 Task* SchedulerCore::take_at_level(Worker& w, unsigned level, bool injection_first) {
   const std::uint32_t bit = 1u << level;
   if (injection_first && injection_[level].announced.load(std::memory_order_relaxed) >= 2) {
-    if (Task* t = take_injected(w, level)) {
+    // One task only while our deque holds work: a bulk would be pushed on
+    // top of it and run first, and what waits there may be a resource
+    // grant that a chain of holders is waiting on (resource_cap lost a
+    // tenth of its makespan to grants buried under 31 injected tasks).
+    if (Task* t = take_injected(w, level, (w.local_levels & bit) ? 1 : kInjectedBulk)) {
       w.taken_level = level;
       return t;
     }
@@ -76,7 +80,7 @@ Task* SchedulerCore::take_at_level(Worker& w, unsigned level, bool injection_fir
   }
   // relaxed: hints; the sleep protocol re-reads with seq_cst before parking.
   if (injection_[level].announced.load(std::memory_order_relaxed) >= 2) {
-    if (Task* t = take_injected(w, level)) {
+    if (Task* t = take_injected(w, level, kInjectedBulk)) {
       w.taken_level = level;
       return t;
     }
@@ -92,18 +96,21 @@ Task* SchedulerCore::take_at_level(Worker& w, unsigned level, bool injection_fir
 
 void SchedulerCore::push_local(Worker& w, Task* t, unsigned level) {
   w.deques[level].push(t);
+  mark_local(w, level);
+  if (sleepers_.any_relaxed()) wake_one(level);
+}
+
+void SchedulerCore::mark_local(Worker& w, unsigned level) {
   const std::uint32_t bit = 1u << level;
   w.local_levels |= bit;
   if (!(w.advertised & bit)) {  // an RMW only when the deque becomes non-empty
     advertised_[level].add(w.index);
     w.advertised |= bit;
   }
-  if (sleepers_.any_relaxed()) wake_one(level);
 }
 
-Task* SchedulerCore::take_injected(Worker& w, unsigned level) {
-  constexpr std::size_t kBulk = 32;
-  std::array<Task*, kBulk> buf;
+Task* SchedulerCore::take_injected(Worker& w, unsigned level, std::size_t most) {
+  std::array<Task*, kInjectedBulk> buf;
   Injection& inj = injection_[level];
   if (inj.granted_hint.load(std::memory_order_relaxed) != 0) {
     Task* t = nullptr;
@@ -114,7 +121,7 @@ Task* SchedulerCore::take_injected(Worker& w, unsigned level) {
       return t;
     }
   }
-  std::size_t n = inj.queue.try_dequeue_bulk(w.tokens[level], buf.data(), kBulk);
+  std::size_t n = inj.queue.try_dequeue_bulk(w.tokens[level], buf.data(), std::min(most, kInjectedBulk));
   if (n == 0) return nullptr;  // announced but not enqueued yet: the producer is mid-submit
   // acq_rel: the count only has to stay >= the queue's size, which the RMW
   // order on this word guarantees by itself; the acquire half makes the
@@ -236,7 +243,19 @@ bool SchedulerCore::move_task(Task* t, int expected_level, unsigned new_level) {
 void SchedulerCore::resubmit(Task* t) {
   const unsigned level = t->level.load(std::memory_order_relaxed);
   if (tls_context.core == this && level <= tls_context.worker->max_level.load(std::memory_order_relaxed)) {
-    push_local(*tls_context.worker, t, level);
+    Worker& w = *tls_context.worker;
+    if (tls_context.current == nullptr && w.deques[level].empty_hint()) {
+      // A worker between tasks granted it (its finished task released the
+      // permits): with nothing else in its deque it pops this next, unless
+      // a higher priority is visible. Waking a sleeper to steal it would
+      // cost a futex wake per grant on the chain of holders and gain
+      // nothing. (The hint may read non-empty after a theft: then we wake,
+      // which is merely what we did before.)
+      w.deques[level].push(t);
+      mark_local(w, level);
+      return;
+    }
+    push_local(w, t, level);
     return;
   }
   // Granted elsewhere (a submitting thread that parked it, a rate timer):

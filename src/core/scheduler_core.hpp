@@ -183,9 +183,14 @@ class SchedulerCore final : public TaskSink {
   void shutdown_loop(Worker& w);
   Task* find_task(Worker& w);
   Task* take_at_level(Worker& w, unsigned level, bool injection_first);
-  Task* take_injected(Worker& w, unsigned level);
+  // At most `most` (<= kInjectedBulk) tasks: the first is returned, the
+  // rest go to w's deque.
+  static constexpr std::size_t kInjectedBulk = 32;
+  Task* take_injected(Worker& w, unsigned level, std::size_t most);
   Task* steal_at_level(Worker& w, unsigned level);
   void push_local(Worker& w, Task* t, unsigned level);
+  // After a push onto w's own deque: thieves may look there now.
+  void mark_local(Worker& w, unsigned level);
   void inject(Task* t, unsigned level);
   // Runs the task whose entry w just took (or skips a stale entry).
   void run_task(Worker& w, Task* t);

@@ -167,6 +167,48 @@ TEST(Resource, ATaskSubmittedToAFullGroupParksAtOnceAndCanBeCancelledThere) {
   }
 }
 
+// A finishing holder hands its permit to the next waiter, which then runs
+// next on the same worker: a chain of holders runs back to back, as long as
+// the queues hold. At most one queued task may run in between (the worker's
+// periodic look at the injection queue, so that it never starves); a bulk
+// taken from there once buried the grant under 31 other tasks.
+TEST(Resource, TheNextHolderOfAReleasedPermitRunsBeforeQueuedWorkOnThatWorker) {
+  Scheduler s{{.workers = 1}};
+  auto db = s.resource_group("db", 1);
+  Gate gate;
+  auto holder = s.submit([&] { gate.hold(); }, {.needs = {{db, 1}}});
+  gate.wait_entered();
+  std::mutex mu;
+  std::string log;  // 'd' a holder, 'c' a task that needs nothing
+  auto note = [&](char what) {
+    std::lock_guard lock(mu);
+    log.push_back(what);
+  };
+  constexpr int kHolders = 300, kOthers = 3000;
+  std::vector<Handle<void>> holders;
+  for (int i = 0; i < kHolders; ++i) holders.push_back(s.submit([&] { note('d'); }, {.needs = {{db, 1}}}));
+  ASSERT_EQ(db.stats().waiting, static_cast<std::uint64_t>(kHolders)) << "not parked at submit";
+  std::vector<Handle<void>> others;
+  for (int i = 0; i < kOthers; ++i) others.push_back(s.submit([&] { note('c'); }));
+  gate.open.store(true);
+  for (auto& h : holders) h.get();
+  for (auto& h : others) h.get();
+  holder.get();
+  std::lock_guard lock(mu);
+  ASSERT_EQ(log.size(), static_cast<std::size_t>(kHolders + kOthers));
+  std::size_t between = 0, most_between = 0, holders_seen = 0;
+  for (char c : log) {
+    if (c == 'd') {
+      most_between = std::max(most_between, between);
+      between = 0;
+      if (++holders_seen == kHolders) break;
+    } else {
+      ++between;
+    }
+  }
+  EXPECT_LE(most_between, 1u) << "a grant waited behind queued work: " << log.substr(0, 400);
+}
+
 TEST(Resource, CancellingTheFirstWaiterLetsThoseBehindItThatFitRun) {
   Scheduler s{{.workers = 2}};
   auto pool = s.resource_group("pool", 4);
