@@ -11,7 +11,10 @@
 //   (metadata is journaled in order by ext4 and xfs): a file created and
 //   synced whose directory was not synced may vanish, and a rename not
 //   followed by a directory sync may be undone;
-// - truncate() syncs the file, as the journal's contract says.
+// - truncate() syncs the file, as the journal's contract says;
+// - reserve() makes a file longer with zeros after its appended bytes (the
+//   appends go on after those bytes, into the zeros), trim() cuts the zeros
+//   off again; either size survives only once synced.
 // After cut_after(n), the n-th next mutating operation and every operation
 // after it (reads included) throw JournalIoError: the machine is off. A
 // crash image can be taken at any moment, and tests build a new file system
@@ -155,6 +158,7 @@ class PowerCutFileSystem final : public detail::FileSystem {
     if (it != p.entries.end()) {
       if (how == Create::exclusive) fail("open", path, "File exists");
       nodes_[it->second].bytes.clear();  // O_TRUNC: the new size is not durable until a sync
+      nodes_[it->second].reserved = 0;
       return std::make_unique<File>(this, it->second, path);
     }
     nodes_.push_back(Node{});
@@ -192,8 +196,10 @@ class PowerCutFileSystem final : public detail::FileSystem {
     std::lock_guard lock(mu_);
     step("ftruncate", path);
     Node& f = nodes_[resolve(path, "ftruncate")];
+    f.bytes = padded(f.bytes, f.reserved);
     f.bytes.resize(std::min<std::uint64_t>(size, f.bytes.size()));
     f.durable = f.bytes;
+    f.reserved = f.durable_reserved = 0;
   }
 
   std::optional<std::uint64_t> size_of(const std::string& path) override {
@@ -201,13 +207,14 @@ class PowerCutFileSystem final : public detail::FileSystem {
     if (off_) fail("stat", path, "power cut");
     auto node = find(path);
     if (!node) return std::nullopt;
-    return nodes_[*node].bytes.size();
+    return std::max<std::uint64_t>(nodes_[*node].bytes.size(), nodes_[*node].reserved);
   }
 
   std::unique_ptr<detail::FileBytes> read(const std::string& path) override {
     std::lock_guard lock(mu_);
     if (off_) fail("open", path, "power cut");
-    return std::make_unique<Bytes>(nodes_[resolve(path, "open")].bytes);
+    const Node& f = nodes_[resolve(path, "open")];
+    return std::make_unique<Bytes>(padded(f.bytes, f.reserved));
   }
 
  private:
@@ -219,6 +226,7 @@ class PowerCutFileSystem final : public detail::FileSystem {
   struct Node {
     bool directory = false;
     std::string bytes, durable;                               // a file: now, and as of its last sync
+    std::uint64_t reserved = 0, durable_reserved = 0;          // a file's size by reserve(): zeros after `bytes`
     std::map<std::string, std::size_t> entries, durable_entries;  // a directory: now, and as of its last sync
     std::vector<Change> unsynced;                              // a directory: changes since its last sync
   };
@@ -235,6 +243,17 @@ class PowerCutFileSystem final : public detail::FileSystem {
       std::lock_guard lock(fs_->mu_);
       fs_->step("fdatasync", path_);
       fs_->nodes_[node_].durable = fs_->nodes_[node_].bytes;
+      fs_->nodes_[node_].durable_reserved = fs_->nodes_[node_].reserved;
+    }
+    void reserve(std::uint64_t bytes) override {
+      std::lock_guard lock(fs_->mu_);
+      fs_->step("fallocate", path_);
+      fs_->nodes_[node_].reserved = std::max(fs_->nodes_[node_].reserved, bytes);
+    }
+    void trim() override {
+      std::lock_guard lock(fs_->mu_);
+      fs_->step("ftruncate", path_);
+      fs_->nodes_[node_].reserved = 0;
     }
 
    private:
@@ -325,6 +344,12 @@ class PowerCutFileSystem final : public detail::FileSystem {
     nodes_[parent].durable_entries[name] = nodes_.size() - 1;
   }
 
+  // A file's bytes as read: what was appended, then zeros up to its reserved size.
+  static std::string padded(std::string bytes, std::uint64_t reserved) {
+    if (bytes.size() < reserved) bytes.resize(reserved, '\0');
+    return bytes;
+  }
+
   // What survives of a file: its synced bytes, then a prefix of the rest,
   // the last of which may read as zeros.
   std::string surviving_bytes(const Node& f, std::mt19937_64& rng) const {
@@ -371,7 +396,8 @@ class PowerCutFileSystem final : public detail::FileSystem {
       if (nodes_[node].directory) {
         image_of(node, child, rng, image, worst);
       } else {
-        image.files[child] = worst ? nodes_[node].durable : surviving_bytes(nodes_[node], rng);
+        const Node& f = nodes_[node];
+        image.files[child] = padded(worst ? f.durable : surviving_bytes(f, rng), f.durable_reserved);
       }
     }
   }
@@ -383,7 +409,7 @@ class PowerCutFileSystem final : public detail::FileSystem {
       if (nodes_[node].directory) {
         current_of(node, child, image);
       } else {
-        image.files[child] = nodes_[node].bytes;
+        image.files[child] = padded(nodes_[node].bytes, nodes_[node].reserved);
       }
     }
   }

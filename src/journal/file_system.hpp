@@ -29,6 +29,14 @@ class AppendFile {
   // fdatasync: the bytes appended so far survive a power cut. The file's
   // name does not, until its directory is synced too.
   virtual void sync() = 0;
+  // Makes the file `bytes` long ahead of the appends, the space after them
+  // reading as zeros, so that a sync of later appends commits no change of
+  // size (fallocate). Appends still follow the last appended byte. Only a
+  // hint: a file system without the call keeps the file as it is.
+  virtual void reserve(std::uint64_t bytes) { (void)bytes; }
+  // Cuts what reserve() added after the last appended byte; durable with
+  // the next sync().
+  virtual void trim() {}
 };
 
 // A whole file's bytes, read-only, valid while this object lives.
@@ -68,12 +76,20 @@ class FileSystem {
   virtual void remove(const std::string& path) = 0;                         // absent is fine
   virtual void truncate(const std::string& path, std::uint64_t size) = 0;  // and syncs the file
   virtual std::optional<std::uint64_t> size_of(const std::string& path) = 0;  // nullopt: absent
-  // The file's bytes (mapped, for POSIX); throws JournalIoError if it is absent.
+  // The file's bytes; throws JournalIoError if it is absent.
   virtual std::unique_ptr<FileBytes> read(const std::string& path) = 0;
 };
 
-// The operating system's files. Shared: it holds no state.
+// The operating system's files. Shared: it holds no state. Its read() maps
+// the file: for the journal's own process, which holds the LOCK, so no one
+// else shrinks a file under the mapping.
 std::shared_ptr<FileSystem> posix_file_system();
+// The same, for a reader that does not hold the LOCK (Journal::read, so
+// ordo-wal verify beside a live writer): read() copies the bytes, because
+// the writer trims a segment's reservation when it closes it, and touching
+// a mapping past a file's new end is SIGBUS. A file cut meanwhile reads
+// shorter, as a torn tail would.
+std::shared_ptr<FileSystem> posix_file_system_without_lock();
 
 std::string join_path(const std::string& dir, const std::string& name);
 std::string parent_directory(std::string path);  // "." for a bare name, "/" for a top-level one

@@ -1,6 +1,8 @@
 // The journal's life: options, opening (recovery of what is on disk), the
 // compactor thread, closing, statistics and the public Journal facade. The
 // writer side lives in group_commit.cpp; journal_impl.hpp has the contract.
+#include <algorithm>
+#include <cstdio>
 #include <sstream>
 #include <utility>
 
@@ -138,6 +140,17 @@ void JournalImpl::close() noexcept {
   compact_cv_.notify_all();
   if (writer_.joinable()) writer_.join();
   if (compactor_.joinable()) compactor_.join();
+  if (segment_file_ && !error_) {
+    // A clean close leaves the last segment as long as its records, like a
+    // rotation: only a crash leaves its reservation behind (read as a
+    // zero-filled tail and cut off by the next open).
+    try {
+      segment_file_->trim();
+      if (options_.durability != Durability::none) segment_file_->sync();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ordo: journal %s: trimming the last segment on close failed: %s\n", dir_.c_str(), e.what());
+    }
+  }
   segment_file_.reset();
   if (error_ && !error_delivered_) {  // nobody was told: the appends it concerns were not waited for
     try {
@@ -156,8 +169,15 @@ JournalStats JournalImpl::stats() const {
     // A background compaction may delete a file between the listing and here.
     const std::optional<std::uint64_t> size = fs_->size_of(wal::join(dir_, name));
     if (!size) continue;
-    if (parsed->first == wal::FileKind::segment) ++s.segments;
-    s.bytes += *size;
+    std::uint64_t bytes = *size;
+    if (parsed->first == wal::FileKind::segment) {
+      ++s.segments;
+      // The open segment's file holds its reservation too: count what is written.
+      // relaxed: see open_segment_bytes_.
+      if (parsed->second == open_segment_number_.load(std::memory_order_relaxed))
+        bytes = std::min(bytes, open_segment_bytes_.load(std::memory_order_relaxed));
+    }
+    s.bytes += bytes;
   }
   {
     std::lock_guard lock(mu_);
@@ -186,7 +206,7 @@ std::unique_ptr<Journal> Journal::open(const std::string& directory, JournalOpti
 
 RecoveryReport Journal::read(const std::string& directory, const Replay& replay, bool tolerate_corruption) {
   RecoveryReport report;
-  detail::wal::read_directory(*detail::posix_file_system(), directory, tolerate_corruption, report, replay);
+  detail::wal::read_directory(*detail::posix_file_system_without_lock(), directory, tolerate_corruption, report, replay);
   return report;
 }
 

@@ -32,6 +32,10 @@ namespace ordo::detail {
 // thread writes it (a waiting appender writes it sooner, with its own).
 inline constexpr std::chrono::microseconds kUnwaitedWriteDelay{1000};
 
+// The most of a segment's size taken ahead of its records (less when
+// JournalOptions::segment_bytes is smaller).
+inline constexpr std::uint64_t kSegmentReservation = 64ull << 20;
+
 // A test-only crash point (no public option): when set, every compaction
 // calls it at each of its steps (1..4, see docs/journal-format.md), and a
 // test process may _exit() there to simulate a crash. Set it only while no
@@ -84,6 +88,8 @@ class JournalImpl {
   void run_callbacks_locked(std::unique_lock<std::mutex>& lock);
   void open_segment(std::uint64_t number);  // writer thread (or start())
   void rotate();                            // writer thread
+  void close_segment();                     // write-token holder: trims, syncs and closes the open segment
+  void note_segment_size() noexcept;        // write-token holder (or mu_ with side_writing_): for stats()
   void sync_segment();                      // write-token holder: fdatasync, and its name if not yet synced
   std::uint64_t request_rotation();         // any thread: returns the new segment's number
   void compactor_loop();
@@ -134,6 +140,10 @@ class JournalImpl {
   bool segment_name_unsynced_ = false;  // none mode: the directory was not synced since the segment was created
   std::uint64_t segment_ = 0;
   std::uint64_t segment_size_ = 0;
+  // The open segment's number and the bytes written to it, for stats(): its
+  // file is longer (the reservation). Relaxed: statistics only.
+  std::atomic<std::uint64_t> open_segment_number_{0};
+  std::atomic<std::uint64_t> open_segment_bytes_{0};
   std::string segment_path_;
 
   std::atomic<std::uint64_t> batches_{0}, syncs_{0}, compactions_{0};  // relaxed: statistics

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "ordo/journal.hpp"
 
@@ -59,22 +60,46 @@ class PosixAppendFile final : public AppendFile {
   void append(const void* data, std::size_t n) override {
     const auto* p = static_cast<const char*>(data);
     while (n > 0) {
-      const ssize_t w = ::write(fd_, p, n);
+      // pwrite at our own end, not O_APPEND: after reserve() the file's
+      // size lies beyond what was appended.
+      const ssize_t w = ::pwrite(fd_, p, n, static_cast<off_t>(end_));
       if (w < 0) {
         if (errno == EINTR) continue;
         throw_io("write", path_);
       }
       p += w;
       n -= static_cast<std::size_t>(w);
+      end_ += static_cast<std::uint64_t>(w);
     }
   }
   void sync() override {
     if (::fdatasync(fd_) != 0) throw_io("fdatasync", path_);
   }
+  void reserve(std::uint64_t bytes) override {
+    if (bytes <= end_) return;
+    int rc;
+    do {
+      rc = ::fallocate(fd_, 0, 0, static_cast<off_t>(bytes));
+    } while (rc != 0 && errno == EINTR);
+    if (rc == 0) {
+      reserved_ = std::max(reserved_, bytes);
+      return;
+    }
+    // A file system without fallocate (or without the space) just grows
+    // with each append, as it would have without the reservation.
+    if (errno != EOPNOTSUPP && errno != ENOSYS && errno != ENOSPC) throw_io("fallocate", path_);
+  }
+  void trim() override {
+    if (reserved_ <= end_) return;
+    if (::ftruncate(fd_, static_cast<off_t>(end_)) != 0) throw_io("ftruncate", path_);
+    reserved_ = 0;
+  }
 
  private:
   const int fd_;
   const std::string path_;
+  std::uint64_t end_ = 0;       // bytes appended: the file is created empty
+  std::uint64_t reserved_ = 0;  // the size reserve() gave it
 };
 
 // flock(LOCK_EX | LOCK_NB) on dir/LOCK: released when the descriptor closes.
@@ -134,8 +159,43 @@ class MappedBytes final : public FileBytes {
   MappedBytes& operator=(const MappedBytes&) = delete;
 };
 
+// A file's bytes copied with pread, up to the end it has now.
+class CopiedBytes final : public FileBytes {
+ public:
+  explicit CopiedBytes(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw_io("open", path);
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) {
+      ::close(fd);
+      throw_io("fstat", path);
+    }
+    copy_.resize(static_cast<std::size_t>(st.st_size));
+    std::size_t got = 0;
+    while (got < copy_.size()) {
+      const ssize_t r = ::pread(fd, copy_.data() + got, copy_.size() - got, static_cast<off_t>(got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) {
+        ::close(fd);
+        throw_io("pread", path);
+      }
+      if (r == 0) break;  // cut meanwhile
+      got += static_cast<std::size_t>(r);
+    }
+    ::close(fd);
+    copy_.resize(got);
+    data_ = copy_.data();
+    size_ = copy_.size();
+  }
+
+ private:
+  std::vector<unsigned char> copy_;
+};
+
 class PosixFileSystem final : public FileSystem {
  public:
+  explicit PosixFileSystem(bool map_reads) : map_reads_(map_reads) {}
+
   bool make_directory(const std::string& dir) override {
     const bool created = ::mkdir(dir.c_str(), 0755) == 0;
     if (!created && errno != EEXIST) throw_io("mkdir", dir);
@@ -168,8 +228,8 @@ class PosixFileSystem final : public FileSystem {
   void sync_directory(const std::string& dir) override { fsync_directory(dir); }
 
   std::unique_ptr<AppendFile> create(const std::string& path, Create how) override {
-    const int flags = how == Create::exclusive ? O_CREAT | O_EXCL | O_WRONLY | O_APPEND | O_CLOEXEC
-                                               : O_CREAT | O_TRUNC | O_WRONLY | O_APPEND | O_CLOEXEC;
+    const int flags = how == Create::exclusive ? O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC
+                                               : O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC;
     const int fd = ::open(path.c_str(), flags, 0644);
     if (fd < 0) throw_io("open", path);
     return std::make_unique<PosixAppendFile>(fd, path);
@@ -204,13 +264,24 @@ class PosixFileSystem final : public FileSystem {
     return static_cast<std::uint64_t>(st.st_size);
   }
 
-  std::unique_ptr<FileBytes> read(const std::string& path) override { return std::make_unique<MappedBytes>(path); }
+  std::unique_ptr<FileBytes> read(const std::string& path) override {
+    if (map_reads_) return std::make_unique<MappedBytes>(path);
+    return std::make_unique<CopiedBytes>(path);
+  }
+
+ private:
+  const bool map_reads_;
 };
 
 }  // namespace
 
 std::shared_ptr<FileSystem> posix_file_system() {
-  static const std::shared_ptr<FileSystem> instance = std::make_shared<PosixFileSystem>();
+  static const std::shared_ptr<FileSystem> instance = std::make_shared<PosixFileSystem>(true);
+  return instance;
+}
+
+std::shared_ptr<FileSystem> posix_file_system_without_lock() {
+  static const std::shared_ptr<FileSystem> instance = std::make_shared<PosixFileSystem>(false);
   return instance;
 }
 

@@ -130,9 +130,11 @@ std::optional<ScanFailure> try_scan_file(FileSystem& fs, const std::string& path
       // corruption (a flipped length would otherwise hide every record
       // behind it), and is never cut off without an explicit repair.
       if (!options.last_segment && !options.tolerant) return ScanFailure{off, describe(c, base + off)};
-      const std::uint64_t next = next_valid_record(base, off, file.size());
+      // Zeros to the end (a segment's unused reservation after a crash, up
+      // to 64 MiB) are a tail at once, without a search byte by byte.
+      const bool zeros = options.last_segment && all_zero(base + off, file.size() - off);
+      const std::uint64_t next = zeros ? file.size() : next_valid_record(base, off, file.size());
       if (options.last_segment && next == file.size()) {
-        const bool zeros = all_zero(base + off, file.size() - off);
         set_tail(report, display, off, file.size() - off, zeros ? "zero-filled tail" : c.reason);
         break;
       }

@@ -28,6 +28,9 @@ using test::ScratchDir;
 
 std::string body_of(std::uint64_t v) { return "payload-" + std::to_string(v); }
 
+// A segment's reservation with the default segment_bytes (64 MiB).
+constexpr std::uintmax_t kSegmentReservationForTests = detail::kSegmentReservation;
+
 TEST(Journal, ConcurrentAppendersAllLandInOrderPerThread) {
   for (Durability mode : {Durability::sync, Durability::async, Durability::none}) {
     ScratchDir dir;
@@ -335,6 +338,62 @@ TEST(Journal, WaitWrittenBesideSyncingAppendersKeepsOrderAndLosesNothingToAKill)
     ++next[t];
   }
   for (const auto& [t, n] : acked) EXPECT_GE(next[t], n) << "thread " << t << ": a record reported written was lost";
+}
+
+// A segment takes its space when it is created (so that the syncs of its
+// records commit no change of size) and gives back what it did not use when
+// it is closed: rotated, or the journal closed. Only a crash leaves the
+// reservation behind, which reads as a zero-filled tail that the next open
+// cuts off, losing nothing.
+TEST(Journal, AnOpenSegmentIsReservedAndAClosedOneEndsWithItsLastRecord) {
+  ScratchDir dir;
+  const std::string body(100, 'r');
+  std::uint64_t written = 0;
+  {
+    auto j = Journal::open(dir.path(), {.durability = Durability::sync, .segment_bytes = 64 << 10, .compact_after_bytes = 0});
+    for (std::uint64_t task = 1; task <= 2000; ++task) j->append(RecordType::enqueue, task, test::bytes(body));
+    j->sync();
+    const JournalStats stats = j->stats();
+    ASSERT_GE(stats.segments, 3u) << "no rotation happened";
+    const std::uint64_t open_file = fs::file_size(dir.file(test::segment_name(stats.segments)));
+    EXPECT_EQ(open_file, 64u << 10) << "the open segment was not reserved";
+    for (std::uint64_t n = 1; n < stats.segments; ++n) {
+      EXPECT_LT(fs::file_size(dir.file(test::segment_name(n))), 64u << 10) << "segment " << n << " kept its reservation";
+    }
+    written = stats.bytes;
+    EXPECT_LT(written, stats.segments * (64u << 10)) << "stats count the reservation as written bytes";
+  }
+  std::uint64_t on_disk = 0;
+  for (const auto& entry : fs::directory_iterator(dir.path()))
+    if (entry.path().extension() == ".log") on_disk += entry.file_size();
+  EXPECT_EQ(on_disk, written) << "close left a reservation behind";
+  RecoveryReport report;
+  EXPECT_EQ(test::read_all(dir.path(), &report).size(), 2000u);
+  EXPECT_FALSE(report.torn_tail) << report.describe();
+}
+
+TEST(Journal, ACrashLeavesTheReservationAsAZeroFilledTailThatTheNextOpenCutsOff) {
+  ScratchDir dir, crashed;
+  auto j = Journal::open(dir.path(), {.durability = Durability::sync});
+  for (std::uint64_t task = 1; task <= 50; ++task) j->append(RecordType::enqueue, task, test::bytes(body_of(task)));
+  j->sync();
+  // What a kill -9 now leaves: the files as the page cache holds them.
+  fs::copy(dir.path(), crashed.path(), fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+  const std::string last = crashed.file(test::segment_name(1));
+  ASSERT_EQ(fs::file_size(last), kSegmentReservationForTests);
+  RecoveryReport report;
+  EXPECT_EQ(test::read_all(crashed.path(), &report).size(), 50u);
+  ASSERT_TRUE(report.torn_tail);
+  EXPECT_EQ(report.tail.reason, "zero-filled tail");
+  {
+    auto reopened = Journal::open(crashed.path(), {.durability = Durability::sync});
+    EXPECT_EQ(reopened->recovery().records, 50u);
+    EXPECT_LT(fs::file_size(last), 64u << 10) << "the tail was not cut off";
+    reopened->append(RecordType::complete, 1);
+  }
+  RecoveryReport again;
+  EXPECT_EQ(test::read_all(crashed.path(), &again).size(), 51u);
+  EXPECT_FALSE(again.torn_tail) << again.describe();
 }
 
 }  // namespace
