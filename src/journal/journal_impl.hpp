@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/parker.hpp"
 #include "journal/file_system.hpp"
 #include "ordo/journal.hpp"
 
@@ -41,6 +42,19 @@ inline constexpr std::uint64_t kSegmentReservation = 64ull << 20;
 // test process may _exit() there to simulate a crash. Set it only while no
 // journal of the process compacts.
 inline std::function<void(int step)> compaction_crash_point;
+
+// A thread asleep in await_locked() for a sync, on its stack, listed in
+// JournalImpl::waiters_ (mu_) until a waker gives it its verdict.
+struct JournalWaiter {
+  static constexpr int kWaiting = 0;
+  static constexpr int kDone = 1;       // its record is synced: it returns
+  static constexpr int kLookAgain = 2;  // it must lead, or see an error
+  JournalWaiter(Lsn lsn, Parker* parker) : lsn(lsn), parker(parker) {}
+  const Lsn lsn;
+  Parker* const parker;
+  std::atomic<int> verdict{kWaiting};
+  JournalWaiter* next = nullptr;  // mu_
+};
 
 class JournalImpl {
  public:
@@ -68,8 +82,14 @@ class JournalImpl {
   [[noreturn]] void rethrow_error_locked();  // mu_ held
   void writer_loop();
   // Waits until `lsn` is written (and synced, if need_sync), leading the
-  // write itself when nobody else is writing. mu_ held.
+  // write itself when nobody else is writing. mu_ held on entry; on return
+  // it may or may not be (callers return at once).
   void await_locked(std::unique_lock<std::mutex>& lock, Lsn lsn, bool need_sync);
+  // After a watermark, writing_, sync_phase_, error_ or writer_exited_
+  // changed: gives their verdicts to the listed waiters it concerns (see
+  // await_locked) and wakes them and durable_cv_'s. mu_ held on entry and
+  // exit; dropped for the wake-ups.
+  void notify_durable(std::unique_lock<std::mutex>& lock) noexcept;
   // Holder of the write token (writing_): writes everything pending, syncs
   // if asked (or the periodic sync is due), rotates if asked. With
   // `written_only` (a waiter that needs no sync) it only writes: the
@@ -99,7 +119,8 @@ class JournalImpl {
   std::unique_ptr<DirectoryLock> lock_;
   mutable std::mutex mu_;
   std::condition_variable writer_cv_;   // pending work, stop, sync or rotation requests
-  std::condition_variable durable_cv_;  // written_ / synced_ / rotated_ advanced
+  std::condition_variable durable_cv_;  // written_ / rotated_ advanced, a side write ended
+  JournalWaiter* waiters_ = nullptr;    // threads asleep in await_locked for a sync (mu_)
   std::string pending_;                 // encoded records awaiting the writer
   std::chrono::steady_clock::time_point pending_since_{};  // when pending_ last became non-empty
   bool writer_asleep_ = false;  // the writer waits with no deadline: an append must wake it
