@@ -37,7 +37,7 @@
 #include "ordo/scheduler.hpp"
 #include "ordo/priority.hpp"
 #include "core/ager.hpp"
-#include "core/parker.hpp"
+#include "util/parker.hpp"
 #include "observe/tracer.hpp"
 #include "resources/resource_manager.hpp"
 #include "observe/wait_histogram.hpp"

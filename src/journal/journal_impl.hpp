@@ -23,7 +23,7 @@
 #include <thread>
 #include <vector>
 
-#include "core/parker.hpp"
+#include "util/parker.hpp"
 #include "journal/file_system.hpp"
 #include "ordo/journal.hpp"
 

@@ -1,4 +1,4 @@
-#include "core/parker.hpp"
+#include "util/parker.hpp"
 
 #include <gtest/gtest.h>
 
