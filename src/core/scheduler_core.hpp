@@ -89,6 +89,14 @@ struct alignas(64) Worker {
   unsigned wrr_cursor = 0;         // owner only: position in the weighted schedule
   std::uint32_t fairness_tick = 0; // owner only: see take_at_level()
   std::uint64_t rng;               // owner only: victim selection
+  // Owner only: children of one TaskGroup this worker finished and has not
+  // yet added to the group's count (see count_group_child). Published
+  // before the worker runs a task of any other kind or group, and before
+  // it looks for work in vain; until then the group cannot be complete,
+  // for this worker is still running one of its children or about to.
+  GroupState* counted_group = nullptr;
+  Parker* counted_owner = nullptr;
+  std::uint64_t counted = 0;
   std::unique_ptr<ChaseLevDeque<Task*>[]> deques;  // one per level
   std::vector<moodycamel::ConsumerToken> tokens;   // one per level's injection queue
   std::thread thread;
@@ -181,7 +189,8 @@ class SchedulerCore final : public TaskSink {
 
   void worker_main(Worker& w);
   void shutdown_loop(Worker& w);
-  Task* find_task(Worker& w);
+  Task* find_task(Worker& w);  // null when there is none; then publishes held-back group counts
+  Task* find_task_at_some_level(Worker& w);
   Task* take_at_level(Worker& w, unsigned level, bool injection_first);
   // At most `most` (<= kInjectedBulk) tasks: the first is returned, the
   // rest go to w's deque.

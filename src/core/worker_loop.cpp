@@ -42,10 +42,14 @@ void SchedulerCore::worker_main(Worker& w) {
     park_worker(w, stopping);
   }
   shutdown_loop(w);
+  publish_group_children(w);
   tls_context = ThreadContext{nullptr, nullptr, nullptr, nullptr, 0, nullptr};
 }
 
 void SchedulerCore::run_task(Worker& w, Task* t) {
+  // Children of the group we hold counts for may follow; anything else
+  // first publishes them (see Worker::counted_group).
+  if (w.counted != 0 && (t->kind != TaskKind::group || t->group != w.counted_group)) publish_group_children(w);
   if (t->movable) {
     // Claim this entry. It is stale if the task moved to another level since
     // it was queued here, or if another entry already started (or cancelled)

@@ -132,6 +132,31 @@ TEST(TaskGroup, ExternalOwnerIsWokenByTheLastChild) {
 }
 
 
+// A worker adds the children of one group it finished to the group's count
+// in one step, at the end of a run of them. That step must come before it
+// runs anything else: here the next task blocks until the owner saw its
+// group complete, and a count still held back would deadlock them. (Two
+// workers: the blocking task may also start before some children, which
+// the other worker then runs.)
+TEST(TaskGroup, AWorkerCountsTheChildrenItFinishedBeforeRunningAnythingElse) {
+  Scheduler s{{.workers = 2}};
+  for (int round = 0; round < 200; ++round) {
+    std::atomic<bool> group_seen_done{false};
+    std::atomic<int> ran{0};
+    test::must_finish("the owner's wait", [&] {
+      TaskGroup g(s);
+      for (int i = 0; i < 8; ++i) g.spawn([&] { ran.fetch_add(1); });
+      auto blocker = s.submit([&] {
+        while (!group_seen_done.load()) std::this_thread::yield();
+      });
+      g.wait();
+      group_seen_done.store(true);
+      blocker.get();
+    });
+    ASSERT_EQ(ran.load(), 8);
+  }
+}
+
 template <class Options>
 concept SpawnAccepts = requires(TaskGroup& g, Options options) { g.spawn([] {}, options); };
 template <class Options>

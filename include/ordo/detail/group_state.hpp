@@ -47,6 +47,10 @@ void group_wait(GroupState& g);
 // Like group_wait without rethrowing; used by the destructor.
 void group_wait_quietly(GroupState& g) noexcept;
 void record_group_error(GroupState& g, std::exception_ptr e) noexcept;
+struct Worker;
+// The worker's thread: adds the group children it finished and held back
+// (see Worker::counted_group) to their group's count.
+void publish_group_children(Worker& w) noexcept;
 [[noreturn]] void throw_not_owner();
 
 }  // namespace ordo::detail
