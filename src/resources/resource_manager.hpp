@@ -119,11 +119,20 @@ class ResourceGroupCore {
   // allowed while tat - now stays within limit * emission_ns. Tokens are
   // consumed, never given back. Zero for counting groups.
   const std::int64_t emission_ns;
+  // Read on every submission, written seldom (set_limit, parking): a line
+  // of its own, so that a submitting thread's look finds it in its cache
+  // while workers take and return permits on the next line.
   alignas(64) std::atomic<std::uint64_t> limit;
-  std::atomic<std::int64_t> tat{0};
-  std::atomic<std::uint64_t> in_use{0};
   std::atomic<std::uint32_t> waiters{0};
+  // A hint for park_if_busy(): the last taker left no permit, and no
+  // release has been seen since. Written only when that changes (never,
+  // for a group far from its limit). Relaxed: a stale hint only parks a
+  // task that then is granted at once, or queues one that a worker parks.
+  std::atomic<bool> full{false};
+  // Taken and returned by workers, task after task.
+  alignas(64) std::atomic<std::uint64_t> in_use{0};
   std::atomic<std::uint64_t> max_in_use{0};
+  std::atomic<std::int64_t> tat{0};
   // Guarded by manager.mu_:
   WaitList wait_list;
   std::int64_t total_wait_ns = 0;
