@@ -179,6 +179,8 @@ bool SchedulerCore::submit(Task* t) {
   if (needs != nullptr && !needs->held.load(std::memory_order_relaxed) && (tls_context.core == this || accepting())) {
     // Its groups are full: wait on their lists now rather than in a queue,
     // so that the next release hands it the permits at once.
+    if (const int pause = needs_submission_pause_us.load(std::memory_order_relaxed); pause > 0) [[unlikely]]
+      std::this_thread::sleep_for(std::chrono::microseconds(pause));
     if (resources_.park_if_busy(t, *needs, level)) return true;
   }
   const bool track = ager_ != nullptr && ages(level);

@@ -59,6 +59,11 @@ inline std::atomic<int> drain_judge_pause_us{0};
 // pauses this long between announcing itself and withdrawing; a draining
 // worker that found nothing to do pauses this long before it parks.
 inline std::atomic<int> refused_submission_pause_us{0};
+// A test-only fault point of the same kind: a submission of a task with
+// needs pauses this long between its look at the needs' `held` hint and
+// park_if_busy(), the window in which another entry of the same task can
+// be claimed, parked and granted.
+inline std::atomic<int> needs_submission_pause_us{0};
 inline std::atomic<int> drain_idle_pause_us{0};
 
 // The deadline of a wait: none (the untimed waits compile to the loop they

@@ -253,7 +253,17 @@ bool ResourceManager::park_if_busy(Task* t, NeedList& needs, unsigned level) {
     if (t->state.compare_exchange_weak(s, (s & ~kStateMask) | kRunning, std::memory_order_acquire)) break;
   }
   // Only once claimed are its needs ours: a worker that took a moved entry
-  // of the same task may be preparing them too until its claim fails.
+  // of the same task may be preparing them too until its claim fails. And
+  // only now is `held` exact (the claim's acquire pairs with a grant's
+  // release): another entry may have been claimed, parked and granted
+  // since our look at the hint. A granted task is not parked again — it
+  // would take its permits twice and return them once — but queued, as it
+  // is, holding them.
+  if (needs.held.load(std::memory_order_relaxed)) {
+    // release: pairs with the claim's acquire in run_task().
+    t->state.fetch_and(~kStateMask, std::memory_order_release);  // kQueued is 0
+    return false;
+  }
   if (!prepare_wait_nodes(needs)) {
     // Without memory for its nodes it is queued as usual, unclaimed again.
     // release: pairs with the claim's acquire in run_task().

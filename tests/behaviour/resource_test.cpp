@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "ordo/ordo.hpp"
+#include "core/scheduler_core.hpp"  // the test-only fault point needs_submission_pause_us
 #include "resources/resource_manager.hpp"  // the test-only fault point fail_wait_list_allocations
 #include "test_support.hpp"
 
@@ -207,6 +208,46 @@ TEST(Resource, TheNextHolderOfAReleasedPermitRunsBeforeQueuedWorkOnThatWorker) {
     }
   }
   EXPECT_LE(most_between, 1u) << "a grant waited behind queued work: " << log.substr(0, 400);
+}
+
+// A dependent task is queued by its last predecessor's submit() while
+// set_priority() may already have queued another entry of it. If that
+// entry is taken, parked and granted first, the submission must not claim
+// the granted task and park it again: it would take its permits a second
+// time and return them once (the model checker found permits leaked this
+// way, ORDO_SEED=496429066, program 8015). The pause widens the window.
+TEST(Resource, ASubmissionDoesNotParkAgainATaskAnotherEntryAlreadyGotPermitsFor) {
+  Scheduler s{{.workers = 3, .levels = 3}};
+  auto db = s.resource_group("db", 1);
+  Gate holder_gate, pred_gate, busy_gate;
+  auto holder = s.submit([&] { holder_gate.hold(); }, {.needs = {{db, 1}}});
+  holder_gate.wait_entered();
+  auto pred = s.submit([&] {
+    pred_gate.hold();
+    return 1;
+  });
+  pred_gate.wait_entered();
+  std::atomic<int> runs{0};
+  auto dependent = std::move(pred).then([&](int) { runs.fetch_add(1); }, {.needs = {{db, 1}}});
+  detail::needs_submission_pause_us.store(300'000);
+  pred_gate.open.store(true);  // its worker queues the dependent, and pauses there
+  // Meanwhile another entry: the third worker takes it and parks the task.
+  std::this_thread::sleep_for(50ms);
+  EXPECT_TRUE(dependent.set_priority(high));
+  must_happen([&] { return db.stats().waiting == 1; }, "the moved entry parks the task");
+  auto busy = s.submit([&] { busy_gate.hold(); });  // every worker busy: the grant stays queued
+  busy_gate.wait_entered();
+  db.set_limit(2);  // grants it from this thread; the paused submission then resumes
+  std::this_thread::sleep_for(400ms);
+  detail::needs_submission_pause_us.store(0);
+  holder_gate.open.store(true);
+  busy_gate.open.store(true);
+  dependent.get();
+  holder.get();
+  busy.get();
+  EXPECT_EQ(runs.load(), 1);
+  EXPECT_EQ(db.stats().in_use, 0u) << "permits leaked";
+  EXPECT_EQ(db.stats().waiting, 0u);
 }
 
 TEST(Resource, CancellingTheFirstWaiterLetsThoseBehindItThatFitRun) {
