@@ -3,6 +3,8 @@
 #include "ordo/durable.hpp"
 #include "ordo/postgres.hpp"
 
+#include "durable/backend.hpp"  // the members a constructor that throws must be able to destroy
+
 namespace ordo {
 
 DurableTasks::DurableTasks(Scheduler&, const PostgresStore&, DurableOptions) {
