@@ -128,17 +128,23 @@ class PosixLock final : public DirectoryLock {
   int fd_ = -1;
 };
 
+// Opens `path` read-only and reports its size; the caller closes it.
+int open_for_reading(const std::string& path, std::size_t& size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_io("open", path);
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw_io("fstat", path);
+  }
+  size = static_cast<std::size_t>(st.st_size);
+  return fd;
+}
+
 class MappedBytes final : public FileBytes {
  public:
   explicit MappedBytes(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw_io("open", path);
-    struct stat st{};
-    if (::fstat(fd, &st) != 0) {
-      ::close(fd);
-      throw_io("fstat", path);
-    }
-    size_ = static_cast<std::size_t>(st.st_size);
+    const int fd = open_for_reading(path, size_);
     if (size_ > 0) {
       // MAP_POPULATE: one pass maps the whole (page-cached) file instead of a
       // fault per page, which dominates a replay on virtual machines.
@@ -163,14 +169,9 @@ class MappedBytes final : public FileBytes {
 class CopiedBytes final : public FileBytes {
  public:
   explicit CopiedBytes(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw_io("open", path);
-    struct stat st{};
-    if (::fstat(fd, &st) != 0) {
-      ::close(fd);
-      throw_io("fstat", path);
-    }
-    copy_.resize(static_cast<std::size_t>(st.st_size));
+    std::size_t size = 0;
+    const int fd = open_for_reading(path, size);
+    copy_.resize(size);
     std::size_t got = 0;
     while (got < copy_.size()) {
       const ssize_t r = ::pread(fd, copy_.data() + got, copy_.size() - got, static_cast<off_t>(got));
