@@ -121,9 +121,6 @@ bool ResourceManager::try_take_all(NeedList& needs) noexcept {
     }
     if (!ok) break;
     const std::uint64_t now_in_use = cur + e.amount;
-    // relaxed: a hint (see ResourceGroupCore::full); stored only on a change.
-    if (now_in_use >= e.group->limit.load(std::memory_order_relaxed) && !e.group->full.load(std::memory_order_relaxed))
-      e.group->full.store(true, std::memory_order_relaxed);
     std::uint64_t seen = e.group->max_in_use.load(std::memory_order_relaxed);  // statistics only
     while (now_in_use > seen && !e.group->max_in_use.compare_exchange_weak(seen, now_in_use, std::memory_order_relaxed)) {
     }
@@ -225,16 +222,8 @@ bool ResourceManager::park_if_busy(Task* t, NeedList& needs, unsigned level) {
     }
     return true;
   };
-  // The first look reads only the submitter-side line (waiters, the full
-  // hint), which workers seldom write: in_use, on the workers' line, is
-  // read only when the hint says the group may be full, or the task needs
-  // more than one permit of it.
-  bool contended = false, may_be_full = false;
-  for (const NeedEntry& e : needs) {
-    contended |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
-    may_be_full |= e.amount > 1 || e.group->full.load(std::memory_order_relaxed);  // relaxed: a hint
-  }
-  if (!contended && !may_be_full) return false;
+  bool contended = false;
+  for (const NeedEntry& e : needs) contended |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
   if (!contended && all_fit()) return false;
   for (const NeedEntry& e : needs)
     if (e.group->is_rate()) return false;
@@ -293,12 +282,8 @@ bool ResourceManager::unpark_for_cancel(Task* t) {
 void ResourceManager::release(NeedList& needs) noexcept {
   needs.held.store(false, std::memory_order_relaxed);  // relaxed: the finisher alone owns it now
   bool someone_waits = false;
-  for (const NeedEntry& e : needs) {
-    if (e.group->is_rate()) continue;  // tokens are consumed
-    e.group->in_use.fetch_sub(e.amount, std::memory_order_seq_cst);
-    // relaxed: a hint (see ResourceGroupCore::full); stored only on a change.
-    if (e.group->full.load(std::memory_order_relaxed)) e.group->full.store(false, std::memory_order_relaxed);
-  }
+  for (const NeedEntry& e : needs)
+    if (!e.group->is_rate()) e.group->in_use.fetch_sub(e.amount, std::memory_order_seq_cst);  // tokens are consumed
   for (const NeedEntry& e : needs)
     if (!e.group->is_rate()) someone_waits |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
   if (!someone_waits) return;

@@ -120,15 +120,9 @@ class ResourceGroupCore {
   // consumed, never given back. Zero for counting groups.
   const std::int64_t emission_ns;
   // Read on every submission, written seldom (set_limit, parking): a line
-  // of its own, so that a submitting thread's look finds it in its cache
-  // while workers take and return permits on the next line.
+  // of its own, apart from the one workers write task after task.
   alignas(64) std::atomic<std::uint64_t> limit;
   std::atomic<std::uint32_t> waiters{0};
-  // A hint for park_if_busy(): the last taker left no permit, and no
-  // release has been seen since. Written only when that changes (never,
-  // for a group far from its limit). Relaxed: a stale hint only parks a
-  // task that then is granted at once, or queues one that a worker parks.
-  std::atomic<bool> full{false};
   // Taken and returned by workers, task after task.
   alignas(64) std::atomic<std::uint64_t> in_use{0};
   std::atomic<std::uint64_t> max_in_use{0};
