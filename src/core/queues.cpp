@@ -263,6 +263,12 @@ void SchedulerCore::resubmit(Task* t) {
       // which is merely what we did before.)
       w.deques[level].push(t);
       mark_local(w, level);
+      // Unless reserve() took this level from us meanwhile: then another
+      // worker must come for it. seq_cst fence: pairs with the fence in
+      // reserve() between its new max_level and its wake-up, so that either
+      // we see the new level here or the workers it wakes see our push.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (level > w.max_level.load(std::memory_order_relaxed)) wake_one(level);
       return;
     }
     push_local(w, t, level);

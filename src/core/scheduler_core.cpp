@@ -152,6 +152,10 @@ void SchedulerCore::reserve(unsigned level, unsigned workers) {
   }
   reserved_per_level_[level] = workers;
   apply_reservations();
+  // seq_cst fence: pairs with resubmit()'s, so that a worker that pushed a
+  // grant for a level it no longer serves either sees that and wakes
+  // another, or is seen by those woken here.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   wake_all();  // parked workers re-check what they may now run (or must leave to others)
 }
 
