@@ -192,7 +192,7 @@ void JournalImpl::await_locked(std::unique_lock<std::mutex>& lock, Lsn lsn, bool
     self.next = waiters_;
     waiters_ = &self;
     lock.unlock();
-    // acquire: pairs with wake_waiters_locked's release store of the verdict.
+    // acquire: pairs with notify_durable()'s release store of the verdict.
     while (self.verdict.load(std::memory_order_acquire) == JournalWaiter::kWaiting) self.parker->park();
     if (self.verdict.load(std::memory_order_relaxed) == JournalWaiter::kDone) return;  // with mu_ not held
     lock.lock();
