@@ -65,6 +65,10 @@ inline std::atomic<int> refused_submission_pause_us{0};
 // be claimed, parked and granted.
 inline std::atomic<int> needs_submission_pause_us{0};
 inline std::atomic<int> drain_idle_pause_us{0};
+// A test-only fault point of the same kind: stop() pauses this long between
+// its two steps, closing the injection queues and changing the phase that
+// sends the workers to drain.
+inline std::atomic<int> stop_step_pause_us{0};
 
 // The deadline of a wait: none (the untimed waits compile to the loop they
 // always were, without a clock read), or a steady-clock time in nanoseconds.

@@ -118,8 +118,16 @@ void SchedulerCore::stop(ShutdownMode mode) {
   std::lock_guard lock(stop_mu_);
   if (stopped_) return;
   stopped_ = true;
-  phase_.store(mode == ShutdownMode::cancel ? kCancelling : kDraining, std::memory_order_seq_cst);
+  // Closed before the phase changes: a worker that sees the new phase may
+  // judge the end at once, and every external submission it did not see
+  // announced by then must be one that is refused. The other order let a
+  // post() be accepted after the workers had left (seq_cst: the closing and
+  // the phase, read by the workers, and the submitters' announce RMWs are
+  // one total order).
   for (unsigned l = 0; l < levels_; ++l) injection_[l].announced.fetch_or(kClosed, std::memory_order_seq_cst);
+  if (const int pause = stop_step_pause_us.load(std::memory_order_relaxed); pause > 0) [[unlikely]]
+    std::this_thread::sleep_for(std::chrono::microseconds(pause));
+  phase_.store(mode == ShutdownMode::cancel ? kCancelling : kDraining, std::memory_order_seq_cst);
   if (mode == ShutdownMode::cancel) resources_.cancel_parked(ResourceManager::Which::all);
   // Workers parked before the phase change would sleep on: wake them all. A
   // worker that has not parked yet re-reads the phase (seq_cst) after joining
