@@ -98,6 +98,7 @@ std::size_t PgRuntime::claim_and_post(pg::Connection& conn, std::size_t room) {
     held_ids.reserve(held_.size());
     for (const auto& [key, held] : held_) held_ids.push_back(static_cast<std::int64_t>(key.id));
   }
+  const std::int64_t claim_sent_ns = steady_now_ns();
   const pg::Result r = conn.exec(
       sql("SELECT * FROM @S.claim($1, $2, $3, $4, $5, $6::text[], $7, $8::bigint[])"),
       {pg::Param(owner_), pg::Param(static_cast<std::int64_t>(room)),
@@ -128,6 +129,7 @@ std::size_t PgRuntime::claim_and_post(pg::Connection& conn, std::size_t room) {
       h.needs = std::string(r.text(i, 8));
       h.last_error = std::string(r.text(i, 9));
       h.kind = &types_.at(h.type);  // claims take only types defined here
+      h.lease_from_ns = claim_sent_ns;
       Posting p{h.id, h.attempt, SubmitOptions{.priority = Priority{h.level}}, {}};
       if (!h.needs.empty()) p.options.needs = resolve_needs(scheduler_, h.needs, p.refused);
       held_.emplace(HeldKey{h.id, h.attempt}, std::move(h));
@@ -155,6 +157,15 @@ std::size_t PgRuntime::claim_and_post(pg::Connection& conn, std::size_t room) {
   return static_cast<std::size_t>(r.rows());
 }
 
+bool PgRuntime::lease_may_lapse(const Held& held) const noexcept {
+  // A renewal is due every lease / 3; a quarter of the lease left means the
+  // heartbeat missed about two (this process stalled), and the attempt
+  // could be taken over before its handler even began. Run on the steady
+  // clock, beside the server's: the two differ in rate only.
+  const std::int64_t lease_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(store_.lease).count();
+  return steady_now_ns() - held.lease_from_ns > lease_ns - lease_ns / 4;
+}
+
 std::int64_t PgRuntime::backoff_ms(const Held& held, unsigned attempt) {
   // mu_ held by the caller (rng_).
   return retry_delay_ns(held.kind->options.retry, std::max(1u, attempt), rng_) / 1000000;
@@ -173,9 +184,11 @@ void PgRuntime::run(TaskId id, unsigned attempt) {
   std::unique_lock lock(mu_);
   --posted_;
   Held& held = held_.at(HeldKey{id, attempt});  // in held_ until its outcome is recorded, which is below
-  if (cancelling_ || held.lost) {
-    // shutdown(cancel): back to the queue, uncounted. Lost: another process
-    // may hold it already; the fence would reject anything this one did.
+  if (cancelling_ || held.lost || lease_may_lapse(held)) {
+    // shutdown(cancel): back to the queue, uncounted. Lost, or about to be:
+    // another process may hold it already; the fence would reject anything
+    // this one did, but could not stop the handler running twice at once.
+    // The release is fenced too: it gives back only a claim still ours.
     releases_.emplace_back(id, held.attempt);
     finisher_cv_.notify_one();
     return;

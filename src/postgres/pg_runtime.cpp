@@ -252,6 +252,8 @@ void PgRuntime::heartbeat_loop() {
       std::unique_lock lock(mu_);
       heartbeat_cv_.wait_for(lock, period, [this] { return threads_done_; });
       if (threads_done_) return;
+      if (pg_heartbeat_paused.load(std::memory_order_relaxed)) [[unlikely]]
+        continue;
       ids.clear();
       attempts.clear();
       for (const auto& [key, held] : held_) {
@@ -271,6 +273,7 @@ void PgRuntime::heartbeat_loop() {
         conn->exec("SET lock_timeout = " + std::to_string(period.count()));
       }
       if (!ids.empty()) {
+        const std::int64_t renew_sent_ns = steady_now_ns();
         const pg::Result r = conn->exec(sql("SELECT * FROM @S.renew($1::bigint[], $2::integer[], $3)"),
                                         {pg::int_array_literal(ids), pg::int_array_literal(attempts),
                                          pg::Param(static_cast<std::int64_t>(store_.lease.count()))});
@@ -289,9 +292,13 @@ void PgRuntime::heartbeat_loop() {
         std::lock_guard lock(mu_);
         for (std::size_t i = 0; i < ids.size(); ++i) {
           const auto id = static_cast<TaskId>(ids[i]);
-          if (attempts[i] == newest[id] && std::binary_search(renewed.begin(), renewed.end(), id)) continue;
           auto it = held_.find(HeldKey{id, static_cast<unsigned>(attempts[i])});
-          if (it != held_.end()) it->second.lost = true;
+          if (it == held_.end()) continue;
+          if (attempts[i] == newest[id] && std::binary_search(renewed.begin(), renewed.end(), id)) {
+            it->second.lease_from_ns = renew_sent_ns;
+          } else {
+            it->second.lost = true;
+          }
         }
       }
       try {

@@ -38,8 +38,14 @@
 #include "ordo/postgres.hpp"
 #include "ordo/scheduler.hpp"
 #include "postgres/connection.hpp"
+#include "util/clock.hpp"
 
 namespace ordo::detail {
+
+// A test-only fault point (no public option): while true, every process's
+// heartbeat skips its renewals and reaps, as a stalled process would. Relaxed:
+// a flag on its own, publishing nothing.
+inline std::atomic<bool> pg_heartbeat_paused{false};
 
 class PgRuntime final : public DurableBackend {
  public:
@@ -86,6 +92,10 @@ class PgRuntime final : public DurableBackend {
     std::string last_error;
     std::string needs;   // local groups, "name=count" lines
     bool lost = false;   // a renewal found the lease gone: this attempt no longer holds the task
+    // steady_now_ns() just before the statement that last set the lease (the
+    // claim or a renewal) was sent. The server set lease_until = its now() +
+    // lease after that, so the lease runs at least until this + lease.
+    std::int64_t lease_from_ns = 0;
     bool started = false;
   };
   // A claimed attempt: held_ is keyed by job *and* attempt, because this
@@ -164,6 +174,10 @@ class PgRuntime final : public DurableBackend {
   void flush_loop();
   EnqueueRequest make_request(std::string_view type, std::string_view args, const EnqueueOptions& options) const;
   std::int64_t backoff_ms(const Held& held, unsigned attempt);
+  // Whether `held`'s lease may run out before its attempt gets going (mu_
+  // held): it is not started then, since another process may take the job
+  // over at any moment (or already has) and both attempts would run.
+  bool lease_may_lapse(const Held& held) const noexcept;
   void run_transactional(Held& held, const Type& type);
   // Runs the handler on `view`; false with `error` set when it threw.
   bool call_handler(Held& held, const Type& type, AttemptView& view, std::string& error);
