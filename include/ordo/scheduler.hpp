@@ -70,8 +70,25 @@ class Scheduler {
   template <class F>
   void post(F&& fn, SubmitOptions options = {}) {
     using Fn = std::decay_t<F>;
-    if (!options.after.empty() || !options.needs.empty()) {
+    if (!options.after.empty()) {
       (void)submit(std::forward<F>(fn), std::move(options));
+      return;
+    }
+    if (!options.needs.empty()) {
+      // Needs without predecessors: no handle's extras, no dependency links.
+      detail::Task* t =
+          detail::make_detached_with_needs(*core_, options.priority, options.needs, &detail::exec_detached_task<Fn>);
+      try {
+        detail::emplace_payload<Fn>(t, std::forward<F>(fn));
+      } catch (...) {
+        detail::discard_detached_with_needs(t);
+        throw;
+      }
+      if (!detail::submit_task(*core_, t)) {
+        detail::destroy_payload<Fn>(t);
+        detail::discard_detached_with_needs(t);
+        throw SchedulerStopped{};
+      }
       return;
     }
     detail::Task* t =

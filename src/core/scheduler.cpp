@@ -49,6 +49,7 @@ Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority, TaskKi
     t->preds = nullptr;
     t->deps.store(0, std::memory_order_relaxed);  // nothing pending: raise_priority moves it, never re-levels it
   } else {
+    if (kind == TaskKind::detached) t->needs = nullptr;  // (a group task's `group` is set by its spawn)
     t->movable = aged;  // the ager may move it
     if (aged) {
       t->refs.store(1, std::memory_order_relaxed);  // the queue entry's

@@ -13,6 +13,12 @@ void group_complete(GroupState& g) noexcept;  // task_group.cpp
 void SchedulerCore::finish(Task* t, bool ran) noexcept {
   switch (t->kind) {
     case TaskKind::detached:
+      if (NeedList* needs = t->needs; needs != nullptr) [[unlikely]] {
+        // relaxed: as for a handle task below.
+        if (needs->held.load(std::memory_order_relaxed)) resources_.release(*needs);
+        pool_delete(needs);
+        t->needs = nullptr;  // a stale entry of a movable task may still name the node
+      }
       if (t->movable) {
         release_task(t);  // stale entries or the ager may still hold references
       } else {

@@ -110,6 +110,27 @@ void attach_needs(Task* t, const std::vector<Need>& needs, bool check_limits) {
   if (!needs.empty()) t->preds->needs = t->core->resources().make_needs(needs, check_limits);
 }
 
+Task* make_detached_with_needs(SchedulerCore& core, std::optional<Priority> priority, const std::vector<Need>& needs,
+                               ExecFn exec) {
+  throw_if_stopped(core);
+  Task* t = prepare_task(core, priority, TaskKind::detached, exec);
+  try {
+    t->needs = core.resources().make_needs(needs);
+  } catch (...) {
+    free_task(t);
+    throw;
+  }
+  // A task with needs may be claimed (park_if_busy, a drain's cancel), which
+  // takes a state word; relaxed: published with the node by its queuing.
+  t->state.store(kQueued, std::memory_order_relaxed);
+  return t;
+}
+
+void discard_detached_with_needs(Task* t) noexcept {
+  pool_delete(t->needs);
+  free_task(t);
+}
+
 void throw_if_stopped(SchedulerCore& core) {
   if (tls_context.core != &core && !core.accepting()) throw SchedulerStopped{};
 }

@@ -48,7 +48,7 @@ void ResourceManager::stop() noexcept {
 
 std::int64_t ResourceManager::due_ns_locked(const ResourceGroupCore& g, const Waiter& w, std::int64_t now) noexcept {
   std::uint64_t amount = 0;
-  for (const NeedEntry& e : *w.task->preds->needs)
+  for (const NeedEntry& e : *needs_of(w.task))
     if (e.group == &g) amount = e.amount;
   const std::int64_t tat = std::max(g.tat.load(std::memory_order_seq_cst), now);
   // relaxed: as in exceeds_a_limit().

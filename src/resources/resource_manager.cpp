@@ -47,7 +47,7 @@ bool ResourceManager::exceeds_a_limit(const NeedList& needs) noexcept {
 
 const Waiter* ResourceManager::first_eligible_locked(const ResourceGroupCore& g) const noexcept {
   for (const Waiter& w : g.wait_list)
-    if (!exceeds_a_limit(*w.task->preds->needs)) return &w;
+    if (!exceeds_a_limit(*needs_of(w.task))) return &w;
   return nullptr;
 }
 
@@ -266,7 +266,7 @@ bool ResourceManager::park_if_busy(Task* t, NeedList& needs, unsigned level) {
 bool ResourceManager::unpark_for_cancel(Task* t) {
   {
     std::lock_guard lock(mu_);
-    NeedList& needs = *t->preds->needs;
+    NeedList& needs = *needs_of(t);
     if (needs.count == 0) return false;
     auto& list = needs[0].group->wait_list;
     auto it = list.find(Waiter{needs.level, needs.seq, t});
@@ -336,7 +336,7 @@ void ResourceManager::dispatch_locked() noexcept {
     rate_group_seen |= g->is_rate();
     for (auto it = g->wait_list.begin(); it != g->wait_list.end();) {
       Task* t = it->task;
-      NeedList& needs = *t->preds->needs;
+      NeedList& needs = *needs_of(t);
       if (exceeds_a_limit(needs)) {
         ++it;
         continue;
@@ -376,7 +376,7 @@ std::size_t ResourceManager::cancel_parked(Which which) noexcept {
       std::lock_guard lock(mu_);
       for (const auto& g : groups_) {
         for (const Waiter& w : g->wait_list) {
-          if (which == Which::all || exceeds_a_limit(*w.task->preds->needs)) {
+          if (which == Which::all || exceeds_a_limit(*needs_of(w.task))) {
             doomed = w.task;
             break;
           }
@@ -384,7 +384,7 @@ std::size_t ResourceManager::cancel_parked(Which which) noexcept {
         if (doomed != nullptr) break;
       }
       if (doomed == nullptr) break;
-      NeedList& needs = *doomed->preds->needs;
+      NeedList& needs = *needs_of(doomed);
       unregister_locked(doomed, needs);
       if (which == Which::unsatisfiable) {
         // Dispatching passes over hopeless waiters already; this is for the
@@ -404,7 +404,7 @@ std::size_t ResourceManager::cancel_parked(Which which) noexcept {
 
 bool ResourceManager::reorder_parked(Task* t, unsigned level) {
   std::lock_guard lock(mu_);
-  NeedList& needs = *t->preds->needs;
+  NeedList& needs = *needs_of(t);
   if (needs.count == 0) return false;  // (`held` is not ours to read: the fast path writes it without mu_)
   auto& list = needs[0].group->wait_list;
   auto it = list.find(Waiter{needs.level, needs.seq, t});

@@ -430,9 +430,19 @@ class Program {
   }
 
   void post() {
-    ++posted_;
     SubmitOptions o;
     if (chance(0.5)) o.priority = level();
+    if (chance(0.5) && !(counting_.empty() && rates_.empty())) {
+      // With needs: a task without a handle that takes permits. Its node is
+      // checked like any other's (limits in body(), lost or run twice at the
+      // end), by its runs alone.
+      Node* n = new_node(Node::Mode::all, {});
+      o.needs = random_needs(*n);
+      scheduler_->post([this, n] { (void)body(*n); }, std::move(o));
+      note("post#" + std::to_string(n->id));
+      return;
+    }
+    ++posted_;
     scheduler_->post([this] { posted_ran_.fetch_add(1); }, std::move(o));
     note("post");
   }

@@ -36,10 +36,19 @@ struct PredList {
   static void destroy(PredList* list) noexcept;
 };
 
-// What a task needs of resource groups, or null: only handle tasks carry
-// needs, in their extras. The one spelling of "does this task take permits".
+// What a task needs of resource groups, or null: a handle task carries them
+// in its extras, a posted (detached) one in the node; group tasks need
+// nothing. The one spelling of "does this task take permits".
 inline NeedList* needs_of(const Task* t) noexcept {
-  return t->kind == TaskKind::handle && t->preds != nullptr ? t->preds->needs : nullptr;
+  switch (t->kind) {
+    case TaskKind::handle:
+      return t->preds != nullptr ? t->preds->needs : nullptr;
+    case TaskKind::detached:
+      return t->needs;
+    case TaskKind::group:
+      break;
+  }
+  return nullptr;
 }
 
 enum class SuccMode : std::uint8_t { all, any };
@@ -69,6 +78,14 @@ void discard_dependent(Task* t) noexcept;
 // Validates `needs` (InvalidArgument) and attaches them to a dependent's extras.
 // `check_limits` false: see ResourceManager::make_needs.
 void attach_needs(Task* t, const std::vector<Need>& needs, bool check_limits = true);
+// A detached task's node (prepare_task) that needs `needs` (validated as
+// attach_needs does). Throws like prepare_task, InvalidArgument, or
+// SchedulerStopped; nothing is left allocated then.
+Task* make_detached_with_needs(SchedulerCore& core, std::optional<Priority> priority, const std::vector<Need>& needs,
+                               ExecFn exec);
+// Frees a detached task's needs (not its payload) and its node: one that was
+// never queued, or whose payload could not be built.
+void discard_detached_with_needs(Task* t) noexcept;
 // Throws SchedulerStopped if `core` no longer accepts external submissions.
 void throw_if_stopped(SchedulerCore& core);
 // Called by finish(): closes t's successor list and releases its dependents.

@@ -23,6 +23,7 @@ namespace ordo::detail {
 class Parker;
 class SchedulerCore;
 struct GroupState;
+struct NeedList;
 struct PredList;
 struct SuccNode;
 struct Task;
@@ -65,6 +66,7 @@ struct alignas(64) Task {
   union {
     GroupState* group;  // TaskKind::group
     PredList* preds;    // TaskKind::handle: the tasks it depends on, or null
+    NeedList* needs;    // TaskKind::detached: what it needs of resource groups (post() with needs), or null
   };
   union {
     Task* next;            // free-list link while pooled
