@@ -12,8 +12,10 @@ namespace ordo {
 struct ResourceStats {
   std::string name;
   std::uint64_t limit = 0;
-  std::uint64_t in_use = 0;
-  std::uint64_t max_in_use = 0;  // the most ever held at once
+  std::uint64_t in_use = 0;      // held by tasks now (not counting workers' spares)
+  // The most ever taken at once; never above the limit. In a group with
+  // spare permits (docs/resources.md) it may count up to 16 per worker more.
+  std::uint64_t max_in_use = 0;
   std::uint64_t waiting = 0;     // tasks parked on this group now
   double total_wait_ms = 0;      // time tasks spent parked on this group
 };

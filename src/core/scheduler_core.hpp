@@ -129,7 +129,7 @@ class SchedulerCore final : public TaskSink {
   void start();
   void stop(ShutdownMode mode);
 
-  unsigned worker_count() const noexcept { return static_cast<unsigned>(workers_.size()); }
+  unsigned worker_count() const noexcept override { return static_cast<unsigned>(workers_.size()); }
   unsigned level_count() const noexcept { return levels_; }
   std::uint8_t default_level() const noexcept { return levels_ >= 2 ? 1 : 0; }
 
@@ -144,6 +144,9 @@ class SchedulerCore final : public TaskSink {
   // After t's payload ran (ran) or was cancelled: publish, release dependents,
   // wake a waiter, drop the executor's reference (or free, by kind).
   void finish(Task* t, bool ran) noexcept;
+  // This scheduler's worker index of the calling thread, for the resource
+  // manager's spare permits; ResourceManager::kNoWorker on any other thread.
+  int releasing_worker() const noexcept;
   // Queues a dependent task whose last predecessor just finished; if the
   // scheduler refuses it (outside the pool, after shutdown) it completes as
   // cancelled instead.

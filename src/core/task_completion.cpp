@@ -15,7 +15,7 @@ void SchedulerCore::finish(Task* t, bool ran) noexcept {
     case TaskKind::detached:
       if (NeedList* needs = t->needs; needs != nullptr) [[unlikely]] {
         // relaxed: as for a handle task below.
-        if (needs->held.load(std::memory_order_relaxed)) resources_.release(*needs);
+        if (needs->held.load(std::memory_order_relaxed)) resources_.release(*needs, releasing_worker());
         pool_delete(needs);
         t->needs = nullptr;  // a stale entry of a movable task may still name the node
       }
@@ -39,7 +39,7 @@ void SchedulerCore::finish(Task* t, bool ran) noexcept {
       // relaxed: this thread ran the task, after the claim that ordered `held`.
       NeedList* needs = needs_of(t);
       if (needs != nullptr && needs->held.load(std::memory_order_relaxed)) {
-        resources_.release(*needs);  // every exit path comes here: return, exception, cancel
+        resources_.release(*needs, releasing_worker());  // every exit path comes here: return, exception, cancel
       }
       // acq_rel: release publishes the outcome to the Handle's acquire loads;
       // acquire pairs with the waiter's fetch_or so its Parker* is visible.
@@ -50,6 +50,10 @@ void SchedulerCore::finish(Task* t, bool ran) noexcept {
       return;
     }
   }
+}
+
+int SchedulerCore::releasing_worker() const noexcept {
+  return tls_context.core == this ? static_cast<int>(tls_context.worker->index) : ResourceManager::kNoWorker;
 }
 
 void SchedulerCore::submit_or_cancel(Task* t) noexcept {

@@ -72,7 +72,7 @@ void SchedulerCore::run_task(Worker& w, Task* t) {
   if (needs != nullptr && !needs->held.load(std::memory_order_relaxed)) {  // relaxed: our claim ordered it
     // Parked: the task waits on its groups' lists, holding no worker; this
     // entry's reference now belongs to the wait list.
-    if (!resources_.acquire_or_park(t, *needs, level)) {
+    if (!resources_.acquire_or_park(t, *needs, level, w.index)) {
       if (tracer_.enabled()) [[unlikely]] {
         const std::int64_t at = steady_now_ns();
         tracer_.record(w.index, at, at, -1, "parked (waits for its resources)", level, true);

@@ -24,7 +24,10 @@ ResourceGroupCore& ResourceManager::create(std::string name, std::uint64_t limit
   for (const auto& g : groups_) {
     if (g->name == name) throw InvalidArgument("ordo: a resource group named '" + name + "' already exists");
   }
-  groups_.push_back(std::make_unique<ResourceGroupCore>(*this, static_cast<std::uint32_t>(groups_.size()), name, limit));
+  auto g = std::make_unique<ResourceGroupCore>(*this, static_cast<std::uint32_t>(groups_.size()), name, limit);
+  g->spare_slots = core_.worker_count();
+  g->spares = std::make_unique<ResourceGroupCore::SpareSlot[]>(g->spare_slots);
+  groups_.push_back(std::move(g));
   return *groups_.back();
 }
 
@@ -87,8 +90,9 @@ NeedList* ResourceManager::make_needs(const std::vector<Need>& needs, bool check
 
 // All or nothing, in group-id order. seq_cst on in_use: the releaser's half
 // of the hand-off protocol reads `waiters` after its own RMW on in_use.
-bool ResourceManager::try_take_all(NeedList& needs) noexcept {
+bool ResourceManager::try_take_all(NeedList& needs, int worker) noexcept {
   std::size_t taken = 0;
+  ResourceGroupCore* refilled_seen_waiter = nullptr;  // at most one per call: see below
   for (; taken < needs.count; ++taken) {
     const NeedEntry& e = needs[taken];
     if (e.group->is_rate()) {
@@ -110,22 +114,49 @@ bool ResourceManager::try_take_all(NeedList& needs) noexcept {
       if (!ok) break;
       continue;
     }
-    std::uint64_t cur = e.group->in_use.load(std::memory_order_seq_cst);
+    ResourceGroupCore& g = *e.group;
+    if (worker != kNoWorker && g.spares != nullptr) {
+      std::atomic<std::uint64_t>& mine = g.spares[worker].permits;
+      std::uint64_t spare = mine.load(std::memory_order_relaxed);
+      // relaxed: the permits were counted in in_use when the slot was
+      // filled; the CAS only decides between us and a reclaimer's exchange.
+      while (spare >= e.amount && !mine.compare_exchange_weak(spare, spare - e.amount, std::memory_order_relaxed)) {
+      }
+      if (spare >= e.amount) continue;  // no shared line touched
+    }
+    std::uint64_t cur = g.in_use.load(std::memory_order_seq_cst);
+    std::uint64_t ahead = 0;
     bool ok = false;
     for (;;) {
-      if (cur + e.amount > e.group->limit.load(std::memory_order_seq_cst)) break;
-      if (e.group->in_use.compare_exchange_weak(cur, cur + e.amount, std::memory_order_seq_cst)) {
+      const std::uint64_t limit = g.limit.load(std::memory_order_seq_cst);
+      if (cur + e.amount > limit) break;
+      // Take a batch ahead for this worker's next tasks while the group is
+      // far from its limit and nobody waits (a waiter takes them back).
+      ahead = worker != kNoWorker && spares_allowed(g, limit) && cur + e.amount + kSpareBatch <= limit / 2 &&
+                      refilled_seen_waiter == nullptr && g.waiters.load(std::memory_order_relaxed) == 0
+                  ? kSpareBatch
+                  : 0;
+      if (g.in_use.compare_exchange_weak(cur, cur + e.amount + ahead, std::memory_order_seq_cst)) {
         ok = true;
         break;
       }
     }
     if (!ok) break;
+    if (ahead != 0) {
+      // seq_cst RMW, then seq_cst read of waiters: pairs with park_locked()
+      // (registers, then reclaims); one of us sees the other.
+      g.spares[worker].permits.fetch_add(ahead, std::memory_order_seq_cst);
+      if (g.waiters.load(std::memory_order_seq_cst) != 0) refilled_seen_waiter = &g;
+    }
     const std::uint64_t now_in_use = cur + e.amount;
     std::uint64_t seen = e.group->max_in_use.load(std::memory_order_relaxed);  // statistics only
     while (now_in_use > seen && !e.group->max_in_use.compare_exchange_weak(seen, now_in_use, std::memory_order_relaxed)) {
     }
   }
+  if (refilled_seen_waiter != nullptr) return_spares_and_dispatch(*refilled_seen_waiter, static_cast<unsigned>(worker));
   if (taken == needs.count) return true;
+  // What was taken from a spare slot goes back to in_use, like the rest: a
+  // spare permit is one in_use already counts.
   for (std::size_t i = 0; i < taken; ++i) {
     const NeedEntry& e = needs[i];
     if (e.group->is_rate()) {
@@ -159,11 +190,11 @@ bool ResourceManager::prepare_wait_nodes(NeedList& needs) noexcept {
   }
 }
 
-bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) {
+bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level, unsigned worker) {
   // Fast path: nobody waits on any group we need, and everything fits.
   bool contended = false;
   for (const NeedEntry& e : needs) contended |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
-  if (!contended && try_take_all(needs)) {
+  if (!contended && try_take_all(needs, static_cast<int>(worker))) {
     needs.held.store(true, std::memory_order_relaxed);  // relaxed: see NeedList::held
     return true;
   }
@@ -183,7 +214,7 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level) 
   for (const NeedEntry& e : needs) {
     if (!e.group->wait_list.empty() && e.group->wait_list.begin()->level <= level) first_in_line = false;
   }
-  if (first_in_line && try_take_all(needs)) {
+  if (first_in_line && try_take_all(needs, kNoWorker)) {
     needs.held.store(true, std::memory_order_relaxed);  // relaxed: see NeedList::held
     return true;
   }
@@ -201,6 +232,7 @@ void ResourceManager::park_locked(Task* t, NeedList& needs, unsigned level) noex
     node.value() = Waiter{level, needs.seq, t};
     g.wait_list.insert(std::move(node));  // a prepared node: no allocation
     g.waiters.fetch_add(1, std::memory_order_seq_cst);  // the parker's half of the hand-off protocol
+    reclaim_spares(g);  // after registering: see the invariants
     mark_locked(g);
   }
   parked_.fetch_add(1, std::memory_order_seq_cst);
@@ -279,16 +311,55 @@ bool ResourceManager::unpark_for_cancel(Task* t) {
   return true;
 }
 
-void ResourceManager::release(NeedList& needs) noexcept {
+void ResourceManager::release(NeedList& needs, int worker) noexcept {
   needs.held.store(false, std::memory_order_relaxed);  // relaxed: the finisher alone owns it now
   bool someone_waits = false;
-  for (const NeedEntry& e : needs)
-    if (!e.group->is_rate()) e.group->in_use.fetch_sub(e.amount, std::memory_order_seq_cst);  // tokens are consumed
+  for (const NeedEntry& e : needs) {
+    ResourceGroupCore& g = *e.group;
+    if (g.is_rate()) continue;  // tokens are consumed
+    const std::uint64_t limit = g.limit.load(std::memory_order_relaxed);
+    if (worker != kNoWorker && spares_allowed(g, limit)) {
+      std::atomic<std::uint64_t>& mine = g.spares[worker].permits;
+      // Kept for this worker's next task, while the group is under half its
+      // limit (nearer, a spare here would make another worker's task park
+      // to get it back). seq_cst RMW: the same half of the hand-off protocol
+      // as the in_use one below (waiters is read after). Relaxed loads:
+      // hints, the protocol does not rest on them.
+      if (mine.load(std::memory_order_relaxed) + e.amount <= kSpareMost &&
+          g.in_use.load(std::memory_order_relaxed) <= limit / 2) {
+        mine.fetch_add(e.amount, std::memory_order_seq_cst);
+        continue;
+      }
+    }
+    g.in_use.fetch_sub(e.amount, std::memory_order_seq_cst);
+  }
   for (const NeedEntry& e : needs)
     if (!e.group->is_rate()) someone_waits |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
   if (!someone_waits) return;
+  if (worker != kNoWorker) {  // nothing is kept while anyone waits
+    for (const NeedEntry& e : needs) {
+      if (e.group->spares == nullptr) continue;
+      if (const std::uint64_t mine = e.group->spares[worker].permits.exchange(0, std::memory_order_seq_cst))
+        e.group->in_use.fetch_sub(mine, std::memory_order_seq_cst);
+    }
+  }
   std::lock_guard lock(mu_);
   for (const NeedEntry& e : needs) mark_locked(*e.group);
+  dispatch_locked();
+}
+
+void ResourceManager::reclaim_spares(ResourceGroupCore& g) noexcept {
+  if (g.spares == nullptr) return;
+  std::uint64_t back = 0;
+  for (unsigned w = 0; w < g.spare_slots; ++w) back += g.spares[w].permits.exchange(0, std::memory_order_seq_cst);
+  if (back != 0) g.in_use.fetch_sub(back, std::memory_order_seq_cst);
+}
+
+void ResourceManager::return_spares_and_dispatch(ResourceGroupCore& g, unsigned worker) noexcept {
+  if (const std::uint64_t mine = g.spares[worker].permits.exchange(0, std::memory_order_seq_cst))
+    g.in_use.fetch_sub(mine, std::memory_order_seq_cst);
+  std::lock_guard lock(mu_);
+  mark_locked(g);
   dispatch_locked();
 }
 
@@ -341,7 +412,7 @@ void ResourceManager::dispatch_locked() noexcept {
         ++it;
         continue;
       }
-      if (!try_take_all(needs)) {
+      if (!try_take_all(needs, kNoWorker)) {
         // A waiter that fits this group but waits for a rate group's tokens
         // must be timed: the timer may have passed over it while it was
         // hopeless (a raised limit makes it eligible here) and be asleep
@@ -429,6 +500,9 @@ void ResourceManager::set_limit(ResourceGroupCore& g, std::uint64_t limit) {
   limit_changes_.fetch_add(1, std::memory_order_seq_cst);  // after the store: see limit_changes()
   {
     std::lock_guard lock(mu_);
+    // A cut may leave the workers' spares above the new limit, or below
+    // what spares_allowed() keeps them for: they come back first.
+    reclaim_spares(g);
     // A raise may fit waiters now; a cut may make the head hopeless, and
     // those behind it must not wait for it.
     mark_locked(g);
@@ -459,7 +533,22 @@ ResourceStats ResourceManager::stats(const ResourceGroupCore& g) const {
     const std::int64_t ahead = g.tat.load(std::memory_order_relaxed) - steady_now_ns();
     s.in_use = ahead > 0 ? static_cast<std::uint64_t>((ahead + g.emission_ns - 1) / g.emission_ns) : 0;
   } else {
-    s.in_use = g.in_use.load(std::memory_order_relaxed);
+    // Held by tasks: in_use less the workers' spares. Read the spares on
+    // both sides of in_use and again if they moved, so that a slot given
+    // back meanwhile is not subtracted twice (or not at all).
+    auto spares = [&g] {
+      std::uint64_t sum = 0;
+      for (unsigned w = 0; w < g.spare_slots; ++w) sum += g.spares[w].permits.load(std::memory_order_seq_cst);
+      return sum;
+    };
+    for (int attempt = 0;; ++attempt) {
+      const std::uint64_t before = spares();
+      const std::uint64_t counted = g.in_use.load(std::memory_order_seq_cst);
+      if (spares() == before || attempt == 8) {
+        s.in_use = counted > before ? counted - before : 0;
+        break;
+      }
+    }
   }
   s.max_in_use = g.max_in_use.load(std::memory_order_relaxed);
   std::lock_guard lock(mu_);

@@ -23,6 +23,11 @@
 //  - no lost hand-off: a parker registers (seq_cst RMW on `waiters`) and then
 //    dispatches its own groups; a releaser returns permits (seq_cst RMW on
 //    `in_use`) and then reads `waiters` (seq_cst): one of them sees the other;
+//  - spare permits (ResourceGroupCore::spares) are counted in `in_use`; none
+//    is kept while anyone waits on the group: a parker takes every worker's
+//    back after registering (seq_cst exchange), and a worker that adds to
+//    its own (seq_cst RMW) reads `waiters` after and gives them back if it
+//    sees one — so a waiter never waits for a permit nobody holds;
 //  - no forgotten rate waiter: every dispatch that looks at a rate group
 //    (park, release, grant, cancel, set_priority, set_limit, the timer)
 //    notifies the timer, which recomputes every rate group's next deadline.
@@ -123,10 +128,22 @@ class ResourceGroupCore {
   // of its own, apart from the one workers write task after task.
   alignas(64) std::atomic<std::uint64_t> limit;
   std::atomic<std::uint32_t> waiters{0};
-  // Taken and returned by workers, task after task.
+  // Taken and returned by workers, task after task. Includes the spares.
   alignas(64) std::atomic<std::uint64_t> in_use{0};
   std::atomic<std::uint64_t> max_in_use{0};
   std::atomic<std::int64_t> tat{0};
+  // Spare permits, one slot per worker (counting groups of a large limit
+  // only, see ResourceManager::spares_allowed): taken from in_use ahead of
+  // need, or kept at a release, so that a run of tasks on one worker takes
+  // and returns permits on its own line instead of the shared in_use line
+  // that the other workers and the submitters read. The owner takes from
+  // and adds to its slot; anyone may take a slot whole (exchange) to give
+  // it back to in_use. Null for rate groups.
+  struct alignas(64) SpareSlot {
+    std::atomic<std::uint64_t> permits{0};
+  };
+  std::unique_ptr<SpareSlot[]> spares;
+  unsigned spare_slots = 0;
   // Guarded by manager.mu_:
   WaitList wait_list;
   std::int64_t total_wait_ns = 0;
@@ -152,10 +169,10 @@ class ResourceManager {
   // task for a lowered limit to come back up).
   NeedList* make_needs(const std::vector<Need>& needs, bool check_limits = true);
 
-  // On a worker, before running t: true when t now holds all its needs;
-  // false when t was parked (it is requeued, holding them, when they fit) or,
-  // with no memory for its wait-list nodes, queued again as it was.
-  bool acquire_or_park(Task* t, NeedList& needs, unsigned level);
+  // On worker `worker`, before running t: true when t now holds all its
+  // needs; false when t was parked (it is requeued, holding them, when they
+  // fit) or, with no memory for its wait-list nodes, queued again as it was.
+  bool acquire_or_park(Task* t, NeedList& needs, unsigned level, unsigned worker);
   // At submit time, for a queued (unclaimed) task: when a counting group it
   // needs is full or has waiters ahead of it, claims and parks it at once,
   // so that a release hands its permits over without waiting for a worker
@@ -168,7 +185,10 @@ class ResourceManager {
   // stays claimed (state running), and the caller now holds the reference
   // its wait-list entry had. False if it is not parked.
   bool unpark_for_cancel(Task* t);
-  void release(NeedList& needs) noexcept;
+  // Returns what a finished task held. `worker`: the worker it finished on,
+  // which may keep some as spares; kNoWorker from any other thread.
+  static constexpr int kNoWorker = -1;
+  void release(NeedList& needs, int worker = kNoWorker) noexcept;
   // Lowering below a waiter's need leaves it parked but passed over (see the
   // invariants); a draining scheduler is woken to cancel it.
   void set_limit(ResourceGroupCore& g, std::uint64_t limit);
@@ -181,6 +201,12 @@ class ResourceManager {
   // the task is not parked.
   bool reorder_parked(Task* t, unsigned level);
   ResourceStats stats(const ResourceGroupCore& g) const;
+  // A worker keeps at most this many spare permits of a group, and takes
+  // this many ahead when it has too few; only in a group whose limit is at
+  // least kSpareLimitPerWorker per worker, and only while under half of it.
+  static constexpr std::uint64_t kSpareBatch = 8;
+  static constexpr std::uint64_t kSpareMost = 2 * kSpareBatch;
+  static constexpr std::uint64_t kSpareLimitPerWorker = 8 * kSpareMost;
   std::vector<ResourceStats> all_stats() const;  // every group, in creation order
 
   std::uint64_t parked() const noexcept { return parked_.load(std::memory_order_seq_cst); }
@@ -192,7 +218,17 @@ class ResourceManager {
   std::size_t cancel_parked(Which which) noexcept;
 
  private:
-  bool try_take_all(NeedList& needs) noexcept;
+  // `worker`: a worker not holding mu_, which may use and refill its spares;
+  // kNoWorker otherwise (a dispatch under mu_).
+  bool try_take_all(NeedList& needs, int worker) noexcept;
+  static bool spares_allowed(const ResourceGroupCore& g, std::uint64_t limit) noexcept {
+    return g.spares != nullptr && limit >= kSpareLimitPerWorker * g.spare_slots;
+  }
+  // Gives every worker's spares of g back to in_use.
+  static void reclaim_spares(ResourceGroupCore& g) noexcept;
+  // A worker that kept spares and then saw a waiter: gives back its own and
+  // dispatches g (takes mu_).
+  void return_spares_and_dispatch(ResourceGroupCore& g, unsigned worker) noexcept;
   // Some need is above its group's current limit: no release can grant it.
   static bool exceeds_a_limit(const NeedList& needs) noexcept;
   // Allocates needs.wait_nodes if it has none yet; false (nothing changed)

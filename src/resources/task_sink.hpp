@@ -21,6 +21,8 @@ class TaskSink {
   virtual void complete_cancelled(Task* t) noexcept = 0;
   // The count of parked tasks fell to zero: a draining scheduler may finish.
   virtual void last_parked_task_left() noexcept = 0;
+  // How many workers: indices 0..n-1 name them in acquire and release calls.
+  virtual unsigned worker_count() const noexcept = 0;
 
  protected:
   ~TaskSink() = default;

@@ -195,7 +195,11 @@ class Program {
     const int counting = pick(0, 3);
     for (int g = 0; g < counting; ++g) {
       auto m = std::make_unique<CountingModel>();
-      m->original = m->current = static_cast<std::uint64_t>(pick(1, 4));
+      // Now and then a limit large enough that workers keep spare permits
+      // (ResourceManager::kSpareLimitPerWorker): their hand-back to waiters
+      // is checked too.
+      m->original = m->current = chance(0.2) ? 128u * workers_ + static_cast<std::uint64_t>(pick(0, 64))
+                                             : static_cast<std::uint64_t>(pick(1, 4));
       m->highest = m->original;
       m->group = scheduler_->resource_group("c" + std::to_string(g), m->original);
       counting_.push_back(std::move(m));
@@ -252,7 +256,10 @@ class Program {
     std::vector<Need> needs;
     for (std::size_t g = 0; g < counting_.size(); ++g) {
       if (!chance(0.35)) continue;
-      auto amount = static_cast<std::uint64_t>(pick(1, static_cast<int>(counting_[g]->current)));
+      const int most = static_cast<int>(counting_[g]->current);
+      // In a large group mostly small needs (those run on spares), now and
+      // then up to the whole limit (that one waits for them to come back).
+      auto amount = static_cast<std::uint64_t>(most > 8 && chance(0.9) ? pick(1, 3) : pick(1, most));
       needs.push_back({counting_[g]->group, amount});
       n.counting.emplace_back(static_cast<int>(g), amount);
     }
