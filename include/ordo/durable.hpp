@@ -182,7 +182,7 @@ struct EnqueueOptions {
   // Journaled by the group's name and resolved by name at each start(): the
   // scheduler of the next process must have a group of that name
   // (UnknownResourceGroup otherwise).
-  std::vector<Need> needs{};
+  Needs needs{};
   // PostgreSQL store only: global groups, all granted (server-side, in one
   // transaction) before the task is claimed by any process, and held until
   // its attempt ends or its lease runs out.

@@ -66,7 +66,7 @@ struct SubmitOptions {
   // about to run it (see ordo/resource.hpp). A need of 0, a need above the
   // group's limit, or a group of another scheduler is rejected with
   // InvalidArgument before anything is queued.
-  std::vector<Need> needs{};
+  Needs needs{};
 };
 
 // Options of Handle::then. No `after`: a continuation runs after the handle
@@ -76,7 +76,7 @@ struct ThenOptions {
   std::optional<Priority> priority{};
   // As SubmitOptions::needs: the continuation parks, holding no worker,
   // until its permits are free.
-  std::vector<Need> needs{};
+  Needs needs{};
 };
 
 // Options of TaskGroup::spawn. Only a priority: a child is joined by the

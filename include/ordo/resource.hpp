@@ -14,7 +14,9 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "ordo/detail/access.hpp"
 #include "ordo/stats.hpp"
@@ -58,6 +60,88 @@ inline ResourceGroupCore* Access::core(const ResourceGroup& group) noexcept { re
 struct Need {
   ResourceGroup group;
   std::uint64_t amount = 1;
+};
+
+// What one task needs: a small vector of Need that keeps up to two in
+// place, so that a submission needing one or two groups allocates nothing
+// for them. Written like a std::vector<Need> — `{{db, 1}, {memory, 512}}`,
+// push_back, a range-for — and made from one (or turned back into one).
+// Thread-safety: a value; as a std::vector.
+class Needs {
+ public:
+  Needs() noexcept = default;
+  Needs(std::initializer_list<Need> needs) { assign(needs.begin(), needs.size()); }
+  Needs(const std::vector<Need>& needs) { assign(needs.data(), needs.size()); }  // implicit: a vector is a Needs
+  Needs(const Needs& other) { assign(other.data(), other.size_); }
+  Needs(Needs&& other) noexcept { take(other); }
+  Needs& operator=(const Needs& other) {
+    if (this != &other) {
+      size_ = 0;
+      assign(other.data(), other.size_);
+    }
+    return *this;
+  }
+  Needs& operator=(Needs&& other) noexcept {
+    if (this != &other) {
+      delete[] heap_;
+      heap_ = nullptr;
+      take(other);
+    }
+    return *this;
+  }
+  ~Needs() { delete[] heap_; }
+
+  void push_back(const Need& need) {
+    if (size_ == capacity_) grow(2 * capacity_);
+    data()[size_++] = need;
+  }
+  void clear() noexcept { size_ = 0; }
+  std::size_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return size_ == 0; }
+  Need* data() noexcept { return heap_ != nullptr ? heap_ : in_place_; }
+  const Need* data() const noexcept { return heap_ != nullptr ? heap_ : in_place_; }
+  Need* begin() noexcept { return data(); }
+  Need* end() noexcept { return data() + size_; }
+  const Need* begin() const noexcept { return data(); }
+  const Need* end() const noexcept { return data() + size_; }
+  Need& operator[](std::size_t i) noexcept { return data()[i]; }
+  const Need& operator[](std::size_t i) const noexcept { return data()[i]; }
+  operator std::vector<Need>() const { return std::vector<Need>(begin(), end()); }
+
+ private:
+  static constexpr std::size_t kInPlace = 2;
+  void assign(const Need* from, std::size_t n) {
+    if (n > capacity_) grow(n);
+    Need* to = data();
+    for (std::size_t i = 0; i < n; ++i) to[i] = from[i];
+    size_ = n;
+  }
+  void grow(std::size_t capacity) {
+    Need* bigger = new Need[capacity];
+    const Need* from = data();
+    for (std::size_t i = 0; i < size_; ++i) bigger[i] = from[i];
+    delete[] heap_;
+    heap_ = bigger;
+    capacity_ = capacity;
+  }
+  // Leaves `other` empty and in place (heap_ already freed by the caller).
+  void take(Needs& other) noexcept {
+    size_ = other.size_;
+    capacity_ = other.capacity_;
+    if (other.heap_ != nullptr) {
+      heap_ = other.heap_;
+    } else {
+      for (std::size_t i = 0; i < other.size_; ++i) in_place_[i] = other.in_place_[i];
+    }
+    other.heap_ = nullptr;
+    other.size_ = 0;
+    other.capacity_ = kInPlace;
+  }
+
+  Need in_place_[kInPlace];
+  Need* heap_ = nullptr;
+  std::size_t size_ = 0;
+  std::size_t capacity_ = kInPlace;
 };
 
 }  // namespace ordo

@@ -46,7 +46,7 @@ struct NodeOptions {
   // Resource groups the node takes while its body runs (all or nothing, like
   // SubmitOptions::needs); a node that waits for them is parked, holding no
   // worker. The groups must belong to the scheduler the workflow runs on.
-  std::vector<Need> needs{};
+  Needs needs{};
 };
 
 struct WorkflowRunOptions {

@@ -106,11 +106,11 @@ Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std:
   return t;
 }
 
-void attach_needs(Task* t, const std::vector<Need>& needs, bool check_limits) {
+void attach_needs(Task* t, std::span<const Need> needs, bool check_limits) {
   if (!needs.empty()) t->preds->needs = t->core->resources().make_needs(needs, check_limits);
 }
 
-Task* make_detached_with_needs(SchedulerCore& core, std::optional<Priority> priority, const std::vector<Need>& needs,
+Task* make_detached_with_needs(SchedulerCore& core, std::optional<Priority> priority, std::span<const Need> needs,
                                ExecFn exec) {
   throw_if_stopped(core);
   Task* t = prepare_task(core, priority, TaskKind::detached, exec);

@@ -24,7 +24,7 @@ struct WorkflowGraph {
   std::string name;
   std::vector<std::function<void()>> bodies;
   std::vector<std::uint8_t> levels;  // kNoLevel: the run's priority
-  std::unordered_map<std::uint32_t, std::vector<Need>> needs;  // nodes with resource needs only
+  std::unordered_map<std::uint32_t, Needs> needs;  // nodes with resource needs only
   std::unordered_map<std::uint32_t, std::string> names;  // named nodes only
   std::unordered_map<std::string, std::uint32_t> by_name;
   std::unordered_map<std::uint32_t, const Workflow*> nested;

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <memory>
 #include <stdexcept>
+#include <span>
 #include <string>
 #include <utility>
 
@@ -62,7 +63,7 @@ struct RunState {
 
   std::uint8_t level_of(std::uint32_t node) const noexcept { return levels.empty() ? run_level : levels[node]; }
   // The node's resource needs, or null.
-  const std::vector<Need>* needs_of(std::uint32_t node) const noexcept {
+  const Needs* needs_of(std::uint32_t node) const noexcept {
     if (graph->needs.empty()) return nullptr;
     auto it = graph->needs.find(node);
     return it == graph->needs.end() ? nullptr : &it->second;
@@ -145,7 +146,7 @@ bool exec_node_with_needs(Task* t, ExecMode mode) noexcept;
 // A node with resource needs runs as a handle-kind task (nobody holds its
 // handle), because that is the kind the workers acquire needs for: it parks
 // when they do not fit and holds no worker meanwhile.
-void queue_node_with_needs(RunState* run, std::uint32_t node, const std::vector<Need>& needs) {
+void queue_node_with_needs(RunState* run, std::uint32_t node, std::span<const Need> needs) {
   Task* t = nullptr;
   try {
     t = make_dependent(*run->core, Priority{run->level_of(node)}, 0, &exec_node_with_needs);
@@ -164,7 +165,7 @@ void queue_node_with_needs(RunState* run, std::uint32_t node, const std::vector<
 }
 
 void queue_node(RunState* run, std::uint32_t node) {
-  if (const std::vector<Need>* needs = run->needs_of(node)) {
+  if (const Needs* needs = run->needs_of(node)) {
     queue_node_with_needs(run, node, *needs);
     return;
   }

@@ -57,8 +57,8 @@ class PgAttempt final : public AttemptView {
 };
 
 // "name=count" lines into this scheduler's groups; empty `error` when all resolve.
-std::vector<Need> resolve_needs(Scheduler& scheduler, const std::string& lines, std::string& error) {
-  std::vector<Need> needs;
+Needs resolve_needs(Scheduler& scheduler, const std::string& lines, std::string& error) {
+  Needs needs;
   std::istringstream in(lines);
   for (std::string line; std::getline(in, line);) {
     const auto eq = line.rfind('=');

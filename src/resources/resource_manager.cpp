@@ -54,7 +54,7 @@ const Waiter* ResourceManager::first_eligible_locked(const ResourceGroupCore& g)
   return nullptr;
 }
 
-NeedList* ResourceManager::make_needs(const std::vector<Need>& needs, bool check_limits) {
+NeedList* ResourceManager::make_needs(std::span<const Need> needs, bool check_limits) {
   NeedList* list = pool_new<NeedList>();
   try {
     if (needs.size() > NeedList::kInline) list->more.reset(new NeedEntry[needs.size()]);

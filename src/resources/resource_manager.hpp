@@ -40,6 +40,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -167,7 +168,7 @@ class ResourceManager {
   // Without `check_limits`, a need above a group's current limit is accepted
   // (a workflow node checked when its run started: it waits like a parked
   // task for a lowered limit to come back up).
-  NeedList* make_needs(const std::vector<Need>& needs, bool check_limits = true);
+  NeedList* make_needs(std::span<const Need> needs, bool check_limits = true);
 
   // On worker `worker`, before running t: true when t now holds all its
   // needs; false when t was parked (it is requeued, holding them, when they

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "ordo/detail/task.hpp"
@@ -77,11 +78,11 @@ Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std:
 void discard_dependent(Task* t) noexcept;
 // Validates `needs` (InvalidArgument) and attaches them to a dependent's extras.
 // `check_limits` false: see ResourceManager::make_needs.
-void attach_needs(Task* t, const std::vector<Need>& needs, bool check_limits = true);
+void attach_needs(Task* t, std::span<const Need> needs, bool check_limits = true);
 // A detached task's node (prepare_task) that needs `needs` (validated as
 // attach_needs does). Throws like prepare_task, InvalidArgument, or
 // SchedulerStopped; nothing is left allocated then.
-Task* make_detached_with_needs(SchedulerCore& core, std::optional<Priority> priority, const std::vector<Need>& needs,
+Task* make_detached_with_needs(SchedulerCore& core, std::optional<Priority> priority, std::span<const Need> needs,
                                ExecFn exec);
 // Frees a detached task's needs (not its payload) and its node: one that was
 // never queued, or whose payload could not be built.
