@@ -255,6 +255,11 @@ void SchedulerCore::resubmit(Task* t) {
   if (tls_context.core == this && level <= tls_context.worker->max_level.load(std::memory_order_relaxed)) {
     Worker& w = *tls_context.worker;
     if (tls_context.current == nullptr && w.deques[level].empty_hint()) {
+      if (const int pause = grant_push_pause_us.load(std::memory_order_relaxed);
+          pause > 0 && w.index + 1 == worker_count()) [[unlikely]] {
+        grant_push_pauses.fetch_add(1, std::memory_order_relaxed);
+        std::this_thread::sleep_for(std::chrono::microseconds(pause));
+      }
       // A worker between tasks granted it (its finished task released the
       // permits): with nothing else in its deque it pops this next, unless
       // a higher priority is visible. Waking a sleeper to steal it would

@@ -69,6 +69,12 @@ inline std::atomic<int> drain_idle_pause_us{0};
 // its two steps, closing the injection queues and changing the phase that
 // sends the workers to drain.
 inline std::atomic<int> stop_step_pause_us{0};
+// A test-only fault point of the same kind: the highest-numbered worker,
+// granting a released permit to a task it keeps without a wake-up
+// (resubmit), pauses this long between its look at the levels it serves
+// and its push, and counts the pause in grant_push_pauses first.
+inline std::atomic<int> grant_push_pause_us{0};
+inline std::atomic<int> grant_push_pauses{0};
 
 // The deadline of a wait: none (the untimed waits compile to the loop they
 // always were, without a clock read), or a steady-clock time in nanoseconds.

@@ -210,6 +210,49 @@ TEST(Resource, TheNextHolderOfAReleasedPermitRunsBeforeQueuedWorkOnThatWorker) {
   EXPECT_LE(most_between, 1u) << "a grant waited behind queued work: " << log.substr(0, 400);
 }
 
+// A worker that grants a released permit keeps the task on its own deque
+// without waking anyone (it runs it next). If reserve() takes that level
+// from the worker between its look at its levels and its push, the workers
+// reserve() woke find nothing yet and sleep again, and the worker will not
+// run the task: it must wake another after its push. The fault point holds
+// the highest-numbered worker (the one a reservation takes first) in that
+// window; a round whose holder ran on the other worker does not count.
+TEST(Resource, AGrantKeptByAWorkerThatReserveTakesTheLevelFromStillRuns) {
+  using namespace std::chrono_literals;
+  struct PauseOff {
+    ~PauseOff() { detail::grant_push_pause_us.store(0); }
+  } pause_off;
+  detail::grant_push_pause_us.store(50'000);
+  int windows = 0;
+  for (int round = 0; round < 80 && windows < 3; ++round) {
+    Scheduler s{{.workers = 2, .levels = 2}};
+    auto db = s.resource_group("db", 1);
+    // A first task occupies one worker, so that the holder goes to the other
+    // (whichever takes which, a round is told apart below).
+    Gate first, gate;
+    s.post([&] { first.hold(); });
+    first.wait_entered();
+    auto holder = s.submit([&] { gate.hold(); }, {.priority = Priority{1}, .needs = {{db, 1}}});
+    gate.wait_entered();
+    first.open.store(true);
+    auto waiter = s.submit([] { return 1; }, {.priority = Priority{1}, .needs = {{db, 1}}});
+    must_happen([&] { return db.stats().waiting == 1 && s.stats().workers_parked == 1; },
+                "the waiter parked and the idle worker asleep");
+    const int pauses = detail::grant_push_pauses.load();
+    gate.open.store(true);
+    while (!waiter.ready() && detail::grant_push_pauses.load() == pauses) std::this_thread::yield();
+    if (detail::grant_push_pauses.load() != pauses) {  // in the window: cut the pausing worker to level 0
+      ++windows;
+      s.reserve(Priority{0}, 1);
+      must_happen([&] { return waiter.ready(); },
+                  "round " + std::to_string(round) + ": the grant stayed on a worker that no longer serves its level");
+    }
+    EXPECT_EQ(waiter.get(), 1);
+    holder.get();
+  }
+  ASSERT_GE(windows, 1) << "no round put the holder on the worker the fault point holds: nothing was tested";
+}
+
 // A dependent task is queued by its last predecessor's submit() while
 // set_priority() may already have queued another entry of it. If that
 // entry is taken, parked and granted first, the submission must not claim
