@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "ordo/ordo.hpp"
+#include "resource_support.hpp"
 #include "test_support.hpp"
 
 namespace ordo {
@@ -60,12 +61,7 @@ TEST(ResourcePost, PostedTasksNeverExceedALimitRunOnceAndReturnEveryPermit) {
     must_finish("a drain of posted tasks with needs", [&] { s.shutdown(ShutdownMode::drain); });
     EXPECT_EQ(violations.load(), 0) << "seed " << seed;
     for (int i = 0; i < kTasks; ++i) ASSERT_EQ(runs[i].load(), 1) << "seed " << seed << ", task " << i;
-    for (auto& g : groups) {
-      const ResourceStats st = g.stats();
-      EXPECT_EQ(st.in_use, 0u) << st.name;
-      EXPECT_EQ(st.waiting, 0u) << st.name;
-      EXPECT_LE(st.max_in_use, st.limit) << st.name;
-    }
+    test::expect_every_permit_back(groups);
   }
 }
 

@@ -21,6 +21,7 @@
 #include "ordo/ordo.hpp"
 #include "core/scheduler_core.hpp"  // the test-only fault point needs_submission_pause_us
 #include "resources/resource_manager.hpp"  // the test-only fault point fail_wait_list_allocations
+#include "resource_support.hpp"
 #include "test_support.hpp"
 
 namespace ordo {
@@ -95,12 +96,7 @@ TEST(Resource, RandomStressNeverExceedsALimitAndReturnsEveryPermit) {
     s.shutdown();
     EXPECT_EQ(obs.violations.load(), 0) << "seed " << seed;
     for (int i = 0; i < kTasks; ++i) ASSERT_EQ(runs[i].load(), cancelled[i] ? 0 : 1) << "task " << i;
-    for (auto& g : groups) {
-      auto st = g.stats();
-      EXPECT_EQ(st.in_use, 0u) << st.name;
-      EXPECT_EQ(st.waiting, 0u) << st.name;
-      EXPECT_LE(st.max_in_use, st.limit) << st.name;
-    }
+    test::expect_every_permit_back(groups);
   }
 }
 
