@@ -8,10 +8,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <vector>
 
+#include "journal/format.hpp"
 #include "ordo/journal.hpp"
 
 namespace ordo::detail {
@@ -50,15 +52,29 @@ void fsync_directory(const std::string& dir) {
   if (rc != 0) throw_io("fsync", dir);
 }
 
+// Appends go through pwrite, or, once reserve() has allocated the file's
+// space, are copied into a shared mapping of that space: the same page
+// cache pages a pwrite would fill (so a crash of the process keeps them, and
+// fdatasync writes them back), without a system call per batch. A copy cut
+// short by a crash leaves what a cut write leaves: a torn tail, followed by
+// the reservation's zeros.
 class PosixAppendFile final : public AppendFile {
  public:
   PosixAppendFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
-  ~PosixAppendFile() override { ::close(fd_); }
+  ~PosixAppendFile() override {
+    unmap();
+    ::close(fd_);
+  }
   PosixAppendFile(const PosixAppendFile&) = delete;
   PosixAppendFile& operator=(const PosixAppendFile&) = delete;
 
   void append(const void* data, std::size_t n) override {
     const auto* p = static_cast<const char*>(data);
+    if (mapped_ != nullptr && end_ + n <= mapped_bytes_) {
+      copy_in_order(mapped_ + end_, p, n);
+      end_ += n;
+      return;
+    }
     while (n > 0) {
       // pwrite at our own end, not O_APPEND: after reserve() the file's
       // size lies beyond what was appended.
@@ -83,6 +99,7 @@ class PosixAppendFile final : public AppendFile {
     } while (rc != 0 && errno == EINTR);
     if (rc == 0) {
       reserved_ = std::max(reserved_, bytes);
+      map_reservation();
       return;
     }
     // A file system without fallocate (or without the space) just grows
@@ -90,16 +107,52 @@ class PosixAppendFile final : public AppendFile {
     if (errno != EOPNOTSUPP && errno != ENOSYS && errno != ENOSPC) throw_io("fallocate", path_);
   }
   void trim() override {
+    unmap();  // a page past the new end would be SIGBUS to touch
     if (reserved_ <= end_) return;
     if (::ftruncate(fd_, static_cast<off_t>(end_)) != 0) throw_io("ftruncate", path_);
     reserved_ = 0;
   }
 
  private:
+  // Ascending 16-byte steps, each behind a signal fence (which keeps the
+  // compiler from merging or reordering them): a process killed mid-copy
+  // leaves the batch stored up to some step, that step partly, and nothing
+  // after. A record is longer than a step, so no whole record can follow a
+  // cut one — a reader would take that for corruption, not a torn tail.
+  // A plain memcpy promises no order: it may store a range's end first.
+  static constexpr std::size_t kStep = 16;
+  static_assert(wal::kRecordHeaderBytes + 8 > kStep, "a record must span more than one step");
+  static void copy_in_order(char* to, const char* from, std::size_t n) noexcept {
+    std::size_t i = 0;
+    for (; i + kStep <= n; i += kStep) {
+      std::memcpy(to + i, from + i, kStep);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+    }
+    if (i < n) std::memcpy(to + i, from + i, n - i);
+  }
+  // Only space fallocate allocated is mapped: a store into a hole the file
+  // system cannot fill (a full disk) would be SIGBUS, not an error to throw.
+  // Without a mapping (none possible here) appends stay pwrites.
+  void map_reservation() noexcept {
+    unmap();
+    void* m = ::mmap(nullptr, static_cast<std::size_t>(reserved_), PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+    if (m == MAP_FAILED) return;
+    mapped_ = static_cast<char*>(m);
+    mapped_bytes_ = reserved_;
+  }
+  void unmap() noexcept {
+    if (mapped_ == nullptr) return;
+    ::munmap(mapped_, static_cast<std::size_t>(mapped_bytes_));
+    mapped_ = nullptr;
+    mapped_bytes_ = 0;
+  }
+
   const int fd_;
   const std::string path_;
   std::uint64_t end_ = 0;       // bytes appended: the file is created empty
   std::uint64_t reserved_ = 0;  // the size reserve() gave it
+  char* mapped_ = nullptr;      // [0, mapped_bytes_) of the file, shared, while reserved
+  std::uint64_t mapped_bytes_ = 0;
 };
 
 // flock(LOCK_EX | LOCK_NB) on dir/LOCK: released when the descriptor closes.
@@ -229,8 +282,9 @@ class PosixFileSystem final : public FileSystem {
   void sync_directory(const std::string& dir) override { fsync_directory(dir); }
 
   std::unique_ptr<AppendFile> create(const std::string& path, Create how) override {
-    const int flags = how == Create::exclusive ? O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC
-                                               : O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC;
+    // Read and write: a shared writable mapping of the reservation needs both.
+    const int flags = how == Create::exclusive ? O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC
+                                               : O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC;
     const int fd = ::open(path.c_str(), flags, 0644);
     if (fd < 0) throw_io("open", path);
     return std::make_unique<PosixAppendFile>(fd, path);
