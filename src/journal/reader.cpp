@@ -1,6 +1,7 @@
 #include "journal/reader.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 #include "journal/posix_file_system.hpp"
 #include "journal/task_id_set.hpp"
@@ -16,9 +17,21 @@ struct Check {
   const char* reason = "";
 };
 
-bool all_zero(const unsigned char* p, std::size_t n) {
-  return std::all_of(p, p + n, [](unsigned char c) { return c == 0; });
+// The first non-zero byte in [p, p + n), or p + n: eight bytes a step,
+// since a segment's unused reservation is up to 64 MiB of zeros.
+const unsigned char* first_nonzero(const unsigned char* p, std::size_t n) {
+  const unsigned char* const end = p + n;
+  while (static_cast<std::size_t>(end - p) >= 8) {
+    std::uint64_t word;
+    std::memcpy(&word, p, 8);
+    if (word != 0) break;
+    p += 8;
+  }
+  while (p < end && *p == 0) ++p;
+  return p;
 }
+
+bool all_zero(const unsigned char* p, std::size_t n) { return first_nonzero(p, n) == p + n; }
 
 // Judges the record at `off` of a file of `size` bytes.
 Check check_record(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
@@ -54,9 +67,21 @@ bool valid_record_at(const unsigned char* base, std::uint64_t off, std::uint64_t
 }
 
 // The first offset after `off` at which a whole valid record begins, or `size`.
+// Zeros are passed over at once: a record's type byte (its 9th) is never 0,
+// so no record begins 8 bytes before a zero byte. (A copy into the mapped
+// segment cut short by a kill leaves a partial record, then the
+// reservation's zeros: up to 64 MiB to search.)
 std::uint64_t next_valid_record(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
   std::uint64_t next = off + 1;
-  while (next < size && !valid_record_at(base, next, size)) ++next;
+  while (next < size && !valid_record_at(base, next, size)) {
+    if (next + 8 < size && base[next + 8] == 0) {
+      // The next candidate: 8 bytes before the next non-zero byte (past
+      // `next`, since base[next + 8] is zero), or the last 8 bytes.
+      next = static_cast<std::uint64_t>(first_nonzero(base + next + 8, size - next - 8) - base) - 8;
+      continue;
+    }
+    ++next;
+  }
   return std::min(next, size);
 }
 

@@ -125,6 +125,39 @@ TEST(JournalReader, ZeroFilledTailIsATornTail) {
   EXPECT_EQ(report.tail.bytes, 4096u);
 }
 
+// What a kill in the middle of copying a batch into the mapped segment
+// leaves: whole records, then part of the next one (its 16-byte steps
+// stored up to some point, the last one partly), then the reservation's
+// zeros. At every cut, that is a torn tail at the cut record.
+TEST(JournalReader, ACopyCutShortBeforeTheReservationsZerosIsATornTail) {
+  ScratchDir base;
+  const auto written = write_journal(base.path(), 6);
+  const std::string seg = test::segment_name(1);
+  const std::string full = slurp(base.file(seg));
+  const std::size_t last_start = full.size() - (detail::wal::kRecordHeaderBytes + 8 + written.back().body.size());
+  constexpr std::size_t kReservation = 1 << 20;
+  for (std::size_t cut = last_start + 1; cut < full.size(); ++cut) {
+    for (bool step_cut_from_its_end : {false, true}) {
+      std::string file = full.substr(0, cut);
+      if (step_cut_from_its_end) {  // the step holding the cut stored its end but not its start
+        const std::size_t step_end = std::min(full.size(), (cut + 15) / 16 * 16);
+        file.resize(step_end, '\0');
+        for (std::size_t i = cut; i < step_end; ++i) file[i] = full[i];
+        for (std::size_t i = (cut / 16) * 16; i < cut && i >= last_start; ++i) file[i] = '\0';
+      }
+      file.resize(kReservation, '\0');
+      ScratchDir dir;
+      spit(dir.file(seg), file);
+      RecoveryReport report;
+      ASSERT_EQ(test::read_all(dir.path(), &report), std::vector<Captured>(written.begin(), written.end() - 1))
+          << "cut at " << cut;
+      ASSERT_TRUE(report.torn_tail) << "cut at " << cut;
+      EXPECT_EQ(report.tail.offset, last_start) << "cut at " << cut;
+      EXPECT_EQ(report.tail.bytes, kReservation - last_start) << "cut at " << cut;
+    }
+  }
+}
+
 TEST(JournalReader, SingleBitFlipsAnywhereAreDetected) {
   ScratchDir base;
   const auto written = write_journal(base.path(), 5);
