@@ -245,7 +245,7 @@ class PowerCutFileSystem final : public detail::FileSystem {
       fs_->nodes_[node_].durable = fs_->nodes_[node_].bytes;
       fs_->nodes_[node_].durable_reserved = fs_->nodes_[node_].reserved;
     }
-    void reserve(std::uint64_t bytes) override {
+    void reserve(std::uint64_t bytes, bool /*copy_appends: the model has no mappings*/) override {
       std::lock_guard lock(fs_->mu_);
       fs_->step("fallocate", path_);
       fs_->nodes_[node_].reserved = std::max(fs_->nodes_[node_].reserved, bytes);

@@ -33,7 +33,13 @@ class AppendFile {
   // reading as zeros, so that a sync of later appends commits no change of
   // size (fallocate). Appends still follow the last appended byte. Only a
   // hint: a file system without the call keeps the file as it is.
-  virtual void reserve(std::uint64_t bytes) { (void)bytes; }
+  // `copy_appends`: appends into the reserved space may be copied into a
+  // mapping of it rather than written (no system call each; the same bytes
+  // in the same page cache). Also a hint.
+  virtual void reserve(std::uint64_t bytes, bool copy_appends) {
+    (void)bytes;
+    (void)copy_appends;
+  }
   // Cuts what reserve() added after the last appended byte; durable with
   // the next sync().
   virtual void trim() {}

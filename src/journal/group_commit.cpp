@@ -23,7 +23,12 @@ void JournalImpl::open_segment(std::uint64_t number) {
   // commit no change of size: on ext4 an fdatasync after an append that
   // grew the file costs about half again as much as one after a write
   // into reserved space. Trimmed when the segment is closed.
-  segment_file_->reserve(std::min(options_.segment_bytes, kSegmentReservation));
+  // Outside sync mode its records are copied into a mapping of that space
+  // rather than written: no system call per batch. Not in sync mode, where
+  // every batch is synced: a write into a page the sync just cleaned faults
+  // and costs more than the write (durable_enqueue/ordo_sync 8% slower).
+  segment_file_->reserve(std::min(options_.segment_bytes, kSegmentReservation),
+                         options_.durability != Durability::sync);
   if (options_.durability != Durability::none) {
     segment_file_->sync();
     fs_->sync_directory(dir_);  // the new name must survive too

@@ -53,7 +53,7 @@ void fsync_directory(const std::string& dir) {
 }
 
 // Appends go through pwrite, or, once reserve() has allocated the file's
-// space, are copied into a shared mapping of that space: the same page
+// space and was asked to, are copied into a shared mapping of that space: the same page
 // cache pages a pwrite would fill (so a crash of the process keeps them, and
 // fdatasync writes them back), without a system call per batch. A copy cut
 // short by a crash leaves what a cut write leaves: a torn tail, followed by
@@ -91,7 +91,7 @@ class PosixAppendFile final : public AppendFile {
   void sync() override {
     if (::fdatasync(fd_) != 0) throw_io("fdatasync", path_);
   }
-  void reserve(std::uint64_t bytes) override {
+  void reserve(std::uint64_t bytes, bool copy_appends) override {
     if (bytes <= end_) return;
     int rc;
     do {
@@ -99,7 +99,7 @@ class PosixAppendFile final : public AppendFile {
     } while (rc != 0 && errno == EINTR);
     if (rc == 0) {
       reserved_ = std::max(reserved_, bytes);
-      map_reservation();
+      if (copy_appends) map_reservation();
       return;
     }
     // A file system without fallocate (or without the space) just grows

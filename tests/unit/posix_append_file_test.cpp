@@ -36,22 +36,25 @@ std::string append_pieces(detail::AppendFile& file, std::size_t total) {
 }
 
 TEST(PosixAppendFile, AppendsIntoAndPastTheReservationLandInOrder) {
-  test::ScratchDir dir;
-  const auto files = detail::posix_file_system();
-  const std::string path = dir.file("f");
-  auto file = files->create(path, detail::FileSystem::Create::exclusive);
-  const std::string header = "HEADER--";
-  file->append(header.data(), header.size());  // before the reservation: written
-  constexpr std::uint64_t kReserved = 16 << 10;
-  file->reserve(kReserved);
-  ASSERT_EQ(fs::file_size(path), kReserved);
-  const std::string body = append_pieces(*file, 40 << 10);  // crosses the reservation's end
-  const std::string expected = header + body;
-  EXPECT_EQ(fs::file_size(path), expected.size()) << "appends past the reservation did not grow the file";
-  EXPECT_EQ(contents(*files, path), expected) << "visible before any sync";
-  file->sync();
-  file->trim();
-  EXPECT_EQ(contents(*files, path), expected);
+  for (bool copy_appends : {true, false}) {
+    SCOPED_TRACE(copy_appends ? "copied into the mapping" : "written");
+    test::ScratchDir dir;
+    const auto files = detail::posix_file_system();
+    const std::string path = dir.file("f");
+    auto file = files->create(path, detail::FileSystem::Create::exclusive);
+    const std::string header = "HEADER--";
+    file->append(header.data(), header.size());  // before the reservation: written
+    constexpr std::uint64_t kReserved = 16 << 10;
+    file->reserve(kReserved, copy_appends);
+    ASSERT_EQ(fs::file_size(path), kReserved);
+    const std::string body = append_pieces(*file, 40 << 10);  // crosses the reservation's end
+    const std::string expected = header + body;
+    EXPECT_EQ(fs::file_size(path), expected.size()) << "appends past the reservation did not grow the file";
+    EXPECT_EQ(contents(*files, path), expected) << "visible before any sync";
+    file->sync();
+    file->trim();
+    EXPECT_EQ(contents(*files, path), expected);
+  }
 }
 
 TEST(PosixAppendFile, ATrimLeavesExactlyTheAppendedBytesAndLaterAppendsFollowThem) {
@@ -59,7 +62,7 @@ TEST(PosixAppendFile, ATrimLeavesExactlyTheAppendedBytesAndLaterAppendsFollowThe
   const auto files = detail::posix_file_system();
   const std::string path = dir.file("f");
   auto file = files->create(path, detail::FileSystem::Create::exclusive);
-  file->reserve(64 << 10);
+  file->reserve(64 << 10, true);
   std::string expected = append_pieces(*file, 5000);
   file->trim();
   EXPECT_EQ(fs::file_size(path), expected.size());
@@ -76,7 +79,7 @@ TEST(PosixAppendFile, BytesCopiedIntoTheMappingSurviveTheDeathOfTheProcess) {
   std::string expected;
   {
     auto file = detail::posix_file_system()->create(path, detail::FileSystem::Create::exclusive);
-    file->reserve(64 << 10);
+    file->reserve(64 << 10, true);
     const pid_t child = ::fork();
     ASSERT_GE(child, 0);
     if (child == 0) {
