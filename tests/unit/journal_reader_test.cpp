@@ -1,6 +1,7 @@
 // The journal's format and reader: round trips, torn tails, corruption.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -70,12 +71,19 @@ TEST(JournalReader, RecordsNeverSpanSegments) {
   }
 }
 
+// A closed journal of six records in one segment: the records, the
+// segment's name and bytes, and where its last record starts.
+struct SixRecords {
+  ScratchDir dir;
+  std::vector<Captured> written = write_journal(dir.path(), 6);
+  std::string seg = test::segment_name(1);
+  std::string full = slurp(dir.file(seg));
+  std::size_t last_start = full.size() - (detail::wal::kRecordHeaderBytes + 8 + written.back().body.size());
+};
+
 TEST(JournalReader, TruncatedTrailingRecordIsIgnoredAtEveryByteOffset) {
-  ScratchDir base;
-  const auto written = write_journal(base.path(), 6);
-  const std::string seg = test::segment_name(1);
-  const std::string full = slurp(base.file(seg));
-  const std::size_t last_start = full.size() - (detail::wal::kRecordHeaderBytes + 8 + written.back().body.size());
+  const SixRecords base;
+  const auto& [_, written, seg, full, last_start] = base;
   for (std::size_t cut = last_start + 1; cut < full.size(); ++cut) {
     ScratchDir dir;
     spit(dir.file(seg), full.substr(0, cut));
@@ -130,11 +138,8 @@ TEST(JournalReader, ZeroFilledTailIsATornTail) {
 // stored up to some point, the last one partly), then the reservation's
 // zeros. At every cut, that is a torn tail at the cut record.
 TEST(JournalReader, ACopyCutShortBeforeTheReservationsZerosIsATornTail) {
-  ScratchDir base;
-  const auto written = write_journal(base.path(), 6);
-  const std::string seg = test::segment_name(1);
-  const std::string full = slurp(base.file(seg));
-  const std::size_t last_start = full.size() - (detail::wal::kRecordHeaderBytes + 8 + written.back().body.size());
+  const SixRecords base;
+  const auto& [_, written, seg, full, last_start] = base;
   constexpr std::size_t kReservation = 1 << 20;
   for (std::size_t cut = last_start + 1; cut < full.size(); ++cut) {
     for (bool step_cut_from_its_end : {false, true}) {
@@ -143,7 +148,7 @@ TEST(JournalReader, ACopyCutShortBeforeTheReservationsZerosIsATornTail) {
         const std::size_t step_end = std::min(full.size(), (cut + 15) / 16 * 16);
         file.resize(step_end, '\0');
         for (std::size_t i = cut; i < step_end; ++i) file[i] = full[i];
-        for (std::size_t i = (cut / 16) * 16; i < cut && i >= last_start; ++i) file[i] = '\0';
+        for (std::size_t i = std::max(cut / 16 * 16, last_start); i < cut; ++i) file[i] = '\0';
       }
       file.resize(kReservation, '\0');
       ScratchDir dir;
