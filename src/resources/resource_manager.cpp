@@ -92,7 +92,10 @@ NeedList* ResourceManager::make_needs(std::span<const Need> needs, bool check_li
 // of the hand-off protocol reads `waiters` after its own RMW on in_use.
 bool ResourceManager::try_take_all(NeedList& needs, int worker) noexcept {
   std::size_t taken = 0;
-  ResourceGroupCore* refilled_seen_waiter = nullptr;  // at most one per call: see below
+  // A group this call took spares ahead for and then found a waiter on:
+  // they go back at the end. Once one is set no other group is refilled,
+  // so one pointer is enough.
+  ResourceGroupCore* refilled_seen_waiter = nullptr;
   for (; taken < needs.count; ++taken) {
     const NeedEntry& e = needs[taken];
     if (e.group->is_rate()) {
