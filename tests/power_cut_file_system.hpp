@@ -245,21 +245,31 @@ class PowerCutFileSystem final : public detail::FileSystem {
       fs_->nodes_[node_].durable = fs_->nodes_[node_].bytes;
       fs_->nodes_[node_].durable_reserved = fs_->nodes_[node_].reserved;
     }
-    void reserve(std::uint64_t bytes, bool /*copy_appends: the model has no mappings*/) override {
+    // copy_appends changes no bytes: the model's appends are memory already.
+    // It only makes copies() say what a mapped POSIX file would, so that
+    // the journal takes the same paths here as there.
+    void reserve(std::uint64_t bytes, bool copy_appends) override {
       std::lock_guard lock(fs_->mu_);
       fs_->step("fallocate", path_);
       fs_->nodes_[node_].reserved = std::max(fs_->nodes_[node_].reserved, bytes);
+      copy_appends_ = copy_appends;
     }
     void trim() override {
       std::lock_guard lock(fs_->mu_);
       fs_->step("ftruncate", path_);
       fs_->nodes_[node_].reserved = 0;
+      copy_appends_ = false;
+    }
+    bool copies(std::size_t n) const noexcept override {
+      std::lock_guard lock(fs_->mu_);
+      return copy_appends_ && fs_->nodes_[node_].bytes.size() + n <= fs_->nodes_[node_].reserved;
     }
 
    private:
     PowerCutFileSystem* fs_;
     std::size_t node_;
     std::string path_;
+    bool copy_appends_ = false;  // fs_->mu_
   };
 
   class Bytes final : public detail::FileBytes {

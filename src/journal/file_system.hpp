@@ -43,6 +43,12 @@ class AppendFile {
   // Cuts what reserve() added after the last appended byte; durable with
   // the next sync().
   virtual void trim() {}
+  // True if an append of `n` bytes now would be a copy into memory (the
+  // mapped reservation): no system call, cheap enough to make under a lock.
+  virtual bool copies(std::size_t n) const noexcept {
+    (void)n;
+    return false;
+  }
 };
 
 // A whole file's bytes, read-only, valid while this object lives.

@@ -85,15 +85,19 @@ Lsn JournalImpl::append(RecordType type, std::uint64_t task, std::span<const std
   std::unique_lock lock(mu_);
   if (closed_) throw Error("ordo: append to a closed journal (" + dir_ + ")");
   if (error_) rethrow_error_locked();
-  const bool was_idle = pending_.empty();
-  pending_.append(record);
-  pending_ends_.push_back(static_cast<std::uint32_t>(pending_.size()));
   if (type == RecordType::enqueue || type == RecordType::workflow) {
     ++live_;
   } else if ((type == RecordType::complete || type == RecordType::cancel) && live_ > 0) {
     --live_;
   }
   const Lsn lsn = ++appended_;
+  const bool was_idle = pending_.empty();
+  if (was_idle && copy_now_locked(record.size())) {
+    copy_locked(lock, record, lsn);
+    return lsn;
+  }
+  pending_.append(record);
+  pending_ends_.push_back(static_cast<std::uint32_t>(pending_.size()));
   // Nobody is woken: a record is waited for by its appender, who leads the
   // write of everything pending, or else the writer thread takes it within
   // kUnwaitedWriteDelay. A wake-up per append cost more than the append.
@@ -105,6 +109,47 @@ Lsn JournalImpl::append(RecordType type, std::uint64_t task, std::span<const std
   lock.unlock();
   if (wake) writer_cv_.notify_all();  // it sets its timer for this record
   return lsn;
+}
+
+bool JournalImpl::copy_now_locked(std::size_t bytes) const noexcept {
+  // Outside sync mode only: there a record must be synced before its
+  // appender returns, which this path would not save it. Nobody else may be
+  // at the segment: no token holder, or one in fdatasync with no side
+  // writer beside it (a copy into the mapping does not disturb the sync).
+  // In this order: the segment's fields are the token holder's to change
+  // until that is known.
+  return options_.durability != Durability::sync && (!writing_ || (sync_phase_ && !side_writing_)) && segment_file_ &&
+         segment_size_ + bytes <= options_.segment_bytes && segment_file_->copies(bytes);
+}
+
+void JournalImpl::copy_locked(std::unique_lock<std::mutex>& lock, const std::string& record, Lsn lsn) {
+  try {
+    segment_file_->append(record.data(), record.size());
+  } catch (...) {
+    if (!error_) error_ = std::current_exception();
+    notify_durable(lock);
+    writer_cv_.notify_all();  // the writer calls the callbacks back, with false
+    rethrow_error_locked();
+  }
+  segment_size_ += record.size();
+  note_segment_size();
+  // Every record before it is written too: pending_ was empty, and a token
+  // holder in its sync phase counted its batch written before that phase.
+  written_ = lsn;
+  if (writing_) {
+    side_wrote_ = true;  // the holder's sync may not cover it
+  } else {
+    unsynced_ = true;
+  }
+  batches_.fetch_add(1, std::memory_order_relaxed);
+  const auto since_snapshot = bytes_since_snapshot_.fetch_add(record.size(), std::memory_order_relaxed) + record.size();
+  if (!compact_wanted_ && options_.compact_after_bytes != 0 && since_snapshot > options_.compact_after_bytes) {
+    compact_wanted_ = true;
+    compact_cv_.notify_one();
+  }
+  // A writer asleep for good must set its timer for the periodic sync of
+  // what this copy left unsynced (none mode has no such sync).
+  if (options_.durability != Durability::none && std::exchange(writer_asleep_, false)) writer_cv_.notify_all();
 }
 
 void JournalImpl::rethrow_error_locked() {

@@ -6,8 +6,10 @@
 // (writing_, taken and given back under mu_) is held by one thread at a
 // time — a waiting thread leading a group commit, or the writer thread —
 // and only its holder touches the open segment (fd, number, size), spare_
-// and the sync bookkeeping, outside mu_. compact_mu_ serialises compactions. Invariants: appended_ >= written_ >= synced_; a
-// record's LSN is reported durable only once every byte up to its end has
+// and the sync bookkeeping, outside mu_; while nobody holds it, an appender
+// may copy its record into the segment under mu_ (copy_locked).
+// compact_mu_ serialises compactions. Invariants: appended_ >= written_ >=
+// synced_; a record's LSN is reported durable only once every byte up to its end has
 // been written (and, for synced_, fdatasync'd) — batches are written in LSN
 // order, so a watermark covers every record below it.
 #pragma once
@@ -80,6 +82,12 @@ class JournalImpl {
 
  private:
   [[noreturn]] void rethrow_error_locked();  // mu_ held
+  // Outside sync mode, while the segment is free and its mapping has room:
+  // an appender copies its record into the segment itself, under mu_, and
+  // the record is written at once — no batch, no leader, no one to wait
+  // for. Only when nothing is pending, so that records stay in LSN order.
+  bool copy_now_locked(std::size_t bytes) const noexcept;  // mu_ held
+  void copy_locked(std::unique_lock<std::mutex>& lock, const std::string& record, Lsn lsn);  // copy_now_locked() true
   void writer_loop();
   // Waits until `lsn` is written (and synced, if need_sync), leading the
   // write itself when nobody else is writing. mu_ held on entry; on return

@@ -106,6 +106,7 @@ class PosixAppendFile final : public AppendFile {
     // with each append, as it would have without the reservation.
     if (errno != EOPNOTSUPP && errno != ENOSYS && errno != ENOSPC) throw_io("fallocate", path_);
   }
+  bool copies(std::size_t n) const noexcept override { return mapped_ != nullptr && end_ + n <= mapped_bytes_; }
   void trim() override {
     unmap();  // a page past the new end would be SIGBUS to touch
     if (reserved_ <= end_) return;
