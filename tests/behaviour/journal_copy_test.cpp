@@ -147,7 +147,10 @@ TEST(JournalCopy, ARecordCopiedBesideAnFdatasyncIsSyncedByTheNextSync) {
   disk.directories = {"/", "/data"};
   auto model = std::make_shared<test::PowerCutFileSystem>(disk);
   auto gated = std::make_shared<GatedSyncs>(model);
-  detail::JournalImpl j("/data/journal", {.durability = Durability::async, .async_interval = std::chrono::hours(1)}, gated);
+  // A small segment: the model's images hold its whole reservation.
+  detail::JournalImpl j("/data/journal",
+                        {.durability = Durability::async, .async_interval = std::chrono::hours(1), .segment_bytes = 1 << 20},
+                        gated);
   j.recover({});
   j.start();
   const std::string body(40, 'b');
