@@ -18,6 +18,8 @@ inline constexpr std::uint32_t kVersion = 1;
 inline constexpr std::size_t kFileHeaderBytes = 32;
 inline constexpr std::size_t kRecordHeaderBytes = 9;
 inline constexpr std::uint32_t kMaxPayload = 1u << 26;
+// RecoveryReport::Damage::reason of a tail that is zeros to the end.
+inline constexpr const char* kZeroFilledTail = "zero-filled tail";
 inline constexpr char kSegmentMagic[8] = {'O', 'R', 'D', 'O', 'W', 'A', 'L', '\0'};
 inline constexpr char kSnapshotMagic[8] = {'O', 'R', 'D', 'O', 'S', 'N', 'P', '\0'};
 

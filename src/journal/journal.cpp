@@ -35,8 +35,10 @@ std::string RecoveryReport::describe() const {
   if (snapshot != 0) out << " after snapshot " << snapshot;
   out << "; " << live_tasks << " live task(s)";
   if (torn_tail) {
-    out << "\ntorn tail: " << tail.file << " at offset " << tail.offset << ": " << tail.reason << " (" << tail.bytes
-        << " bytes dropped)";
+    out << "\ntorn tail: " << tail.file << " at offset " << tail.offset << ": " << tail.reason << " (" << tail.bytes;
+    // Zeros held no record (the usual case: the open segment's unused
+    // reservation after a crash): nothing was lost with them.
+    out << (tail.reason == detail::wal::kZeroFilledTail ? " bytes, all zeros, no record in them)" : " bytes dropped)");
   }
   for (const Damage& d : skipped) {
     out << "\nskipped: " << d.file << " at offset " << d.offset << ": " << d.reason << " (" << d.bytes << " bytes)";

@@ -160,7 +160,7 @@ std::optional<ScanFailure> try_scan_file(FileSystem& fs, const std::string& path
       const bool zeros = options.last_segment && all_zero(base + off, file.size() - off);
       const std::uint64_t next = zeros ? file.size() : next_valid_record(base, off, file.size());
       if (options.last_segment && next == file.size()) {
-        set_tail(report, display, off, file.size() - off, zeros ? "zero-filled tail" : c.reason);
+        set_tail(report, display, off, file.size() - off, zeros ? kZeroFilledTail : c.reason);
         break;
       }
       if (!options.tolerant) return ScanFailure{off, describe(c, base + off)};

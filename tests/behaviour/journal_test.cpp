@@ -385,6 +385,10 @@ TEST(Journal, ACrashLeavesTheReservationAsAZeroFilledTailThatTheNextOpenCutsOff)
   EXPECT_EQ(test::read_all(crashed.path(), &report).size(), 50u);
   ASSERT_TRUE(report.torn_tail);
   EXPECT_EQ(report.tail.reason, "zero-filled tail");
+  // Every crash outside a clean close leaves one: its description must not
+  // read as lost data.
+  EXPECT_NE(report.describe().find("all zeros, no record in them"), std::string::npos) << report.describe();
+  EXPECT_EQ(report.describe().find("dropped"), std::string::npos) << report.describe();
   {
     auto reopened = Journal::open(crashed.path(), {.durability = Durability::sync});
     EXPECT_EQ(reopened->recovery().records, 50u);
