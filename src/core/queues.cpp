@@ -14,7 +14,7 @@ namespace ordo::detail {
 
 bool SchedulerCore::injection_empty() const noexcept {
   for (unsigned l = 0; l < levels_; ++l)
-    if (injection_[l].announced.load(std::memory_order_seq_cst) >= 2) return false;
+    if (injection_[l].pending(std::memory_order_seq_cst) >= 2) return false;
   return true;
 }
 
@@ -23,7 +23,7 @@ bool SchedulerCore::injection_empty() const noexcept {
 bool SchedulerCore::work_visible(const Worker& w) const noexcept {
   const unsigned served = w.max_level.load(std::memory_order_relaxed) + 1u;
   for (unsigned l = 0; l < served; ++l)
-    if (injection_[l].announced.load(std::memory_order_seq_cst) >= 2) return true;
+    if (injection_[l].pending(std::memory_order_seq_cst) >= 2) return true;
   for (const auto& other : workers_)
     for (unsigned l = 0; l < served; ++l)
       if (!other->deques[l].empty_seq_cst()) return true;
@@ -64,7 +64,7 @@ Task* SchedulerCore::find_task_at_some_level(Worker& w) {
 // a worker never starts a lower-level task while a higher one is visible.
 Task* SchedulerCore::take_at_level(Worker& w, unsigned level, bool injection_first) {
   const std::uint32_t bit = 1u << level;
-  if (injection_first && injection_[level].announced.load(std::memory_order_relaxed) >= 2) {
+  if (injection_first && injection_[level].pending(std::memory_order_relaxed) >= 2) {
     // One task only while our deque holds work: a bulk would be pushed on
     // top of it and run first, and what waits there may be a resource
     // grant that a chain of holders is waiting on (resource_cap lost a
@@ -87,7 +87,7 @@ Task* SchedulerCore::take_at_level(Worker& w, unsigned level, bool injection_fir
     }
   }
   // relaxed: hints; the sleep protocol re-reads with seq_cst before parking.
-  if (injection_[level].announced.load(std::memory_order_relaxed) >= 2) {
+  if (injection_[level].pending(std::memory_order_relaxed) >= 2) {
     if (Task* t = take_injected(w, level, kInjectedBulk)) {
       w.taken_level = level;
       return t;
@@ -125,18 +125,18 @@ Task* SchedulerCore::take_injected(Worker& w, unsigned level, std::size_t most) 
     if (inj.granted.try_dequeue(t)) {
       inj.granted_hint.fetch_sub(1, std::memory_order_relaxed);
       // acq_rel: as below, for the granted queue's entries.
-      inj.announced.fetch_sub(2, std::memory_order_acq_rel);
+      inj.taken.fetch_add(2, std::memory_order_acq_rel);
       return t;
     }
   }
   std::size_t n = inj.queue.try_dequeue_bulk(w.tokens[level], buf.data(), std::min(most, kInjectedBulk));
   if (n == 0) return nullptr;  // announced but not enqueued yet: the producer is mid-submit
-  // acq_rel: the count only has to stay >= the queue's size, which the RMW
-  // order on this word guarantees by itself; the acquire half makes the
-  // producer's announce (a release RMW, written after the node) happen-before
-  // our use of the nodes. moodycamel already orders that with fences, which
+  // acq_rel: the release half is what pending() relies on (our count comes
+  // after the announces of what we took); the acquire half makes the
+  // producer's announce (written after the node) happen-before our use of
+  // the nodes. moodycamel already orders that with fences, which
   // ThreadSanitizer cannot see; this edge, free on x86, it can.
-  inj.announced.fetch_sub(2 * n, std::memory_order_acq_rel);
+  inj.taken.fetch_add(2 * n, std::memory_order_acq_rel);
   // Keep the rest on our deque where thieves can take them; pushed newest
   // first so that our own LIFO pops run them in submission order.
   for (std::size_t i = n - 1; i >= 1; --i) push_local(w, buf[i], level);
@@ -299,7 +299,7 @@ void SchedulerCore::wake_one(unsigned level) noexcept {
 
 void SchedulerCore::pass_wake_on() noexcept {
   for (unsigned l = 0; l < levels_; ++l) {
-    bool work = injection_[l].announced.load(std::memory_order_seq_cst) >= 2;
+    bool work = injection_[l].pending(std::memory_order_seq_cst) >= 2;
     for (std::size_t i = 0; !work && i < workers_.size(); ++i) work = !workers_[i]->deques[l].empty_seq_cst();
     if (work) {
       wake_one(l);

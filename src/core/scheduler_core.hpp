@@ -9,9 +9,9 @@
 //    injection queue (a bulk take moves tasks from the latter to the former).
 //    A movable (handle) task may also have stale entries, left behind by
 //    set_priority; each holds a reference and is skipped when taken;
-//  - Injection::announced >= 2 * (entries in its two queues) at all times: a
-//    producer announces before it enqueues and a consumer un-announces after
-//    it dequeued, so "announced < 2" means "nothing is or will be there";
+//  - Injection::pending() >= 2 * (entries in its two queues) at all times: a
+//    producer announces before it enqueues and a consumer counts it taken
+//    after it dequeued, so "pending < 2" means "nothing is or will be there";
 //  - a worker's deque at level l is non-empty only if the worker's bit is set
 //    in advertised_[l] (set by the owner after a push, cleared by the owner
 //    when it finds that deque empty): thieves find every level's work with
@@ -199,9 +199,24 @@ class SchedulerCore final : public TaskSink {
     // taken before `queue`, so that a grant does not wait behind everything
     // submitted meanwhile while its permits sit idle.
     moodycamel::ConcurrentQueue<Task*> granted;
-    alignas(64) std::atomic<std::uint64_t> announced{0};  // 2 * count (both queues) | closed bit
+    // 2 * entries ever announced | closed bit: written by producers only.
+    alignas(64) std::atomic<std::uint64_t> announced{0};
     // relaxed: a hint that `granted` may hold something; announced counts it.
     std::atomic<std::uint32_t> granted_hint{0};
+    // 2 * entries taken out, written by consumers only, on a line of its
+    // own: a producer's announce then never waits for a line a consumer
+    // just wrote (on a slow-interconnect day, one round trip per task).
+    alignas(64) std::atomic<std::uint64_t> taken{0};
+    // 2 * (entries announced and not yet taken) | closed bit: never below
+    // the true figure as of the second load. `taken` is read first: a
+    // consumer's release increment of it comes after the announce of what
+    // it took (through the queue), so the announce read next covers it and
+    // the difference never wraps. With `order` weaker than seq_cst, taken is
+    // still loaded with acquire for that.
+    std::uint64_t pending(std::memory_order order) const noexcept {
+      const std::uint64_t out = taken.load(order == std::memory_order_seq_cst ? order : std::memory_order_acquire);
+      return announced.load(order) - out;
+    }
   };
   static constexpr std::uint64_t kClosed = 1;
 

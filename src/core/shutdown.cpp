@@ -150,7 +150,7 @@ void SchedulerCore::fill_stats(SchedulerStats& st) const {
   st.per_level.assign(levels_, LevelStats{});
   st.per_worker.assign(workers_.size(), WorkerStats{});
   std::vector<WaitHistogram::Merged> merged(levels_);
-  for (unsigned l = 0; l < levels_; ++l) st.per_level[l].queued = injection_[l].announced.load(std::memory_order_relaxed) / 2;
+  for (unsigned l = 0; l < levels_; ++l) st.per_level[l].queued = injection_[l].pending(std::memory_order_relaxed) / 2;
   // Each counter is read once and every total is summed from those reads, so
   // the snapshot adds up: tasks_run == sum of per-worker == sum of per-level.
   for (std::size_t i = 0; i < workers_.size(); ++i) {
