@@ -9,9 +9,9 @@
 // and the sync bookkeeping, outside mu_; while nobody holds it, an appender
 // may copy its record into the segment under mu_ (copy_locked).
 // compact_mu_ serialises compactions. Invariants: appended_ >= written_ >=
-// synced_; a record's LSN is reported durable only once every byte up to its end has
-// been written (and, for synced_, fdatasync'd) — batches are written in LSN
-// order, so a watermark covers every record below it.
+// synced_; a record's LSN is reported durable only once every byte up to its
+// end has been written (and, for synced_, fdatasync'd) — batches are written
+// in LSN order, so a watermark covers every record below it.
 #pragma once
 
 #include <atomic>
@@ -117,7 +117,7 @@ class JournalImpl {
   void open_segment(std::uint64_t number);  // writer thread (or start())
   void rotate();                            // writer thread
   void close_segment();                     // write-token holder: trims, syncs and closes the open segment
-  void note_segment_size() noexcept;        // write-token holder (or mu_ with side_writing_): for stats()
+  void note_segment_size() noexcept;        // write-token holder, or under mu_ a side writer or copy_locked(): for stats()
   void sync_segment();                      // write-token holder: fdatasync, and its name if not yet synced
   std::uint64_t request_rotation();         // any thread: returns the new segment's number
   void compactor_loop();
