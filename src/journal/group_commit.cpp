@@ -136,6 +136,7 @@ void JournalImpl::copy_locked(std::unique_lock<std::mutex>& lock, const std::str
   // Every record before it is written too: pending_ was empty, and a token
   // holder in its sync phase counted its batch written before that phase.
   written_ = lsn;
+  publish_marks_locked();
   if (writing_) {
     side_wrote_ = true;  // the holder's sync may not cover it
   } else {
@@ -158,13 +159,24 @@ void JournalImpl::rethrow_error_locked() {
 }
 
 void JournalImpl::wait_durable(Lsn lsn) {
+  const bool need_sync = options_.durability == Durability::sync;
+  // acquire: pairs with publish_marks_locked()'s release stores.
+  if ((need_sync ? synced_mark_ : written_mark_).load(std::memory_order_acquire) >= lsn) return;
   std::unique_lock lock(mu_);
-  await_locked(lock, lsn, options_.durability == Durability::sync);
+  await_locked(lock, lsn, need_sync);
 }
 
 void JournalImpl::wait_written(Lsn lsn) {
+  if (written_mark_.load(std::memory_order_acquire) >= lsn) return;  // acquire: as in wait_durable
   std::unique_lock lock(mu_);
   await_locked(lock, lsn, false);
+}
+
+void JournalImpl::publish_marks_locked() noexcept {
+  // release: pairs with the waits' acquire loads; what the marks cover was
+  // written (copied, or its write returned) before they moved.
+  written_mark_.store(written_, std::memory_order_release);
+  synced_mark_.store(synced_, std::memory_order_release);
 }
 
 bool JournalImpl::on_durable(Lsn lsn, std::function<void(bool)> fn) {
@@ -324,6 +336,7 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
       // fdatasync too, and may write beside it (side_write_locked).
       lock.lock();
       written_ = std::max(written_, last);
+      publish_marks_locked();
       sync_phase_ = true;
       notify_durable(lock);
       lock.unlock();
@@ -357,6 +370,7 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
   lock.lock();
   written_ = std::max(written_, last);
   if (synced_now || !unsynced_) synced_ = std::max(synced_, last);
+  publish_marks_locked();
   if (synced_now) expected_ = released;
   if (rotate_now) rotated_to_ = segment_;
   // Checked by whoever wrote: in sync mode the writer thread may never write
@@ -394,6 +408,7 @@ void JournalImpl::side_write_locked(std::unique_lock<std::mutex>& lock) {
     segment_size_ += side_.size();
     note_segment_size();
     written_ = std::max(written_, last);
+    publish_marks_locked();
     side_wrote_ = true;
     batches_.fetch_add(1, std::memory_order_relaxed);
     bytes_since_snapshot_.fetch_add(side_.size(), std::memory_order_relaxed);

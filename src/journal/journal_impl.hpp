@@ -82,6 +82,7 @@ class JournalImpl {
 
  private:
   [[noreturn]] void rethrow_error_locked();  // mu_ held
+  void publish_marks_locked() noexcept;       // mu_ held: after written_ or synced_ moved
   // Outside sync mode, while the segment is free and its mapping has room:
   // an appender copies its record into the segment itself, under mu_, and
   // the record is written at once — no batch, no leader, no one to wait
@@ -136,6 +137,11 @@ class JournalImpl {
   Lsn appended_ = 0;
   Lsn written_ = 0;
   Lsn synced_ = 0;
+  // written_ and synced_, published after each change under mu_, so that a
+  // wait for a record already there (the rule once appends copy their own
+  // records) returns without taking mu_ a second time.
+  std::atomic<Lsn> written_mark_{0};
+  std::atomic<Lsn> synced_mark_{0};
   bool rotate_wanted_ = false;
   std::uint64_t rotated_to_ = 0;  // the segment started by the latest requested rotation
   bool stop_ = false;
