@@ -3,9 +3,11 @@
 // A directory of segment files (format: docs/journal-format.md). Many threads
 // append records at once; the first thread to wait for durability leads a
 // group commit: one write() of everything pending and, in sync mode, one
-// fdatasync() shared by every record in it. Appending copies the record into memory and returns; only
-// waiting for durability blocks, so a scheduler worker never waits on I/O
-// unless it asks to. Segments rotate at a size, and a background compactor
+// fdatasync() shared by every record in it. Appending copies the record
+// into memory and returns (in async and none modes usually into the open
+// segment's shared mapping, so that it is written at once); only waiting
+// for durability blocks, so a scheduler worker never waits on I/O unless
+// it asks to. Segments rotate at a size, and a background compactor
 // folds old segments into a snapshot of the live tasks.
 //
 // Thread-safety: every member may be called from any thread, concurrently,
@@ -160,7 +162,8 @@ class Journal {
   // journal's mode (see Durability). Throws JournalIoError if a write failed.
   void wait_durable(Lsn lsn);
   // Any thread. Blocks until the record at `lsn` has been written to the OS
-  // (write(2) returned), whatever the mode: it then survives a crash of this
+  // (write(2) returned, or it was copied into the mapped segment), whatever
+  // the mode: it then survives a crash of this
   // process, not necessarily a power cut. Cheaper than wait_durable() in
   // sync mode: it does not wait for an fdatasync() (it writes beside one in
   // progress, and leaves the periodic one to the writer thread), unless its
