@@ -143,14 +143,22 @@ void JournalImpl::copy_locked(std::unique_lock<std::mutex>& lock, const std::str
     unsynced_ = true;
   }
   batches_.fetch_add(1, std::memory_order_relaxed);
-  const auto since_snapshot = bytes_since_snapshot_.fetch_add(record.size(), std::memory_order_relaxed) + record.size();
-  if (!compact_wanted_ && options_.compact_after_bytes != 0 && since_snapshot > options_.compact_after_bytes) {
-    compact_wanted_ = true;
-    compact_cv_.notify_one();
-  }
+  bytes_since_snapshot_.fetch_add(record.size(), std::memory_order_relaxed);
+  want_compaction_if_due_locked();
   // A writer asleep for good must set its timer for the periodic sync of
   // what this copy left unsynced (none mode has no such sync).
   if (options_.durability != Durability::none && std::exchange(writer_asleep_, false)) writer_cv_.notify_all();
+}
+
+void JournalImpl::want_compaction_if_due_locked() noexcept {
+  // Checked by whoever wrote: in sync mode the writer thread may never write
+  // at all, every record being led by its waiting appender, and outside it
+  // every record may be copied by its own appender.
+  if (!compact_wanted_ && options_.compact_after_bytes != 0 &&
+      bytes_since_snapshot_.load(std::memory_order_relaxed) > options_.compact_after_bytes) {
+    compact_wanted_ = true;
+    compact_cv_.notify_one();
+  }
 }
 
 void JournalImpl::rethrow_error_locked() {
@@ -373,13 +381,7 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
   publish_marks_locked();
   if (synced_now) expected_ = released;
   if (rotate_now) rotated_to_ = segment_;
-  // Checked by whoever wrote: in sync mode the writer thread may never write
-  // at all, every record being led by its waiting appender.
-  if (!compact_wanted_ && options_.compact_after_bytes != 0 &&
-      bytes_since_snapshot_.load(std::memory_order_relaxed) > options_.compact_after_bytes) {
-    compact_wanted_ = true;
-    compact_cv_.notify_one();
-  }
+  want_compaction_if_due_locked();
   writing_ = false;
   notify_durable(lock);
   writer_cv_.notify_all();  // the writer may be waiting for the token, or have callbacks to run

@@ -83,6 +83,7 @@ class JournalImpl {
  private:
   [[noreturn]] void rethrow_error_locked();  // mu_ held
   void publish_marks_locked() noexcept;       // mu_ held: after written_ or synced_ moved
+  void want_compaction_if_due_locked() noexcept;  // mu_ held: after a write or copy counted its bytes
   // Outside sync mode, while the segment is free and its mapping has room:
   // an appender copies its record into the segment itself, under mu_, and
   // the record is written at once — no batch, no leader, no one to wait
