@@ -126,7 +126,7 @@ struct JournalStats {
   std::uint64_t segments = 0;       // segment files now on disk
   std::uint64_t bytes = 0;          // their size, plus the snapshot's
   std::uint64_t appended = 0;       // records appended since open
-  std::uint64_t batches = 0;        // write() calls that carried them
+  std::uint64_t batches = 0;        // writes (or copies into the mapped segment) that carried them
   std::uint64_t syncs = 0;          // fdatasync() calls
   std::uint64_t live_tasks = 0;
   std::uint64_t compactions = 0;

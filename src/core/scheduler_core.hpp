@@ -204,8 +204,10 @@ class SchedulerCore final : public TaskSink {
     // relaxed: a hint that `granted` may hold something; announced counts it.
     std::atomic<std::uint32_t> granted_hint{0};
     // 2 * entries taken out, written by consumers only, on a line of its
-    // own: a producer's announce then never waits for a line a consumer
-    // just wrote (on a slow-interconnect day, one round trip per task).
+    // own: a producer's announce then does not wait for a line a consumer
+    // just wrote (on a slow-interconnect day, one round trip per task) —
+    // save after a consumer took a granted task and decremented
+    // granted_hint beside `announced`, a rare path.
     alignas(64) std::atomic<std::uint64_t> taken{0};
     // 2 * (entries announced and not yet taken) | closed bit: never below
     // the true figure as of the second load. `taken` is read first: a
