@@ -69,6 +69,19 @@ inline void probe_pingpong(benchmark::State& state) {
 inline benchmark::internal::Benchmark* const kProbeRegistered =
     benchmark::RegisterBenchmark("probe/pingpong", probe_pingpong)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
+// probe/pingpong_after: the same probe once more, after the binary's own
+// benchmarks. The kind of day can change within one process (the host moves
+// a virtual CPU), so a run is only filed under a kind of day when both
+// probes agree (bench/compare_builds.py). Each binary registers it last:
+// from main() just before benchmark::Initialize, or from a static defined
+// after its last BENCHMARK.
+inline benchmark::internal::Benchmark* register_closing_probe() {
+  return benchmark::RegisterBenchmark("probe/pingpong_after", probe_pingpong)
+      ->Iterations(1)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+}
+
 // Per-thread counters on their own cache lines, so that a task body costs one
 // uncontended relaxed fetch_add whichever thread runs it.
 class PaddedCounters {

@@ -410,6 +410,7 @@ int main(int argc, char** argv) {
   } else {
     start_cluster();
   }
+  ordo::bench::register_closing_probe();
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -7,9 +7,11 @@ median of each with its range, and new/old. A peer's row (tbb, sqlite) in
 the same filter shows how much the machine itself moved between the two.
 
 If the filter also selects probe/pingpong, each run is filed under the kind
-of day its probe measured (fast: a round trip under 200 ns; slow: above),
-and the two kinds are reported apart: their figures differ by far more
-than most changes do.
+of day its probes measured (fast: a round trip under 200 ns; slow: above),
+and the kinds are reported apart: their figures differ by far more than
+most changes do. A binary probes again after its benchmarks
+(probe/pingpong_after); a run whose two probes disagree is filed as
+"mixed", since the day changed somewhere inside it.
 
 usage: compare_builds.py OLD_BINARY NEW_BINARY FILTER [ROUNDS] [--counter NAME] [-- extra benchmark flags]
   --counter NAME   compare that user counter (items_per_second, ns_over_plain,
@@ -31,17 +33,18 @@ FAST_DAY_NS = 200  # probe/pingpong round trip: about 85 ns on a fast day, 400 o
 def run_once(binary, pattern, extra, counter):
     out = subprocess.run([binary, f"--benchmark_filter={pattern}", "--benchmark_format=json"] + extra,
                          capture_output=True, text=True, check=True).stdout
-    day, values = "-", {}
+    days, values = set(), {}
     for b in json.loads(out)["benchmarks"]:
         if b.get("run_type") == "aggregate":
             continue
         if b["name"].startswith("probe/") and "roundtrip_ns" in b:
-            day = "fast" if b["roundtrip_ns"] < FAST_DAY_NS else "slow"
+            days.add("fast" if b["roundtrip_ns"] < FAST_DAY_NS else "slow")
             continue
         if counter is not None and counter in b:
             values[b["name"]] = b[counter]
         else:  # a benchmark without that counter is compared by its time, and says so
             values[b["name"] + ("" if counter is None else " (real_time)")] = b["real_time"]
+    day = "-" if not days else days.pop() if len(days) == 1 else "mixed"
     return day, values
 
 
@@ -76,7 +79,8 @@ def main() -> int:
             day, values = run_once(binary, pattern, extra, counter)
             for name, value in values.items():
                 results[(day, name)][tag].append(value)
-    print(f"comparing {counter or 'real_time'}; day: fast/slow by probe/pingpong, '-' without a probe")
+    print(f"comparing {counter or 'real_time'}; day: fast/slow by the probes before and after, "
+          "mixed when they disagree, '-' without a probe")
     for (day, name), by_build in sorted(results.items()):
         olds, news = by_build["old"], by_build["new"]
         if not olds or not news:

@@ -258,6 +258,7 @@ int main(int argc, char** argv) {
   RegisterBenchmark("fanout/tbb", BM_fanout_tbb)->Arg(1000000)->UseRealTime()->Unit(benchmark::kMillisecond);
   RegisterBenchmark("idle_cpu/ordo", BM_idle_cpu_ordo)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
   RegisterBenchmark("idle_cpu/tbb", BM_idle_cpu_tbb)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+  ordo::bench::register_closing_probe();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -265,6 +265,7 @@ int main(int argc, char** argv) {
   ms(RegisterBenchmark("wavefront/tbb_flow", BM_wavefront_tbb_flow)->Arg(2048));
   ms(RegisterBenchmark("graph_reuse/ordo", BM_graph_reuse_ordo));
   ms(RegisterBenchmark("graph_reuse/tbb_flow", BM_graph_reuse_tbb_flow));
+  ordo::bench::register_closing_probe();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

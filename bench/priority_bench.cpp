@@ -263,6 +263,7 @@ int main(int argc, char** argv) {
   RegisterBenchmark("priority_reserved/ordo_unreserved", BM_priority_reserved_ordo, false)
       ->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
   RegisterBenchmark("priority_reserved/tbb_arena", BM_priority_reserved_tbb_arena)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+  ordo::bench::register_closing_probe();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

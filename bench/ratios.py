@@ -34,7 +34,7 @@ def main():
     for binary in args.binaries:
         for b in run(binary, args.out, extra):
             if b["name"].startswith("probe/pingpong") and "roundtrip_ns" in b:
-                days.append((os.path.basename(binary), b["roundtrip_ns"]))
+                days.append((os.path.basename(binary), b["name"].split("/")[1], b["roundtrip_ns"]))
                 continue
             if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
                 continue
@@ -49,9 +49,9 @@ def main():
             rest = rest.replace("_median", "").split("/real_time")[0]
             rows.setdefault((workload, rest), {})[system] = b
     print()
-    for binary, ns in days:
+    for binary, probe, ns in days:  # pingpong before the benchmarks, pingpong_after after them
         kind = "a fast day" if ns < 200 else "a slow day"
-        print(f"{binary}: probe/pingpong round trip {ns:.0f} ns ({kind}: about 85 ns fast, 400 ns slow here)")
+        print(f"{binary}: probe/{probe} round trip {ns:.0f} ns ({kind}: about 85 ns fast, 400 ns slow here)")
     print(f"{'workload':28} {'ordo variant':14} {'peer':12} {'ordo':>12} {'peer':>12} {'ordo/peer':>10}")
     for (workload, rest), systems in sorted(rows.items()):
         for ordo_sys in sorted(s for s in systems if s == "ordo" or s.startswith("ordo_")):

@@ -196,6 +196,7 @@ int main(int argc, char** argv) {
                           std::pair{"resource_cap/tbb_flow", &BM_resource_cap_tbb_flow}}) {
     RegisterBenchmark(name, fn)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
   }
+  ordo::bench::register_closing_probe();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();
