@@ -45,9 +45,10 @@ Stash& stash() {
 struct ThreadCache {
   Task* head;
   std::size_t count;
+  bool hooked;   // the exit hook is registered: whatever is cached goes back at exit
   bool exiting;  // the thread's exit hook ran: frees go straight to the stash
 };
-thread_local constinit ThreadCache cache{nullptr, 0, false};
+thread_local constinit ThreadCache cache{nullptr, 0, false, false};
 
 // The first n nodes of this thread's cache, which it freed itself: hot.
 Batch take_chain(std::size_t n) noexcept {
@@ -94,13 +95,17 @@ struct ExitHook {
   }
 };
 
+// Before a thread first caches a node, allocated or freed: a thread that
+// only ever frees (one that drops the last reference to handles) would
+// otherwise take its cache with it.
 void register_exit_hook() {
   thread_local ExitHook hook;
   (void)hook;
+  cache.hooked = true;
 }
 
 void refill() {
-  register_exit_hook();
+  if (!cache.hooked) register_exit_hook();
   Batch chain;
   {
     std::lock_guard lock(stash().mu);
@@ -142,6 +147,7 @@ void free_task(Task* t) noexcept {
     ExitHook::orphan_tail(t);
     return;
   }
+  if (!cache.hooked) [[unlikely]] register_exit_hook();
   t->next = cache.head;
   cache.head = t;
   if (++cache.count > kCacheLimit) flush(kBatch);

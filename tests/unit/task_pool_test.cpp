@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
@@ -38,6 +40,65 @@ TEST(TaskPool, NodesFreedOnAnotherThreadAreReused) {
     EXPECT_GT(reused, 0) << "flushed nodes never came back";
     for (Task* t : again) free_task(t);
   }).join();
+}
+
+TEST(TaskPool, NodesCachedByAThreadThatOnlyFreesComeBackAtItsExit) {
+  // A thread that never allocates (one that only drops handles) still gives
+  // its cache back when it exits: a full batch of it is the first thing a new
+  // thread's refill takes.
+  std::vector<Task*> nodes;
+  for (int i = 0; i < 300; ++i) nodes.push_back(allocate_task());
+  std::thread([&] {
+    for (Task* t : nodes) free_task(t);
+  }).join();
+  std::set<Task*> freed(nodes.begin(), nodes.end());
+  std::thread([&] {
+    int reused = 0;
+    std::vector<Task*> taken;
+    for (int i = 0; i < 256; ++i) {
+      taken.push_back(allocate_task());
+      reused += freed.count(taken.back()) ? 1 : 0;
+    }
+    EXPECT_EQ(reused, 256) << "the nodes cached by a thread that only freed were lost at its exit";
+    for (Task* t : taken) free_task(t);
+  }).join();
+}
+
+TEST(TaskPool, NodesPassedBetweenThreadsAreNeverLiveTwice) {
+  // Producers allocate, consumers free, as an outside submitter and the
+  // workers do. Each node carries a live mark set on allocation and cleared
+  // before it is freed: a node handed out while still live is caught.
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 40000;
+  auto mark = [](Task* t) -> std::atomic<int>& { return *reinterpret_cast<std::atomic<int>*>(t->payload); };
+  std::mutex mu;
+  std::vector<Task*> handed;  // mu
+  std::atomic<int> twice{0};
+  std::vector<std::thread> threads;
+  for (int p = 0; p < kThreads; ++p) {
+    threads.emplace_back([&, p] {
+      for (int i = 0; i < kPerThread; ++i) {
+        Task* t = allocate_task();
+        if (mark(t).exchange(1, std::memory_order_relaxed) != 0) twice.fetch_add(1);
+        std::vector<Task*> to_free;
+        {
+          std::lock_guard lock(mu);
+          handed.push_back(t);
+          if ((i + p) % 3 == 0) to_free.swap(handed);  // free the others' nodes, in runs
+        }
+        for (Task* n : to_free) {
+          mark(n).store(0, std::memory_order_relaxed);
+          free_task(n);
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (Task* n : handed) {
+    mark(n).store(0, std::memory_order_relaxed);
+    free_task(n);
+  }
+  EXPECT_EQ(twice.load(), 0) << "a node was handed out while still live";
 }
 
 TEST(TaskPool, PayloadHelpersBoxLargeCallables) {
