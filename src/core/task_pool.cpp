@@ -1,12 +1,18 @@
-// Task node pool: per-thread caches backed by a shared stash of batches.
+// Task node pool: per-thread caches backed by a shared stash.
 //
 // Thread-safety: allocate_task()/free_task() may be called from any thread;
 // a node may be freed by a different thread than allocated it (it simply joins
 // the freeing thread's cache). The stash is guarded by a mutex touched once per
 // kBatch nodes.
-// Invariant: slabs are never returned to the system while the process runs;
+// Invariants: slabs are never returned to the system while the process runs;
 // the pool's footprint is the peak number of live nodes, rounded up to slabs.
+// A pooled node is only ever named by a pointer in one thread's cache or in
+// the stash: the pool never writes into a free node, so freeing one touches
+// no line of it, and the thread that takes it next knows its address without
+// reading another node (which is what lets it fetch nodes ahead).
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <new>
 #include <vector>
@@ -18,21 +24,17 @@ namespace ordo::detail {
 namespace {
 
 constexpr std::size_t kBatch = 256;
-constexpr std::size_t kCacheLimit = 2 * kBatch;
-
-// A chain of exactly kBatch nodes. The tail travels with it so that taking
-// a batch never walks it: its nodes were last written by the threads that
-// freed them, and a walk is one cache miss after another (on a slow day,
-// 256 misses of ~200 ns per refill, the largest cost of a submission from
-// outside the pool).
-struct Batch {
-  Task* head;
-  Task* tail;
-};
+constexpr std::size_t kCacheCapacity = 2 * kBatch;
+// How many allocations ahead allocate_task() starts fetching a node for
+// writing. A thread that submits from outside the pool mostly gets nodes that
+// workers freed: their lines sit in another core's cache, one transfer away
+// (on a slow-interconnect day, ~200 ns, several submissions' worth). Fetching
+// one ahead left most of that transfer on the submitter's path.
+constexpr std::size_t kFetchAhead = 8;
 
 struct Stash {
   std::mutex mu;
-  std::vector<Batch> batches;
+  std::vector<Task*> nodes;  // free nodes given back by threads
   std::vector<void*> slabs;  // kept reachable: leak checkers see no leak
 };
 
@@ -43,55 +45,32 @@ Stash& stash() {
 
 // Trivial so that every access is a plain thread-local load (no TLS init guard).
 struct ThreadCache {
-  Task* head;
+  Task* nodes[kCacheCapacity];  // [0, count) free; the most recently freed on top
   std::size_t count;
   bool hooked;   // the exit hook is registered: whatever is cached goes back at exit
   bool exiting;  // the thread's exit hook ran: frees go straight to the stash
 };
-thread_local constinit ThreadCache cache{nullptr, 0, false, false};
+thread_local constinit ThreadCache cache{{}, 0, false, false};
 
-// The first n nodes of this thread's cache, which it freed itself: hot.
-Batch take_chain(std::size_t n) noexcept {
-  Task* head = cache.head;
-  Task* tail = head;
-  for (std::size_t i = 1; i < n; ++i) tail = tail->next;
-  cache.head = tail->next;
-  cache.count -= n;
-  tail->next = nullptr;
-  return {head, tail};
-}
+void fetch_for_writing(Task* t) noexcept { __builtin_prefetch(t, 1); }
 
-void flush(std::size_t n) noexcept {
-  const Batch chain = take_chain(n);
-  std::lock_guard lock(stash().mu);
-  stash().batches.push_back(chain);
+// Gives the kBatch nodes at the bottom of the cache to the stash: the ones
+// this thread freed longest ago, the least likely to still be in its cache.
+void flush() noexcept {
+  {
+    std::lock_guard lock(stash().mu);
+    stash().nodes.insert(stash().nodes.end(), cache.nodes, cache.nodes + kBatch);
+  }
+  cache.count -= kBatch;
+  std::memmove(cache.nodes, cache.nodes + kBatch, cache.count * sizeof(Task*));
 }
 
 struct ExitHook {
   ~ExitHook() {
-    while (cache.count >= kBatch) flush(kBatch);
     std::lock_guard lock(stash().mu);
-    while (cache.head) {  // a short tail: hand it back one node at a time as a batch of its own size
-      Task* t = cache.head;
-      cache.head = t->next;
-      t->next = nullptr;
-      orphan_tail(t);
-    }
+    stash().nodes.insert(stash().nodes.end(), cache.nodes, cache.nodes + cache.count);
     cache.count = 0;
     cache.exiting = true;
-  }
-  // Nodes that do not make a full batch wait in a partial chain until one is full.
-  static void orphan_tail(Task* t) {
-    static Batch partial{nullptr, nullptr};  // guarded by stash().mu
-    static std::size_t partial_count = 0;
-    t->next = partial.head;
-    partial.head = t;
-    if (partial.tail == nullptr) partial.tail = t;
-    if (++partial_count == kBatch) {
-      stash().batches.push_back(partial);
-      partial = {nullptr, nullptr};
-      partial_count = 0;
-    }
   }
 };
 
@@ -104,53 +83,47 @@ void register_exit_hook() {
   cache.hooked = true;
 }
 
+// Called with an empty cache.
 void refill() {
   if (!cache.hooked) register_exit_hook();
-  Batch chain;
   {
     std::lock_guard lock(stash().mu);
-    if (!stash().batches.empty()) {
-      chain = stash().batches.back();
-      stash().batches.pop_back();
+    std::vector<Task*>& free = stash().nodes;
+    if (!free.empty()) {
+      const std::size_t n = std::min(kBatch, free.size());
+      std::copy(free.end() - static_cast<std::ptrdiff_t>(n), free.end(), cache.nodes);
+      free.resize(free.size() - n);
+      cache.count = n;
     } else {
       void* slab = ::operator new(kBatch * sizeof(Task), std::align_val_t{alignof(Task)});
       stash().slabs.push_back(slab);
       auto* nodes = static_cast<Task*>(slab);
-      for (std::size_t i = 0; i < kBatch; ++i) {
-        Task* t = ::new (static_cast<void*>(nodes + i)) Task;
-        t->next = i + 1 < kBatch ? nodes + i + 1 : nullptr;
-      }
-      chain = {nodes, nodes + kBatch - 1};
+      for (std::size_t i = 0; i < kBatch; ++i) cache.nodes[i] = ::new (static_cast<void*>(nodes + i)) Task;
+      cache.count = kBatch;
     }
   }
-  chain.tail->next = cache.head;
-  cache.head = chain.head;
-  cache.count += kBatch;
+  // The allocations before the first fetch-ahead one.
+  for (std::size_t i = 1; i <= kFetchAhead && i <= cache.count; ++i) fetch_for_writing(cache.nodes[cache.count - i]);
 }
 
 }  // namespace
 
 Task* allocate_task() {
-  if (cache.head == nullptr) refill();
-  Task* t = cache.head;
-  cache.head = t->next;
-  --cache.count;
-  // The next node is likely cold (freed on another core): start fetching
-  // it, for writing, while the caller fills this one.
-  if (cache.head != nullptr) __builtin_prefetch(cache.head, 1);
+  if (cache.count == 0) refill();
+  Task* t = cache.nodes[--cache.count];
+  if (cache.count > kFetchAhead) fetch_for_writing(cache.nodes[cache.count - 1 - kFetchAhead]);
   return t;
 }
 
 void free_task(Task* t) noexcept {
-  if (cache.exiting) {
+  if (cache.exiting) [[unlikely]] {
     std::lock_guard lock(stash().mu);
-    ExitHook::orphan_tail(t);
+    stash().nodes.push_back(t);
     return;
   }
   if (!cache.hooked) [[unlikely]] register_exit_hook();
-  t->next = cache.head;
-  cache.head = t;
-  if (++cache.count > kCacheLimit) flush(kBatch);
+  if (cache.count == kCacheCapacity) flush();
+  cache.nodes[cache.count++] = t;
 }
 
 }  // namespace ordo::detail

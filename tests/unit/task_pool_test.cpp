@@ -64,6 +64,26 @@ TEST(TaskPool, NodesCachedByAThreadThatOnlyFreesComeBackAtItsExit) {
   }).join();
 }
 
+TEST(TaskPool, PartialCacheOfAnExitedThreadIsReused) {
+  // Fewer nodes than one batch: the exit hook still gives every one of them
+  // back, and a new thread's first refill takes the most recently returned.
+  std::vector<Task*> nodes;
+  for (int i = 0; i < 10; ++i) nodes.push_back(allocate_task());
+  std::thread([&] {
+    for (Task* t : nodes) free_task(t);
+  }).join();
+  std::thread([&] {
+    std::set<Task*> first;
+    std::vector<Task*> taken;
+    for (int i = 0; i < 256; ++i) {
+      taken.push_back(allocate_task());
+      first.insert(taken.back());
+    }
+    for (Task* t : nodes) EXPECT_EQ(first.count(t), 1u) << "a node freed by an exited thread was lost";
+    for (Task* t : taken) free_task(t);
+  }).join();
+}
+
 TEST(TaskPool, NodesPassedBetweenThreadsAreNeverLiveTwice) {
   // Producers allocate, consumers free, as an outside submitter and the
   // workers do. Each node carries a live mark set on allocation and cleared

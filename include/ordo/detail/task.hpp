@@ -68,10 +68,7 @@ struct alignas(64) Task {
     PredList* preds;    // TaskKind::handle: the tasks it depends on, or null
     NeedList* needs;    // TaskKind::detached: what it needs of resource groups (post() with needs), or null
   };
-  union {
-    Task* next;            // free-list link while pooled
-    SuccNode* successors;  // handle tasks: dependents (atomic_ref); kSuccessorsClosed once finished
-  };
+  SuccNode* successors;  // handle tasks: dependents (atomic_ref); kSuccessorsClosed once finished
   SchedulerCore* core;  // movable tasks: the scheduler whose queues hold them
   std::atomic<Parker*> waiter;
   // Steady-clock nanoseconds when queued, or 0 when this task is not sampled
