@@ -1,6 +1,5 @@
 #include <gtest/gtest.h>
 
-#include <atomic>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -86,39 +85,37 @@ TEST(TaskPool, PartialCacheOfAnExitedThreadIsReused) {
 
 TEST(TaskPool, NodesPassedBetweenThreadsAreNeverLiveTwice) {
   // Producers allocate, consumers free, as an outside submitter and the
-  // workers do. Each node carries a live mark set on allocation and cleared
-  // before it is freed: a node handed out while still live is caught.
+  // workers do. Every live node is in `live` (a node's own bytes cannot say:
+  // a fresh slab's are indeterminate), entered after its allocation and left
+  // before its free: a node handed out while still live fails the insert.
   constexpr int kThreads = 4;
   constexpr int kPerThread = 40000;
-  auto mark = [](Task* t) -> std::atomic<int>& { return *reinterpret_cast<std::atomic<int>*>(t->payload); };
   std::mutex mu;
-  std::vector<Task*> handed;  // mu
-  std::atomic<int> twice{0};
+  std::set<Task*> live;       // mu
+  std::vector<Task*> handed;  // mu: allocated by one thread, freed by whichever comes next
+  int twice = 0;              // mu
   std::vector<std::thread> threads;
   for (int p = 0; p < kThreads; ++p) {
     threads.emplace_back([&, p] {
       for (int i = 0; i < kPerThread; ++i) {
         Task* t = allocate_task();
-        if (mark(t).exchange(1, std::memory_order_relaxed) != 0) twice.fetch_add(1);
         std::vector<Task*> to_free;
         {
           std::lock_guard lock(mu);
+          if (!live.insert(t).second) ++twice;
           handed.push_back(t);
-          if ((i + p) % 3 == 0) to_free.swap(handed);  // free the others' nodes, in runs
+          if ((i + p) % 3 == 0) {  // free the others' nodes, in runs
+            to_free.swap(handed);
+            for (Task* n : to_free) live.erase(n);
+          }
         }
-        for (Task* n : to_free) {
-          mark(n).store(0, std::memory_order_relaxed);
-          free_task(n);
-        }
+        for (Task* n : to_free) free_task(n);
       }
     });
   }
   for (auto& t : threads) t.join();
-  for (Task* n : handed) {
-    mark(n).store(0, std::memory_order_relaxed);
-    free_task(n);
-  }
-  EXPECT_EQ(twice.load(), 0) << "a node was handed out while still live";
+  for (Task* n : handed) free_task(n);
+  EXPECT_EQ(twice, 0) << "a node was handed out while still live";
 }
 
 TEST(TaskPool, PayloadHelpersBoxLargeCallables) {
