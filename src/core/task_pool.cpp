@@ -111,7 +111,9 @@ void refill() {
 Task* allocate_task() {
   if (cache.count == 0) refill();
   Task* t = cache.nodes[--cache.count];
-  if (cache.count > kFetchAhead) fetch_for_writing(cache.nodes[cache.count - 1 - kFetchAhead]);
+  // The node handed out kFetchAhead allocations from now (refill() fetched
+  // the first ones).
+  if (cache.count >= kFetchAhead) fetch_for_writing(cache.nodes[cache.count - kFetchAhead]);
   return t;
 }
 
