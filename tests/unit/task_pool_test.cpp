@@ -22,65 +22,44 @@ TEST(TaskPool, NodesAreDistinctAndAligned) {
   for (Task* t : nodes) free_task(t);
 }
 
-TEST(TaskPool, NodesFreedOnAnotherThreadAreReused) {
+// Allocates `freed` nodes here and frees them on a thread that then exits;
+// returns how many of them a new thread gets back among its first `taken`
+// allocations.
+int reused_after_an_exit(int freed, int taken) {
   std::vector<Task*> nodes;
-  for (int i = 0; i < 2000; ++i) nodes.push_back(allocate_task());
+  for (int i = 0; i < freed; ++i) nodes.push_back(allocate_task());
   std::thread([&] {
     for (Task* t : nodes) free_task(t);
-  }).join();  // the thread's cache is flushed back to the shared stash at exit
-  std::set<Task*> before(nodes.begin(), nodes.end());
+  }).join();
+  const std::set<Task*> given_back(nodes.begin(), nodes.end());
+  int reused = 0;
   std::thread([&] {
-    int reused = 0;
     std::vector<Task*> again;
-    for (int i = 0; i < 2000; ++i) {
+    for (int i = 0; i < taken; ++i) {
       again.push_back(allocate_task());
-      reused += before.count(again.back()) ? 1 : 0;
+      reused += given_back.count(again.back()) ? 1 : 0;
     }
-    EXPECT_GT(reused, 0) << "flushed nodes never came back";
     for (Task* t : again) free_task(t);
   }).join();
+  return reused;
+}
+
+TEST(TaskPool, NodesFreedOnAnotherThreadAreReused) {
+  EXPECT_GT(reused_after_an_exit(2000, 2000), 0) << "flushed nodes never came back";
 }
 
 TEST(TaskPool, NodesCachedByAThreadThatOnlyFreesComeBackAtItsExit) {
   // A thread that never allocates (one that only drops handles) still gives
   // its cache back when it exits: a full batch of it is the first thing a new
   // thread's refill takes.
-  std::vector<Task*> nodes;
-  for (int i = 0; i < 300; ++i) nodes.push_back(allocate_task());
-  std::thread([&] {
-    for (Task* t : nodes) free_task(t);
-  }).join();
-  std::set<Task*> freed(nodes.begin(), nodes.end());
-  std::thread([&] {
-    int reused = 0;
-    std::vector<Task*> taken;
-    for (int i = 0; i < 256; ++i) {
-      taken.push_back(allocate_task());
-      reused += freed.count(taken.back()) ? 1 : 0;
-    }
-    EXPECT_EQ(reused, 256) << "the nodes cached by a thread that only freed were lost at its exit";
-    for (Task* t : taken) free_task(t);
-  }).join();
+  EXPECT_EQ(reused_after_an_exit(300, 256), 256)
+      << "the nodes cached by a thread that only freed were lost at its exit";
 }
 
 TEST(TaskPool, PartialCacheOfAnExitedThreadIsReused) {
   // Fewer nodes than one batch: the exit hook still gives every one of them
   // back, and a new thread's first refill takes the most recently returned.
-  std::vector<Task*> nodes;
-  for (int i = 0; i < 10; ++i) nodes.push_back(allocate_task());
-  std::thread([&] {
-    for (Task* t : nodes) free_task(t);
-  }).join();
-  std::thread([&] {
-    std::set<Task*> first;
-    std::vector<Task*> taken;
-    for (int i = 0; i < 256; ++i) {
-      taken.push_back(allocate_task());
-      first.insert(taken.back());
-    }
-    for (Task* t : nodes) EXPECT_EQ(first.count(t), 1u) << "a node freed by an exited thread was lost";
-    for (Task* t : taken) free_task(t);
-  }).join();
+  EXPECT_EQ(reused_after_an_exit(10, 256), 10) << "a node freed by an exited thread was lost";
 }
 
 TEST(TaskPool, NodesPassedBetweenThreadsAreNeverLiveTwice) {
