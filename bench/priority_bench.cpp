@@ -207,6 +207,28 @@ void BM_priority_reserved_tbb_arena(benchmark::State& state) {
   }
 }
 
+// The floor of a reservation: a thread that does nothing but wait for high
+// work, parked on a condition variable and woken for each task (a naive pool
+// of one), while the other pool_threads() - 1 threads run the low tasks.
+// What it measures is the operating system's (and on a VM the hypervisor's)
+// wake-up of a sleeping thread under this load; no scheduler whose reserved
+// worker sleeps between high tasks can start them sooner.
+void BM_priority_reserved_floor(benchmark::State& state) {
+  if (pool_threads() < 2) {
+    state.SkipWithError("a dedicated thread beside the low work needs at least two");
+    return;
+  }
+  for (auto _ : state) {
+    ordo::bench::NaivePool low_pool(pool_threads() - 1);
+    ordo::bench::NaivePool high_pool(1);
+    Flood r(reserved_shape());
+    r.run([&](auto fn) { low_pool.submit(std::move(fn)); }, [&](auto fn) { high_pool.submit(std::move(fn)); });
+    low_pool.wait_idle();
+    high_pool.wait_idle();
+    report_reserved(r, state);
+  }
+}
+
 // A steady stream of high tasks keeps every worker busy (each high task queues
 // its successor); one low task must still start, within the sum of the age
 // bounds it crosses (low -> normal -> high) plus scheduling slack.
@@ -263,6 +285,7 @@ int main(int argc, char** argv) {
   RegisterBenchmark("priority_reserved/ordo_unreserved", BM_priority_reserved_ordo, false)
       ->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
   RegisterBenchmark("priority_reserved/tbb_arena", BM_priority_reserved_tbb_arena)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+  RegisterBenchmark("priority_reserved/floor", BM_priority_reserved_floor)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
   ordo::bench::register_closing_probe();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
