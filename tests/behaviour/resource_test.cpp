@@ -11,6 +11,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -212,41 +213,54 @@ TEST(Resource, TheNextHolderOfAReleasedPermitRunsBeforeQueuedWorkOnThatWorker) {
 // reserve() woke find nothing yet and sleep again, and the worker will not
 // run the task: it must wake another after its push. The fault point holds
 // the highest-numbered worker (the one a reservation takes first) in that
-// window; a round whose holder ran on the other worker does not count.
+// window, so each round puts the holder there itself: two tasks occupy both
+// workers, and the one on the highest-numbered worker submits the holder to
+// its own deque. (Leaving the placement to the wake-up order once let a
+// whole run of rounds miss the window under ThreadSanitizer.)
 TEST(Resource, AGrantKeptByAWorkerThatReserveTakesTheLevelFromStillRuns) {
-  using namespace std::chrono_literals;
   struct PauseOff {
     ~PauseOff() { detail::grant_push_pause_us.store(0); }
   } pause_off;
   detail::grant_push_pause_us.store(50'000);
-  int windows = 0;
-  for (int round = 0; round < 80 && windows < 3; ++round) {
+  for (int round = 0; round < 3; ++round) {
     Scheduler s{{.workers = 2, .levels = 2}};
     auto db = s.resource_group("db", 1);
-    // A first task occupies one worker, so that the holder goes to the other
-    // (whichever takes which, a round is told apart below).
-    Gate first, gate;
-    s.post([&] { first.hold(); });
-    first.wait_entered();
-    auto holder = s.submit([&] { gate.hold(); }, {.priority = Priority{1}, .needs = {{db, 1}}});
+    Gate occupy[2], gate;
+    std::atomic<int> where[2] = {-1, -1};
+    std::optional<Handle<void>> holder;
+    std::atomic<bool> holder_submitted{false};
+    for (int i = 0; i < 2; ++i) {
+      s.post([&, i] {
+        where[i].store(s.worker_index());
+        occupy[i].hold();
+        if (s.worker_index() == 1) {
+          holder = s.submit([&] { gate.hold(); }, {.priority = Priority{1}, .needs = {{db, 1}}});
+          holder_submitted.store(true);
+        }
+      });
+    }
+    occupy[0].wait_entered();
+    occupy[1].wait_entered();
+    ASSERT_NE(where[0].load(), where[1].load()) << "both occupying tasks on one worker";
+    const int on_last = where[0].load() == 1 ? 0 : 1;
+    occupy[on_last].open.store(true);  // worker 1 submits the holder to its own deque and runs it
     gate.wait_entered();
-    first.open.store(true);
+    ASSERT_TRUE(holder_submitted.load());
+    occupy[1 - on_last].open.store(true);  // worker 0 goes idle
     auto waiter = s.submit([] { return 1; }, {.priority = Priority{1}, .needs = {{db, 1}}});
     must_happen([&] { return db.stats().waiting == 1 && s.stats().workers_parked == 1; },
                 "the waiter parked and the idle worker asleep");
     const int pauses = detail::grant_push_pauses.load();
     gate.open.store(true);
-    while (!waiter.ready() && detail::grant_push_pauses.load() == pauses) std::this_thread::yield();
-    if (detail::grant_push_pauses.load() != pauses) {  // in the window: cut the pausing worker to level 0
-      ++windows;
-      s.reserve(Priority{0}, 1);
-      must_happen([&] { return waiter.ready(); },
-                  "round " + std::to_string(round) + ": the grant stayed on a worker that no longer serves its level");
-    }
+    must_happen([&] { return detail::grant_push_pauses.load() != pauses; },
+                "round " + std::to_string(round) + ": worker 1 granted the permit without reaching the fault point");
+    // In the window: cut the pausing worker to level 0.
+    s.reserve(Priority{0}, 1);
+    must_happen([&] { return waiter.ready(); },
+                "round " + std::to_string(round) + ": the grant stayed on a worker that no longer serves its level");
     EXPECT_EQ(waiter.get(), 1);
-    holder.get();
+    holder->get();
   }
-  ASSERT_GE(windows, 1) << "no round put the holder on the worker the fault point holds: nothing was tested";
 }
 
 // A dependent task is queued by its last predecessor's submit() while
