@@ -208,6 +208,11 @@ struct Child {
   void log(const std::string& line) const { log_line(fd, tag + " " + line); }
 };
 
+// How many of this DurableTasks' outcomes the fence rejected: each one an
+// attempt whose lease ran out on its own (this process or its server
+// stalled past it), which the checker may then find run again elsewhere.
+inline void log_fenced(const Child& c, DurableTasks& d) { c.log("fenced " + std::to_string(d.stats().fenced)); }
+
 // A connection per scheduler worker, for handlers that are not transactional.
 inline PGconn* thread_connection(const std::string& conninfo) {
   thread_local std::unique_ptr<test::PgConn> conn;
@@ -385,6 +390,7 @@ inline void run_op(const Child& c, std::unique_ptr<DurableTasks>& d, Scheduler& 
       break;
     case Op::restart:  // a graceful stop mid-program, then a new DurableTasks on the same scheduler
       d->shutdown(ShutdownMode::cancel);
+      log_fenced(c, *d);
       d.reset();
       c.log("restarted");
       d = open_tasks(s, c);
@@ -424,6 +430,7 @@ inline void run_op(const Child& c, std::unique_ptr<DurableTasks>& d, Scheduler& 
       c.log("op " + std::to_string(i));
     }
     d->shutdown(ShutdownMode::drain);
+    log_fenced(c, *d);
     c.log("end");
   } catch (const std::exception& e) {
     c.log(std::string("child-error ") + e.what());

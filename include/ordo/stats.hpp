@@ -39,6 +39,12 @@ struct DurableStats {
   // message; each was retried or left to the lease, as docs/postgres.md says.
   std::uint64_t store_errors = 0;
   std::string last_store_error;
+  // PostgreSQL store: outcomes of this process's attempts that the fence
+  // rejected, because the task's lease had run out first (the process, or
+  // its connection to the server, stalled for longer than the lease): each
+  // such task ran, or runs, again in whichever process took it over. 0 on a
+  // journal, which has no leases.
+  std::uint64_t fenced = 0;
 };
 
 // One priority level in a stats snapshot.

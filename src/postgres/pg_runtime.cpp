@@ -458,6 +458,7 @@ DurableStats PgRuntime::stats() const {
   s.accepting = started_ && !stopping_;
   s.directory = "postgres schema " + store_.schema;
   s.store_errors = store_errors_;
+  s.fenced = fenced_;
   s.last_store_error = last_store_error_;
   return s;
 }
