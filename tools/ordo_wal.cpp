@@ -104,10 +104,15 @@ std::set<std::string> journal_files(const std::string& dir) {
 }
 
 // No lock is taken, so a process using the journal may delete a file this
-// read listed (a compaction) or add one: a failure while the files changed
-// is no verdict. Read again; if the journal kept changing, say so with its
-// own exit code rather than the one for corruption.
+// read listed (a compaction) or add one, and may be appending to the open
+// segment while it is read: a read() of it can be descheduled halfway
+// through a page and see a record the writer was still copying beside the
+// records it copied next, which reads as corruption. A failure is no
+// verdict until a second read, over the same files, fails the same way;
+// if the journal kept changing instead, say so with its own exit code
+// rather than the one for corruption.
 int cmd_verify(const std::string& dir) {
+  std::string last_failure;
   for (int attempt = 1;; ++attempt) {
     const std::set<std::string> before = journal_files(dir);
     try {
@@ -115,10 +120,13 @@ int cmd_verify(const std::string& dir) {
       std::cout << "ok: " << report.describe() << "\n";
       return 0;
     } catch (const std::exception& e) {
-      if (journal_files(dir) == before) throw;  // the files held still: the failure stands
+      const bool files_held_still = journal_files(dir) == before;
+      if (files_held_still && last_failure == e.what()) throw;  // twice the same: the failure stands
+      last_failure = e.what();
       if (attempt == kVerifyAttempts) {
-        std::cerr << "changed: the journal's files changed under each of " << kVerifyAttempts
-                  << " reads (a process is rotating or compacting it): inconclusive, read it again later; last error: "
+        std::cerr << "changed: the journal changed under each of " << kVerifyAttempts
+                  << " reads (a process is appending to, rotating or compacting it): inconclusive, read it again "
+                     "later; last error: "
                   << e.what() << "\n";
         return kExitJournalChanged;
       }
