@@ -11,9 +11,6 @@
 // no line of it, and the thread that takes it next knows its address without
 // reading another node (which is what lets it fetch nodes ahead).
 #include <algorithm>
-#if defined(__x86_64__)
-#include <cpuid.h>
-#endif
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -21,6 +18,7 @@
 #include <vector>
 
 #include "ordo/detail/task.hpp"
+#include "util/prefetch.hpp"
 
 namespace ordo::detail {
 
@@ -55,31 +53,12 @@ struct ThreadCache {
 };
 thread_local constinit ThreadCache cache{{}, 0, false, false};
 
-#if defined(__x86_64__)
-// PREFETCHW is not in the baseline x86-64 target, so GCC compiles
-// __builtin_prefetch(p, 1) to a read prefetch; it is asked of the CPU once.
-const bool prefetchw_supported = [] {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  return __get_cpuid(0x80000001u, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_PRFCHW) != 0;
-}();
-#endif
-
 // Both of the node's lines, for writing: the submitter writes the header and
-// the payload next. A read prefetch brings each line in shared with the
-// worker that freed the node, and the first store still waits for that
+// the payload next. Read-prefetched, each line would come in shared with the
+// worker that freed the node, and the first store would still wait for that
 // copy's invalidation: on a slow-interconnect day the next submission's
 // barrier then waits for it too (almost half of spawn_external's time there).
-void fetch_for_writing(Task* t) noexcept {
-  const char* bytes = reinterpret_cast<const char*>(t);
-  constexpr std::size_t kLine = 64;
-#if defined(__x86_64__)
-  if (prefetchw_supported) {
-    for (std::size_t at = 0; at < sizeof(Task); at += kLine) asm volatile("prefetchw %0" : : "m"(bytes[at]));
-    return;
-  }
-#endif
-  for (std::size_t at = 0; at < sizeof(Task); at += kLine) __builtin_prefetch(bytes + at, 1);
-}
+void fetch_for_writing(Task* t) noexcept { prefetch_for_writing(t, sizeof(Task)); }
 
 // Gives the kBatch nodes at the bottom of the cache to the stash: the ones
 // this thread freed longest ago, the least likely to still be in its cache.
