@@ -330,7 +330,12 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
   const bool rotate_now = !written_only && std::exchange(rotate_wanted_, false);
   const std::uint32_t released = arrivals_ + (leader && sync ? 1 : 0);  // the sync waiters this batch will release
   arrivals_ = 0;
-  lock.unlock();
+  // With nothing to write and nothing to rotate, the holder keeps the lock
+  // until its sync phase (or its release): an append then never finds it in
+  // a write phase, so outside sync mode it copies its record itself and
+  // returns with it written, instead of leaving it pending (up to
+  // kUnwaitedWriteDelay) behind a periodic sync that had nothing to write.
+  if (!spare_.empty() || rotate_now) lock.unlock();
   bool synced_now = false;
   try {
     if (!spare_.empty()) {
@@ -342,7 +347,7 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
     if (sync && unsynced_) {
       // Written: those who wait only for that need not wait for the
       // fdatasync too, and may write beside it (side_write_locked).
-      lock.lock();
+      if (!lock.owns_lock()) lock.lock();
       written_ = std::max(written_, last);
       publish_marks_locked();
       sync_phase_ = true;
@@ -356,13 +361,17 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
       durable_cv_.wait(lock, [&] { return !side_writing_; });
       sync_phase_ = false;
       unsynced_ = std::exchange(side_wrote_, false);  // what was written beside the sync is not covered by it
-      lock.unlock();
       synced_now = true;
       next_periodic_sync_ = std::chrono::steady_clock::now() + options_.async_interval;
+      // Kept to the release, as above: past its sync phase, the holder
+      // would otherwise make appends wait that could copy.
     }
-    if (rotate_now) rotate();
+    if (rotate_now) {
+      if (lock.owns_lock()) lock.unlock();
+      rotate();
+    }
   } catch (...) {
-    lock.lock();
+    if (!lock.owns_lock()) lock.lock();
     if (sync_phase_) {
       durable_cv_.wait(lock, [&] { return !side_writing_; });
       sync_phase_ = false;
@@ -375,7 +384,7 @@ void JournalImpl::flush_locked(std::unique_lock<std::mutex>& lock, bool sync, bo
   }
   spare_.clear();
   spare_ends_.clear();
-  lock.lock();
+  if (!lock.owns_lock()) lock.lock();
   written_ = std::max(written_, last);
   if (synced_now || !unsynced_) synced_ = std::max(synced_, last);
   publish_marks_locked();
