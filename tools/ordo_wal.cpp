@@ -107,8 +107,10 @@ std::set<std::string> journal_files(const std::string& dir) {
 // read listed (a compaction) or add one, and may be appending to the open
 // segment while it is read: a read() of it can be descheduled halfway
 // through a page and see a record the writer was still copying beside the
-// records it copied next, which reads as corruption. A failure is no
-// verdict until a second read, over the same files, fails the same way;
+// records it copied next (Journal::read reads such a segment again before
+// it calls that corruption, but a writer stalled longer than its rereads
+// still fools it). A failure is no verdict until a second read, over the
+// same files, fails the same way;
 // if the journal kept changing instead, say so with its own exit code
 // rather than the one for corruption.
 int cmd_verify(const std::string& dir) {

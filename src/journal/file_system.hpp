@@ -90,6 +90,11 @@ class FileSystem {
   virtual std::optional<std::uint64_t> size_of(const std::string& path) = 0;  // nullopt: absent
   // The file's bytes; throws JournalIoError if it is absent.
   virtual std::unique_ptr<FileBytes> read(const std::string& path) = 0;
+  // True for a reader beside a live writer (one that does not hold the
+  // LOCK): a read of the last segment may catch a record in mid-write and
+  // the records after it whole, so the reader reads it again before it
+  // calls that corruption.
+  virtual bool writer_may_be_live() const noexcept { return false; }
 };
 
 // The operating system's files. Shared: it holds no state. Its read() maps

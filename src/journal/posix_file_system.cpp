@@ -346,6 +346,7 @@ class PosixFileSystem final : public FileSystem {
     if (map_reads_) return std::make_unique<MappedBytes>(path);
     return std::make_unique<CopiedBytes>(path);
   }
+  bool writer_may_be_live() const noexcept override { return !map_reads_; }  // the writer holds the LOCK, not us
 
  private:
   const bool map_reads_;

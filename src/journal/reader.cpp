@@ -1,7 +1,9 @@
 #include "journal/reader.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "journal/posix_file_system.hpp"
 #include "journal/task_id_set.hpp"
@@ -32,6 +34,12 @@ const unsigned char* first_nonzero(const unsigned char* p, std::size_t n) {
 }
 
 bool all_zero(const unsigned char* p, std::size_t n) { return first_nonzero(p, n) == p + n; }
+
+// A reader beside a live writer reads the last segment again up to this many
+// times, 1 + 2 + 4 + 8 ms apart, before it calls damage with whole records
+// after it corruption: long enough for a writer preempted in mid-copy.
+constexpr int kLiveRereads = 4;
+constexpr std::chrono::milliseconds kFirstRereadPause{1};
 
 // Judges the record at `off` of a file of `size` bytes.
 Check check_record(const unsigned char* base, std::uint64_t off, std::uint64_t size) {
@@ -130,25 +138,29 @@ ScanResult scan_file(FileSystem& fs, const std::string& path, const std::string&
 std::optional<ScanFailure> try_scan_file(FileSystem& fs, const std::string& path, const std::string& display,
                                          const ScanOptions& options, RecoveryReport& report,
                                          const std::function<void(const RecordView&)>& on_record, ScanResult& result) {
-  const std::unique_ptr<FileBytes> mapped = fs.read(path);
-  const FileBytes& file = *mapped;
+  std::unique_ptr<FileBytes> file = fs.read(path);
   result = ScanResult{};
-  result.size = file.size();
-  const unsigned char* base = file.data();
+  const unsigned char* base = file->data();
+  std::uint64_t size = file->size();
   std::string why;
-  if (options.last_segment && header_cut_short(base, file.size(), options.number)) {
+  if (options.last_segment && header_cut_short(base, size, options.number)) {
     // Created, and the power went before its header was whole (or synced).
-    set_tail(report, display, 0, file.size(), "segment header cut short");
+    result.size = size;
+    set_tail(report, display, 0, size, "segment header cut short");
     result.header_cut_short = true;
     return std::nullopt;
   }
-  auto header = decode_file_header(base, file.size(), why);
+  auto header = decode_file_header(base, size, why);
   if (!header) return ScanFailure{ScanFailure::kWholeFile, std::move(why)};
   result.header = *header;
   const bool snapshot = header->kind == FileKind::snapshot;
   std::uint64_t off = kFileHeaderBytes;
-  while (off < file.size()) {
-    const Check c = check_record(base, off, file.size());
+  // Beside a live writer: how many more times the last segment may be read
+  // again, and the pause before the next read.
+  int rereads_left = fs.writer_may_be_live() ? kLiveRereads : 0;
+  auto reread_pause = kFirstRereadPause;
+  while (off < size) {
+    const Check c = check_record(base, off, size);
     if (c.verdict == Verdict::bad) {
       // A tail is torn only if nothing valid follows it: what an append cut
       // by a crash leaves. Damage with a whole valid record after it is
@@ -157,11 +169,25 @@ std::optional<ScanFailure> try_scan_file(FileSystem& fs, const std::string& path
       if (!options.last_segment && !options.tolerant) return ScanFailure{off, describe(c, base + off)};
       // Zeros to the end (a segment's unused reservation after a crash, up
       // to 64 MiB) are a tail at once, without a search byte by byte.
-      const bool zeros = options.last_segment && all_zero(base + off, file.size() - off);
-      const std::uint64_t next = zeros ? file.size() : next_valid_record(base, off, file.size());
-      if (options.last_segment && next == file.size()) {
-        set_tail(report, display, off, file.size() - off, zeros ? kZeroFilledTail : c.reason);
+      const bool zeros = options.last_segment && all_zero(base + off, size - off);
+      const std::uint64_t next = zeros ? size : next_valid_record(base, off, size);
+      if (options.last_segment && next == size) {
+        set_tail(report, display, off, size - off, zeros ? kZeroFilledTail : c.reason);
         break;
+      }
+      if (options.last_segment && rereads_left > 0) {
+        // A copy of a file the writer is appending to is not one instant's
+        // bytes: this record may have been read while it was being written
+        // and the ones after it once they were whole. Records are only ever
+        // appended, so the bytes before `off` are the same in a new read;
+        // damage that is still there after the last read is corruption.
+        --rereads_left;
+        std::this_thread::sleep_for(reread_pause);
+        reread_pause *= 2;
+        file = fs.read(path);
+        base = file->data();
+        size = file->size();
+        continue;
       }
       if (!options.tolerant) return ScanFailure{off, describe(c, base + off)};
       report.skipped.push_back({display, off, next - off, describe(c, base + off)});
@@ -191,11 +217,12 @@ std::optional<ScanFailure> try_scan_file(FileSystem& fs, const std::string& path
     off += kRecordHeaderBytes + c.length;
     result.valid_end = off;
   }
+  result.size = size;
   if (result.valid_end == 0) result.valid_end = std::min<std::uint64_t>(off, kFileHeaderBytes);
   if (snapshot && !result.snapshot_complete) {
     return ScanFailure{ScanFailure::kWholeFile, "snapshot has no SNAPSHOT_END (incomplete)"};
   }
-  report.bytes += file.size();
+  report.bytes += size;
   return std::nullopt;
 }
 

@@ -7,7 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "journal/file_system.hpp"
 #include "journal/format.hpp"
+#include "journal/reader.hpp"
 #include "journal_support.hpp"
 #include "ordo/journal.hpp"
 
@@ -231,6 +233,81 @@ TEST(JournalReader, LengthFlipInTheLastSegmentWithValidRecordsAfterItIsCorruptio
     EXPECT_EQ(report.skipped.size(), 1u);
     if (!report.skipped.empty()) EXPECT_EQ(report.skipped[0].offset, third);
   }
+}
+
+// A reader beside a live writer (no LOCK): its read of the last segment
+// returns the bytes of `path` with the first record's checksum zeroed (a
+// record caught in mid-copy: the checksum is written last) for the first
+// `torn_reads` reads, then the file as it is.
+class ReadsARecordInMidWrite final : public detail::FileSystem {
+ public:
+  ReadsARecordInMidWrite(std::string path, int torn_reads) : path_(std::move(path)), torn_reads_(torn_reads) {}
+  int reads() const { return reads_; }
+
+  bool make_directory(const std::string& d) override { return inner_->make_directory(d); }
+  std::unique_ptr<detail::DirectoryLock> lock_directory(const std::string& d) override { return inner_->lock_directory(d); }
+  std::vector<std::string> list(const std::string& d) override { return inner_->list(d); }
+  void sync_directory(const std::string& d) override { inner_->sync_directory(d); }
+  std::unique_ptr<detail::AppendFile> create(const std::string& p, Create how) override { return inner_->create(p, how); }
+  void rename(const std::string& from, const std::string& to) override { inner_->rename(from, to); }
+  void remove(const std::string& p) override { inner_->remove(p); }
+  void truncate(const std::string& p, std::uint64_t size) override { inner_->truncate(p, size); }
+  std::optional<std::uint64_t> size_of(const std::string& p) override { return inner_->size_of(p); }
+  bool writer_may_be_live() const noexcept override { return true; }
+  std::unique_ptr<detail::FileBytes> read(const std::string& p) override {
+    if (p != path_) return inner_->read(p);
+    std::string data = slurp(p);
+    if (reads_++ < torn_reads_) std::fill_n(data.begin() + detail::wal::kFileHeaderBytes, 4, '\0');
+    return std::make_unique<Bytes>(std::move(data));
+  }
+
+ private:
+  struct Bytes final : detail::FileBytes {
+    explicit Bytes(std::string d) : held(std::move(d)) {
+      data_ = reinterpret_cast<const unsigned char*>(held.data());
+      size_ = held.size();
+    }
+    std::string held;
+  };
+  std::shared_ptr<detail::FileSystem> inner_ = detail::posix_file_system_without_lock();
+  std::string path_;
+  int torn_reads_;
+  int reads_ = 0;
+};
+
+TEST(JournalReader, ARecordCaughtInMidWriteBesideALiveWriterIsReadAgainNotCalledCorruption) {
+  // Its checksum not yet there, the records after it whole: a reader
+  // without the LOCK reads the segment again and finds it whole.
+  for (int torn_reads : {1, 3}) {
+    ScratchDir dir;
+    const auto written = write_journal(dir.path(), 6);
+    ReadsARecordInMidWrite fs(dir.file(test::segment_name(1)), torn_reads);
+    std::vector<Captured> got;
+    RecoveryReport report;
+    detail::wal::read_directory(fs, dir.path(), false, report, [&](const RecordView& v) {
+      got.push_back({v.type, v.task, std::string(reinterpret_cast<const char*>(v.payload.data()) + 8, v.payload.size() - 8)});
+    });
+    EXPECT_EQ(got, written) << torn_reads << " torn reads";
+    EXPECT_FALSE(report.torn_tail);
+    EXPECT_EQ(fs.reads(), torn_reads + 1);
+  }
+}
+
+TEST(JournalReader, DamageThatEveryRereadFindsAgainIsCorruption) {
+  ScratchDir dir;
+  write_journal(dir.path(), 6);
+  ReadsARecordInMidWrite fs(dir.file(test::segment_name(1)), 1000);
+  RecoveryReport report;
+  try {
+    detail::wal::read_directory(fs, dir.path(), false, report, {});
+    FAIL() << "expected JournalCorruption";
+  } catch (const JournalCorruption& e) {
+    EXPECT_NE(std::string(e.what()).find("wal-0000000000000001.log at offset 32: record checksum mismatch"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_GT(fs.reads(), 1) << "the live reader never read the segment again";
+  EXPECT_LT(fs.reads(), 10) << "rereads must be bounded";
 }
 
 TEST(JournalReader, CorruptionElsewhereNamesTheSegmentAndOffset) {
