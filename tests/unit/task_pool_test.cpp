@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -20,6 +21,27 @@ TEST(TaskPool, NodesAreDistinctAndAligned) {
     nodes.push_back(t);
   }
   for (Task* t : nodes) free_task(t);
+}
+
+TEST(TaskPool, APoolGrownPastItsSmallSlabsHandsOutNodesThatNeverOverlap) {
+  // 40,000 live nodes: past the first 2 MiB of 32 KiB slabs, into the
+  // chunks that are carved into slabs. Sorted, every node must end before
+  // the next begins.
+  std::vector<Task*> nodes;
+  for (int i = 0; i < 40000; ++i) nodes.push_back(allocate_task());
+  std::vector<Task*> sorted = nodes;
+  std::sort(sorted.begin(), sorted.end());
+  for (std::size_t i = 0; i < sorted.size(); ++i) {
+    ASSERT_EQ(reinterpret_cast<std::uintptr_t>(sorted[i]) % alignof(Task), 0u);
+    if (i > 0) {
+      ASSERT_GE(reinterpret_cast<std::uintptr_t>(sorted[i]) - reinterpret_cast<std::uintptr_t>(sorted[i - 1]), sizeof(Task))
+          << "two live nodes overlap";
+    }
+  }
+  for (Task* t : nodes) {
+    t->payload[kPayloadBytes - 1] = std::byte{1};  // every node is writable to its last byte
+    free_task(t);
+  }
 }
 
 // Allocates `freed` nodes here and frees them on a thread that then exits;
