@@ -18,16 +18,8 @@
 #include <new>
 #include <vector>
 
-#include <sys/mman.h>
-
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/lsan_interface.h>
-#define ORDO_LEAK_CHECKED 1
-#else
-#define ORDO_LEAK_CHECKED 0
-#endif
-
 #include "ordo/detail/task.hpp"
+#include "util/populated_memory.hpp"
 #include "util/prefetch.hpp"
 
 namespace ordo::detail {
@@ -59,17 +51,13 @@ Stash& stash() {
 
 constexpr std::size_t kSlabBytes = kBatch * sizeof(Task);
 // A pool that has grown past kSmallSlabs slabs (2 MiB of nodes) grows by
-// chunks of kChunkBytes whose pages are all mapped by one call. A first
-// touch of each fresh page costs a fault per 4 KiB; on a VM whose faults
-// trap to the host that is ~11 µs a page, and a pool that grows by
-// hundreds of thousands of nodes at once (a recovery posting 500,000
-// survivors: 64 MiB of nodes) spent about a quarter of its time there. One
-// populating mmap maps the same pages for about half the price (the first
-// recovery of recovery/ordo: 1.17x). Small programs never get this far and
-// keep the pool's footprint at the 32 KiB slabs they use.
+// populated chunks (util/populated_memory.hpp). A recovery posting 500,000
+// survivors needs 64 MiB of nodes at once; faulted in page by page they were
+// about a quarter of its time on a VM (the first recovery of recovery/ordo:
+// 1.17x with chunks). Small programs never get this far and keep the pool's
+// footprint at the 32 KiB slabs they use.
 constexpr std::size_t kSmallSlabs = 64;
-constexpr std::size_t kChunkBytes = std::size_t{2} << 20;
-static_assert(kChunkBytes % kSlabBytes == 0);
+static_assert(kPopulatedChunkBytes % kSlabBytes == 0);
 
 // Called with stash().mu held.
 void* new_slab_locked() {
@@ -80,15 +68,8 @@ void* new_slab_locked() {
     return slab;
   }
   if (s.chunk_next == s.chunk_end) {
-    void* chunk = ::mmap(nullptr, kChunkBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (chunk == MAP_FAILED) throw std::bad_alloc();
-#if ORDO_LEAK_CHECKED
-    // Live nodes own heap memory (their payloads): the leak checker must
-    // scan these chunks as it scans the heap.
-    __lsan_register_root_region(chunk, kChunkBytes);
-#endif
-    s.chunk_next = static_cast<char*>(chunk);
-    s.chunk_end = s.chunk_next + kChunkBytes;
+    s.chunk_next = static_cast<char*>(map_populated_chunk(kPopulatedChunkBytes));
+    s.chunk_end = s.chunk_next + kPopulatedChunkBytes;
   }
   void* slab = s.chunk_next;
   s.chunk_next += kSlabBytes;

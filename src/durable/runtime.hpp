@@ -26,6 +26,7 @@
 #include "durable/backend.hpp"
 #include "ordo/durable.hpp"
 #include "ordo/scheduler.hpp"
+#include "util/block_pool.hpp"
 #include "util/clock.hpp"
 
 namespace ordo::detail {
@@ -185,7 +186,11 @@ class DurableRuntime final : public DurableBackend {
   mutable std::mutex mu_;
   std::condition_variable changed_;   // tasks settled (only shutdown() waits, so only notified once stopping_)
   std::condition_variable timer_cv_;  // an earlier timer, or stopping: the timer thread
-  std::unordered_map<TaskId, JournaledTask> tasks_;  // node-based: a JournaledTask& stays valid until its erase
+  // Node-based: a JournaledTask& stays valid until its erase. Nodes from a
+  // BlockPool: a recovery builds hundreds of thousands at once.
+  std::unordered_map<TaskId, JournaledTask, std::hash<TaskId>, std::equal_to<TaskId>,
+                     PooledAllocator<std::pair<const TaskId, JournaledTask>>>
+      tasks_;
   struct KeyEntry {
     TaskId id;
     std::int64_t retain_until_ns;  // 0 while the task is live
