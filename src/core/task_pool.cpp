@@ -38,8 +38,7 @@ constexpr std::size_t kFetchAhead = 8;
 struct Stash {
   std::mutex mu;
   std::vector<Task*> nodes;  // free nodes given back by threads
-  std::vector<void*> slabs;  // kept reachable: leak checkers see no leak
-  std::size_t slab_count = 0;
+  std::vector<void*> slabs;  // the first kSmallSlabs, kept reachable: leak checkers see no leak
   char* chunk_next = nullptr;  // [chunk_next, chunk_end): slabs not yet handed out
   char* chunk_end = nullptr;
 };
@@ -62,7 +61,7 @@ static_assert(kPopulatedChunkBytes % kSlabBytes == 0);
 // Called with stash().mu held.
 void* new_slab_locked() {
   Stash& s = stash();
-  if (s.slab_count++ < kSmallSlabs) {
+  if (s.slabs.size() < kSmallSlabs) {
     void* slab = ::operator new(kSlabBytes, std::align_val_t{alignof(Task)});
     s.slabs.push_back(slab);
     return slab;
