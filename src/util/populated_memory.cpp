@@ -4,11 +4,19 @@
 
 #include <new>
 
+// GCC says it builds with ASan by __SANITIZE_ADDRESS__, Clang by __has_feature.
 #if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/lsan_interface.h>
 #define ORDO_LEAK_CHECKED 1
-#else
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ORDO_LEAK_CHECKED 1
+#endif
+#endif
+#ifndef ORDO_LEAK_CHECKED
 #define ORDO_LEAK_CHECKED 0
+#endif
+#if ORDO_LEAK_CHECKED
+#include <sanitizer/lsan_interface.h>
 #endif
 
 namespace ordo::detail {
