@@ -174,19 +174,19 @@ bool ResourceManager::try_take_all(NeedList& needs, int worker) noexcept {
 }
 
 bool ResourceManager::prepare_wait_nodes(NeedList& needs) noexcept {
-  if (needs.wait_nodes) return true;
+  if (needs.wait_slots) return true;
   try {
     if (fail_wait_list_allocations.load(std::memory_order_relaxed) > 0 &&
         fail_wait_list_allocations.fetch_sub(1, std::memory_order_relaxed) > 0) {
       throw std::bad_alloc();
     }
-    auto nodes = std::make_unique<WaitNode[]>(needs.count);
+    auto slots = std::make_unique<NeedList::WaitSlot[]>(needs.count);
     for (std::uint32_t i = 0; i < needs.count; ++i) {
       WaitList scratch;  // allocates the node; extracting it keeps the allocation
       scratch.insert(Waiter{0, 0, nullptr});
-      nodes[i] = scratch.extract(scratch.begin());
+      slots[i].node = scratch.extract(scratch.begin());
     }
-    needs.wait_nodes = std::move(nodes);
+    needs.wait_slots = std::move(slots);
     return true;
   } catch (const std::bad_alloc&) {
     return false;
@@ -226,14 +226,18 @@ bool ResourceManager::acquire_or_park(Task* t, NeedList& needs, unsigned level, 
 }
 
 void ResourceManager::park_locked(Task* t, NeedList& needs, unsigned level) noexcept {
+  needs.parked = true;
   needs.level = level;
   needs.seq = next_seq_++;
   needs.parked_at_ns = steady_now_ns();
   for (std::uint32_t i = 0; i < needs.count; ++i) {
     ResourceGroupCore& g = *needs[i].group;
-    WaitNode& node = needs.wait_nodes[i];
-    node.value() = Waiter{level, needs.seq, t};
-    g.wait_list.insert(std::move(node));  // a prepared node: no allocation
+    NeedList::WaitSlot& slot = needs.wait_slots[i];
+    slot.node.value() = Waiter{level, needs.seq, t};
+    // A prepared node: no allocation. The newest waiter of its level goes
+    // last unless a higher level waits: the hint makes the common case
+    // (one level, or the lowest) constant time.
+    slot.pos = g.wait_list.insert(g.wait_list.end(), std::move(slot.node));
     g.waiters.fetch_add(1, std::memory_order_seq_cst);  // the parker's half of the hand-off protocol
     reclaim_spares(g);  // after registering: see the invariants
     mark_locked(g);
@@ -303,10 +307,8 @@ bool ResourceManager::unpark_for_cancel(Task* t) {
     std::lock_guard lock(mu_);
     NeedList& needs = *needs_of(t);
     if (needs.count == 0) return false;
-    auto& list = needs[0].group->wait_list;
-    auto it = list.find(Waiter{needs.level, needs.seq, t});
-    if (it == list.end() || it->task != t) return false;  // not parked (yet, or any more)
-    unregister_locked(t, needs);
+    if (!needs.parked) return false;  // not parked (yet, or any more)
+    unregister_locked(needs);
     for (const NeedEntry& e : needs) mark_locked(*e.group);
     dispatch_locked();  // whoever waited behind it may fit now
   }
@@ -373,11 +375,12 @@ void ResourceManager::unpark_one() noexcept {
   if (parked_.fetch_sub(1, std::memory_order_seq_cst) == 1) core_.last_parked_task_left();
 }
 
-void ResourceManager::unregister_locked(Task* t, NeedList& needs) noexcept {
+void ResourceManager::unregister_locked(NeedList& needs) noexcept {
+  needs.parked = false;
   const std::int64_t waited = steady_now_ns() - needs.parked_at_ns;
   for (std::uint32_t i = 0; i < needs.count; ++i) {
     ResourceGroupCore& g = *needs[i].group;
-    needs.wait_nodes[i] = g.wait_list.extract(Waiter{needs.level, needs.seq, t});  // kept for the next park
+    needs.wait_slots[i].node = g.wait_list.extract(needs.wait_slots[i].pos);  // kept for the next park
     g.waiters.fetch_sub(1, std::memory_order_seq_cst);
     g.total_wait_ns += waited;
   }
@@ -425,7 +428,7 @@ void ResourceManager::dispatch_locked() noexcept {
       }
       ++it;  // unregister_locked takes t out of this list too
       needs.held.store(true, std::memory_order_relaxed);  // relaxed: see NeedList::held
-      unregister_locked(t, needs);
+      unregister_locked(needs);
       for (const NeedEntry& e : needs)
         if (e.group != g) mark_locked(*e.group);
       // The parked task was claimed (state running) when it was parked; give
@@ -459,7 +462,7 @@ std::size_t ResourceManager::cancel_parked(Which which) noexcept {
       }
       if (doomed == nullptr) break;
       NeedList& needs = *needs_of(doomed);
-      unregister_locked(doomed, needs);
+      unregister_locked(needs);
       if (which == Which::unsatisfiable) {
         // Dispatching passes over hopeless waiters already; this is for the
         // timer, whose head may have been this one.
@@ -480,15 +483,14 @@ bool ResourceManager::reorder_parked(Task* t, unsigned level) {
   std::lock_guard lock(mu_);
   NeedList& needs = *needs_of(t);
   if (needs.count == 0) return false;  // (`held` is not ours to read: the fast path writes it without mu_)
-  auto& list = needs[0].group->wait_list;
-  auto it = list.find(Waiter{needs.level, needs.seq, t});
-  if (it == list.end() || it->task != t) return false;  // not parked (yet, or any more)
+  if (!needs.parked) return false;  // not parked (yet, or any more)
   for (std::uint32_t i = 0; i < needs.count; ++i) {
     ResourceGroupCore& g = *needs[i].group;
+    NeedList::WaitSlot& slot = needs.wait_slots[i];
     // The same node, moved: no allocation, so no half-moved task.
-    WaitNode node = g.wait_list.extract(Waiter{needs.level, needs.seq, t});
+    WaitNode node = g.wait_list.extract(slot.pos);
     node.value().level = level;  // the same age: only the priority changes
-    g.wait_list.insert(std::move(node));
+    slot.pos = g.wait_list.insert(std::move(node)).position;
     mark_locked(g);
   }
   needs.level = level;

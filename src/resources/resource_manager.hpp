@@ -99,10 +99,18 @@ struct NeedList {
   NeedEntry& operator[](std::size_t i) noexcept { return begin()[i]; }
   const NeedEntry& operator[](std::size_t i) const noexcept { return begin()[i]; }
   // One wait-list node per entry (same order), allocated the first time the
-  // task may have to wait and kept until the list is freed; while the task
-  // is parked the nodes are in the groups' lists (these handles are empty).
-  std::unique_ptr<WaitNode[]> wait_nodes;
+  // task may have to wait and kept until the list is freed. While the task
+  // is parked the nodes are in the groups' lists: the handles are empty and
+  // `pos` names each node in its list, so that a grant, a cancel or a
+  // re-ordering takes it out without searching a list that may hold tens of
+  // thousands of waiters (mu_).
+  struct WaitSlot {
+    WaitNode node;
+    WaitList::iterator pos;
+  };
+  std::unique_ptr<WaitSlot[]> wait_slots;  // written unparked by the claimer, outside mu_
   // While parked (ResourceManager::mu_):
+  bool parked = false;  // in its groups' lists; read under mu_ by cancel and set_priority
   unsigned level = 0;
   std::uint64_t seq = 0;
   std::int64_t parked_at_ns = 0;
@@ -232,7 +240,7 @@ class ResourceManager {
   void return_spares_and_dispatch(ResourceGroupCore& g, unsigned worker) noexcept;
   // Some need is above its group's current limit: no release can grant it.
   static bool exceeds_a_limit(const NeedList& needs) noexcept;
-  // Allocates needs.wait_nodes if it has none yet; false (nothing changed)
+  // Allocates needs.wait_slots if it has none yet; false (nothing changed)
   // when there is no memory.
   static bool prepare_wait_nodes(NeedList& needs) noexcept;
   // The best waiter of g that is not hopeless, or null (mu_ held).
@@ -249,7 +257,7 @@ class ResourceManager {
   void mark_locked(ResourceGroupCore& g) noexcept;
   // Grants the waiters of every marked group that now fit (see the .cpp).
   void dispatch_locked() noexcept;
-  void unregister_locked(Task* t, NeedList& needs) noexcept;
+  void unregister_locked(NeedList& needs) noexcept;
 
   TaskSink& core_;
   mutable std::mutex mu_;
