@@ -372,6 +372,68 @@ TEST(Resource, SetPriorityReordersAParkedTask) {
   EXPECT_EQ(order, (std::vector<int>{1, 2, 0}));
 }
 
+// Many waiters, each parked in two groups' lists, some moved to another
+// level and some cancelled while parked: every move and every cancel takes
+// the task's entries out of both lists by their recorded places, so the
+// survivors must still be granted by (level, age) and the cancelled never
+// run.
+TEST(Resource, WaitersReorderedAndCancelledInTwoListsAreGrantedByLevelThenAge) {
+  for (unsigned seed = 1; seed <= 3 * test::kScale; ++seed) {
+    Scheduler s{{.workers = 2, .levels = 3}};
+    auto db = s.resource_group("db", 1);
+    auto pool = s.resource_group("pool", 1000);  // never full: it only adds a second list
+    Gate gate;
+    auto holder = s.submit([&] { gate.hold(); }, {.needs = {{db, 1}}});
+    gate.wait_entered();
+    std::mt19937 rng(seed);
+    constexpr int kWaiters = 60;
+    std::mutex mu;
+    std::vector<int> order;
+    std::vector<Handle<void>> hs;
+    std::vector<unsigned> level(kWaiters);
+    for (int i = 0; i < kWaiters; ++i) {
+      level[i] = static_cast<unsigned>(rng() % 3);
+      hs.push_back(s.submit([&, i] {
+        std::lock_guard lock(mu);
+        order.push_back(i);
+      }, {.priority = Priority{static_cast<std::uint8_t>(level[i])}, .needs = {{db, 1}, {pool, 1}}}));
+      while (db.stats().waiting < static_cast<std::uint64_t>(i + 1)) std::this_thread::yield();
+    }
+    std::vector<bool> cancelled(kWaiters, false);
+    for (int step = 0; step < kWaiters; ++step) {
+      const int i = static_cast<int>(rng() % kWaiters);
+      if (cancelled[i]) continue;
+      if (rng() % 3 == 0) {
+        ASSERT_TRUE(hs[i].cancel()) << "seed " << seed << ": waiter " << i << " was not parked";
+        cancelled[i] = true;
+      } else {
+        level[i] = static_cast<unsigned>(rng() % 3);
+        ASSERT_TRUE(hs[i].set_priority(Priority{static_cast<std::uint8_t>(level[i])})) << "seed " << seed;
+      }
+    }
+    std::vector<int> expected;
+    for (int i = 0; i < kWaiters; ++i)
+      if (!cancelled[i]) expected.push_back(i);
+    // Priority 0 is the highest; the same level keeps submission order.
+    std::stable_sort(expected.begin(), expected.end(), [&](int a, int b) { return level[a] < level[b]; });
+    EXPECT_EQ(db.stats().waiting, expected.size()) << "seed " << seed;
+    EXPECT_EQ(pool.stats().waiting, expected.size()) << "seed " << seed;
+    gate.open.store(true);
+    holder.get();
+    for (int i = 0; i < kWaiters; ++i) {
+      if (cancelled[i]) {
+        EXPECT_THROW(hs[i].get(), TaskCancelled) << "seed " << seed;
+      } else {
+        hs[i].get();
+      }
+    }
+    EXPECT_EQ(order, expected) << "seed " << seed;
+    EXPECT_EQ(db.stats().in_use, 0u);
+    EXPECT_EQ(pool.stats().in_use, 0u);
+    EXPECT_EQ(pool.stats().waiting, 0u);
+  }
+}
+
 TEST(Resource, WeightedNeedsShareABudget) {
   Scheduler s{{.workers = 4}};
   auto memory = s.resource_group("memory_mib", 4096);
