@@ -234,9 +234,10 @@ void ResourceManager::park_locked(Task* t, NeedList& needs, unsigned level) noex
     ResourceGroupCore& g = *needs[i].group;
     NeedList::WaitSlot& slot = needs.wait_slots[i];
     slot.node.value() = Waiter{level, needs.seq, t};
-    // A prepared node: no allocation. The newest waiter of its level goes
-    // last unless a higher level waits: the hint makes the common case
-    // (one level, or the lowest) constant time.
+    // A prepared node: no allocation. The list is ordered by level (0, the
+    // highest priority, first), then age: the newest waiter goes last unless
+    // one of a lower priority waits. The end() hint makes that common case
+    // (every waiter at one priority) constant time.
     slot.pos = g.wait_list.insert(g.wait_list.end(), std::move(slot.node));
     g.waiters.fetch_add(1, std::memory_order_seq_cst);  // the parker's half of the hand-off protocol
     reclaim_spares(g);  // after registering: see the invariants
