@@ -31,14 +31,6 @@ bool SchedulerCore::work_visible(const Worker& w) const noexcept {
   return false;
 }
 
-Task* SchedulerCore::find_task(Worker& w) {
-  Task* t = find_task_at_some_level(w);
-  // Nothing to do: whatever this worker does next (spin, park, help a wait
-  // of its own), it must not hold back a group's count meanwhile.
-  if (t == nullptr) publish_group_children(w);
-  return t;
-}
-
 Task* SchedulerCore::find_task_at_some_level(Worker& w) {
   const unsigned served = w.max_level.load(std::memory_order_relaxed) + 1u;
   // Within a level the own deque comes first (cache-warm, no contention), but

@@ -302,6 +302,17 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
+// Inline because a helping wait (TaskGroup::wait in recursive fork/join)
+// calls it once per child: fib/ordo/30 took 0.90x the time with it inlined
+// (performance.md, round eleven).
+inline Task* SchedulerCore::find_task(Worker& w) {
+  Task* t = find_task_at_some_level(w);
+  // Nothing to do: whatever this worker does next (spin, park, help a wait
+  // of its own), it must not hold back a group's count meanwhile.
+  if (t == nullptr) publish_group_children(w);
+  return t;
+}
+
 template <class Done, class PrepareSleep, class Until>
 bool SchedulerCore::wait_until(Done&& done, PrepareSleep&& prepare_sleep, Until until) {
   if (done()) return true;
