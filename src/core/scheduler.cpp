@@ -11,15 +11,21 @@ namespace ordo {
 
 namespace detail {
 
+namespace {
+
+[[noreturn, gnu::cold, gnu::noinline]] void throw_level_beyond(const SchedulerCore& core, std::uint8_t level) {
+  throw InvalidArgument("ordo: priority level " + std::to_string(level) + " is beyond this scheduler's " +
+                        std::to_string(core.level_count()) + " levels (0.." + std::to_string(core.level_count() - 1) +
+                        ")");
+}
+
+}  // namespace
+
 std::uint8_t resolve_level(SchedulerCore& core, std::optional<Priority> priority) {
   std::uint8_t level;
   if (priority) {
     level = static_cast<std::uint8_t>(*priority);
-    if (level >= core.level_count()) {
-      throw InvalidArgument("ordo: priority level " + std::to_string(level) + " is beyond this scheduler's " +
-                            std::to_string(core.level_count()) + " levels (0.." +
-                            std::to_string(core.level_count() - 1) + ")");
-    }
+    if (level >= core.level_count()) throw_level_beyond(core, level);
   } else if (tls_context.core == &core && tls_context.current != nullptr) {
     level = tls_context.current->level.load(std::memory_order_relaxed);  // inherit the running task's priority
   } else {

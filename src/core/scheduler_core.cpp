@@ -13,8 +13,8 @@ namespace ordo::detail {
 
 thread_local constinit ThreadContext tls_context{nullptr, nullptr, nullptr, nullptr, 0, nullptr};
 
-Parker* this_thread_parker() noexcept {
-  if (tls_context.parker == nullptr) tls_context.parker = Parker::current();
+Parker* cache_this_thread_parker() noexcept {
+  tls_context.parker = Parker::current();
   return tls_context.parker;
 }
 

@@ -24,8 +24,6 @@
 
 namespace ordo::detail {
 
-GroupState::GroupState(SchedulerCore& c) : core(&c), owner_parker(this_thread_parker()) {}
-
 void throw_not_owner() {
   throw Error(
       "ordo: TaskGroup::spawn called from a thread that does not own the group; a child that spawns work "

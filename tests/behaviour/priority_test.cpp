@@ -83,6 +83,12 @@ TEST(Priority, SingleLevelSchedulerTakesDefaultSubmissions) {
   Scheduler s{{.workers = 1, .levels = 1}};
   EXPECT_EQ(s.submit([] { return 1; }).get(), 1);
   EXPECT_THROW(s.post([] {}, {.priority = normal}), InvalidArgument);
+  try {
+    s.post([] {}, {.priority = Priority{3}});
+    ADD_FAILURE() << "a level beyond the scheduler's was accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_STREQ(e.what(), "ordo: priority level 3 is beyond this scheduler's 1 levels (0..0)");
+  }
 }
 
 TEST(Wakeup, ParkedPoolWakesForEverySubmission) {

@@ -12,6 +12,7 @@
 #include <exception>
 
 #include "ordo/detail/task.hpp"
+#include "ordo/detail/thread_context.hpp"
 
 namespace ordo::detail {
 
@@ -24,7 +25,7 @@ namespace ordo::detail {
 //    still out and the child that brings it to zero knows it is the last and
 //    wakes the owner's parker, read before its own decrement.
 struct GroupState {
-  explicit GroupState(SchedulerCore& c);
+  explicit GroupState(SchedulerCore& c) : core(&c), owner_parker(this_thread_parker()) {}
 
   SchedulerCore* core;
   // The owning thread's parker: identifies the owner (parkers are unique among

@@ -27,7 +27,14 @@ struct ThreadContext {
 // Trivial and constant-initialised: reading it is a plain TLS load.
 extern thread_local constinit ThreadContext tls_context;
 
-// The calling thread's parker (cached after the first call).
-Parker* this_thread_parker() noexcept;
+// Looks up the calling thread's parker and caches it in tls_context.
+Parker* cache_this_thread_parker() noexcept;
+
+// The calling thread's parker (cached after the first call). Inline: every
+// TaskGroup asks for it when it is made.
+inline Parker* this_thread_parker() noexcept {
+  if (Parker* cached = tls_context.parker) [[likely]] return cached;
+  return cache_this_thread_parker();
+}
 
 }  // namespace ordo::detail
