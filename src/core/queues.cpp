@@ -1,8 +1,8 @@
 // SchedulerCore's queues: putting tasks in (submit, inject, move_task,
 // resubmit), finding them (own deque, injection queue, stealing, level by
 // level under the policy), and waking sleepers for them. Submission and the
-// search share push_local() and wake_one(), which the compiler inlines into
-// both: they stay in one file so that the hot paths compile as before.
+// search share push_local() and take_at_level(), which are forced inline into
+// them (the compiler had kept them as calls): they stay in one file for that.
 #include <array>
 #include <chrono>
 #include <thread>
@@ -98,13 +98,16 @@ Task* SchedulerCore::find_task_at_some_level(Worker& w) {
   return nullptr;
 }
 
-void SchedulerCore::push_local(Worker& w, Task* t, unsigned level) {
+// Always inlined (with mark_local) into submit and take_injected: each spawn
+// from a worker comes through here; fib/ordo/30 took 0.944x the time with
+// this and level_for inlined (performance.md, round eleven).
+[[gnu::always_inline]] inline void SchedulerCore::push_local(Worker& w, Task* t, unsigned level) {
   w.deques[level].push(t);
   mark_local(w, level);
   if (sleepers_.any_relaxed()) wake_one(level);
 }
 
-void SchedulerCore::mark_local(Worker& w, unsigned level) {
+[[gnu::always_inline]] inline void SchedulerCore::mark_local(Worker& w, unsigned level) {
   const std::uint32_t bit = 1u << level;
   w.local_levels |= bit;
   if (!(w.advertised & bit)) {  // an RMW only when the deque becomes non-empty

@@ -19,9 +19,8 @@ namespace {
                         ")");
 }
 
-}  // namespace
-
-std::uint8_t resolve_level(SchedulerCore& core, std::optional<Priority> priority) {
+// Inlined into prepare_task (a call per spawn); resolve_level is its out-of-line copy.
+[[gnu::always_inline]] inline std::uint8_t level_for(SchedulerCore& core, std::optional<Priority> priority) {
   std::uint8_t level;
   if (priority) {
     level = static_cast<std::uint8_t>(*priority);
@@ -34,11 +33,15 @@ std::uint8_t resolve_level(SchedulerCore& core, std::optional<Priority> priority
   return level;
 }
 
+}  // namespace
+
+std::uint8_t resolve_level(SchedulerCore& core, std::optional<Priority> priority) { return level_for(core, priority); }
+
 // A pooled node keeps whatever its last use left in it, so every field a
 // kind reads is set here, also those that "should" already be zero (a
 // dependent refused while it was being built leaves its setup hold in deps).
 Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority, TaskKind kind, ExecFn exec) {
-  const std::uint8_t level = resolve_level(core, priority);
+  const std::uint8_t level = level_for(core, priority);
   Task* t = allocate_task();
   // relaxed stores: published with the node by the queue handoff.
   t->exec = exec;
