@@ -6,6 +6,7 @@
 
 #include "core/ager.hpp"
 #include "core/scheduler_core.hpp"
+#include "core/task_pool.hpp"
 
 namespace ordo {
 
@@ -42,7 +43,7 @@ std::uint8_t resolve_level(SchedulerCore& core, std::optional<Priority> priority
 // dependent refused while it was being built leaves its setup hold in deps).
 Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority, TaskKind kind, ExecFn exec) {
   const std::uint8_t level = level_for(core, priority);
-  Task* t = allocate_task();
+  Task* t = pool::allocate();
   // relaxed stores: published with the node by the queue handoff.
   t->exec = exec;
   t->kind = kind;

@@ -5,6 +5,7 @@
 #include "ordo/detail/dependency.hpp"
 #include "ordo/handle.hpp"
 #include "core/scheduler_core.hpp"
+#include "core/task_pool.hpp"
 
 namespace ordo::detail {
 
@@ -22,7 +23,7 @@ void SchedulerCore::finish(Task* t, bool ran) noexcept {
       if (t->movable) {
         release_task(t);  // stale entries or the ager may still hold references
       } else {
-        free_task(t);
+        pool::free(t);
       }
       return;
     case TaskKind::group: {
@@ -30,7 +31,7 @@ void SchedulerCore::finish(Task* t, bool ran) noexcept {
       if (t->movable) {
         release_task(t);
       } else {
-        free_task(t);
+        pool::free(t);
       }
       group_complete(*g);
       return;

@@ -18,22 +18,15 @@
 #include <new>
 #include <vector>
 
+#include "core/task_pool.hpp"
 #include "ordo/detail/task.hpp"
 #include "util/populated_memory.hpp"
-#include "util/prefetch.hpp"
 
 namespace ordo::detail {
 
-namespace {
+using pool::kBatch;
 
-constexpr std::size_t kBatch = 256;
-constexpr std::size_t kCacheCapacity = 2 * kBatch;
-// How many allocations ahead allocate_task() starts fetching a node for
-// writing. A thread that submits from outside the pool mostly gets nodes that
-// workers freed: their lines sit in another core's cache, one transfer away
-// (on a slow-interconnect day, ~200 ns, several submissions' worth). Fetching
-// one ahead left most of that transfer on the submitter's path.
-constexpr std::size_t kFetchAhead = 8;
+namespace {
 
 struct Stash {
   std::mutex mu;
@@ -75,21 +68,11 @@ void* new_slab_locked() {
   return slab;
 }
 
-// Trivial so that every access is a plain thread-local load (no TLS init guard).
-struct ThreadCache {
-  Task* nodes[kCacheCapacity];  // [0, count) free; the most recently freed on top
-  std::size_t count;
-  bool hooked;   // the exit hook is registered: whatever is cached goes back at exit
-  bool exiting;  // the thread's exit hook ran: frees go straight to the stash
-};
-thread_local constinit ThreadCache cache{{}, 0, false, false};
+}  // namespace
 
-// Both of the node's lines, for writing: the submitter writes the header and
-// the payload next. Read-prefetched, each line would come in shared with the
-// worker that freed the node, and the first store would still wait for that
-// copy's invalidation: on a slow-interconnect day the next submission's
-// barrier then waits for it too (almost half of spawn_external's time there).
-void fetch_for_writing(Task* t) noexcept { prefetch_for_writing(t, sizeof(Task)); }
+namespace pool {
+
+thread_local constinit ThreadCache cache{{}, 0, false, false};
 
 // Gives the kBatch nodes at the bottom of the cache to the stash: the ones
 // this thread freed longest ago, the least likely to still be in its cache.
@@ -120,9 +103,7 @@ struct ExitHook {
   cache.hooked = true;
 }
 
-// Called with an empty cache. This and the other rare paths stay out of
-// line: inlined, they made allocate_task() and free_task() save six
-// registers on every call.
+// Called with an empty cache.
 [[gnu::noinline]] void refill() {
   if (!cache.hooked) register_exit_hook();
   {
@@ -149,25 +130,10 @@ struct ExitHook {
   stash().nodes.push_back(t);
 }
 
-}  // namespace
+}  // namespace pool
 
-Task* allocate_task() {
-  if (cache.count == 0) refill();
-  Task* t = cache.nodes[--cache.count];
-  // The node handed out kFetchAhead allocations from now (refill() fetched
-  // the first ones).
-  if (cache.count >= kFetchAhead) fetch_for_writing(cache.nodes[cache.count - kFetchAhead]);
-  return t;
-}
+Task* allocate_task() { return pool::allocate(); }
 
-void free_task(Task* t) noexcept {
-  if (cache.exiting) [[unlikely]] {
-    free_after_exit(t);
-    return;
-  }
-  if (!cache.hooked) [[unlikely]] register_exit_hook();
-  if (cache.count == kCacheCapacity) flush();
-  cache.nodes[cache.count++] = t;
-}
+void free_task(Task* t) noexcept { pool::free(t); }
 
 }  // namespace ordo::detail
