@@ -1,8 +1,9 @@
 // SchedulerCore's queues: putting tasks in (submit, inject, move_task,
 // resubmit), finding them (own deque, injection queue, stealing, level by
 // level under the policy), and waking sleepers for them. Submission and the
-// search share push_local() and take_at_level(), which are forced inline into
-// them (the compiler had kept them as calls): they stay in one file for that.
+// search share push_local(), and the search runs take_at_level(); both are
+// forced inline (the compiler had kept them as calls), which is why all of
+// this stays in one file.
 #include <array>
 #include <chrono>
 #include <thread>

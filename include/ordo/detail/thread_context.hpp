@@ -1,5 +1,6 @@
 // What ordo knows about the calling thread. In the public tree only so that
-// header templates (TaskGroup::spawn) can test ownership without a call.
+// header templates (TaskGroup::spawn, GroupState's constructor) can test and
+// record ownership without a call.
 //
 // Thread-safety: thread-local; each thread sees only its own.
 #pragma once
