@@ -85,6 +85,8 @@ thread_local constinit ThreadCache cache{{}, 0, false, false};
   std::memmove(cache.nodes, cache.nodes + kBatch, cache.count * sizeof(Task*));
 }
 
+namespace {
+
 struct ExitHook {
   ~ExitHook() {
     std::lock_guard lock(stash().mu);
@@ -93,6 +95,8 @@ struct ExitHook {
     cache.exiting = true;
   }
 };
+
+}  // namespace
 
 // Before a thread first caches a node, allocated or freed: a thread that
 // only ever frees (one that drops the last reference to handles) would
