@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -53,18 +54,27 @@ class TaskGroup {
   void spawn(F&& fn, SpawnOptions options = {}) {
     using Fn = std::decay_t<F>;
     if (detail::tls_context.parker != state_.owner_parker) detail::throw_not_owner();
-    detail::Task* t =
-        detail::prepare_task(*state_.core, options.priority, detail::TaskKind::group, &detail::exec_group_task<Fn>);
-    t->group = &state_;
-    try {
-      detail::emplace_payload<Fn>(t, std::forward<F>(fn));
-    } catch (...) {
-      detail::free_task(t);
-      throw;
-    }
-    if (!detail::group_spawn(state_, t)) {
-      detail::discard_unqueued<Fn>(t);
-      throw SchedulerStopped{};
+    if constexpr (detail::kPlainBytes<Fn>) {
+      // The common lambda (captures by reference or of plain values): one call.
+      const Fn callable(std::forward<F>(fn));
+      if (!detail::group_spawn_bytes(state_, options.priority, &detail::exec_group_task<Fn>,
+                                     std::addressof(callable), sizeof(Fn))) {
+        throw SchedulerStopped{};
+      }
+    } else {
+      detail::Task* t = detail::prepare_task(*state_.core, options.priority, detail::TaskKind::group,
+                                             &detail::exec_group_task<Fn>);
+      t->group = &state_;
+      try {
+        detail::emplace_payload<Fn>(t, std::forward<F>(fn));
+      } catch (...) {
+        detail::free_task(t);
+        throw;
+      }
+      if (!detail::group_spawn(state_, t)) {
+        detail::discard_unqueued<Fn>(t);
+        throw SchedulerStopped{};
+      }
     }
   }
 

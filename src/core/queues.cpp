@@ -1,9 +1,9 @@
 // SchedulerCore's queues: putting tasks in (submit, inject, move_task,
 // resubmit), finding them (own deque, injection queue, stealing, level by
-// level under the policy), and waking sleepers for them. Submission and the
-// search share push_local(), and the search runs take_at_level(); both are
-// forced inline (the compiler had kept them as calls), which is why all of
-// this stays in one file.
+// level under the policy), and waking sleepers for them. The search runs
+// take_at_level(), forced inline (the compiler had kept it as a call), which
+// is why the search stays in one file; push_local(), which submission shares
+// with TaskGroup's spawn, is in scheduler_core.hpp.
 #include <array>
 #include <chrono>
 #include <thread>
@@ -97,24 +97,6 @@ Task* SchedulerCore::find_task_at_some_level(Worker& w) {
     }
   }
   return nullptr;
-}
-
-// Always inlined (with mark_local) into submit and take_injected: each spawn
-// from a worker comes through here; fib/ordo/30 took 0.944x the time with
-// this and level_for inlined (performance.md, round eleven).
-[[gnu::always_inline]] inline void SchedulerCore::push_local(Worker& w, Task* t, unsigned level) {
-  w.deques[level].push(t);
-  mark_local(w, level);
-  if (sleepers_.any_relaxed()) wake_one(level);
-}
-
-[[gnu::always_inline]] inline void SchedulerCore::mark_local(Worker& w, unsigned level) {
-  const std::uint32_t bit = 1u << level;
-  w.local_levels |= bit;
-  if (!(w.advertised & bit)) {  // an RMW only when the deque becomes non-empty
-    advertised_[level].add(w.index);
-    w.advertised |= bit;
-  }
 }
 
 Task* SchedulerCore::take_injected(Worker& w, unsigned level, std::size_t most) {

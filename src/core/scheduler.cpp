@@ -6,68 +6,22 @@
 
 #include "core/ager.hpp"
 #include "core/scheduler_core.hpp"
-#include "core/task_pool.hpp"
+#include "core/task_prepare.hpp"
 
 namespace ordo {
 
 namespace detail {
 
-namespace {
-
-[[noreturn, gnu::cold, gnu::noinline]] void throw_level_beyond(const SchedulerCore& core, std::uint8_t level) {
+void throw_level_beyond(const SchedulerCore& core, std::uint8_t level) {
   throw InvalidArgument("ordo: priority level " + std::to_string(level) + " is beyond this scheduler's " +
                         std::to_string(core.level_count()) + " levels (0.." + std::to_string(core.level_count() - 1) +
                         ")");
 }
 
-// Inlined into prepare_task (a call per spawn); resolve_level is its out-of-line copy.
-[[gnu::always_inline]] inline std::uint8_t level_for(SchedulerCore& core, std::optional<Priority> priority) {
-  std::uint8_t level;
-  if (priority) {
-    level = static_cast<std::uint8_t>(*priority);
-    if (level >= core.level_count()) throw_level_beyond(core, level);
-  } else if (tls_context.core == &core && tls_context.current != nullptr) {
-    level = tls_context.current->level.load(std::memory_order_relaxed);  // inherit the running task's priority
-  } else {
-    level = core.default_level();
-  }
-  return level;
-}
-
-}  // namespace
-
 std::uint8_t resolve_level(SchedulerCore& core, std::optional<Priority> priority) { return level_for(core, priority); }
 
-// A pooled node keeps whatever its last use left in it, so every field a
-// kind reads is set here, also those that "should" already be zero (a
-// dependent refused while it was being built leaves its setup hold in deps).
 Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority, TaskKind kind, ExecFn exec) {
-  const std::uint8_t level = level_for(core, priority);
-  Task* t = pool::allocate();
-  // relaxed stores: published with the node by the queue handoff.
-  t->exec = exec;
-  t->kind = kind;
-  t->level.store(level, std::memory_order_relaxed);
-  t->core = &core;
-  const bool aged = core.ages(level);
-  if (kind == TaskKind::handle) {
-    t->movable = true;  // set_priority may move it
-    t->state.store(kQueued, std::memory_order_relaxed);
-    t->refs.store(2, std::memory_order_relaxed);  // the handle's and the queue entry's
-    t->waiter.store(nullptr, std::memory_order_relaxed);
-    t->successors = nullptr;  // overwrites the free-list link
-    t->preds = nullptr;
-    t->deps.store(0, std::memory_order_relaxed);  // nothing pending: raise_priority moves it, never re-levels it
-  } else {
-    if (kind == TaskKind::detached) t->needs = nullptr;  // (a group task's `group` is set by its spawn)
-    t->movable = aged;  // the ager may move it
-    if (aged) {
-      t->refs.store(1, std::memory_order_relaxed);  // the queue entry's
-      t->state.store(kQueued, std::memory_order_relaxed);
-    }
-  }
-  t->enqueued_ns = (aged || (++tls_context.sample_tick & 63) == 0) ? steady_now_ns() : 0;
-  return t;
+  return prepare_node(core, priority, kind, exec);
 }
 
 bool submit_task(SchedulerCore& core, Task* t) { return core.submit(t); }

@@ -20,7 +20,10 @@
 //    in vain, so a waiting owner never waits on a worker that waits too.
 #include "ordo/task_group.hpp"
 
+#include <cstring>
+
 #include "core/scheduler_core.hpp"
+#include "core/task_prepare.hpp"
 
 namespace ordo::detail {
 
@@ -30,11 +33,54 @@ void throw_not_owner() {
       "should create its own TaskGroup");
 }
 
-bool group_spawn(GroupState& g, Task* t) {
-  // `published` is always false here: only the owner spawns, and group_wait
-  // resets it before returning.
-  if (!g.core->submit(t)) return false;
+namespace {
+
+// `published` is always false here: only the owner spawns, and group_wait
+// resets it before returning. A child needs no resources, so a worker's
+// spawn skips submit()'s checks unless an ager tracks the child's level: a
+// call and its frame per spawn in recursive fork/join.
+[[gnu::always_inline]] inline bool queue_child(GroupState& g, Task* t) {
+  if (!g.core->push_own(t) && !g.core->submit(t)) return false;
   ++g.local_pending;
+  return true;
+}
+
+// The payload sizes of lambdas that capture one to four references or
+// pointers get a copy of constant size, which compiles to moves; others a
+// call to memcpy. memcpy begins the callable's lifetime in the node (it is
+// trivially copyable, an implicit-lifetime type); exec reads it as the type.
+[[gnu::always_inline]] inline void copy_payload(void* to, const void* from, std::size_t size) {
+  switch (size) {
+    case 8:
+      std::memcpy(to, from, 8);
+      return;
+    case 16:
+      std::memcpy(to, from, 16);
+      return;
+    case 24:
+      std::memcpy(to, from, 24);
+      return;
+    case 32:
+      std::memcpy(to, from, 32);
+      return;
+    default:
+      std::memcpy(to, from, size);
+  }
+}
+
+}  // namespace
+
+bool group_spawn(GroupState& g, Task* t) { return queue_child(g, t); }
+
+bool group_spawn_bytes(GroupState& g, std::optional<Priority> priority, ExecFn exec, const void* payload,
+                       std::size_t size) {
+  Task* t = prepare_node(*g.core, priority, TaskKind::group, exec);
+  copy_payload(t->payload, payload, size);
+  t->group = &g;
+  if (!queue_child(g, t)) {
+    pool::free(t);  // nothing to destroy in a payload of plain bytes
+    return false;
+  }
   return true;
 }
 

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <latch>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -152,7 +153,8 @@ TEST(Shutdown, ExternalSubmissionAfterShutdownIsRefused) {
   EXPECT_THROW(s.post([] {}), SchedulerStopped);
   EXPECT_THROW((void)s.submit([] { return 1; }), SchedulerStopped);
   TaskGroup g(s);
-  EXPECT_THROW(g.spawn([] {}), SchedulerStopped);
+  EXPECT_THROW(g.spawn([] {}), SchedulerStopped);  // plain bytes: one call
+  EXPECT_THROW(g.spawn([text = std::string(40, 'x')] { (void)text; }), SchedulerStopped);  // constructed in the node
   EXPECT_NO_THROW(g.wait());
   s.shutdown();  // idempotent
 }

@@ -1,8 +1,10 @@
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -186,5 +188,75 @@ TEST(TaskGroup, SpawnTakesNoAfterOrNeedsAndHonoursItsPriority) {
   EXPECT_EQ(ran.load(), 1);
   EXPECT_EQ(level_seen.load(), 1) << "the child did not run at the priority it was spawned with";
 }
+// A callable that is plain bytes is copied into its node by one call
+// (group_spawn_bytes), by a constant-size copy for the common sizes and
+// memcpy for others; anything else is constructed in the node or on the
+// heap. Each shape must arrive whole: every byte of its captures checked.
+void add_to_seen(std::atomic<long>& seen, long v) { seen.fetch_add(v); }
+std::atomic<long> fn_pointer_runs{0};
+void count_a_run() { fn_pointer_runs.fetch_add(1); }
+
+TEST(TaskGroup, ChildrenOfEveryCallableShapeArriveWhole) {
+  Scheduler s{{.workers = 2}};
+  for (std::size_t round = 0; round < 20 * test::kScale; ++round) {
+    std::atomic<long> seen{0};
+    fn_pointer_runs = 0;
+    long expected = 0;
+    auto run = [&] {
+      TaskGroup g(s);
+      long a = 1, b = 10, c = 100;  // not constants: the children must read their copies
+      std::atomic<long>* p = &seen;
+      g.spawn([] {});                                                   // 1 byte
+      g.spawn([p] { add_to_seen(*p, 1000); });                          // 8
+      g.spawn([p, a] { add_to_seen(*p, a); });                          // 16
+      g.spawn([p, a, b] { add_to_seen(*p, 2 * (a + b)); });             // 24
+      g.spawn([p, a, b, c] { add_to_seen(*p, 3 * (a + b + c)); });      // 32
+      g.spawn([p, a, b, c, x = 7000L] { add_to_seen(*p, a + b + c + x); });  // 40
+      int small = 5;
+      g.spawn([p, small] { add_to_seen(*p, small); });                  // 16 with padding
+      g.spawn(&count_a_run);                                            // a function pointer
+      g.spawn(count_a_run);                                             // a function reference
+      g.spawn([p, text = std::string(40, 'x')] { add_to_seen(*p, static_cast<long>(text.size())); });
+      std::array<long, 32> big{};
+      big.fill(3);
+      g.spawn([p, big] { add_to_seen(*p, big[0] + big[31]); });         // larger than the node: heap
+      g.spawn([p, n = 0]() mutable { add_to_seen(*p, ++n); });          // mutable state
+      g.wait();
+      expected = 1000 + 1 + 22 + 333 + 7111 + 5 + 40 + 6 + 1;
+    };
+    auto h = s.submit(run);  // from a worker (its own deque)
+    ASSERT_TRUE(h.wait_for(std::chrono::seconds(20)));
+    h.get();
+    ASSERT_EQ(seen.load(), expected) << "round " << round << " (from a worker)";
+    ASSERT_EQ(fn_pointer_runs.load(), 2);
+    seen = 0;
+    fn_pointer_runs = 0;
+    run();  // from outside the pool (injection queue)
+    ASSERT_EQ(seen.load(), expected) << "round " << round << " (from outside)";
+    ASSERT_EQ(fn_pointer_runs.load(), 2);
+  }
+}
+
+TEST(TaskGroup, AChildWithALevelBeyondTheSchedulersIsRefusedWithItsNumber) {
+  Scheduler s{{.workers = 1, .levels = 2}};
+  TaskGroup g(s);
+  long captured = 1;
+  for (int shape = 0; shape < 2; ++shape) {
+    try {
+      if (shape == 0) {
+        g.spawn([&captured] { ++captured; }, {.priority = Priority{2}});
+      } else {
+        g.spawn([text = std::string(40, 'x')] { (void)text; }, {.priority = Priority{2}});
+      }
+      ADD_FAILURE() << "a level beyond the scheduler's was accepted (shape " << shape << ")";
+    } catch (const InvalidArgument& e) {
+      EXPECT_STREQ(e.what(), "ordo: priority level 2 is beyond this scheduler's 2 levels (0..1)");
+    }
+  }
+  g.spawn([&captured] { ++captured; });  // the group is still usable, and counted nothing refused
+  g.wait();
+  EXPECT_EQ(captured, 2);
+}
+
 }  // namespace
 }  // namespace ordo

@@ -8,8 +8,10 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <optional>
 
 #include "ordo/detail/task.hpp"
 #include "ordo/detail/thread_context.hpp"
@@ -42,6 +44,12 @@ struct GroupState {
 // Owner only. Queues a prepared child and counts it. Returns false when the
 // scheduler refused it (external submission after shutdown).
 bool group_spawn(GroupState& g, Task* t);
+// Owner only. Prepares a child node whose payload is the `size` bytes at
+// `payload` (a kPlainBytes callable, run by `exec`), and queues and counts
+// it: TaskGroup::spawn in one call. Throws like prepare_task; returns false,
+// having freed the node, when the scheduler refused it.
+bool group_spawn_bytes(GroupState& g, std::optional<Priority> priority, ExecFn exec, const void* payload,
+                       std::size_t size);
 // Owner only. Helping wait until every child finished; then resets the group
 // for reuse and rethrows the first child exception (or TaskCancelled).
 void group_wait(GroupState& g);

@@ -105,6 +105,14 @@ template <class X>
 inline constexpr bool kFitsInline = sizeof(X) <= kPayloadBytes && alignof(X) <= kPayloadAlign &&
                                     std::is_nothrow_move_constructible_v<X>;
 
+// A payload that is only bytes: it lives inside the node, a copy of its
+// bytes is a copy of it, and destroying it does nothing. TaskGroup::spawn
+// hands such a callable's bytes to one out-of-line call that prepares,
+// fills and queues the node (group_spawn_bytes).
+template <class X>
+inline constexpr bool kPlainBytes =
+    kFitsInline<X> && std::is_trivially_copyable_v<X> && std::is_trivially_destructible_v<X>;
+
 template <class X, class... Args>
 void emplace_payload(Task* t, Args&&... args) {
   if constexpr (kFitsInline<X>) {
