@@ -31,18 +31,37 @@ inline constexpr std::size_t kScale = 8;
 inline constexpr std::size_t kScale = 8;
 #endif
 
+// How long a test helper waits for something that must come before it calls
+// the test hung: far beyond any honest wait, well within ctest's timeout.
+inline constexpr std::chrono::seconds kHangLimit{120};
+
+// Yields until done(). A condition that never comes aborts the test binary
+// with `what` (and the wait) after `limit`, rather than hanging until
+// ctest's timeout with nothing said. Callable from any thread, a task too.
+template <class Done>
+void await(Done&& done, const char* what, std::chrono::seconds limit = kHangLimit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      std::fprintf(stderr, "test: still waiting for %s after %lld s\n", what, static_cast<long long>(limit.count()));
+      std::abort();
+    }
+    std::this_thread::yield();
+  }
+}
+
 // Blocks a scheduler's worker until released, so that what is queued behind
 // it is known to be still queued. No timing is involved: the test waits for
-// `entered`, and the worker waits for `open`.
+// `entered`, and the worker waits for `open` (each through await()).
 struct Gate {
   std::atomic<bool> open{false};
   std::atomic<bool> entered{false};
-  void hold() {
+  void hold(std::chrono::seconds limit = kHangLimit) {
     entered.store(true);
-    while (!open.load()) std::this_thread::yield();
+    await([this] { return open.load(); }, "a gate to open (the held worker would block forever)", limit);
   }
-  void wait_entered() const {
-    while (!entered.load()) std::this_thread::yield();
+  void wait_entered(std::chrono::seconds limit = kHangLimit) const {
+    await([this] { return entered.load(); }, "the gated task to start (queued behind what, or refused?)", limit);
   }
 };
 

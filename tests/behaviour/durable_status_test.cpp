@@ -127,7 +127,7 @@ TEST(DurableStatus, StatusByIdSaysEveryStateAndTheListsAgreeAlsoAfterARestart) {
     ids.workflow = d.enqueue_workflow(DurableWorkflow("w").node("a", "plain").node("b", "plain", "", {"a"}));
     expect_states(d, ids, delayed_at, "in the process that enqueued them");
     std::thread opener([&] {
-      while (d.stats().accepting) std::this_thread::yield();
+      test::await([&] { return !d.stats().accepting; }, "!d.stats().accepting");
       gate.open = true;
     });
     d.shutdown(ShutdownMode::cancel);  // the queued ones stay in the journal

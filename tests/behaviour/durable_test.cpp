@@ -306,7 +306,7 @@ TEST(Durable, ShutdownCancelLeavesUnstartedTasksForTheNextStart) {
     gate.wait_entered();
     for (int i = 0; i < 10; ++i) d.enqueue("t", "queued");
     std::thread opener([&] {
-      while (d.stats().accepting) std::this_thread::yield();
+      test::await([&] { return !d.stats().accepting; }, "!d.stats().accepting");
       gate.open = true;  // let the running one finish once cancel began
     });
     d.shutdown(ShutdownMode::cancel);
@@ -343,7 +343,7 @@ TEST(Durable, PriorityAndNeedsAreJournaledAndHonouredAfterRestart) {
     for (Priority p : order) d.enqueue("p", label(p), {.priority = p});
     for (int i = 0; i < 8; ++i) d.enqueue("n", "", {.needs = {{db, 1}}});
     std::thread opener([&] {
-      while (d.stats().accepting) std::this_thread::yield();
+      test::await([&] { return !d.stats().accepting; }, "!d.stats().accepting");
       gate.open = true;
     });
     d.shutdown(ShutdownMode::cancel);  // the queued ones stay in the journal
@@ -614,7 +614,7 @@ void leave_unstarted_tasks(const std::string& dir, int count) {
   gate.wait_entered();
   for (int i = 0; i < count; ++i) d.enqueue("t", std::to_string(i), {.needs = {{pool, 1}}});
   std::thread opener([&] {
-    while (d.stats().accepting) std::this_thread::yield();
+    test::await([&] { return !d.stats().accepting; }, "!d.stats().accepting");
     gate.open = true;
   });
   d.shutdown(ShutdownMode::cancel);
@@ -674,7 +674,7 @@ TEST(Durable, ACancelWhileARecoveryPostsLosesNoTaskAndRunsNoneTwice) {
       DurableTasks d(s, dir.path(), kFast);
       d.define("t", recorder.handler());
       std::thread canceller([&] {
-        while (recorder.count.load() == 0) std::this_thread::yield();
+        test::await([&] { return recorder.count.load() != 0; }, "recorder.count.load() != 0");
         d.shutdown(ShutdownMode::cancel);
       });
       detail::needs_submission_pause_us.store(200);  // 600 posts: 120 ms

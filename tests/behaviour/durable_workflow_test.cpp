@@ -158,7 +158,7 @@ TEST(DurableWorkflow, AWorkflowWhoseCommitRecordWasLostIsDroppedAndItsKeyIsFree)
     wf.node("a", "step").node("b", "step", "", {"a"});
     d.enqueue_workflow(wf, "wf-key");
     std::thread opener([&] {
-      while (d.stats().accepting) std::this_thread::yield();
+      test::await([&] { return !d.stats().accepting; }, "!d.stats().accepting");
       gate.open = true;
     });
     d.shutdown(ShutdownMode::cancel);

@@ -96,7 +96,7 @@ TEST(Wakeup, ParkedPoolWakesForEverySubmission) {
   for (std::size_t round = 0; round < 50 * test::kScale; ++round) {
     // Wait until both workers are parked, then submit: a lost wake-up would
     // leave get() waiting forever (and ctest's timeout would report it).
-    while (s.stats().workers_parked < 2) std::this_thread::yield();
+    test::await([&] { return s.stats().workers_parked >= 2; }, "s.stats().workers_parked >= 2");
     ASSERT_EQ(s.submit([round] { return round; }).get(), round);
   }
 }
@@ -126,7 +126,7 @@ TEST(Priority, HighTasksInAnotherWorkersDequeBeatLowTasksInTheInjectionQueue) {
     };
     s.post([&] { hold_b.hold(); }, {.priority = normal});
     s.post([&] {
-      while (!lows_queued.load()) std::this_thread::yield();
+      test::await([&] { return lows_queued.load(); }, "lows_queued.load()");
       for (int i = 0; i < 50; ++i) s.post([&] { record(0); }, {.priority = high});  // onto this worker's deque
       highs_pushed.store(true);
       hold_a.hold();
@@ -134,7 +134,7 @@ TEST(Priority, HighTasksInAnotherWorkersDequeBeatLowTasksInTheInjectionQueue) {
     hold_b.wait_entered();
     for (int i = 0; i < 50; ++i) s.post([&] { record(2); }, {.priority = low});
     lows_queued.store(true);
-    while (!highs_pushed.load()) std::this_thread::yield();
+    test::await([&] { return highs_pushed.load(); }, "highs_pushed.load()");
     hold_b.open.store(true);  // B is free: it must take A's high tasks first
     while (true) {
       std::lock_guard lock(mu);

@@ -61,7 +61,7 @@ TEST(RateGroup, BurstRunsAtOnceAndTheRestWaitsParked) {
   std::vector<Handle<void>> hs;
   for (int i = 0; i < 6; ++i) hs.push_back(s.submit([&] { sent++; }, {.needs = {{mail, 1}}}));
   // Which five get the burst is up to the workers; the sixth waits parked.
-  while (sent.load() != 5 || mail.stats().waiting != 1) std::this_thread::yield();
+  test::await([&] { return sent.load() == 5 && mail.stats().waiting == 1; }, "sent.load() == 5 && mail.stats().waiting == 1");
   s.shutdown(ShutdownMode::cancel);  // the last is parked for a minute: cancel it
   int cancelled = 0;
   for (auto& h : hs) {
@@ -134,7 +134,7 @@ TEST(RateGroup, DrainCancelsOnlyWaitersALoweredLimitCanNeverGrant) {
   std::atomic<int> calls{0};
   std::vector<Handle<void>> paced;
   for (int i = 0; i < 3; ++i) paced.push_back(s.submit([&] { calls++; }, {.needs = {{api, 1}}}));
-  while (db.stats().waiting != 1) std::this_thread::yield();
+  test::await([&] { return db.stats().waiting == 1; }, "db.stats().waiting == 1");
   db.set_limit(2);  // `big` can now never run
   gate.open.store(true);
   s.shutdown(ShutdownMode::drain);

@@ -123,7 +123,7 @@ TEST(Resource, ParkedTasksHoldNoWorker) {
   gate.wait_entered();
   std::vector<Handle<void>> queries;
   for (int i = 0; i < 20; ++i) queries.push_back(s.submit([] {}, {.needs = {{db, 1}}}));
-  while (db.stats().waiting < 20) std::this_thread::yield();
+  test::await([&] { return db.stats().waiting >= 20; }, "db.stats().waiting >= 20");
   // One worker is held by the holder; twenty tasks wait for its permit; the
   // other worker must still be free for everything else.
   std::atomic<int> unrelated{0};
@@ -311,7 +311,7 @@ TEST(Resource, CancellingTheFirstWaiterLetsThoseBehindItThatFitRun) {
   gate.wait_entered();
   auto big = s.submit([] {}, {.needs = {{pool, 4}}});  // first in line: needs all 4
   auto small = s.submit([] { return 1; }, {.needs = {{pool, 2}}});  // fits now, but waits behind `big`
-  while (pool.stats().waiting < 2) std::this_thread::yield();
+  test::await([&] { return pool.stats().waiting >= 2; }, "pool.stats().waiting >= 2");
   EXPECT_FALSE(small.ready());
   EXPECT_TRUE(big.cancel());
   EXPECT_EQ(small.get(), 1) << "the waiter behind a cancelled one was not granted";
@@ -334,14 +334,14 @@ TEST(Resource, ReleaseGrantsByPriorityThenAge) {
       std::lock_guard lock(mu);
       order.push_back("low" + std::to_string(i));
     }, {.priority = low, .needs = {{db, 1}}}));
-    while (db.stats().waiting < static_cast<std::uint64_t>(i + 1)) std::this_thread::yield();
+    test::await([&] { return db.stats().waiting >= static_cast<std::uint64_t>(i + 1); }, "db.stats().waiting >= static_cast<std::uint64_t>(i + 1)");
   }
   for (int i = 0; i < 2; ++i) {
     hs.push_back(s.submit([&, i] {
       std::lock_guard lock(mu);
       order.push_back("high" + std::to_string(i));
     }, {.priority = high, .needs = {{db, 1}}}));
-    while (db.stats().waiting < static_cast<std::uint64_t>(4 + i)) std::this_thread::yield();
+    test::await([&] { return db.stats().waiting >= static_cast<std::uint64_t>(4 + i); }, "db.stats().waiting >= static_cast<std::uint64_t>(4 + i)");
   }
   gate.open.store(true);
   for (auto& h : hs) h.get();
@@ -362,7 +362,7 @@ TEST(Resource, SetPriorityReordersAParkedTask) {
       std::lock_guard lock(mu);
       order.push_back(i);
     }, {.priority = low, .needs = {{db, 1}}}));
-    while (db.stats().waiting < static_cast<std::uint64_t>(i + 1)) std::this_thread::yield();
+    test::await([&] { return db.stats().waiting >= static_cast<std::uint64_t>(i + 1); }, "db.stats().waiting >= static_cast<std::uint64_t>(i + 1)");
   }
   EXPECT_TRUE(hs[2].set_priority(high));  // parked: it moves ahead of the older low waiters
   EXPECT_TRUE(hs[1].set_priority(high));  // same priority now: age decides between 1 and 2
@@ -397,7 +397,7 @@ TEST(Resource, WaitersReorderedAndCancelledInTwoListsAreGrantedByLevelThenAge) {
         std::lock_guard lock(mu);
         order.push_back(i);
       }, {.priority = Priority{static_cast<std::uint8_t>(level[i])}, .needs = {{db, 1}, {pool, 1}}}));
-      while (db.stats().waiting < static_cast<std::uint64_t>(i + 1)) std::this_thread::yield();
+      test::await([&] { return db.stats().waiting >= static_cast<std::uint64_t>(i + 1); }, "db.stats().waiting >= static_cast<std::uint64_t>(i + 1)");
     }
     std::vector<bool> cancelled(kWaiters, false);
     for (int step = 0; step < kWaiters; ++step) {
@@ -472,9 +472,9 @@ TEST(Resource, ShutdownCancelCompletesParkedTasksAndReturnsPermits) {
   gate.wait_entered();
   std::vector<Handle<int>> parked;
   for (int i = 0; i < 5; ++i) parked.push_back(s.submit([] { return 1; }, {.needs = {{db, 1}}}));
-  while (db.stats().waiting < 5) std::this_thread::yield();
+  test::await([&] { return db.stats().waiting >= 5; }, "db.stats().waiting >= 5");
   std::thread stopper([&] { s.shutdown(ShutdownMode::cancel); });
-  while (db.stats().waiting != 0) std::this_thread::yield();  // cancel_parked ran
+  test::await([&] { return db.stats().waiting == 0; }, "db.stats().waiting == 0");  // cancel_parked ran
   gate.open.store(true);
   stopper.join();
   EXPECT_EQ(holder.get(), 0);  // it was running: it finishes
@@ -490,7 +490,7 @@ TEST(Resource, RaisingTheLimitLetsWaitersRunAtOnce) {
   gate.wait_entered();
   std::vector<Handle<void>> waiting;
   for (int i = 0; i < 3; ++i) waiting.push_back(s.submit([] {}, {.needs = {{db, 1}}}));
-  while (db.stats().waiting < 3) std::this_thread::yield();
+  test::await([&] { return db.stats().waiting >= 3; }, "db.stats().waiting >= 3");
   db.set_limit(4);
   for (auto& w : waiting) w.get();  // while the holder still holds its permit
   EXPECT_EQ(db.limit(), 4u);

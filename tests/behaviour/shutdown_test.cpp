@@ -108,7 +108,7 @@ TEST(Shutdown, ADrainEndsWhenItsLastWorkerSawARefusedSubmissionsAnnouncement) {
         }
       }
     });
-    while (ran.load() < 100) std::this_thread::yield();
+    test::await([&] { return ran.load() >= 100; }, "ran.load() >= 100");
     test::must_finish("shutdown(drain) racing a refused submission", [&] { s.shutdown(ShutdownMode::drain); });
     poster.join();
     EXPECT_TRUE(refused.load());
@@ -140,7 +140,7 @@ TEST(Shutdown, APostAcceptedWhileShutdownBeginsRunsBeforeTheDrainEnds) {
         }
       }
     });
-    while (ran.load() < 100) std::this_thread::yield();
+    test::await([&] { return ran.load() >= 100; }, "ran.load() >= 100");
     test::must_finish("shutdown(drain) racing a poster", [&] { s.shutdown(ShutdownMode::drain); });
     poster.join();
     ASSERT_EQ(ran.load(), accepted.load()) << "round " << round;

@@ -149,7 +149,7 @@ TEST(TaskGroup, AWorkerCountsTheChildrenItFinishedBeforeRunningAnythingElse) {
       TaskGroup g(s);
       for (int i = 0; i < 8; ++i) g.spawn([&] { ran.fetch_add(1); });
       auto blocker = s.submit([&] {
-        while (!group_seen_done.load()) std::this_thread::yield();
+        test::await([&] { return group_seen_done.load(); }, "group_seen_done.load()");
       });
       g.wait();
       group_seen_done.store(true);

@@ -80,7 +80,7 @@ TEST(Parker, PingPongNeverLosesAWakeUp) {
       main_parker->unpark();
     }
   });
-  while (other_parker.load() == nullptr) std::this_thread::yield();
+  test::await([&] { return other_parker.load() != nullptr; }, "other_parker.load() != nullptr");
   for (int i = 0; i < kRounds; ++i) {
     turn.store(2 * i + 1);
     other_parker.load()->unpark();
