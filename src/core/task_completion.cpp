@@ -17,7 +17,7 @@ void SchedulerCore::finish(Task* t, bool ran) noexcept {
       if (NeedList* needs = t->needs; needs != nullptr) [[unlikely]] {
         // relaxed: as for a handle task below.
         if (needs->held.load(std::memory_order_relaxed)) resources_.release(*needs, releasing_worker());
-        pool_delete(needs);
+        pool::destroy(needs);
         t->needs = nullptr;  // a stale entry of a movable task may still name the node
       }
       if (t->movable) {

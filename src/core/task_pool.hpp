@@ -1,12 +1,14 @@
 // The task pool's per-thread cache and its inline fast paths, for the hot
-// paths of the scheduler itself (prepare_task, finish): a spawn allocates a
-// node and a finished task frees one, and as calls into task_pool.cpp these
-// two were 8% of fib/ordo/30's samples. Everything else about the pool (the
+// paths of the scheduler itself (prepare_task, finish, a task's needs): a
+// spawn allocates a node and a finished task frees one, and as calls into
+// task_pool.cpp these two were 8% of fib/ordo/30's samples. Everything else about the pool (the
 // stash, slabs, the exit hook, and the thread-safety contract) is in
 // task_pool.cpp; code outside src/core calls allocate_task()/free_task().
 #pragma once
 
 #include <cstddef>
+#include <new>
+#include <utility>
 
 #include "ordo/detail/task.hpp"
 #include "util/prefetch.hpp"
@@ -62,6 +64,34 @@ inline void free(Task* t) noexcept {
   if (!cache.hooked) [[unlikely]] register_exit_hook();
   if (cache.count == kCacheCapacity) flush();
   cache.nodes[cache.count++] = t;
+}
+
+// Small internal objects (a task's needs) live in task nodes too: the same
+// per-thread caches and fast paths, no malloc on the submit path.
+template <class X, class... Args>
+[[gnu::always_inline]] inline X* create(Args&&... args) {
+  static_assert(sizeof(X) <= kTaskNodeBytes && alignof(X) <= alignof(Task), "too large for a pooled node");
+  Task* node = allocate();
+  node->~Task();
+  try {
+    // Default-initialised when there are no arguments: X() would zero the
+    // whole object first (value-initialisation), a `rep stos` of the node
+    // on every submission needing a group, before X's own initialisers.
+    if constexpr (sizeof...(Args) == 0) {
+      return ::new (static_cast<void*>(node)) X;
+    } else {
+      return ::new (static_cast<void*>(node)) X(std::forward<Args>(args)...);
+    }
+  } catch (...) {
+    free(::new (static_cast<void*>(node)) Task);
+    throw;
+  }
+}
+
+template <class X>
+void destroy(X* x) noexcept {
+  x->~X();
+  free(::new (static_cast<void*>(x)) Task);
 }
 
 }  // namespace ordo::detail::pool

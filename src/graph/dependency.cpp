@@ -6,6 +6,8 @@
 #include "ordo/handle.hpp"
 #include "resources/resource_manager.hpp"
 #include "core/scheduler_core.hpp"
+#include "core/task_pool.hpp"
+#include "core/task_prepare.hpp"
 
 namespace ordo::detail {
 
@@ -41,7 +43,7 @@ PredList* PredList::make(std::uint32_t count) {
 void PredList::destroy(PredList* list) noexcept {
   for (std::uint32_t i = 0; i < list->count; ++i)
     if (list->items[i] != nullptr) release_task(list->items[i]);
-  if (list->needs != nullptr) pool_delete(list->needs);
+  if (list->needs != nullptr) pool::destroy(list->needs);
   list->fired.~atomic();
   if (list->pooled) {
     free_task(::new (static_cast<void*>(list)) Task);
@@ -113,7 +115,7 @@ void attach_needs(Task* t, std::span<const Need> needs, bool check_limits) {
 Task* make_detached_with_needs(SchedulerCore& core, std::optional<Priority> priority, std::span<const Need> needs,
                                ExecFn exec) {
   throw_if_stopped(core);
-  Task* t = prepare_task(core, priority, TaskKind::detached, exec);
+  Task* t = prepare_node(core, priority, TaskKind::detached, exec);
   try {
     t->needs = core.resources().make_needs(needs);
   } catch (...) {
@@ -127,7 +129,7 @@ Task* make_detached_with_needs(SchedulerCore& core, std::optional<Priority> prio
 }
 
 void discard_detached_with_needs(Task* t) noexcept {
-  pool_delete(t->needs);
+  pool::destroy(t->needs);
   free_task(t);
 }
 

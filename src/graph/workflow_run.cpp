@@ -31,6 +31,7 @@
 #include "core/scheduler_core.hpp"
 #include "graph/workflow_graph.hpp"
 #include "ordo/detail/thread_context.hpp"
+#include "core/task_pool.hpp"
 
 namespace ordo {
 namespace detail {
@@ -343,7 +344,7 @@ WorkflowRun Workflow::run(Scheduler& scheduler, WorkflowRunOptions options) cons
   }
   for (const auto& [node, needs] : g.needs) {
     try {
-      pool_delete(core.resources().make_needs(needs));  // the checks of submit(), once per run
+      pool::destroy(core.resources().make_needs(needs));  // the checks of submit(), once per run
     } catch (const InvalidArgument& e) {
       throw InvalidArgument(std::string(e.what()) + " (workflow '" + g.name + "' node '" + g.display_name(node) + "')");
     }

@@ -15,6 +15,7 @@
 #include "ordo/errors.hpp"
 #include "ordo/options.hpp"
 #include "util/clock.hpp"
+#include "core/task_pool.hpp"
 
 namespace ordo::detail {
 
@@ -55,7 +56,7 @@ const Waiter* ResourceManager::first_eligible_locked(const ResourceGroupCore& g)
 }
 
 NeedList* ResourceManager::make_needs(std::span<const Need> needs, bool check_limits) {
-  NeedList* list = pool_new<NeedList>();
+  NeedList* list = pool::create<NeedList>();
   try {
     if (needs.size() > NeedList::kInline) list->more.reset(new NeedEntry[needs.size()]);
     for (const Need& n : needs) {
@@ -81,10 +82,12 @@ NeedList* ResourceManager::make_needs(std::span<const Need> needs, bool check_li
       }
     }
   } catch (...) {
-    pool_delete(list);
+    pool::destroy(list);
     throw;
   }
-  std::sort(list->begin(), list->end(), [](const NeedEntry& a, const NeedEntry& b) { return a.group->id < b.group->id; });
+  if (list->count > 1) {  // most tasks need one group: no call into the sort for them
+    std::sort(list->begin(), list->end(), [](const NeedEntry& a, const NeedEntry& b) { return a.group->id < b.group->id; });
+  }
   return list;
 }
 
@@ -254,19 +257,24 @@ void ResourceManager::park_locked(Task* t, NeedList& needs, unsigned level) noex
 bool ResourceManager::park_if_busy(Task* t, NeedList& needs, unsigned level) {
   // seq_cst loads: the same hand-off protocol as acquire_or_park (a
   // release that misses our registration is caught by park_locked's dispatch).
+  // A task that needs a rate group is never parked here: its tokens are
+  // judged when it runs.
   auto all_fit = [&] {
     for (const NeedEntry& e : needs) {
-      if (e.group->is_rate()) return true;  // rate tokens are judged when it runs
       if (e.group->in_use.load(std::memory_order_seq_cst) + e.amount > e.group->limit.load(std::memory_order_seq_cst))
         return false;
     }
     return true;
   };
-  bool contended = false;
-  for (const NeedEntry& e : needs) contended |= e.group->waiters.load(std::memory_order_seq_cst) != 0;
-  if (!contended && all_fit()) return false;
-  for (const NeedEntry& e : needs)
+  // One pass for the common case: no rate group, nobody waiting, room in
+  // every group: queued as usual.
+  bool fits = true;
+  for (const NeedEntry& e : needs) {
     if (e.group->is_rate()) return false;
+    fits = fits && e.group->waiters.load(std::memory_order_seq_cst) == 0 &&
+           e.group->in_use.load(std::memory_order_seq_cst) + e.amount <= e.group->limit.load(std::memory_order_seq_cst);
+  }
+  if (fits) return false;
   std::lock_guard lock(mu_);
   bool first_in_line = true;
   for (const NeedEntry& e : needs) {

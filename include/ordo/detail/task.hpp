@@ -172,25 +172,4 @@ bool submit_task(SchedulerCore& core, Task* t);
 Task* allocate_task();
 void free_task(Task* t) noexcept;
 
-// Small internal objects (a task's extras, its needs) live in task nodes too:
-// the same per-thread caches, no malloc on the submit path.
-template <class X, class... Args>
-X* pool_new(Args&&... args) {
-  static_assert(sizeof(X) <= kTaskNodeBytes && alignof(X) <= alignof(Task), "too large for a pooled node");
-  Task* node = allocate_task();
-  node->~Task();
-  try {
-    return ::new (static_cast<void*>(node)) X(std::forward<Args>(args)...);
-  } catch (...) {
-    free_task(::new (static_cast<void*>(node)) Task);
-    throw;
-  }
-}
-
-template <class X>
-void pool_delete(X* x) noexcept {
-  x->~X();
-  free_task(::new (static_cast<void*>(x)) Task);
-}
-
 }  // namespace ordo::detail
