@@ -1,6 +1,7 @@
 // The randomized model checker of the in-process API: random programs over
 // submit/post, then/when_all/when_any/after, set_priority and cancel at random
-// moments, task groups with nested helping waits, timed waits (wait_for on
+// moments, task groups with nested helping waits (children of both spawn
+// paths: plain-bytes callables and constructed ones), timed waits (wait_for on
 // handles, on workflow runs, and inside tasks), counting groups with
 // weighted needs, rate groups, tasks needing several groups, set_limit up and
 // down, reserve() changes, concurrent workflow runs, and shutdown (drain or
@@ -303,11 +304,21 @@ class Program {
       std::atomic<int> done{0};
       TaskGroup g(*scheduler_);
       for (int c = 0; c < n.children; ++c) {
-        g.spawn([&] {
-          TaskGroup inner(*scheduler_);
-          inner.spawn([&] { done.fetch_add(1); });
-          inner.wait();
-        });
+        // Both spawn paths: a callable of plain bytes (copied into its node
+        // by one call) and one that must be constructed there (a string).
+        if (c % 2 == 0) {
+          g.spawn([&] {
+            TaskGroup inner(*scheduler_);
+            inner.spawn([&] { done.fetch_add(1); });
+            inner.wait();
+          });
+        } else {
+          g.spawn([&, tag = std::string("constructed in the node")] {
+            TaskGroup inner(*scheduler_);
+            inner.spawn([&done, tag] { done.fetch_add(tag.empty() ? 0 : 1); });
+            inner.wait();
+          });
+        }
       }
       try {
         g.wait();
