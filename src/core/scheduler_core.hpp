@@ -327,7 +327,7 @@ inline void cpu_relax() noexcept {
   }
 }
 
-// Not movable means that no ager tracks t (prepare_task sets `movable` for
+// Not movable means that no ager tracks t (prepare_node sets `movable` for
 // exactly the aged levels of non-handle tasks), and the callers' kinds carry
 // no needs, so submit() would take the same branch after its checks.
 [[gnu::always_inline]] inline bool SchedulerCore::push_own(Task* t) {

@@ -1,9 +1,10 @@
 // The task pool's per-thread cache and its inline fast paths, for the hot
-// paths of the scheduler itself (prepare_task, finish, a task's needs): a
+// paths of the scheduler itself (prepare_node, finish, a task's needs): a
 // spawn allocates a node and a finished task frees one, and as calls into
-// task_pool.cpp these two were 8% of fib/ordo/30's samples. Everything else about the pool (the
-// stash, slabs, the exit hook, and the thread-safety contract) is in
-// task_pool.cpp; code outside src/core calls allocate_task()/free_task().
+// task_pool.cpp these two were 8% of fib/ordo/30's samples. Everything else
+// about the pool (the stash, slabs, the exit hook, and the thread-safety
+// contract) is in task_pool.cpp; code outside src/core calls
+// allocate_task()/free_task().
 #pragma once
 
 #include <cstddef>

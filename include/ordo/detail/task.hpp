@@ -151,13 +151,15 @@ using ExecFn = bool (*)(Task*, ExecMode) noexcept;
 // called from inside a task of `core`, else the default (normal).
 std::uint8_t resolve_level(SchedulerCore& core, std::optional<Priority> priority);
 
-// The one place a task node is initialised: takes a node from the calling
-// thread's pool and sets every field its kind uses — exec, kind, level (as
-// resolve_level), core, movability, wait sampling; for a handle task also its
-// state (queued), two references (the handle's and the queue entry's), no
-// waiter, no successors, no predecessors and no pending count. The caller
-// constructs the payload, and sets `group` for a group task; make_dependent()
-// adds predecessor slots to a handle task. Throws like resolve_level.
+// How a task node is initialised (the body, prepare_node, is in
+// src/core/task_prepare.hpp, inlined into ordo's own spawn paths): takes a
+// node from the calling thread's pool and sets every field its kind uses —
+// exec, kind, level (as resolve_level), core, movability, wait sampling; for
+// a handle task also its state (queued), two references (the handle's and
+// the queue entry's), no waiter, no successors, no predecessors and no
+// pending count. The caller constructs the payload, and sets `group` for a
+// group task; make_dependent() adds predecessor slots to a handle task.
+// Throws like resolve_level.
 Task* prepare_task(SchedulerCore& core, std::optional<Priority> priority, TaskKind kind, ExecFn exec);
 
 // Queues a prepared node: onto the calling worker's own deque when called from
