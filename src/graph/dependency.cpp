@@ -108,8 +108,25 @@ Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std:
   return t;
 }
 
+namespace {
+
+// A task's validated needs in a pooled node (pool::create default-initialises:
+// no zeroing of the list per submission).
+NeedList* make_need_list(SchedulerCore& core, std::span<const Need> needs, bool check_limits = true) {
+  NeedList* list = pool::create<NeedList>();
+  try {
+    core.resources().fill_needs(*list, needs, check_limits);
+  } catch (...) {
+    pool::destroy(list);
+    throw;
+  }
+  return list;
+}
+
+}  // namespace
+
 void attach_needs(Task* t, std::span<const Need> needs, bool check_limits) {
-  if (!needs.empty()) t->preds->needs = t->core->resources().make_needs(needs, check_limits);
+  if (!needs.empty()) t->preds->needs = make_need_list(*t->core, needs, check_limits);
 }
 
 Task* make_detached_with_needs(SchedulerCore& core, std::optional<Priority> priority, std::span<const Need> needs,
@@ -117,7 +134,7 @@ Task* make_detached_with_needs(SchedulerCore& core, std::optional<Priority> prio
   throw_if_stopped(core);
   Task* t = prepare_node(core, priority, TaskKind::detached, exec);
   try {
-    t->needs = core.resources().make_needs(needs);
+    t->needs = make_need_list(core, needs);
   } catch (...) {
     free_task(t);
     throw;

@@ -31,7 +31,6 @@
 #include "core/scheduler_core.hpp"
 #include "graph/workflow_graph.hpp"
 #include "ordo/detail/thread_context.hpp"
-#include "core/task_pool.hpp"
 
 namespace ordo {
 namespace detail {
@@ -344,7 +343,8 @@ WorkflowRun Workflow::run(Scheduler& scheduler, WorkflowRunOptions options) cons
   }
   for (const auto& [node, needs] : g.needs) {
     try {
-      pool::destroy(core.resources().make_needs(needs));  // the checks of submit(), once per run
+      NeedList checked;  // the checks of submit(), once per run
+      core.resources().fill_needs(checked, needs);
     } catch (const InvalidArgument& e) {
       throw InvalidArgument(std::string(e.what()) + " (workflow '" + g.name + "' node '" + g.display_name(node) + "')");
     }

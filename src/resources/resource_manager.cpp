@@ -15,7 +15,6 @@
 #include "ordo/errors.hpp"
 #include "ordo/options.hpp"
 #include "util/clock.hpp"
-#include "core/task_pool.hpp"
 
 namespace ordo::detail {
 
@@ -55,40 +54,33 @@ const Waiter* ResourceManager::first_eligible_locked(const ResourceGroupCore& g)
   return nullptr;
 }
 
-NeedList* ResourceManager::make_needs(std::span<const Need> needs, bool check_limits) {
-  NeedList* list = pool::create<NeedList>();
-  try {
-    if (needs.size() > NeedList::kInline) list->more.reset(new NeedEntry[needs.size()]);
-    for (const Need& n : needs) {
-      ResourceGroupCore* g = Access::core(n.group);
-      if (g == nullptr) throw InvalidArgument("ordo: a need names an empty ResourceGroup");
-      if (&g->manager != this) {
-        throw InvalidArgument("ordo: resource group '" + g->name + "' belongs to another scheduler");
-      }
-      if (n.amount == 0) throw InvalidArgument("ordo: a need of 0 from resource group '" + g->name + "'");
-      NeedEntry* same = std::find_if(list->begin(), list->end(), [g](const NeedEntry& e) { return e.group == g; });
-      if (same != list->end()) {
-        same->amount += n.amount;
-      } else {
-        list->begin()[list->count++] = NeedEntry{g, n.amount};
-      }
+void ResourceManager::fill_needs(NeedList& list, std::span<const Need> needs, bool check_limits) {
+  if (needs.size() > NeedList::kInline) list.more.reset(new NeedEntry[needs.size()]);
+  for (const Need& n : needs) {
+    ResourceGroupCore* g = Access::core(n.group);
+    if (g == nullptr) throw InvalidArgument("ordo: a need names an empty ResourceGroup");
+    if (&g->manager != this) {
+      throw InvalidArgument("ordo: resource group '" + g->name + "' belongs to another scheduler");
     }
-    for (const NeedEntry& e : *list) {
-      if (!check_limits) break;
-      const std::uint64_t limit = e.group->limit.load(std::memory_order_relaxed);
-      if (e.amount > limit) {
-        throw InvalidArgument("ordo: a task needs " + std::to_string(e.amount) + " of resource group '" +
-                              e.group->name + "', whose limit is " + std::to_string(limit) + ": it could never run");
-      }
+    if (n.amount == 0) throw InvalidArgument("ordo: a need of 0 from resource group '" + g->name + "'");
+    NeedEntry* same = std::find_if(list.begin(), list.end(), [g](const NeedEntry& e) { return e.group == g; });
+    if (same != list.end()) {
+      same->amount += n.amount;
+    } else {
+      list.begin()[list.count++] = NeedEntry{g, n.amount};
     }
-  } catch (...) {
-    pool::destroy(list);
-    throw;
   }
-  if (list->count > 1) {  // most tasks need one group: no call into the sort for them
-    std::sort(list->begin(), list->end(), [](const NeedEntry& a, const NeedEntry& b) { return a.group->id < b.group->id; });
+  for (const NeedEntry& e : list) {
+    if (!check_limits) break;
+    const std::uint64_t limit = e.group->limit.load(std::memory_order_relaxed);
+    if (e.amount > limit) {
+      throw InvalidArgument("ordo: a task needs " + std::to_string(e.amount) + " of resource group '" +
+                            e.group->name + "', whose limit is " + std::to_string(limit) + ": it could never run");
+    }
   }
-  return list;
+  if (list.count > 1) {  // most tasks need one group: no call into the sort for them
+    std::sort(list.begin(), list.end(), [](const NeedEntry& a, const NeedEntry& b) { return a.group->id < b.group->id; });
+  }
 }
 
 // All or nothing, in group-id order. seq_cst on in_use: the releaser's half

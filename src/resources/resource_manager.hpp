@@ -172,11 +172,14 @@ class ResourceManager {
   ResourceGroupCore* find(std::string_view name);  // or null
   // Stops the rate timer; the workers have exited.
   void stop() noexcept;
-  // Validates and normalises a submission's needs; throws InvalidArgument.
+  // Validates a submission's needs and writes them, one entry per group in
+  // group-id order, into `list` (fresh: no entries); throws InvalidArgument,
+  // leaving `list` for its owner to destroy. The caller allocates the list
+  // (in a pooled node, as the core does, or on its stack to validate only).
   // Without `check_limits`, a need above a group's current limit is accepted
   // (a workflow node checked when its run started: it waits like a parked
   // task for a lowered limit to come back up).
-  NeedList* make_needs(std::span<const Need> needs, bool check_limits = true);
+  void fill_needs(NeedList& list, std::span<const Need> needs, bool check_limits = true);
 
   // On worker `worker`, before running t: true when t now holds all its
   // needs; false when t was parked (it is requeued, holding them, when they

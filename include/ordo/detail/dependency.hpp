@@ -77,7 +77,7 @@ Task* make_dependent(SchedulerCore& core, std::optional<Priority> priority, std:
 // Frees a dependent whose payload could not be built (nothing was linked yet).
 void discard_dependent(Task* t) noexcept;
 // Validates `needs` (InvalidArgument) and attaches them to a dependent's extras.
-// `check_limits` false: see ResourceManager::make_needs.
+// `check_limits` false: see ResourceManager::fill_needs.
 void attach_needs(Task* t, std::span<const Need> needs, bool check_limits = true);
 // A detached task's node (prepare_task) that needs `needs` (validated as
 // attach_needs does). Throws like prepare_task, InvalidArgument, or
