@@ -175,17 +175,21 @@ Task* SchedulerCore::steal_at_level(Worker& w, unsigned level) {
 
 bool SchedulerCore::submit(Task* t) {
   const unsigned level = t->level.load(std::memory_order_relaxed);
-  // relaxed `held`: a hint, unclaimed; park_if_busy's claim re-checks (NeedList::held).
   NeedList* needs = needs_of(t);
-  if (needs != nullptr && !needs->held.load(std::memory_order_relaxed) && (tls_context.core == this || accepting())) {
-    // Its groups are full: wait on their lists now rather than in a queue,
-    // so that the next release hands it the permits at once.
-    if (const int pause = needs_submission_pause_us.load(std::memory_order_relaxed); pause > 0) [[unlikely]]
+  // Its groups are full: wait on their lists now rather than in a queue, so
+  // that the next release hands it the permits at once.
+  auto parked_at_once = [&] {
+    // relaxed `held`: a hint, unclaimed; park_if_busy's claim re-checks (NeedList::held).
+    if (needs == nullptr || needs->held.load(std::memory_order_relaxed)) return false;
+    if (const int pause = needs_submission_pause_us.load(std::memory_order_relaxed); pause > 0) [[unlikely]] {
+      needs_submission_pauses.fetch_add(1, std::memory_order_relaxed);
       std::this_thread::sleep_for(std::chrono::microseconds(pause));
-    if (resources_.park_if_busy(t, *needs, level)) return true;
-  }
+    }
+    return resources_.park_if_busy(t, *needs, level);
+  };
   const bool track = ager_ != nullptr && ages(level);
-  if (tls_context.core == this) {
+  if (tls_context.core == this) {  // a busy worker: a draining judge waits for it
+    if (parked_at_once()) return true;
     if (track) ager_->track(t, level, t->enqueued_ns);  // before the task can run and be freed
     Worker& w = *tls_context.worker;
     if (level <= w.max_level.load(std::memory_order_relaxed)) {
@@ -205,6 +209,21 @@ bool SchedulerCore::submit(Task* t) {
     inj.announced.fetch_sub(2, std::memory_order_seq_cst);
     wake_all();  // a draining worker may be waiting for this announcement to go away
     return false;
+  }
+  // Accepted, and announced before it may park: a shutdown that begins now
+  // cannot end without this task. The judge (shutdown_loop) reads the
+  // parked count, then the announcements, then busy_; the task is parked
+  // (seq_cst RMW) before kTaskMovedOffWorkers is added and the announcement
+  // withdrawn after, so whichever read comes last, one of them shows it.
+  // While the phase still reads accepting (seq_cst, after the park) no
+  // judge has read the parked count yet, and busy_'s line is left alone.
+  // Parking before announcing let a drain or a cancel end meanwhile and
+  // leave the task parked for ever, its post() accepted (the model checker).
+  if (parked_at_once()) {
+    if (phase_.load(std::memory_order_seq_cst) != kAccepting)
+      busy_.fetch_add(kTaskMovedOffWorkers, std::memory_order_seq_cst);
+    inj.announced.fetch_sub(2, std::memory_order_seq_cst);
+    return true;
   }
   if (track) ager_->track(t, level, t->enqueued_ns);
   inj.queue.enqueue(t);

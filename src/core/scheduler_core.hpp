@@ -62,8 +62,10 @@ inline std::atomic<int> refused_submission_pause_us{0};
 // A test-only fault point of the same kind: a submission of a task with
 // needs pauses this long between its look at the needs' `held` hint and
 // park_if_busy(), the window in which another entry of the same task can
-// be claimed, parked and granted.
+// be claimed, parked and granted; it counts each pause in
+// needs_submission_pauses first, so that a test knows a submission is there.
 inline std::atomic<int> needs_submission_pause_us{0};
+inline std::atomic<int> needs_submission_pauses{0};
 inline std::atomic<int> drain_idle_pause_us{0};
 // A test-only fault point of the same kind: stop() pauses this long between
 // its two steps, closing the injection queues and changing the phase that
@@ -284,9 +286,12 @@ class SchedulerCore final : public TaskSink {
   // Once stopping: the low 32 bits count the workers not idle; every entry
   // into busy (kBusyEntry) also adds one to the high 32 bits, so that the
   // worker that made the count 0 can tell whether anyone became busy, even
-  // briefly, while it looked for the end (shutdown_loop).
+  // briefly, while it looked for the end (shutdown_loop). A submitting
+  // thread that parked its task adds kTaskMovedOffWorkers (the high half
+  // alone): it is not busy, but the judge may have missed the task.
   static constexpr std::uint64_t kBusyCount = 0xffff'ffffu;
-  static constexpr std::uint64_t kBusyEntry = (std::uint64_t{1} << 32) + 1;
+  static constexpr std::uint64_t kTaskMovedOffWorkers = std::uint64_t{1} << 32;
+  static constexpr std::uint64_t kBusyEntry = kTaskMovedOffWorkers + 1;
   std::atomic<std::uint64_t> busy_{0};
   std::atomic<bool> exit_{false};  // drain/cancel complete: workers return
   std::mutex stop_mu_;

@@ -27,7 +27,13 @@ namespace ordo::detail {
 //    become busy, take the last announced task and still be parking it when
 //    the queues and the parked count are both read as empty. Hence the
 //    entry counter in busy_: the end is reached only if no worker became
-//    busy between the count reaching 0 and the last read.
+//    busy between the count reaching 0 and the last read;
+//  - announced -> parked also happens off the workers: an external
+//    submission whose groups are busy parks its task at once (submit()). It
+//    parks, adds kTaskMovedOffWorkers to busy_ and then withdraws its
+//    announcement, so a judge that read the parked count before and the
+//    announcements after finds busy_ moved while no worker is busy, and
+//    looks again.
 // (Both races ended a drain with a task still queued: issue 12, the chaos
 // test's "level 1 queued=1, no worker parked".)
 // An announcement is not always a task on its way: a submission refused by
@@ -47,7 +53,7 @@ void SchedulerCore::shutdown_loop(Worker& w) {
   // resources_.limit_changes() when the hopeless waiters were last looked
   // for: a later set_limit() may have made another one hopeless.
   std::uint64_t limits_judged = 0;
-  // Called holding our busy count; gives it up unless the answer is `busy`.
+  // Called holding our busy count; gives it up unless the answer is `busy` or `look_again`.
   auto try_finish = [this, &limits_judged]() -> Next {
     const std::uint64_t before = busy_.fetch_sub(1, std::memory_order_seq_cst);
     if ((before & kBusyCount) != 1) return Next::idle;
@@ -78,8 +84,15 @@ void SchedulerCore::shutdown_loop(Worker& w) {
       return Next::idle_parked;
     }
     // Someone became busy meanwhile and may hold a task we did not see: it
-    // judges the end itself when it next makes the count 0.
-    if (busy_.load(std::memory_order_seq_cst) != quiet) return Next::idle;
+    // judges the end itself when it next makes the count 0. Or a submitting
+    // thread parked a task we may have missed (announced when we read the
+    // parked count, withdrawn when we read the announcements) and nobody
+    // is busy: look again.
+    if (const std::uint64_t now = busy_.load(std::memory_order_seq_cst); now != quiet) {
+      if ((now & kBusyCount) != 0) return Next::idle;
+      busy_.fetch_add(kBusyEntry, std::memory_order_seq_cst);
+      return Next::look_again;
+    }
     exit_.store(true, std::memory_order_seq_cst);
     wake_all();
     return Next::exit;

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <latch>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -145,6 +146,66 @@ TEST(Shutdown, APostAcceptedWhileShutdownBeginsRunsBeforeTheDrainEnds) {
     poster.join();
     ASSERT_EQ(ran.load(), accepted.load()) << "round " << round;
   }
+}
+
+// A post whose groups are busy parks its task at once (park_if_busy) rather
+// than queueing it. It did so before announcing itself, so a shutdown could
+// close, find nothing parked and nothing announced, and end; the post then
+// parked its task where nobody would run or cancel it: post() had accepted
+// it and its handle never completed (the model checker: a lowered limit, one
+// waiter on that group, every worker parked, ORDO_SEED=889886127, program
+// 3983). The fault point holds the submission just before it parks; the
+// lowered limit makes the task park (it needs more than the limit now), and
+// the shutdown begins meanwhile. The task must be refused, or accepted and
+// then cancelled by the shutdown — never left waiting. With `judge_pause`
+// the draining worker reads the parked count before the task parks and the
+// announcements after the post withdrew its own: only busy_ shows the move.
+void shutdown_racing_a_parking_post(ShutdownMode mode, bool judge_pause) {
+  struct PausesOff {
+    ~PausesOff() {
+      detail::needs_submission_pause_us.store(0);
+      detail::drain_judge_pause_us.store(0);
+    }
+  } pauses_off;
+  detail::drain_judge_pause_us.store(judge_pause ? 100'000 : 0);
+  for (int round = 0; round < 3; ++round) {
+    Scheduler s{{.workers = 1}};
+    auto db = s.resource_group("db", 2);
+    detail::needs_submission_pause_us.store(50'000);
+    const int pauses_before = detail::needs_submission_pauses.load();
+    std::optional<Handle<int>> handle;
+    bool refused = false;
+    std::thread poster([&] {
+      try {
+        handle = s.submit([] { return 1; }, {.needs = {{db, 2}}});
+      } catch (const SchedulerStopped&) {
+        refused = true;
+      }
+    });
+    test::await([&] { return detail::needs_submission_pauses.load() != pauses_before; }, "the post to pause");
+    db.set_limit(1);
+    test::must_finish("shutdown racing a post that parks its task", [&] { s.shutdown(mode); });
+    poster.join();
+    if (refused) continue;
+    ASSERT_TRUE(handle->ready()) << "round " << round << ": accepted, and neither run nor cancelled by the shutdown";
+    EXPECT_EQ(handle->status(), TaskStatus::cancelled) << "round " << round;
+  }
+}
+
+TEST(Shutdown, ADrainCancelsATaskAPostParkedWhileTheDrainBegan) {
+  shutdown_racing_a_parking_post(ShutdownMode::drain, false);
+}
+
+TEST(Shutdown, ACancelCancelsATaskAPostParkedWhileTheCancelBegan) {
+  shutdown_racing_a_parking_post(ShutdownMode::cancel, false);
+}
+
+TEST(Shutdown, ADrainSeesATaskParkedBetweenItsReadsOfTheParkedCountAndTheQueues) {
+  shutdown_racing_a_parking_post(ShutdownMode::drain, true);
+}
+
+TEST(Shutdown, ACancelSeesATaskParkedBetweenItsReadsOfTheParkedCountAndTheQueues) {
+  shutdown_racing_a_parking_post(ShutdownMode::cancel, true);
 }
 
 TEST(Shutdown, ExternalSubmissionAfterShutdownIsRefused) {
