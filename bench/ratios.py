@@ -4,7 +4,8 @@
 Every workload `<workload>/<system>/<args>` is compared with the same workload
 of every other system in the same run: a ratio below 1 means ordo is better. The
 ratio is of p99_us when the workload reports latencies, of cpu_s for idle CPU,
-and of real time otherwise. Usage: ratios.py [--out DIR] BINARY [BINARY...] [-- benchmark flags]
+of real time when both ran the same size, and of time per item (from
+items_per_second) when they did not. Usage: ratios.py [--out DIR] BINARY [BINARY...] [-- benchmark flags]
 """
 import argparse
 import json
@@ -47,6 +48,9 @@ def main():
                 continue
             workload, system, rest = parts[0], parts[1], "/".join(parts[2:])
             rest = rest.replace("_median", "").split("/real_time")[0]
+            # Sizes and iteration counts may differ between systems (a slow
+            # peer runs fewer jobs): such rows are paired by time per item.
+            rest = "/".join(p for p in rest.split("/") if not (p.isdigit() or p.startswith("iterations:")))
             rows.setdefault((workload, rest), {})[system] = b
     print()
     for binary, probe, ns in days:  # pingpong before the benchmarks, pingpong_after after them
@@ -59,6 +63,11 @@ def main():
                 o, p = systems[ordo_sys], systems[peer]
                 key = next((k for k in ("p99_us", "cpu_s", "low_wait_ms") if k in o), "real_time")
                 ov, pv = o.get(key, 0.0), p.get(key, 0.0)
+                if key == "real_time" and o["name"].split("/")[2:] != p["name"].split("/")[2:]:
+                    if "items_per_second" not in o or "items_per_second" not in p:
+                        continue  # different sizes and no rate: not comparable
+                    key = "us_per_item"
+                    ov, pv = 1e6 / o["items_per_second"], 1e6 / p["items_per_second"]
                 ratio = ov / pv if pv else float("nan")
                 name = workload + ("/" + rest if rest else "")
                 unit = o.get("time_unit", "") if key == "real_time" else ""

@@ -71,6 +71,7 @@ class PosixAppendFile final : public AppendFile {
   void append(const void* data, std::size_t n) override {
     const auto* p = static_cast<const char*>(data);
     if (mapped_ != nullptr && end_ + n <= mapped_bytes_) {
+      if (end_ + n > populated_to_) populate_ahead(end_ + n);
       copy_in_order(mapped_ + end_, p, n);
       end_ += n;
       if (end_ - unmapped_to_ >= kUnmapChunk) unmap_behind();
@@ -150,6 +151,16 @@ class PosixAppendFile final : public AppendFile {
     // Failure only leaves the pages mapped, which is what it was before.
     if (::madvise(mapped_ + unmapped_to_, static_cast<std::size_t>(to - unmapped_to_), MADV_DONTNEED) == 0) unmapped_to_ = to;
   }
+  // Maps the pages from the append point to kPopulateChunk past `need` in
+  // one call, writable, instead of a page fault on each first store.
+  static constexpr std::uint64_t kPopulateChunk = 64 * 1024;
+  void populate_ahead(std::uint64_t need) noexcept {
+    const std::uint64_t from = std::max(populated_to_, end_ / kPageBytes * kPageBytes);
+    const std::uint64_t to = std::min((need + kPopulateChunk + kPageBytes - 1) / kPageBytes * kPageBytes, mapped_bytes_);
+    // Failure leaves the pages to fault in one at a time, as without this.
+    if (to > from) ::madvise(mapped_ + from, static_cast<std::size_t>(to - from), MADV_POPULATE_WRITE);
+    populated_to_ = to;
+  }
   // Only space fallocate allocated is mapped: a store into a hole the file
   // system cannot fill (a full disk) would be SIGBUS, not an error to throw.
   // Without a mapping (none possible here) appends stay pwrites.
@@ -160,6 +171,7 @@ class PosixAppendFile final : public AppendFile {
     mapped_ = static_cast<char*>(m);
     mapped_bytes_ = reserved_;
     unmapped_to_ = std::min(end_ / kPageBytes * kPageBytes, mapped_bytes_);
+    populated_to_ = unmapped_to_;
   }
   void unmap() noexcept {
     if (mapped_ == nullptr) return;
@@ -167,6 +179,7 @@ class PosixAppendFile final : public AppendFile {
     mapped_ = nullptr;
     mapped_bytes_ = 0;
     unmapped_to_ = 0;
+    populated_to_ = 0;
   }
 
   const int fd_;
@@ -176,6 +189,7 @@ class PosixAppendFile final : public AppendFile {
   char* mapped_ = nullptr;      // [0, mapped_bytes_) of the file, shared, while reserved
   std::uint64_t mapped_bytes_ = 0;
   std::uint64_t unmapped_to_ = 0;  // [0, unmapped_to_) of the mapping has no page table entries left
+  std::uint64_t populated_to_ = 0;  // [unmapped_to_, populated_to_) is mapped writable already
 };
 
 // flock(LOCK_EX | LOCK_NB) on dir/LOCK: released when the descriptor closes.
