@@ -181,11 +181,15 @@ bool SchedulerCore::submit(Task* t) {
   auto parked_at_once = [&] {
     // relaxed `held`: a hint, unclaimed; park_if_busy's claim re-checks (NeedList::held).
     if (needs == nullptr || needs->held.load(std::memory_order_relaxed)) return false;
-    if (const int pause = needs_submission_pause_us.load(std::memory_order_relaxed); pause > 0) [[unlikely]] {
+    const int pause = needs_submission_pause_us.load(std::memory_order_relaxed);
+    if (pause > 0) [[unlikely]] {
       needs_submission_pauses.fetch_add(1, std::memory_order_relaxed);
       std::this_thread::sleep_for(std::chrono::microseconds(pause));
     }
-    return resources_.park_if_busy(t, *needs, level);
+    const bool parked = resources_.park_if_busy(t, *needs, level);
+    if (pause > 0) [[unlikely]]
+      needs_submission_pauses_done.fetch_add(1, std::memory_order_relaxed);
+    return parked;
   };
   const bool track = ager_ != nullptr && ages(level);
   if (tls_context.core == this) {  // a busy worker: a draining judge waits for it

@@ -62,10 +62,12 @@ inline std::atomic<int> refused_submission_pause_us{0};
 // A test-only fault point of the same kind: a submission of a task with
 // needs pauses this long between its look at the needs' `held` hint and
 // park_if_busy(), the window in which another entry of the same task can
-// be claimed, parked and granted; it counts each pause in
-// needs_submission_pauses first, so that a test knows a submission is there.
+// be claimed, parked and granted. It counts each pause in
+// needs_submission_pauses first and, once park_if_busy() has returned, in
+// needs_submission_pauses_done, so that a test knows where a submission is.
 inline std::atomic<int> needs_submission_pause_us{0};
 inline std::atomic<int> needs_submission_pauses{0};
+inline std::atomic<int> needs_submission_pauses_done{0};
 inline std::atomic<int> drain_idle_pause_us{0};
 // A test-only fault point of the same kind: stop() pauses this long between
 // its two steps, closing the injection queues and changing the phase that

@@ -268,8 +268,12 @@ TEST(Resource, AGrantKeptByAWorkerThatReserveTakesTheLevelFromStillRuns) {
 // entry is taken, parked and granted first, the submission must not claim
 // the granted task and park it again: it would take its permits a second
 // time and return them once (the model checker found permits leaked this
-// way, ORDO_SEED=496429066, program 8015). The pause widens the window.
+// way, ORDO_SEED=496429066, program 8015). The pause widens the window, and
+// its counters say when the submission is in it and when it has left.
 TEST(Resource, ASubmissionDoesNotParkAgainATaskAnotherEntryAlreadyGotPermitsFor) {
+  struct PauseOff {
+    ~PauseOff() { detail::needs_submission_pause_us.store(0); }
+  } pause_off;
   Scheduler s{{.workers = 3, .levels = 3}};
   auto db = s.resource_group("db", 1);
   Gate holder_gate, pred_gate, busy_gate;
@@ -282,16 +286,21 @@ TEST(Resource, ASubmissionDoesNotParkAgainATaskAnotherEntryAlreadyGotPermitsFor)
   pred_gate.wait_entered();
   std::atomic<int> runs{0};
   auto dependent = std::move(pred).then([&](int) { runs.fetch_add(1); }, {.needs = {{db, 1}}});
+  const int pauses_before = detail::needs_submission_pauses.load();
+  const int done_before = detail::needs_submission_pauses_done.load();
   detail::needs_submission_pause_us.store(300'000);
   pred_gate.open.store(true);  // its worker queues the dependent, and pauses there
+  test::await([&] { return detail::needs_submission_pauses.load() != pauses_before; },
+              "the dependent's submission to pause");
   // Meanwhile another entry: the third worker takes it and parks the task.
-  std::this_thread::sleep_for(50ms);
   EXPECT_TRUE(dependent.set_priority(high));
   must_happen([&] { return db.stats().waiting == 1; }, "the moved entry parks the task");
   auto busy = s.submit([&] { busy_gate.hold(); });  // every worker busy: the grant stays queued
   busy_gate.wait_entered();
   db.set_limit(2);  // grants it from this thread; the paused submission then resumes
-  std::this_thread::sleep_for(400ms);
+  test::await([&] { return detail::needs_submission_pauses_done.load() != done_before; },
+              "the paused submission to look at the granted task");
+  ASSERT_EQ(detail::needs_submission_pauses.load(), pauses_before + 1) << "another submission paused";
   detail::needs_submission_pause_us.store(0);
   holder_gate.open.store(true);
   busy_gate.open.store(true);
