@@ -56,7 +56,7 @@ def main():
     for binary, probe, ns in days:  # pingpong before the benchmarks, pingpong_after after them
         kind = "a fast day" if ns < 200 else "a slow day"
         print(f"{binary}: probe/{probe} round trip {ns:.0f} ns ({kind}: about 85 ns fast, 400 ns slow here)")
-    print(f"{'workload':28} {'ordo variant':14} {'peer':12} {'ordo':>12} {'peer':>12} {'ordo/peer':>10}")
+    print(f"{'workload':36} {'ordo variant':14} {'peer':12} {'ordo':>12} {'peer':>12} {'ordo/peer':>10}")
     for (workload, rest), systems in sorted(rows.items()):
         for ordo_sys in sorted(s for s in systems if s == "ordo" or s.startswith("ordo_")):
             for peer in sorted(s for s in systems if not (s == "ordo" or s.startswith("ordo_"))):
@@ -71,7 +71,7 @@ def main():
                 ratio = ov / pv if pv else float("nan")
                 name = workload + ("/" + rest if rest else "")
                 unit = o.get("time_unit", "") if key == "real_time" else ""
-                print(f"{name:28} {ordo_sys:14} {peer:12} {ov:>10.3f}{unit:>2} {pv:>10.3f}{unit:>2} {ratio:>10.3f}"
+                print(f"{name:36} {ordo_sys:14} {peer:12} {ov:>10.3f}{unit:>2} {pv:>10.3f}{unit:>2} {ratio:>10.3f}"
                       + ("" if key == "real_time" else f"  ({key})"))
     if errors:
         print(f"{errors} benchmark(s) reported a wrong result", file=sys.stderr)
