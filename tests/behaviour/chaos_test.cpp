@@ -24,6 +24,10 @@
 // program ORDO_CHAOS_FIRST=<k> on; ORDO_CHAOS_REPEAT=1 runs that one program
 // again and again (to catch a rare interleaving of a reported program);
 // ORDO_CHAOS_SECONDS=<s> sets the budget (default 20: a soak is a long one).
+// ORDO_CHAOS_PAUSE_US=<n> sets the scheduler's test-only fault points (the
+// pauses inside a shutdown's steps, its judge's reads, a refused or a
+// parking submission) to n microseconds: a hunt for a rare interleaving of
+// shutdown, parking and submission goes faster with its windows wide open.
 // (Over 600 lines: the program generator and its model only make sense
 // together.)
 #include <gtest/gtest.h>
@@ -41,6 +45,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/scheduler_core.hpp"  // the test-only fault points, for ORDO_CHAOS_PAUSE_US
 #include "ordo/ordo.hpp"
 
 namespace ordo {
@@ -707,8 +712,18 @@ class Program {
 TEST(Chaos, RandomProgramsOverTheWholeApiKeepEveryInvariant) {
   const std::uint64_t seed = env_u64("ORDO_SEED", std::random_device{}());
   const auto budget = std::chrono::seconds(env_u64("ORDO_CHAOS_SECONDS", 20));
-  std::printf("chaos: ORDO_SEED=%llu, %llu s\n", static_cast<unsigned long long>(seed),
-              static_cast<unsigned long long>(budget.count()));
+  const auto pause_us = static_cast<int>(env_u64("ORDO_CHAOS_PAUSE_US", 0));
+  struct PausesOff {
+    ~PausesOff() { set(0); }
+    static void set(int us) {
+      for (auto* p : {&detail::drain_judge_pause_us, &detail::refused_submission_pause_us,
+                      &detail::needs_submission_pause_us, &detail::drain_idle_pause_us, &detail::stop_step_pause_us})
+        p->store(us);
+    }
+  } pauses_off;
+  PausesOff::set(pause_us);
+  std::printf("chaos: ORDO_SEED=%llu, %llu s, fault-point pauses %d us\n", static_cast<unsigned long long>(seed),
+              static_cast<unsigned long long>(budget.count()), pause_us);
   std::fflush(stdout);
   std::atomic<std::uint64_t> ops{0};
   std::uint64_t programs = env_u64("ORDO_CHAOS_FIRST", 0);  // replays from a reported program on
