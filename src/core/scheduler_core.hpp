@@ -69,6 +69,10 @@ inline std::atomic<int> needs_submission_pause_us{0};
 inline std::atomic<int> needs_submission_pauses{0};
 inline std::atomic<int> needs_submission_pauses_done{0};
 inline std::atomic<int> drain_idle_pause_us{0};
+// A test-only fault point of the same kind: the draining judge that found
+// tasks parked but none it could cancel pauses this long before it gives up
+// its busy count to sleep until that changes.
+inline std::atomic<int> drain_unsatisfiable_pause_us{0};
 // A test-only fault point of the same kind: stop() pauses this long between
 // its two steps, closing the injection queues and changing the phase that
 // sends the workers to drain.

@@ -77,10 +77,19 @@ void SchedulerCore::shutdown_loop(Worker& w) {
       // One that needs more than a (lowered) limit can never run: cancel it,
       // holding a busy count again while its completion, and whatever that
       // releases, runs on this worker.
-      busy_.fetch_add(kBusyEntry, std::memory_order_seq_cst);
+      std::uint64_t judging = busy_.fetch_add(kBusyEntry, std::memory_order_seq_cst) + kBusyEntry;
       limits_judged = resources_.limit_changes();
       if (resources_.cancel_parked(ResourceManager::Which::unsatisfiable) != 0) return Next::busy;
-      busy_.fetch_sub(1, std::memory_order_seq_cst);
+      if (const int pause = drain_unsatisfiable_pause_us.load(std::memory_order_relaxed); pause > 0) [[unlikely]]
+        std::this_thread::sleep_for(std::chrono::microseconds(pause));
+      // Sleep on that look only if nobody became busy since it began: such
+      // a worker may have parked a task after it (a dependent of a granted
+      // waiter, needing more than a lowered limit) and gone idle again
+      // without judging, since we held a count. One compare-and-swap: a
+      // worker that becomes busy after it makes the count 0 itself, and
+      // judges. (A decrement after a separate check let the drain sleep for
+      // ever on a hopeless task: the model checker, ORDO_SEED=889886127.)
+      if (!busy_.compare_exchange_strong(judging, judging - 1, std::memory_order_seq_cst)) return Next::look_again;
       return Next::idle_parked;
     }
     // Someone became busy meanwhile and may hold a task we did not see: it

@@ -122,6 +122,38 @@ TEST(RateGroup, DrainNeverEndsWhileTheTimerRequeuesAGrantedWaiter) {
   }
 }
 
+// A draining worker that finds tasks parked, none of them needing more than
+// a lowered limit, sleeps until no task is parked or a limit changes. While
+// it looked (holding its busy count), the rate timer granted a waiter,
+// another worker ran it, and its dependent, needing more than the lowered
+// limit, parked; that worker went idle, the judge being busy. The judge then
+// slept on a look taken before the park, and the drain never ended (the
+// model checker, ORDO_SEED=889886127, program 3983, repeated). The fault
+// point holds the judge between its look and giving up its busy count.
+TEST(RateGroup, ADrainCancelsAHopelessTaskThatParkedWhileItLookedForHopelessOnes) {
+  struct PauseOff {
+    ~PauseOff() { detail::drain_unsatisfiable_pause_us.store(0); }
+  } pause_off;
+  for (int round = 0; round < 2; ++round) {
+    Scheduler s{{.workers = 2}};
+    auto db = s.resource_group("db", 2);
+    auto api = s.rate_group("api", 1, 200ms, 1);
+    s.submit([] {}, {.needs = {{api, 1}}}).get();  // the only token: the next one is 200 ms away
+    auto waiter = s.submit([] { return 1; }, {.needs = {{api, 1}}});
+    must_happen([&] { return api.stats().waiting == 1; }, "the waiter parks for the next token");
+    std::atomic<int> dependent_ran{0};
+    auto dependent = std::move(waiter).then([&](int) { dependent_ran++; }, {.needs = {{db, 2}}});
+    db.set_limit(1);  // the dependent will need more than the limit: hopeless once parked
+    detail::drain_unsatisfiable_pause_us.store(600'000);
+    must_finish("shutdown(drain) while a hopeless task parks behind the judge's look",
+                [&] { s.shutdown(ShutdownMode::drain); });
+    detail::drain_unsatisfiable_pause_us.store(0);
+    ASSERT_TRUE(dependent.ready()) << "round " << round;
+    EXPECT_EQ(dependent.status(), TaskStatus::cancelled) << "round " << round;
+    EXPECT_EQ(dependent_ran.load(), 0) << "round " << round;
+  }
+}
+
 TEST(RateGroup, DrainCancelsOnlyWaitersALoweredLimitCanNeverGrant) {
   using namespace std::chrono_literals;
   Scheduler s{{.workers = 2}};
