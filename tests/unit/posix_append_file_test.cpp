@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 
 #include "journal/file_system.hpp"
@@ -80,12 +81,18 @@ std::uint64_t mapped_resident_bytes(const std::string& path) {
 // The pages an append has left behind are unmapped (they stay in the page
 // cache, dirty, for the next sync): a mapped dirty page costs writeback a
 // TLB shootdown each. Their bytes are the file's all the same.
-TEST(PosixAppendFile, PagesBehindTheAppendPointAreUnmappedAndKeepTheirBytes) {
+// A new file with 8 MiB reserved, its appends copied into the mapping.
+struct MappedFile {
+  MappedFile() { file->reserve(8 << 20, true); }
   test::ScratchDir dir;
-  const auto files = detail::posix_file_system();
-  const std::string path = dir.file("f");
-  auto file = files->create(path, detail::FileSystem::Create::exclusive);
-  file->reserve(8 << 20, true);
+  std::shared_ptr<detail::FileSystem> files = detail::posix_file_system();
+  std::string path = dir.file("f");
+  std::unique_ptr<detail::AppendFile> file = files->create(path, detail::FileSystem::Create::exclusive);
+};
+
+TEST(PosixAppendFile, PagesBehindTheAppendPointAreUnmappedAndKeepTheirBytes) {
+  MappedFile m;
+  auto& [dir, files, path, file] = m;
   ASSERT_TRUE(file->copies(1)) << "no mapping: nothing to test";
   std::string expected;
   for (int part = 0; part < 4; ++part) {
@@ -103,11 +110,8 @@ TEST(PosixAppendFile, PagesBehindTheAppendPointAreUnmappedAndKeepTheirBytes) {
 // store: faults under the journal's lock were a tenth of
 // durable_enqueue/ordo_async's CPU.
 TEST(PosixAppendFile, PagesAheadOfTheAppendPointAreMappedBeforeTheAppendsReachThem) {
-  test::ScratchDir dir;
-  const auto files = detail::posix_file_system();
-  const std::string path = dir.file("f");
-  auto file = files->create(path, detail::FileSystem::Create::exclusive);
-  file->reserve(8 << 20, true);
+  MappedFile m;
+  auto& [dir, files, path, file] = m;
   ASSERT_TRUE(file->copies(1)) << "no mapping: nothing to test";
   const char byte = 'x';
   file->append(&byte, 1);
