@@ -222,7 +222,7 @@ bool SchedulerCore::submit(Task* t) {
   // While the phase still reads accepting (seq_cst, after the park) no
   // judge has read the parked count yet, and busy_'s line is left alone.
   // Parking before announcing let a drain or a cancel end meanwhile and
-  // leave the task parked for ever, its post() accepted (the model checker).
+  // leave the task parked for ever, its post() accepted (shutdown_test).
   if (parked_at_once()) {
     if (phase_.load(std::memory_order_seq_cst) != kAccepting)
       busy_.fetch_add(kTaskMovedOffWorkers, std::memory_order_seq_cst);

@@ -152,9 +152,9 @@ TEST(Shutdown, APostAcceptedWhileShutdownBeginsRunsBeforeTheDrainEnds) {
 // than queueing it. It did so before announcing itself, so a shutdown could
 // close, find nothing parked and nothing announced, and end; the post then
 // parked its task where nobody would run or cancel it: post() had accepted
-// it and its handle never completed (the model checker: a lowered limit, one
-// waiter on that group, every worker parked, ORDO_SEED=889886127, program
-// 3983). The fault point holds the submission just before it parks; the
+// it and its handle never completed (found by reading, while hunting the
+// model checker's hang, which was another race: rate_group_test). The
+// fault point holds the submission just before it parks; the
 // lowered limit makes the task park (it needs more than the limit now), and
 // the shutdown begins meanwhile. The task must be refused, or accepted and
 // then cancelled by the shutdown — never left waiting. With `judge_pause`
