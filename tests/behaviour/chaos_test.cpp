@@ -25,8 +25,8 @@
 // again and again (to catch a rare interleaving of a reported program);
 // ORDO_CHAOS_SECONDS=<s> sets the budget (default 20: a soak is a long one).
 // ORDO_CHAOS_PAUSE_US=<n> sets the scheduler's test-only fault points (the
-// pauses inside a shutdown's steps, its judge's reads, a refused or a
-// parking submission) to n microseconds: a hunt for a rare interleaving of
+// pauses inside a shutdown's steps, its judge's reads and its look for
+// hopeless waiters, a refused or a parking submission) to n microseconds: a hunt for a rare interleaving of
 // shutdown, parking and submission goes faster with its windows wide open.
 // (Over 600 lines: the program generator and its model only make sense
 // together.)
@@ -717,7 +717,8 @@ TEST(Chaos, RandomProgramsOverTheWholeApiKeepEveryInvariant) {
     ~PausesOff() { set(0); }
     static void set(int us) {
       for (auto* p : {&detail::drain_judge_pause_us, &detail::refused_submission_pause_us,
-                      &detail::needs_submission_pause_us, &detail::drain_idle_pause_us, &detail::stop_step_pause_us})
+                      &detail::needs_submission_pause_us, &detail::drain_idle_pause_us, &detail::stop_step_pause_us,
+                      &detail::drain_unsatisfiable_pause_us})
         p->store(us);
     }
   } pauses_off;
